@@ -1,0 +1,63 @@
+"""Models: loading, family adapters, the head/trunk/tail split, adapters, export and generation.
+
+This is the only package that touches transformers internals.
+"""
+
+from splitfed.models.adapters import (
+    AdapterError,
+    AdapterSpec,
+    LoraSpec,
+    PrefixSpec,
+    adapter_state,
+    add_adapter,
+    load_adapter,
+    load_adapter_state,
+    save_adapter,
+    trainable_parameters,
+)
+from splitfed.models.export import export_merged
+from splitfed.models.families import UnsupportedModelError, supported_model_types
+from splitfed.models.generation import generate_greedy, iter_greedy
+from splitfed.models.loading import DEFAULT_MODEL, ModelNotFoundError, accepted_models, load_model
+from splitfed.models.parts import HeadPart, SplitPart, TailPart, TrunkPart, positions_from_mask
+from splitfed.models.split import (
+    Partition,
+    PartitionError,
+    PrivacyWarning,
+    SplitModel,
+    num_layers,
+    split_model,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "AdapterError",
+    "AdapterSpec",
+    "HeadPart",
+    "LoraSpec",
+    "ModelNotFoundError",
+    "Partition",
+    "PartitionError",
+    "PrefixSpec",
+    "PrivacyWarning",
+    "SplitModel",
+    "SplitPart",
+    "TailPart",
+    "TrunkPart",
+    "UnsupportedModelError",
+    "accepted_models",
+    "adapter_state",
+    "add_adapter",
+    "export_merged",
+    "generate_greedy",
+    "iter_greedy",
+    "load_adapter",
+    "load_adapter_state",
+    "load_model",
+    "num_layers",
+    "positions_from_mask",
+    "save_adapter",
+    "split_model",
+    "supported_model_types",
+    "trainable_parameters",
+]

@@ -1,0 +1,221 @@
+"""Adapters per part: LoRA (through peft) and prefix tuning; only adapter parameters train.
+
+A part's adapter saves as a peft adapter directory (``adapter_config.json`` +
+``adapter_model.safetensors``) whose keys are those of the whole model, so the three parts' adapters
+together are one adapter of the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+from peft import LoraConfig, PrefixTuningConfig, inject_adapter_in_model
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from splitfed.models.parts import SplitPart
+from splitfed.models.prefix import PrefixAdapter
+
+log = logging.getLogger(__name__)
+
+ADAPTER_NAME = "default"
+PEFT_PREFIX = "base_model.model."
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+SPLITFED_FILE = "splitfed_part.json"
+PROMPT_KEY = "prompt_embeddings"
+
+DEFAULT_LORA_TARGETS = {"llama-style": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
+
+
+class LoraSpec(BaseModel):
+    """LoRA on a part's linear layers."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1, description="rank")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator: delta = alpha / r * B @ A")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt; default: the family's attention projections"
+    )
+
+
+class PrefixSpec(BaseModel):
+    """P-tuning v2 / prefix tuning on a part's own blocks."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = Field(8, ge=1)
+    init_std: float = Field(0.02, gt=0)
+
+
+AdapterSpec = Annotated[LoraSpec | PrefixSpec, Field(discriminator="kind")]
+
+
+class AdapterError(ValueError):
+    """An adapter that does not fit the part it is applied to."""
+
+
+def add_adapter(part: SplitPart, spec: LoraSpec | PrefixSpec | None) -> None:
+    """Inject ``spec`` into ``part`` and freeze every other parameter of the part."""
+    if isinstance(spec, LoraSpec):
+        _add_lora(part, spec)
+    elif isinstance(spec, PrefixSpec):
+        _add_prefix(part, spec)
+    elif spec is not None:
+        raise AdapterError(f"unknown adapter spec {spec!r}")
+    for name, parameter in part.named_parameters():
+        parameter.requires_grad_(is_adapter_parameter(name))
+
+
+def is_adapter_parameter(name: str) -> bool:
+    """Whether a parameter name (in a part) belongs to an adapter."""
+    return ".lora_" in name or name.startswith("prefix.")
+
+
+def _add_lora(part: SplitPart, spec: LoraSpec) -> None:
+    targets = spec.target_modules or DEFAULT_LORA_TARGETS[part.family.name]
+    if not part.layer_indices:
+        log.info("%s has no blocks: no LoRA injected", part.role)
+        return
+    config = _lora_config(spec, targets, part)
+    inject_adapter_in_model(config, part, adapter_name=ADAPTER_NAME)
+    part.lora_config = config
+
+
+def _lora_config(spec: LoraSpec, targets: list[str], part: SplitPart) -> LoraConfig:
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(targets),
+        fan_in_fan_out=part.family.name == "gpt2",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _add_prefix(part: SplitPart, spec: PrefixSpec) -> None:
+    if not part.layer_indices:
+        log.info("%s has no blocks: no prefix injected", part.role)
+        return
+    dtype = next(part.parameters()).dtype
+    part.prefix = PrefixAdapter(
+        part.config, part.layer_indices, spec.num_virtual_tokens, spec.init_std, dtype
+    )
+
+
+def trainable_parameters(part: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters of ``part`` that train, by name."""
+    return {name: p for name, p in part.named_parameters() if p.requires_grad}
+
+
+def adapter_state(part: SplitPart) -> dict[str, torch.Tensor]:
+    """The part's adapter weights under their peft keys (detached copies)."""
+    state: dict[str, torch.Tensor] = {}
+    for name, parameter in part.named_parameters():
+        if ".lora_" in name:
+            state[PEFT_PREFIX + name.replace(f".{ADAPTER_NAME}.", ".")] = parameter.detach().clone()
+    if part.prefix is not None:
+        state[PROMPT_KEY] = part.prefix.embedding.weight.detach().clone()
+    return state
+
+
+def load_adapter_state(part: SplitPart, state: dict[str, torch.Tensor]) -> None:
+    """Copy adapter weights (peft keys, as from ``adapter_state``) into ``part``; all must match."""
+    targets = _state_targets(part)
+    missing = sorted(set(targets) - set(state))
+    unexpected = sorted(set(state) - set(targets))
+    if missing or unexpected:
+        raise AdapterError(
+            f"adapter does not fit the {part.role}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    with torch.no_grad():
+        for key, parameter in targets.items():
+            value = state[key]
+            if value.shape != parameter.shape:
+                raise AdapterError(f"{key}: shape {tuple(value.shape)} != {tuple(parameter.shape)}")
+            parameter.copy_(value.to(parameter.dtype))
+
+
+def _state_targets(part: SplitPart) -> dict[str, nn.Parameter]:
+    targets = {
+        PEFT_PREFIX + name.replace(f".{ADAPTER_NAME}.", "."): parameter
+        for name, parameter in part.named_parameters()
+        if ".lora_" in name
+    }
+    if part.prefix is not None:
+        targets[PROMPT_KEY] = part.prefix.embedding.weight
+    return targets
+
+
+def save_adapter(part: SplitPart, directory: str | Path, base_model: str = "") -> Path:
+    """Write the part's adapter as a peft adapter directory; returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in adapter_state(part).items()}
+    if part.prefix is not None:
+        config = PrefixTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=part.prefix.num_virtual_tokens,
+            num_layers=len(part.layer_indices),
+            token_dim=part.prefix.kv_heads * part.prefix.head_dim,
+            num_attention_heads=part.prefix.kv_heads,
+            base_model_name_or_path=base_model or None,
+        )
+        kind = "prefix"
+    elif getattr(part, "lora_config", None) is not None:
+        config = part.lora_config
+        config.base_model_name_or_path = base_model or None
+        kind = "lora"
+    else:
+        config, kind = None, "none"
+    if config is not None:
+        config.save_pretrained(str(directory))
+    save_file(state, str(directory / WEIGHTS_FILE))
+    meta = {
+        "role": part.role,
+        "kind": kind,
+        "layers": list(part.layer_indices),
+        "model_type": part.config.model_type,
+    }
+    (directory / SPLITFED_FILE).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(splitfed metadata, weights) of a saved part adapter; safetensors only, never pickle."""
+    directory = Path(directory)
+    for name in (SPLITFED_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise AdapterError(f"{directory} is not a splitfed part adapter: {name} is missing")
+    meta = json.loads((directory / SPLITFED_FILE).read_text())
+    return meta, load_file(str(directory / WEIGHTS_FILE))
+
+
+def load_adapter(part: SplitPart, directory: str | Path) -> None:
+    """Inject the adapter saved in ``directory`` into ``part`` and load its weights."""
+    meta, state = read_adapter(directory)
+    if tuple(meta["layers"]) != part.layer_indices:
+        raise AdapterError(
+            f"adapter in {directory} was trained on blocks {meta['layers']}, "
+            f"this {part.role} has {list(part.layer_indices)}"
+        )
+    if meta["kind"] == "lora":
+        config = LoraConfig.from_pretrained(str(directory))
+        spec = LoraSpec(
+            r=config.r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=sorted(config.target_modules),
+        )
+        add_adapter(part, spec)
+    elif meta["kind"] == "prefix":
+        config = PrefixTuningConfig.from_pretrained(str(directory))
+        add_adapter(part, PrefixSpec(num_virtual_tokens=config.num_virtual_tokens))
+    load_adapter_state(part, state)

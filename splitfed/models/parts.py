@@ -1,0 +1,206 @@
+"""The three parts of a split model: client head, server trunk, client tail.
+
+Each part is an ``nn.Module`` that *shares* (does not copy) the whole model's modules and names them
+by their path in the whole model (``model.layers.12.self_attn.q_proj``), so an adapter trained on a
+part is, key for key, an adapter of the whole model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from splitfed.models.families import FULL_ATTENTION, FamilyAdapter
+
+Role = Literal["head", "trunk", "tail"]
+
+_MASK_BUILDERS = {
+    FULL_ATTENTION: create_causal_mask,
+    "sliding_attention": create_sliding_window_causal_mask,
+}
+
+
+def _attach(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Register ``module`` under dotted ``path`` of ``root``, creating empty containers on the way."""
+    *parents, leaf = path.split(".")
+    node = root
+    for name in parents:
+        if name not in node._modules:
+            node.add_module(name, nn.Module())
+        node = node._modules[name]
+    node.add_module(leaf, module)
+
+
+def positions_from_mask(
+    attention_mask: torch.Tensor | None, query_length: int, past_length: int, device: torch.device
+) -> torch.Tensor:
+    """Position ids of the last ``query_length`` tokens; left padding is skipped, as HF generate does.
+
+    ``attention_mask`` covers past and current tokens (1 = real, 0 = padding).
+    """
+    if attention_mask is None:
+        return torch.arange(past_length, past_length + query_length, device=device).unsqueeze(0)
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions = positions.masked_fill(attention_mask == 0, 0)
+    return positions[:, -query_length:]
+
+
+class SplitPart(nn.Module):
+    """One contiguous slice of a causal LM: optionally the embedding, some blocks, optionally the head."""
+
+    def __init__(
+        self,
+        role: Role,
+        model: nn.Module,
+        family: FamilyAdapter,
+        layer_indices: range,
+    ) -> None:
+        super().__init__()
+        self.role: Role = role
+        self.family = family
+        self.config = model.config
+        self.layer_indices = tuple(layer_indices)
+        self.prefix: nn.Module | None = None
+        paths: list[str] = list(family.shared_paths)
+        if role == "head":
+            paths = list(family.embedding_paths) + paths
+        paths += [family.layer_path(i) for i in self.layer_indices]
+        if role == "tail":
+            paths += list(family.final_paths)
+        for path in paths:
+            _attach(self, path, model.get_submodule(path))
+        types = family.layer_types(self.config)
+        self._layer_types = {i: types[i] for i in self.layer_indices}
+
+    # -- caches and masks ---------------------------------------------------------------------------
+    def new_cache(self) -> DynamicCache:
+        """An empty KV cache for this part's layers (indexed by global layer number)."""
+        return DynamicCache(config=self.config)
+
+    @property
+    def prefix_length(self) -> int:
+        return 0 if self.prefix is None else int(self.prefix.num_virtual_tokens)
+
+    def past_length(self, cache: DynamicCache | None) -> int:
+        """Number of real (non-prefix) tokens already in ``cache``."""
+        if cache is None or not self.layer_indices:
+            return 0
+        return max(0, cache.get_seq_length(self.layer_indices[0]) - self.prefix_length)
+
+    def _masks(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache: Any, positions: Any
+    ) -> dict[str, Any]:
+        masks: dict[str, Any] = {}
+        for index in self.layer_indices:
+            kind = self._layer_types[index]
+            if kind not in masks:
+                masks[kind] = _MASK_BUILDERS[kind](
+                    config=self.config,
+                    inputs_embeds=hidden,
+                    attention_mask=attention_mask,
+                    past_key_values=cache,
+                    position_ids=positions,
+                    layer_idx=index,
+                )
+        return masks
+
+    def _run_blocks(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: DynamicCache | None,
+    ) -> torch.Tensor:
+        if not self.layer_indices:
+            return hidden
+        batch, length = hidden.shape[:2]
+        if self.prefix is not None:
+            if cache is None:
+                cache = self.new_cache()
+            if cache.get_seq_length(self.layer_indices[0]) == 0:
+                self.prefix.fill_cache(cache, self.layer_indices, batch)
+            if attention_mask is not None:
+                ones = attention_mask.new_ones(batch, self.prefix_length)
+                attention_mask = torch.cat([ones, attention_mask], dim=-1)
+        if position_ids is None:
+            real_mask = None if attention_mask is None else attention_mask[:, self.prefix_length :]
+            position_ids = positions_from_mask(
+                real_mask, length, self.past_length(cache), hidden.device
+            )
+        masks = self._masks(hidden, attention_mask, cache, position_ids)
+        inputs = self.family.block_inputs(self, hidden, position_ids)
+        for index in self.layer_indices:
+            block = self.get_submodule(self.family.layer_path(index))
+            mask = masks[self._layer_types[index]]
+            hidden = self.family.run_block(block, hidden, mask, cache, inputs)
+        return hidden
+
+    def _positions_for_embedding(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: DynamicCache | None,
+    ) -> torch.Tensor:
+        if position_ids is not None:
+            return position_ids
+        return positions_from_mask(
+            attention_mask, input_ids.shape[1], self.past_length(cache), input_ids.device
+        )
+
+
+class HeadPart(SplitPart):
+    """Client head: embedding and the first blocks. ``forward(input_ids) -> hidden``."""
+
+    def __init__(self, model: nn.Module, family: FamilyAdapter, layer_indices: range) -> None:
+        super().__init__("head", model, family, layer_indices)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: DynamicCache | None = None,
+    ) -> torch.Tensor:
+        positions = self._positions_for_embedding(
+            input_ids, attention_mask, position_ids, past_key_values
+        )
+        hidden = self.family.embed(self, input_ids, positions)
+        return self._run_blocks(hidden, attention_mask, positions, past_key_values)
+
+
+class TrunkPart(SplitPart):
+    """Server trunk: the middle blocks. ``forward(hidden) -> hidden``."""
+
+    def __init__(self, model: nn.Module, family: FamilyAdapter, layer_indices: range) -> None:
+        super().__init__("trunk", model, family, layer_indices)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: DynamicCache | None = None,
+    ) -> torch.Tensor:
+        return self._run_blocks(hidden, attention_mask, position_ids, past_key_values)
+
+
+class TailPart(SplitPart):
+    """Client tail: the last blocks, final norm and LM head. ``forward(hidden) -> logits``."""
+
+    def __init__(self, model: nn.Module, family: FamilyAdapter, layer_indices: range) -> None:
+        super().__init__("tail", model, family, layer_indices)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: DynamicCache | None = None,
+    ) -> torch.Tensor:
+        hidden = self._run_blocks(hidden, attention_mask, position_ids, past_key_values)
+        return self.family.finalize(self, hidden)
