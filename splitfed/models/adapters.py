@@ -80,22 +80,22 @@ def is_adapter_parameter(name: str) -> bool:
 
 
 def _add_lora(part: SplitPart, spec: LoraSpec) -> None:
-    targets = spec.target_modules or DEFAULT_LORA_TARGETS[part.family.name]
     if not part.layer_indices:
         log.info("%s has no blocks: no LoRA injected", part.role)
         return
-    config = _lora_config(spec, targets, part)
+    config = lora_config(spec, part.family.name)
     inject_adapter_in_model(config, part, adapter_name=ADAPTER_NAME)
     part.lora_config = config
 
 
-def _lora_config(spec: LoraSpec, targets: list[str], part: SplitPart) -> LoraConfig:
+def lora_config(spec: LoraSpec, family_name: str) -> LoraConfig:
+    """peft's LoraConfig for ``spec`` on a model of the family ``family_name``."""
     return LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=list(targets),
-        fan_in_fan_out=part.family.name == "gpt2",
+        target_modules=list(spec.target_modules or DEFAULT_LORA_TARGETS[family_name]),
+        fan_in_fan_out=family_name == "gpt2",  # GPT-2's Conv1D stores weights transposed
         task_type="CAUSAL_LM",
     )
 

@@ -1,0 +1,69 @@
+"""A client's side of split training: head and tail on private data, the trunk behind an endpoint."""
+
+from __future__ import annotations
+
+import torch
+
+from splitfed.models import HeadPart, TailPart, adapter_state, load_adapter_state
+from splitfed.training.data import Batch
+from splitfed.training.loss import causal_lm_loss
+from splitfed.training.optim import OptimizerSettings
+from splitfed.training.trunk import TrunkEndpoint
+
+
+class SplitClient:
+    """Runs the split training step: head -> trunk -> tail and loss -> backward across both
+    boundaries -> optimizer step on the head and tail adapters. Labels and logits never leave it."""
+
+    def __init__(
+        self,
+        client_id: str,
+        head: HeadPart,
+        tail: TailPart,
+        trunk: TrunkEndpoint,
+        optimizer: OptimizerSettings | None = None,
+    ) -> None:
+        self.client_id = client_id
+        self.head = head
+        self.tail = tail
+        self.trunk = trunk
+        settings = optimizer or OptimizerSettings()
+        params = [p for part in (head, tail) for p in part.parameters() if p.requires_grad]
+        self.optimizer = settings.build(dict.fromkeys(params))  # tied weights once
+        self.samples_seen = 0
+
+    def train_step(self, batch: Batch) -> float:
+        """One split training step on ``batch`` (input_ids, attention_mask, labels); returns the loss."""
+        input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        self.head.train()
+        self.tail.train()
+        hidden_in = self.head(input_ids, mask)
+        hidden_out = self.trunk.forward(self.client_id, hidden_in.detach(), mask, train=True)
+        hidden_out = hidden_out.detach().requires_grad_(True)
+        loss = causal_lm_loss(self.tail(hidden_out, mask), labels)
+        loss.backward()
+        grad_in = self.trunk.backward(self.client_id, hidden_out.grad)
+        if hidden_in.requires_grad:
+            hidden_in.backward(grad_in)
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.samples_seen += int(input_ids.shape[0])
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Inference through head, trunk and tail (nothing is kept for backward)."""
+        self.head.eval()
+        self.tail.eval()
+        hidden = self.head(input_ids, attention_mask)
+        hidden = self.trunk.forward(self.client_id, hidden, attention_mask, train=False)
+        return self.tail(hidden, attention_mask)
+
+    def adapter_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The client's head and tail adapter weights (peft keys)."""
+        return {"head": adapter_state(self.head), "tail": adapter_state(self.tail)}
+
+    def load_adapter_states(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
+        load_adapter_state(self.head, states["head"])
+        load_adapter_state(self.tail, states["tail"])

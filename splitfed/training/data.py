@@ -1,0 +1,28 @@
+"""Batches of tokenized examples, reproducible by seed."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+Batch = dict[str, Any]
+
+
+def shuffled_batches(
+    examples: Sequence[Any],
+    batch_size: int,
+    seed: int,
+    collate: Callable[[list[Any]], Batch],
+) -> Iterator[Batch]:
+    """Endless batches: each epoch is a fresh permutation drawn from ``seed``; the last partial
+    batch of an epoch is dropped unless the data is smaller than one batch."""
+    if not examples:
+        raise ValueError("no examples to draw batches from")
+    rng = random.Random(seed)
+    size = min(batch_size, len(examples))
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for start in range(0, len(order) - size + 1, size):
+            yield collate([examples[i] for i in order[start : start + size]])
