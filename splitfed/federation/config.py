@@ -1,0 +1,38 @@
+"""Typed settings of a federated split fine-tuning run."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from splitfed.models import AdapterSpec, LoraSpec, Partition
+from splitfed.training.optim import OptimizerSettings
+
+
+class PartitionSettings(BaseModel):
+    """Blocks kept by the client before (head) and after (tail) the server's trunk."""
+
+    model_config = ConfigDict(extra="forbid")
+    head: int = Field(2, ge=0)
+    tail: int = Field(2, ge=0)
+
+    def partition(self) -> Partition:
+        return Partition(self.head, self.tail)
+
+
+class FederationSettings(BaseModel):
+    """Rounds of sequential split training followed by FedAvg of the clients' adapters."""
+
+    model_config = ConfigDict(extra="forbid")
+    clients: int = Field(3, ge=1)
+    rounds: int = Field(3, ge=1)
+    local_steps: int = Field(4, ge=1, description="steps per client per round")
+    batch_size: int = Field(4, ge=1)
+    seed: int = 0
+    partition: PartitionSettings = PartitionSettings()
+    adapter: AdapterSpec = LoraSpec()
+    optimizer: OptimizerSettings = OptimizerSettings()
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps on the trunk over the whole run (one per client step)."""
+        return self.rounds * self.local_steps * self.clients

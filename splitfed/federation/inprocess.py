@@ -1,0 +1,96 @@
+"""A federation in one process: clients with private shards take turns against one trunk."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from splitfed.client import SplitClient
+from splitfed.federation.config import FederationSettings
+from splitfed.models import adapter_state, add_adapter, split_model
+from splitfed.server import LocalTrunk
+from splitfed.training.data import Batch, shuffled_batches
+from splitfed.training.fedavg import weighted_average
+from splitfed.training.replicate import replicate
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, float], None]
+
+
+class InProcessFederation:
+    """Sequential split training of several clients against one trunk, with FedAvg every round.
+
+    Each client holds its shard and its own head/tail adapters; the server holds the trunk adapter.
+    All clients start from the same adapter weights; the frozen base weights are shared in memory.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        shards: Sequence[Sequence[Any]],
+        collate: Callable[[list[Any]], Batch],
+        settings: FederationSettings,
+    ) -> None:
+        if len(shards) != settings.clients:
+            raise ValueError(f"{settings.clients} clients but {len(shards)} data shards")
+        if any(len(shard) == 0 for shard in shards):
+            raise ValueError("every client needs at least one example")
+        self.settings = settings
+        partition = settings.partition.partition()
+        torch.manual_seed(settings.seed)
+        server_split = split_model(replicate(model), partition)
+        add_adapter(server_split.trunk, settings.adapter)
+        self.server = LocalTrunk(server_split.trunk, settings.optimizer)
+        self.clients: list[SplitClient] = []
+        self.shard_sizes = [len(shard) for shard in shards]
+        self._batches = []
+        for index, shard in enumerate(shards):
+            split = split_model(replicate(model), partition)
+            add_adapter(split.head, settings.adapter)
+            add_adapter(split.tail, settings.adapter)
+            client = SplitClient(f"client-{index}", split.head, split.tail, self.server,
+                                 settings.optimizer)
+            if self.clients:
+                client.load_adapter_states(self.clients[0].adapter_states())
+            self.clients.append(client)
+            self._batches.append(shuffled_batches(shard, settings.batch_size, settings.seed + index,
+                                                  collate))
+        self.rounds_done = 0
+
+    def initial_states(self) -> list[dict[str, torch.Tensor]]:
+        """Adapter weights of head, trunk and tail (to start a centralized baseline identically)."""
+        first = self.clients[0]
+        return [adapter_state(first.head), adapter_state(self.server.trunk), adapter_state(first.tail)]
+
+    def train_round(self, on_step: StepCallback | None = None) -> list[float]:
+        """One round: clients take turns, one step each, ``local_steps`` times; then FedAvg."""
+        losses: list[float] = []
+        for _ in range(self.settings.local_steps):
+            for index, client in enumerate(self.clients):
+                loss = client.train_step(next(self._batches[index]))
+                losses.append(loss)
+                if on_step is not None:
+                    on_step(index, loss)
+        self.aggregate()
+        self.rounds_done += 1
+        log.info("round %d: mean loss %.4f", self.rounds_done, sum(losses) / len(losses))
+        return losses
+
+    def aggregate(self) -> None:
+        """FedAvg of the clients' head and tail adapters, weighted by shard size, sent back to all."""
+        states = [client.adapter_states() for client in self.clients]
+        averaged = {
+            part: weighted_average([state[part] for state in states], self.shard_sizes)
+            for part in ("head", "tail")
+        }
+        for client in self.clients:
+            client.load_adapter_states(averaged)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Inference with the federated model (after ``aggregate`` every client holds the same one)."""
+        return self.clients[0].logits(input_ids, attention_mask)
