@@ -117,8 +117,19 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, object]
     model = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=dtype, local_files_only=True
     )
+    _forget_gguf_quantizer(model)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     return model, tokenizer
+
+
+def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
+    """GGUF weights arrive dequantized to plain tensors; drop the loader's quantizer record so the
+    model saves like any other (transformers refuses to save "gguf-quantized" models otherwise)."""
+    model.hf_quantizer = None
+    for holder in (model, model.config):
+        if hasattr(holder, "quantization_config"):
+            delattr(holder, "quantization_config")
+    model.is_quantized = False
 
 
 def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, object]:

@@ -127,7 +127,7 @@ def split_model(model: nn.Module, partition: Partition) -> SplitModel:
         partition,
         family,
     )
-    log.info(
+    log.debug(
         "split %s (%d blocks): head %s, trunk %s, tail %s",
         model.config.model_type,
         family.num_layers(model.config),

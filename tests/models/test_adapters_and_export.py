@@ -102,7 +102,9 @@ def test_merged_adapter_keys_also_load_with_peft(tmp_path):
         assert (peft_model(input_ids=ids).logits - federation.logits(ids)).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("spec", [LoraSpec(r=4, alpha=8), PrefixSpec(num_virtual_tokens=3)], ids=["lora", "prefix"])
+@pytest.mark.parametrize(
+    "spec", [LoraSpec(r=4, alpha=8), PrefixSpec(num_virtual_tokens=3)], ids=["lora", "prefix"]
+)
 def test_part_adapter_round_trip(spec, tmp_path):
     federation = _trained_federation("tiny-glm", spec)
     directories = _save_parts(federation, tmp_path)

@@ -51,7 +51,9 @@ def _whole_state(federation: InProcessFederation) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("spec", [LoraSpec(r=4, alpha=8), PrefixSpec(num_virtual_tokens=2)], ids=["lora", "prefix"])
+@pytest.mark.parametrize(
+    "spec", [LoraSpec(r=4, alpha=8), PrefixSpec(num_virtual_tokens=2)], ids=["lora", "prefix"]
+)
 def test_split_training_equals_whole_model_training(name, spec):
     """Several AdamW steps of split training (head/trunk/tail, three optimizers, trunk behind the
     endpoint) leave the same adapters as the same steps on the unsplit model."""

@@ -1,0 +1,237 @@
+"""`splitfed demo`: federated split fine-tuning on a real task, against the centralized baseline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from splitfed.federation import CentralizedTrainer, FederationSettings, InProcessFederation, PartitionSettings
+from splitfed.models import DEFAULT_MODEL, LoraSpec, load_model, num_layers, save_adapter
+from splitfed.tasks import available_tasks, collate, encode_example, evaluate_cloze, load_task
+from splitfed.training.optim import OptimizerSettings
+
+log = logging.getLogger(__name__)
+
+
+class DemoSettings(BaseModel):
+    """What the demo runs; every field is also a ``splitfed demo`` option."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = DEFAULT_MODEL
+    task: str = "rte"
+    clients: int = Field(3, ge=1)
+    steps: int = Field(36, ge=1, description="optimizer steps per trainer (federation and centralized)")
+    rounds: int = Field(3, ge=1, description="FedAvg rounds the steps are spread over")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lora_rank: int = Field(8, ge=1)
+    head: int | None = Field(None, ge=0, description="blocks kept before the trunk (default: 2, 1 if tiny)")
+    tail: int | None = Field(None, ge=0, description="blocks kept after the trunk (default: 2, 1 if tiny)")
+    train_examples: int = Field(480, ge=1, description="training examples, shared out among clients")
+    eval_examples: int = Field(120, ge=1)
+    max_length: int = Field(256, ge=16)
+    seed: int = 0
+    output: Path = Path("runs/demo")
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    macro_f1: float
+    loss: float
+    n: int
+
+
+@dataclass
+class TrainerResult:
+    name: str
+    before: Evaluation
+    after: Evaluation
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    examples_per_second: float = 0.0
+
+
+@dataclass
+class DemoResult:
+    settings: dict[str, Any]
+    federated: TrainerResult
+    centralized: TrainerResult
+    load_seconds: float
+    total_seconds: float
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def iid_shards(items: list[Any], clients: int, seed: int) -> list[list[Any]]:
+    """Split ``items`` into ``clients`` near-equal shards at random (reproducible by ``seed``)."""
+    if len(items) < clients:
+        raise ValueError(f"{len(items)} examples cannot be shared among {clients} clients")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [[items[i] for i in order[k::clients]] for k in range(clients)]
+
+
+def _federation_settings(settings: DemoSettings, model: Any) -> FederationSettings:
+    per_round = settings.rounds * settings.clients
+    per_client = -(-settings.steps // per_round)
+    rounds = settings.rounds
+    if per_client * per_round != settings.steps:
+        log.warning("steps rounded up to %d = %d rounds x %d clients x %d local steps",
+                    per_client * per_round, rounds, settings.clients, per_client)
+    head, tail = default_partition(settings, num_layers(model))
+    if head + tail >= num_layers(model):
+        raise ValueError(f"--head {head} --tail {tail} leave no block for the server "
+                         f"(the model has {num_layers(model)} blocks)")
+    return FederationSettings(
+        clients=settings.clients,
+        rounds=rounds,
+        local_steps=per_client,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        partition=PartitionSettings(head=head, tail=tail),
+        adapter=LoraSpec(r=settings.lora_rank, alpha=2.0 * settings.lora_rank),
+        optimizer=OptimizerSettings(lr=settings.lr),
+    )
+
+
+def default_partition(settings: DemoSettings, blocks: int) -> tuple[int, int]:
+    """The requested head/tail, or 2 each (1 each on models with fewer than 6 blocks)."""
+    default = 2 if blocks >= 6 else 1
+    return (default if settings.head is None else settings.head,
+            default if settings.tail is None else settings.tail)
+
+
+def _evaluate(logits_fn: Any, tokenizer: Any, examples: list, settings: DemoSettings) -> Evaluation:
+    metrics = evaluate_cloze(logits_fn, tokenizer, examples, batch_size=8, max_length=settings.max_length)
+    return Evaluation(metrics["accuracy"], metrics["macro_f1"], metrics["loss"], metrics["n"])
+
+
+def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResult:
+    """Fine-tune ``settings.model`` federated (split, N clients) and centralized; evaluate both."""
+    console = console or Console()
+    if settings.task not in available_tasks():
+        raise ValueError(f"unknown task {settings.task!r}; choose one of {', '.join(available_tasks())}")
+    started = time.perf_counter()
+    with console.status(f"loading {settings.model} ..."):
+        model, tokenizer = load_model(settings.model, seed=settings.seed)
+    load_seconds = time.perf_counter() - started
+    console.print(f"loaded [bold]{settings.model}[/] ({model.config.model_type}, "
+                  f"{num_layers(model)} blocks, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+                  f"parameters) in {load_seconds:.1f}s")
+
+    train = load_task(settings.task, "train", limit=settings.train_examples)
+    evaluation = load_task(settings.task, "val", limit=settings.eval_examples)
+    encoded = [encode_example(tokenizer, e, settings.max_length) for e in train]
+    pad = int(tokenizer.pad_token_id)
+
+    def collate_rows(rows: list) -> dict:
+        return collate(rows, pad_token_id=pad)
+
+    fed_settings = _federation_settings(settings, model)
+    shards = iid_shards(encoded, settings.clients, settings.seed)
+    console.print(f"task [bold]{settings.task}[/]: {len(train)} training examples in {settings.clients} "
+                  f"shards of {', '.join(str(len(s)) for s in shards)}; {len(evaluation)} held-out "
+                  f"examples; partition head={fed_settings.partition.head} / "
+                  f"tail={fed_settings.partition.tail}, {fed_settings.total_steps} steps per trainer")
+
+    with _progress(console) as progress:
+        task = progress.add_task("zero-shot eval", total=1, status="")
+        before = _evaluate(_whole_logits(model), tokenizer, evaluation, settings)
+        progress.update(task, completed=1, status=f"acc {before.accuracy:.3f}")
+
+        federation = InProcessFederation(model, shards, collate_rows, fed_settings)
+        federated = _train_federation(federation, fed_settings, progress, before)
+        federated.after = _evaluate(federation.logits, tokenizer, evaluation, settings)
+        save_federated_adapters(federation, settings.output / "adapters", settings.model)
+
+        central = CentralizedTrainer(model, encoded, collate_rows, fed_settings, federation.initial_states())
+        centralized = _train_centralized(central, fed_settings, progress, before)
+        centralized.after = _evaluate(central.logits, tokenizer, evaluation, settings)
+
+    result = DemoResult(
+        settings=json.loads(settings.model_dump_json()),
+        federated=federated,
+        centralized=centralized,
+        load_seconds=load_seconds,
+        total_seconds=time.perf_counter() - started,
+    )
+    return result
+
+
+def _whole_logits(model: Any):
+    from splitfed.models import positions_from_mask
+
+    @torch.no_grad()
+    def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = positions_from_mask(attention_mask, input_ids.shape[1], 0, input_ids.device)
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+
+    return logits
+
+
+def _train_federation(
+    federation: InProcessFederation, settings: FederationSettings, progress: Progress, before: Evaluation
+) -> TrainerResult:
+    task = progress.add_task(f"federated ({settings.clients} clients)", total=settings.total_steps, status="")
+    result = TrainerResult("federated split", before, before)
+    started = time.perf_counter()
+    for round_index in range(settings.rounds):
+        def on_step(client: int, loss: float, round_index: int = round_index) -> None:
+            result.losses.append(loss)
+            progress.update(task, advance=1, status=f"round {round_index + 1}/{settings.rounds} "
+                                                    f"client {client} loss {loss:.3f}")
+        federation.train_round(on_step)
+    result.seconds = time.perf_counter() - started
+    result.examples_per_second = settings.total_steps * settings.batch_size / max(result.seconds, 1e-9)
+    return result
+
+
+def _train_centralized(
+    central: CentralizedTrainer, settings: FederationSettings, progress: Progress, before: Evaluation
+) -> TrainerResult:
+    task = progress.add_task("centralized baseline", total=settings.total_steps, status="")
+    result = TrainerResult("centralized", before, before)
+    started = time.perf_counter()
+    for _ in range(settings.total_steps):
+        loss = central.train_step()
+        result.losses.append(loss)
+        progress.update(task, advance=1, status=f"loss {loss:.3f}")
+    result.seconds = time.perf_counter() - started
+    result.examples_per_second = settings.total_steps * settings.batch_size / max(result.seconds, 1e-9)
+    return result
+
+
+def save_federated_adapters(federation: InProcessFederation, directory: Path, base_model: str) -> None:
+    """Save the federated head, trunk and tail adapters (peft format) under ``directory``."""
+    client = federation.clients[0]
+    for part in (client.head, federation.server.trunk, client.tail):
+        save_adapter(part, directory / part.role, base_model=base_model)
+
+
+def save_result(result: DemoResult, directory: Path) -> Path:
+    """Write ``results.json`` into ``directory``; returns its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "results.json"
+    path.write_text(json.dumps(asdict(result), indent=2, default=str))
+    return path

@@ -1,0 +1,74 @@
+"""Tables and plots of a run's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from splitfed.demo import DemoResult, TrainerResult
+
+
+def _rows(result: DemoResult) -> list[tuple[str, ...]]:
+    before = result.federated.before
+    rows = [("zero-shot (before)", f"{before.loss:.3f}", f"{before.accuracy:.3f}", f"{before.macro_f1:.3f}",
+             "-", "-")]
+    for trainer in (result.federated, result.centralized):
+        after = trainer.after
+        rows.append((f"{trainer.name} (after)", f"{after.loss:.3f}", f"{after.accuracy:.3f}",
+                     f"{after.macro_f1:.3f}", _train_loss(trainer), f"{trainer.seconds:.0f}s"))
+    return rows
+
+
+COLUMNS = ("model", "eval loss", "accuracy", "macro-F1", "train loss", "train time")
+
+
+def results_table(result: DemoResult) -> Table:
+    """Loss and accuracy before and after fine-tuning, federated vs centralized."""
+    settings = result.settings
+    table = Table(title=f"{settings['model']} on {settings['task']}, {settings['clients']} clients",
+                  caption="train loss: mean of the first 4 -> last 4 steps")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in _rows(result):
+        table.add_row(*row)
+    return table
+
+
+def _train_loss(trainer: TrainerResult) -> str:
+    if not trainer.losses:
+        return "-"
+    window = min(4, len(trainer.losses))
+    first = sum(trainer.losses[:window]) / window
+    last = sum(trainer.losses[-window:]) / window
+    return f"{first:.3f} -> {last:.3f}"
+
+
+def markdown_table(result: DemoResult) -> str:
+    """The same table as Markdown (for closing notes and READMEs)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(result)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_losses(result: DemoResult, path: Path) -> Path:
+    """PNG of the training loss per step, federated vs centralized."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for trainer in (result.federated, result.centralized):
+        axis.plot(range(1, len(trainer.losses) + 1), trainer.losses, label=trainer.name, alpha=0.85)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("training loss (answer tokens)")
+    axis.set_title(f"{result.settings['model']} / {result.settings['task']}: "
+                   f"{result.settings['clients']} clients vs centralized")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
