@@ -161,11 +161,13 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
         progress.update(task, completed=1, status=f"acc {before.accuracy:.3f}")
 
         federation = InProcessFederation(model, shards, collate_rows, fed_settings)
+        # Same data (the shards pooled), same initial adapters, same steps and seeds.
+        pooled = [row for shard in shards for row in shard]
+        central = CentralizedTrainer(model, pooled, collate_rows, fed_settings, federation.initial_states())
         federated = _train_federation(federation, fed_settings, progress, before)
         federated.after = _evaluate(federation.logits, tokenizer, evaluation, settings)
         save_federated_adapters(federation, settings.output / "adapters", settings.model)
 
-        central = CentralizedTrainer(model, encoded, collate_rows, fed_settings, federation.initial_states())
         centralized = _train_centralized(central, fed_settings, progress, before)
         centralized.after = _evaluate(central.logits, tokenizer, evaluation, settings)
 

@@ -51,3 +51,16 @@ def test_demo_rejects_bad_input_clearly(tmp_path):
 def test_models_lists_families():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0 and "gpt2" in result.output and "llama" in result.output
+
+
+def test_demo_with_one_client_matches_its_centralized_baseline(tmp_path):
+    """With one client and one round, federated split training and the centralized baseline see the
+    same data, initial adapters and seeds, so their losses agree step for step."""
+    out = tmp_path / "one"
+    result = runner.invoke(app, ["demo", "--model", "tiny-gpt2", "--steps", "5", "--rounds", "1",
+                                 "--clients", "1", "--train-examples", "20", "--eval-examples", "6",
+                                 "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["federated"]["losses"] == pytest.approx(data["centralized"]["losses"], abs=1e-5)
+    assert data["federated"]["after"]["loss"] == pytest.approx(data["centralized"]["after"]["loss"], abs=1e-5)
