@@ -1,0 +1,122 @@
+"""The trunk behind the network, as a ``TrunkEndpoint``: handshake, encryption, tensor codec."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from splitfed.protocol import from_wire, to_wire
+from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
+from splitfed.transport import (
+    TensorLimits,
+    decode_tensor,
+    encode_tensor,
+    mask_to_lengths,
+    parse_payload,
+    pb,
+)
+from splitfed.transport.connection import TrunkConnection
+
+log = logging.getLogger(__name__)
+
+
+class TrunkMismatchError(RuntimeError):
+    """The server's trunk does not fit this client's head and tail."""
+
+
+class RemoteTrunk:
+    """Implements ``splitfed.training.trunk.TrunkEndpoint`` over an encrypted, authenticated session.
+
+    Hidden states and gradients are encoded (dtype + shape + raw bytes), sealed with AES-256-GCM under
+    this session's key and sent; the attention mask travels as per-row lengths only.
+    """
+
+    def __init__(
+        self,
+        connection: TrunkConnection,
+        identity: Identity,
+        server_key: PublicIdentity,
+        wire_dtype: str = "float32",
+    ) -> None:
+        self.connection = connection
+        self.identity = identity
+        self.server_key = server_key
+        self.wire_dtype = wire_dtype
+        self.channel: SecureChannel | None = None
+        self.limits: pb.SessionLimits | None = None
+        self._step = 0
+        self._open_step: int | None = None
+        self._shape: tuple[int, ...] = ()
+
+    def connect(self, expected_layers: tuple[int, int] | None = None, hidden_size: int | None = None) -> None:
+        """Run the signed handshake and check that the server's trunk fits between head and tail."""
+        handshake = ClientHandshake(self.identity, self.server_key)
+        reply = self.connection.handshake(handshake.hello().to_bytes())
+        keys = handshake.finish(ServerHello.from_bytes(reply.server_hello))
+        self.channel = SecureChannel(keys)
+        self.limits = reply.limits
+        served = (self.limits.trunk_start, self.limits.trunk_end)
+        if expected_layers is not None and served != tuple(expected_layers):
+            raise TrunkMismatchError(f"the server runs blocks [{served[0]}:{served[1]}], this client needs "
+                                     f"[{expected_layers[0]}:{expected_layers[1]}]: use the same partition")
+        if hidden_size is not None and self.limits.hidden_size != hidden_size:
+            raise TrunkMismatchError(f"server hidden size {self.limits.hidden_size} != {hidden_size}")
+        if self.wire_dtype not in self.limits.dtypes:
+            raise TrunkMismatchError(f"the server does not accept {self.wire_dtype} on the wire")
+        log.info("connected to the trunk (blocks [%d:%d], session %s)", *served, keys.session_id.hex()[:8])
+
+    def _exchange(self, kind: str, step: int, message: pb.Message) -> pb.Message:
+        if self.channel is None:
+            raise RuntimeError("call connect() first")
+        sealed = self.channel.seal(kind, step, message.SerializeToString())
+        reply = from_wire(self.connection.exchange(to_wire(sealed)))
+        expected = f"{kind}_reply"
+        plaintext = self.channel.open(reply)
+        if reply.kind != expected or reply.step != step:
+            raise RuntimeError(f"server answered {reply.kind!r} step {reply.step} to {kind} step {step}")
+        return parse_payload(expected, plaintext)
+
+    def _tensor_limits(self) -> TensorLimits:
+        assert self.limits is not None
+        limits = self.limits
+        return TensorLimits(dtypes=frozenset(limits.dtypes),
+                            max_elements=limits.max_batch * limits.max_length * limits.hidden_size,
+                            max_bytes=limits.max_message_bytes)
+
+    def forward(
+        self,
+        client_id: str,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        train: bool = True,
+    ) -> torch.Tensor:
+        self._step += 1
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long)
+        request = pb.ForwardRequest(step=self._step, hidden=encode_tensor(hidden.detach(), self.wire_dtype),
+                                    lengths=mask_to_lengths(attention_mask), train=train)
+        reply = self._exchange("forward", self._step, request)
+        output = decode_tensor(reply.hidden, self._tensor_limits(), tuple(hidden.shape), hidden.dtype)
+        if train:
+            self._open_step, self._shape = self._step, tuple(hidden.shape)
+        return output
+
+    def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
+        if self._open_step is None:
+            raise RuntimeError("backward without a training forward")
+        step, self._open_step = self._open_step, None
+        request = pb.BackwardRequest(step=step, grad=encode_tensor(grad_output, self.wire_dtype))
+        reply = self._exchange("backward", step, request)
+        return decode_tensor(reply.grad, self._tensor_limits(), self._shape, grad_output.dtype)
+
+    def close(self) -> None:
+        """End the session (the server frees everything it holds for this client)."""
+        if self.channel is None:
+            return
+        self._step += 1
+        sealed = self.channel.seal("close", self._step, b"")
+        try:
+            self.connection.exchange(to_wire(sealed))
+        finally:
+            self.channel = None

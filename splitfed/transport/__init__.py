@@ -1,0 +1,42 @@
+"""Wire protocol: the protobuf schema (``pb``), tensor/lengths codec and chunking.
+
+The only package that imports grpc (in the generated ``splitfed_pb2_grpc``, loaded on demand).
+"""
+
+from splitfed.transport import splitfed_pb2 as pb
+from splitfed.transport.chunking import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Reassembler,
+    split_bytes,
+)
+from splitfed.transport.codec import (
+    MAX_RANK,
+    WIRE_DTYPES,
+    TensorLimits,
+    decode_tensor,
+    encode_tensor,
+    lengths_to_mask,
+    mask_to_lengths,
+)
+from splitfed.transport.errors import WireFormatError
+from splitfed.transport.messages import PAYLOAD_KINDS, parse_message, parse_payload
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_RANK",
+    "PAYLOAD_KINDS",
+    "WIRE_DTYPES",
+    "Reassembler",
+    "TensorLimits",
+    "WireFormatError",
+    "decode_tensor",
+    "encode_tensor",
+    "lengths_to_mask",
+    "mask_to_lengths",
+    "parse_message",
+    "parse_payload",
+    "pb",
+    "split_bytes",
+]

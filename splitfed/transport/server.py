@@ -1,0 +1,130 @@
+"""The gRPC server of the trunk: chunking, status codes and logging around a transport-free handler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Protocol
+
+import grpc
+
+from splitfed.transport import splitfed_pb2 as pb
+from splitfed.transport import splitfed_pb2_grpc as pb_grpc
+from splitfed.transport.addresses import check_plaintext_allowed
+from splitfed.transport.chunking import DEFAULT_CHUNK_BYTES, Reassembler, split_bytes
+from splitfed.transport.errors import ServiceError, WireFormatError
+
+log = logging.getLogger(__name__)
+
+GRPC_MESSAGE_LIMIT = 4 * 1024 * 1024 + 64 * 1024  # one chunk plus headroom
+
+
+class TrunkHandler(Protocol):
+    """What the RPC layer needs from the trunk service."""
+
+    def open_session(self, client_hello: bytes) -> bytes: ...
+
+    def session_limits(self) -> pb.SessionLimits: ...
+
+    def handle(self, sealed: pb.Sealed) -> pb.Sealed: ...
+
+
+def chunk_message(message: pb.Sealed, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[pb.Sealed]:
+    """One sealed message as chunks that each fit a gRPC message."""
+    pieces = split_bytes(message.ciphertext, chunk_bytes)
+    return [
+        pb.Sealed(session_id=message.session_id, kind=message.kind, step=message.step,
+                  counter=message.counter, ciphertext=piece, chunk_index=index, chunk_count=len(pieces))
+        for index, piece in enumerate(pieces)
+    ]
+
+
+def reassemble(chunks: Iterator[pb.Sealed], max_total_bytes: int) -> pb.Sealed:
+    """The one sealed message carried by ``chunks`` (all with the same header)."""
+    assembler = Reassembler(max_total_bytes)
+    first: pb.Sealed | None = None
+    for chunk in chunks:
+        if first is None:
+            first = chunk
+        elif (chunk.session_id, chunk.kind, chunk.step, chunk.counter) != (
+                first.session_id, first.kind, first.step, first.counter):
+            raise WireFormatError("bad_chunk", "chunks of one message carry different headers")
+        data = assembler.add(chunk.chunk_index, chunk.chunk_count, chunk.ciphertext)
+        if data is not None:
+            return pb.Sealed(session_id=first.session_id, kind=first.kind, step=first.step,
+                             counter=first.counter, ciphertext=data, chunk_index=0, chunk_count=1)
+    raise WireFormatError("bad_chunk", "the message ended before its last chunk")
+
+
+class TrunkServicer(pb_grpc.TrunkServicer):
+    """Maps RPCs to the handler; every refusal becomes a precise status and one log line."""
+
+    def __init__(self, handler: TrunkHandler, max_message_bytes: int) -> None:
+        self.handler = handler
+        self.max_message_bytes = max_message_bytes
+
+    def Handshake(self, request: pb.Hello, context: grpc.ServicerContext) -> pb.HelloReply:  # noqa: N802
+        try:
+            server_hello = self.handler.open_session(bytes(request.client_hello))
+        except ServiceError as error:
+            self._abort(context, error, "handshake")
+        return pb.HelloReply(server_hello=server_hello, limits=self.handler.session_limits())
+
+    def Step(self, request_iterator: Iterator[pb.Sealed], context: grpc.ServicerContext):  # noqa: N802
+        try:
+            request = reassemble(request_iterator, self.max_message_bytes)
+            reply = self.handler.handle(request)
+        except WireFormatError as error:
+            status = "RESOURCE_EXHAUSTED" if error.code == "too_large" else "INVALID_ARGUMENT"
+            self._abort(context, ServiceError(status, error.code, error.message), "step")
+        except ServiceError as error:
+            self._abort(context, error, "step")
+        except Exception:  # a bug must not take the server down, and must be visible
+            log.exception("internal error while serving a step")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        yield from chunk_message(reply)
+
+    def Close(self, request: pb.Sealed, context: grpc.ServicerContext) -> pb.Sealed:  # noqa: N802
+        try:
+            return self.handler.handle(request)
+        except ServiceError as error:
+            self._abort(context, error, "close")
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, error: ServiceError, what: str) -> None:
+        peer = context.peer() if hasattr(context, "peer") else "?"
+        log.warning("refused %s from %s: %s %s: %s", what, peer, error.status, error.code, error.message)
+        context.abort(getattr(grpc.StatusCode, error.status, grpc.StatusCode.UNKNOWN),
+                      f"{error.code}: {error.message}")
+
+
+def serve(
+    handler: TrunkHandler,
+    address: str,
+    tls: tuple[bytes, bytes] | None = None,
+    allow_insecure_loopback: bool = False,
+    max_message_bytes: int = 512 * 1024 * 1024,
+    workers: int = 16,
+) -> tuple[grpc.Server, int]:
+    """Start serving ``handler`` at ``address`` with TLS (certificate, key) or, on loopback only and
+    when asked explicitly, in plaintext. Returns the started server and the bound port."""
+    if tls is None:
+        check_plaintext_allowed(address, allow_insecure_loopback)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trunk-rpc"),
+        options=[("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+                 ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT)],
+    )
+    pb_grpc.add_TrunkServicer_to_server(TrunkServicer(handler, max_message_bytes), server)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        certificate, key = tls
+        credentials = grpc.ssl_server_credentials([(key, certificate)])
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    server.start()
+    log.info("trunk serving on %s (%s)", address, "TLS" if tls else "plaintext, loopback only")
+    return server, port

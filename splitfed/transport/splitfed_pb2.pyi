@@ -1,0 +1,124 @@
+# ruff: noqa
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Lengths(_message.Message):
+    __slots__ = ("lengths", "left_padding", "past_length")
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    LEFT_PADDING_FIELD_NUMBER: _ClassVar[int]
+    PAST_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    left_padding: _containers.RepeatedScalarFieldContainer[int]
+    past_length: int
+    def __init__(self, lengths: _Optional[_Iterable[int]] = ..., left_padding: _Optional[_Iterable[int]] = ..., past_length: _Optional[int] = ...) -> None: ...
+
+class ForwardRequest(_message.Message):
+    __slots__ = ("step", "hidden", "lengths", "train")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    hidden: Tensor
+    lengths: Lengths
+    train: bool
+    def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., train: _Optional[bool] = ...) -> None: ...
+
+class ForwardReply(_message.Message):
+    __slots__ = ("step", "hidden")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    hidden: Tensor
+    def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class BackwardRequest(_message.Message):
+    __slots__ = ("step", "grad")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    GRAD_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    grad: Tensor
+    def __init__(self, step: _Optional[int] = ..., grad: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class BackwardReply(_message.Message):
+    __slots__ = ("step", "grad")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    GRAD_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    grad: Tensor
+    def __init__(self, step: _Optional[int] = ..., grad: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ErrorInfo(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("client_hello",)
+    CLIENT_HELLO_FIELD_NUMBER: _ClassVar[int]
+    client_hello: bytes
+    def __init__(self, client_hello: _Optional[bytes] = ...) -> None: ...
+
+class SessionLimits(_message.Message):
+    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type")
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DTYPES_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_START_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_END_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    hidden_size: int
+    max_batch: int
+    max_length: int
+    max_message_bytes: int
+    dtypes: _containers.RepeatedScalarFieldContainer[str]
+    trunk_start: int
+    trunk_end: int
+    model_type: str
+    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ...) -> None: ...
+
+class HelloReply(_message.Message):
+    __slots__ = ("server_hello", "limits")
+    SERVER_HELLO_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    server_hello: bytes
+    limits: SessionLimits
+    def __init__(self, server_hello: _Optional[bytes] = ..., limits: _Optional[_Union[SessionLimits, _Mapping]] = ...) -> None: ...
+
+class Sealed(_message.Message):
+    __slots__ = ("session_id", "kind", "step", "counter", "ciphertext", "chunk_index", "chunk_count")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    kind: str
+    step: int
+    counter: int
+    ciphertext: bytes
+    chunk_index: int
+    chunk_count: int
+    def __init__(self, session_id: _Optional[bytes] = ..., kind: _Optional[str] = ..., step: _Optional[int] = ..., counter: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., chunk_index: _Optional[int] = ..., chunk_count: _Optional[int] = ...) -> None: ...
