@@ -1,7 +1,8 @@
 """Federated split fine-tuning in one process, and its centralized baseline."""
 
 from splitfed.federation.centralized import CentralizedTrainer
-from splitfed.federation.config import FederationSettings, PartitionSettings
+from splitfed.federation.config import FederationSettings
 from splitfed.federation.inprocess import InProcessFederation
+from splitfed.training.partition import PartitionSettings
 
 __all__ = ["CentralizedTrainer", "FederationSettings", "InProcessFederation", "PartitionSettings"]

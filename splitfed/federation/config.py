@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from splitfed.models import AdapterSpec, LoraSpec, Partition
+from splitfed.models import AdapterSpec, LoraSpec
 from splitfed.training.optim import OptimizerSettings
-
-
-class PartitionSettings(BaseModel):
-    """Blocks kept by the client before (head) and after (tail) the server's trunk."""
-
-    model_config = ConfigDict(extra="forbid")
-    head: int = Field(2, ge=0)
-    tail: int = Field(2, ge=0)
-
-    def partition(self) -> Partition:
-        return Partition(self.head, self.tail)
+from splitfed.training.partition import PartitionSettings
 
 
 class FederationSettings(BaseModel):

@@ -11,7 +11,7 @@ from torch import nn
 
 from splitfed.client import SplitClient
 from splitfed.federation.config import FederationSettings
-from splitfed.models import adapter_state, add_adapter, split_model
+from splitfed.models import adapter_state, init_adapter, split_model
 from splitfed.server import LocalTrunk
 from splitfed.training.data import Batch, shuffled_batches
 from splitfed.training.fedavg import weighted_average
@@ -26,7 +26,8 @@ class InProcessFederation:
     """Sequential split training of several clients against one trunk, with FedAvg every round.
 
     Each client holds its shard and its own head/tail adapters; the server holds the trunk adapter.
-    All clients start from the same adapter weights; the frozen base weights are shared in memory.
+    All clients start from the same adapter weights (seeded per part role, as separate processes
+    would); the frozen base weights are shared in memory.
     """
 
     def __init__(
@@ -42,21 +43,18 @@ class InProcessFederation:
             raise ValueError("every client needs at least one example")
         self.settings = settings
         partition = settings.partition.partition()
-        torch.manual_seed(settings.seed)
         server_split = split_model(replicate(model), partition)
-        add_adapter(server_split.trunk, settings.adapter)
+        init_adapter(server_split.trunk, settings.adapter, settings.seed)
         self.server = LocalTrunk(server_split.trunk, settings.optimizer)
         self.clients: list[SplitClient] = []
         self.shard_sizes = [len(shard) for shard in shards]
         self._batches = []
         for index, shard in enumerate(shards):
             split = split_model(replicate(model), partition)
-            add_adapter(split.head, settings.adapter)
-            add_adapter(split.tail, settings.adapter)
+            init_adapter(split.head, settings.adapter, settings.seed)
+            init_adapter(split.tail, settings.adapter, settings.seed)
             client = SplitClient(f"client-{index}", split.head, split.tail, self.server,
                                  settings.optimizer)
-            if self.clients:
-                client.load_adapter_states(self.clients[0].adapter_states())
             self.clients.append(client)
             self._batches.append(shuffled_batches(shard, settings.batch_size, settings.seed + index,
                                                   collate))

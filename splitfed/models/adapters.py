@@ -74,6 +74,17 @@ def add_adapter(part: SplitPart, spec: LoraSpec | PrefixSpec | None) -> None:
         parameter.requires_grad_(is_adapter_parameter(name))
 
 
+ROLE_SEED_OFFSETS = {"head": 1, "trunk": 2, "tail": 3}
+
+
+def init_adapter(part: SplitPart, spec: LoraSpec | PrefixSpec | None, seed: int) -> None:
+    """``add_adapter`` with the adapter's random init drawn from ``seed`` and the part's role only,
+    so that separate processes (server, clients) start from the same weights as one process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1000 + ROLE_SEED_OFFSETS[part.role])
+        add_adapter(part, spec)
+
+
 def is_adapter_parameter(name: str) -> bool:
     """Whether a parameter name (in a part) belongs to an adapter."""
     return ".lora_" in name or name.startswith("prefix.")
