@@ -74,8 +74,11 @@ def demo(
     output: Annotated[Path, typer.Option(help="Where results.json, the loss plot and adapters go.")] = Path(
         "runs/demo"),
 ) -> None:
-    """Fine-tune a model with N clients by federated split learning, and the same model centralized
-    with the same data, steps and seeds; print loss and accuracy before and after."""
+    """Federated split fine-tuning vs centralized, on a real task: loss and accuracy before and after.
+
+    Fine-tunes a model with N clients by federated split learning (in one process), and the same
+    model centralized with the same data, steps and seeds.
+    """
     from splitfed.demo import DemoSettings, run_demo, save_result
     from splitfed.reporting import markdown_table, plot_losses, results_table
 
@@ -121,8 +124,11 @@ def export(
     tail: Annotated[Path, typer.Option(help="Directory of the tail's adapter.")],
     out: Annotated[Path, typer.Option(help="Output: a plain Hugging Face model directory.")],
 ) -> None:
-    """Merge the head, trunk and tail adapters into one Hugging Face model directory that
-    transformers loads without splitfed (prefix adapters are saved beside it in peft's format)."""
+    """Merge the head, trunk and tail adapters into one plain Hugging Face model directory.
+
+    transformers loads the result without splitfed; prefix adapters cannot be folded into weights
+    and are saved beside it as one whole-model adapter in peft's format.
+    """
     from splitfed.models import AdapterError, export_merged
 
     started = time.perf_counter()
@@ -132,6 +138,144 @@ def export(
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from error
     console.print(f"merged model written to {path} in {time.perf_counter() - started:.1f}s")
+
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or TOML file with the "
+                                                  "settings; flags given here override it.")]
+
+
+def _fail(error: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/] {error}")
+    return typer.Exit(2)
+
+
+@app.command()
+def keygen(
+    name: Annotated[str, typer.Argument(help="Identity name: the client's name in the server's allow-list, "
+                                             "or the server's name.")],
+    out: Annotated[Path, typer.Option(help="Directory to write the key files into.")] = Path("keys"),
+    server: Annotated[bool, typer.Option("--server", help="Also write a self-signed TLS certificate and key "
+                                                          "for the trunk server.")] = False,
+    host: Annotated[list[str] | None, typer.Option(help="Server DNS name for the TLS certificate "
+                                                        "(repeatable).")] = None,
+    ip: Annotated[list[str] | None, typer.Option(help="Server IP address for the TLS certificate "
+                                                      "(repeatable).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
+) -> None:
+    """Create an identity (and, with --server, a TLS certificate) for a client or the server.
+
+    Writes NAME.key (Ed25519, private, mode 0600) and NAME.pub (public). Put the clients' .pub files
+    in the server's allow-list; give the server's .pub and TLS certificate to every client.
+    """
+    from splitfed.security import SecurityError, create_identity_files, create_server_files
+
+    try:
+        if server:
+            files = create_server_files(out, host or ["localhost"], ip or ["127.0.0.1"], name=name,
+                                        overwrite=overwrite)
+            console.print(f"server identity: {files.identity_key} (private), {files.identity_pub}\n"
+                          f"TLS: {files.tls_cert}, {files.tls_key} (private)\n"
+                          f"identity fingerprint {files.identity_fingerprint}\n"
+                          f"TLS fingerprint      {files.tls_fingerprint}")
+        else:
+            key, pub = create_identity_files(out, name, overwrite=overwrite)
+            console.print(f"identity: {key} (private, keep it here), {pub} (public: enrol it on the server)")
+    except (SecurityError, OSError, ValueError) as error:
+        raise _fail(error) from error
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    listen: Annotated[str | None, typer.Option(help="host:port to listen on [127.0.0.1:50051].")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model [default: smollm2].")] = None,
+    head: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep before the trunk.")] = None,
+    tail: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep after the trunk.")] = None,
+    identity: Annotated[Path | None, typer.Option(help="The server's private key file.")] = None,
+    allowlist: Annotated[Path | None, typer.Option(help="File of client public keys or directory of "
+                                                        ".pub files.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (needed beyond loopback).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key.")] = None,
+    insecure_loopback: Annotated[bool | None, typer.Option("--insecure-loopback", help="Allow plaintext "
+                                 "transport, on a loopback address only (payloads stay encrypted).")] = None,
+    roster: Annotated[str | None, typer.Option(help="Comma-separated client names served round-robin in "
+                                                    "this order (reproducible runs).")] = None,
+    exit_when_done: Annotated[bool | None, typer.Option("--exit-when-done", help="Stop once every roster "
+                                                        "client has closed its session.")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the trunk adapter.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the trunk adapter's initialisation.")] = None,
+    port_file: Annotated[Path | None, typer.Option(help="Write the bound port here.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Where the trunk adapter is saved on exit.")] = None,
+) -> None:
+    """Run the trunk server for enrolled clients over authenticated, encrypted sessions.
+
+    The server holds the middle blocks of the model (frozen) and a trainable trunk adapter, serves
+    until stopped (Ctrl-C, SIGTERM or --exit-when-done) and then saves the adapter.
+    """
+    from splitfed.config import ConfigError, build_settings
+    from splitfed.server.process import run_server
+    from splitfed.server.settings import ServerSettings
+
+    overrides = {"listen": listen, "model": model, "partition.head": head, "partition.tail": tail,
+                 "identity": identity, "allowlist": allowlist, "tls_cert": tls_cert, "tls_key": tls_key,
+                 "insecure_loopback": insecure_loopback, "exit_when_done": exit_when_done,
+                 "roster": roster.split(",") if roster else None, "optimizer.lr": lr, "seed": seed,
+                 "port_file": port_file, "output": output}
+    try:
+        settings = build_settings(ServerSettings, config, overrides)
+        run_server(settings)
+    except (ConfigError, ValueError, OSError) as error:
+        raise _fail(error) from error
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    name: Annotated[str | None, typer.Option(help="This client's name (as enrolled on the server).")] = None,
+    identity: Annotated[Path | None, typer.Option(help="This client's private key file.")] = None,
+    server: Annotated[str | None, typer.Option(help="host:port of the trunk server.")] = None,
+    server_key: Annotated[Path | None, typer.Option(help="The server's public identity, pinned.")] = None,
+    server_cert: Annotated[Path | None, typer.Option(help="The server's TLS certificate, pinned.")] = None,
+    insecure_loopback: Annotated[bool | None, typer.Option("--insecure-loopback", help="Allow plaintext "
+                                 "transport to a loopback address (payloads stay encrypted).")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model (the server's) [default: smollm2].")] = None,
+    head: Annotated[int | None, typer.Option(min=0, help="Blocks kept before the trunk.")] = None,
+    tail: Annotated[int | None, typer.Option(min=0, help="Blocks kept after the trunk.")] = None,
+    task: Annotated[str | None, typer.Option(help="Shipped task, or the template of --data-file.")] = None,
+    data_file: Annotated[Path | None, typer.Option(help="Your own JSONL training file.")] = None,
+    shard: Annotated[int | None, typer.Option(min=0, help="Which data shard this client holds.")] = None,
+    shards: Annotated[int | None, typer.Option(min=1, help="Into how many shards the data is split.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the head/tail adapters.")] = None,
+    wire_dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 on the wire.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of adapter init and data order.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Where the head and tail adapters are saved.")] = None,
+) -> None:
+    """Run a client: head and tail train on private data here, the trunk runs on the server.
+
+    Only hidden states and gradients leave this machine, encrypted (AES-256-GCM); tokens, labels
+    and logits stay here. The head and tail adapters are saved at the end.
+    """
+    from splitfed.client.process import run_client
+    from splitfed.client.settings import ClientSettings
+    from splitfed.config import ConfigError, build_settings
+    from splitfed.transport.errors import RemoteError
+
+    overrides = {"name": name, "identity": identity, "server": server, "server_key": server_key,
+                 "server_cert": server_cert, "insecure_loopback": insecure_loopback, "model": model,
+                 "partition.head": head, "partition.tail": tail, "data.task": task, "data.file": data_file,
+                 "data.shard": shard, "data.shards": shards, "steps": steps, "batch_size": batch_size,
+                 "optimizer.lr": lr, "wire_dtype": wire_dtype, "seed": seed, "data.seed": seed,
+                 "output": output}
+    try:
+        settings = build_settings(ClientSettings, config, overrides)
+        summary = run_client(settings, console)
+    except (ConfigError, ValueError, OSError, RemoteError) as error:
+        raise _fail(error) from error
+    console.print(f"{summary['name']}: {summary['steps']} steps, loss {summary['losses'][0]:.3f} -> "
+                  f"{summary['losses'][-1]:.3f}, {summary['tokens_per_second']:.0f} tokens/s, "
+                  f"{summary['bytes_sent'] / 1e6:.1f} MB sent")
 
 
 if __name__ == "__main__":

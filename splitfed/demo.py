@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from splitfed.federation import CentralizedTrainer, FederationSettings, InProcessFederation, PartitionSettings
 from splitfed.models import DEFAULT_MODEL, LoraSpec, load_model, num_layers, save_adapter
 from splitfed.tasks import available_tasks, collate, encode_example, evaluate_cloze, load_task
+from splitfed.training.data import iid_shards
 from splitfed.training.optim import OptimizerSettings
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,6 @@ def _progress(console: Console) -> Progress:
         console=console,
         transient=False,
     )
-
-
-def iid_shards(items: list[Any], clients: int, seed: int) -> list[list[Any]]:
-    """Split ``items`` into ``clients`` near-equal shards at random (reproducible by ``seed``)."""
-    if len(items) < clients:
-        raise ValueError(f"{len(items)} examples cannot be shared among {clients} clients")
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    return [[items[i] for i in order[k::clients]] for k in range(clients)]
 
 
 def _federation_settings(settings: DemoSettings, model: Any) -> FederationSettings:

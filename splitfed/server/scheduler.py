@@ -25,6 +25,7 @@ class TurnScheduler:
     def __init__(self, roster: list[str] | None = None, start_timeout_s: float = 60.0) -> None:
         self._roster = list(roster) if roster else None
         self._joined: list[str] = []
+        self._ever_joined: set[str] = set()
         self._left: set[str] = set()
         self._holder: str | None = None
         self._next_index = 0
@@ -41,9 +42,16 @@ class TurnScheduler:
         """A client is connected and will ask for turns."""
         with self._condition:
             self._left.discard(client)
+            self._ever_joined.add(client)
             if client not in self._joined:
                 self._joined.append(client)
             self._condition.notify_all()
+
+    def roster_finished(self) -> bool:
+        """Whether every roster client has joined at some point and has now left."""
+        with self._condition:
+            return self._roster is not None and all(
+                c in self._ever_joined and c in self._left for c in self._roster)
 
     def leave(self, client: str) -> None:
         """A client is gone (finished, disconnected or dropped); it gives up any turn it holds."""

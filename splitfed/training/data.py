@@ -26,3 +26,12 @@ def shuffled_batches(
         rng.shuffle(order)
         for start in range(0, len(order) - size + 1, size):
             yield collate([examples[i] for i in order[start : start + size]])
+
+
+def iid_shards(items: Sequence[Any], clients: int, seed: int) -> list[list[Any]]:
+    """Split ``items`` into ``clients`` near-equal shards at random (reproducible by ``seed``)."""
+    if len(items) < clients:
+        raise ValueError(f"{len(items)} examples cannot be shared among {clients} clients")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [[items[i] for i in order[k::clients]] for k in range(clients)]

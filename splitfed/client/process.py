@@ -1,0 +1,84 @@
+"""A client process: head and tail on private data, the trunk on the server, over an encrypted session."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from splitfed.client.remote_trunk import RemoteTrunk
+from splitfed.client.settings import ClientSettings
+from splitfed.client.split_client import SplitClient
+from splitfed.models import init_adapter, load_model, num_layers, save_adapter, split_model
+from splitfed.security import Identity, PublicIdentity
+from splitfed.tasks import collate
+from splitfed.training.data import shuffled_batches
+from splitfed.training.task_data import load_client_examples
+from splitfed.transport.connection import TrunkConnection
+
+log = logging.getLogger(__name__)
+
+
+def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_size: int) -> RemoteTrunk:
+    """Open an authenticated, encrypted session with the trunk server."""
+    identity = Identity.load(settings.identity, name=settings.name)
+    server_key = PublicIdentity.from_text(settings.server_key.read_text())
+    certificate = settings.server_cert.read_bytes() if settings.server_cert is not None else None
+    connection = TrunkConnection(settings.server, certificate, settings.insecure_loopback, settings.timeout_s)
+    remote = RemoteTrunk(connection, identity, server_key, settings.wire_dtype)
+    remote.connect(expected_layers, hidden_size)
+    return remote
+
+
+def run_client(settings: ClientSettings, console: Console | None = None) -> dict[str, Any]:
+    """Train ``settings.steps`` split steps against the server; save the head and tail adapters."""
+    console = console or Console(stderr=True)
+    model, tokenizer = load_model(settings.model)
+    split = split_model(model, settings.partition.partition())
+    init_adapter(split.head, settings.adapter, settings.seed)
+    init_adapter(split.tail, settings.adapter, settings.seed)
+    examples = load_client_examples(settings.data, tokenizer)
+    pad = int(tokenizer.pad_token_id)
+    batches = shuffled_batches(examples, settings.batch_size, settings.seed + settings.data.shard,
+                               lambda rows: collate(rows, pad_token_id=pad))
+    blocks = num_layers(model)
+    expected = (settings.partition.head, blocks - settings.partition.tail)
+    hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
+    remote = connect(settings, expected, hidden_size)
+    client = SplitClient(settings.name, split.head, split.tail, remote, settings.optimizer)
+    losses: list[float] = []
+    started = time.perf_counter()
+    tokens = 0
+    try:
+        with Progress(TextColumn(f"[bold]{settings.name}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("train", total=settings.steps, status="")
+            for _ in range(settings.steps):
+                batch = next(batches)
+                losses.append(client.train_step(batch))
+                tokens += int(batch["attention_mask"].sum())
+                progress.update(task, advance=1, status=f"loss {losses[-1]:.3f}")
+    finally:
+        remote.close()
+        remote.connection.close()
+    seconds = time.perf_counter() - started
+    for part in (split.head, split.tail):
+        save_adapter(part, settings.output / part.role, base_model=settings.model)
+    summary = {
+        "name": settings.name,
+        "steps": settings.steps,
+        "losses": losses,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds if seconds else 0.0,
+        "bytes_sent": remote.connection.bytes_sent,
+        "bytes_received": remote.connection.bytes_received,
+        "examples": len(examples),
+    }
+    (settings.output / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("%s: %d steps in %.1fs, final loss %.4f; adapters in %s", settings.name, settings.steps,
+             seconds, losses[-1], settings.output)
+    return summary

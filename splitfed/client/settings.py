@@ -1,0 +1,36 @@
+"""Settings of one client process (``splitfed train``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from splitfed.models import DEFAULT_MODEL, AdapterSpec, LoraSpec
+from splitfed.training.optim import OptimizerSettings
+from splitfed.training.partition import PartitionSettings
+from splitfed.training.task_data import DataSettings
+
+
+class ClientSettings(BaseModel):
+    """A client: its identity, the server it trusts, its model parts and its private data."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="client name, as enrolled in the server's allow-list")
+    identity: Path = Field(description="the client's private key file (from `splitfed keygen`)")
+    server: str = Field("127.0.0.1:50051", description="host:port of the trunk server")
+    server_key: Path = Field(description="the server's public identity file (.pub), pinned")
+    server_cert: Path | None = Field(None, description="the server's TLS certificate, pinned")
+    insecure_loopback: bool = Field(False, description="allow plaintext transport to a loopback address")
+    model: str = DEFAULT_MODEL
+    seed: int = 0
+    partition: PartitionSettings = PartitionSettings()
+    adapter: AdapterSpec = LoraSpec()
+    optimizer: OptimizerSettings = OptimizerSettings()
+    data: DataSettings = DataSettings()
+    steps: int = Field(20, ge=1)
+    batch_size: int = Field(4, ge=1)
+    wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    timeout_s: float = Field(300.0, gt=0, description="deadline of every request to the server")
+    output: Path = Field(Path("runs/client"), description="where the head and tail adapters are saved")

@@ -1,0 +1,93 @@
+"""The trunk server process: load the trunk, serve it over gRPC until stopped, save its adapter."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from splitfed.models import init_adapter, load_model, save_adapter, split_model
+from splitfed.security import AllowList, Identity, ServerHandshake
+from splitfed.server.local_trunk import LocalTrunk
+from splitfed.server.scheduler import TurnScheduler
+from splitfed.server.settings import ServerSettings
+from splitfed.server.trunk_service import ServiceLimits, TrunkService
+from splitfed.transport.server import serve
+
+log = logging.getLogger(__name__)
+
+
+def build_service(settings: ServerSettings) -> TrunkService:
+    """The trunk (frozen base, trainable adapter) behind authenticated, encrypted sessions."""
+    model, _ = load_model(settings.model)
+    split = split_model(model, settings.partition.partition())
+    init_adapter(split.trunk, settings.adapter, settings.seed)
+    identity = Identity.load(settings.identity)
+    allowlist = AllowList.load(settings.allowlist)
+    log.info("trunk: %s blocks [%d:%d]; %d client(s) enrolled: %s", settings.model,
+             split.trunk.layer_indices[0], split.trunk.layer_indices[-1] + 1, len(allowlist),
+             ", ".join(allowlist.names()))
+    limits = ServiceLimits(max_batch=settings.max_batch, max_length=settings.max_length,
+                           turn_timeout_s=settings.turn_timeout_s, step_timeout_s=settings.step_timeout_s,
+                           session_ttl_s=settings.session_ttl_s)
+    return TrunkService(LocalTrunk(split.trunk, settings.optimizer), ServerHandshake(identity, allowlist),
+                        TurnScheduler(settings.roster), limits)
+
+
+def _tls(settings: ServerSettings) -> tuple[bytes, bytes] | None:
+    if settings.tls_cert is None and settings.tls_key is None:
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("give both tls_cert and tls_key, or neither")
+    return settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
+
+
+def run_server(settings: ServerSettings, stop: threading.Event | None = None) -> TrunkService:
+    """Serve until ``stop`` is set, SIGTERM/SIGINT arrives, or (with ``exit_when_done``) every roster
+    client has finished; then save the trunk adapter under ``settings.output``."""
+    stop = stop or threading.Event()
+    service = build_service(settings)
+    server, port = serve(service, settings.listen, _tls(settings), settings.insecure_loopback,
+                         max_message_bytes=service.limits.max_message_bytes)
+    if settings.port_file is not None:
+        _write_atomically(settings.port_file, f"{port}\n")
+    previous = _install_signal_handlers(stop)
+    log.info("serving the trunk on port %d; stop with Ctrl-C", port)
+    reported = 0
+    try:
+        while not stop.wait(0.5):
+            service.reap()
+            if service.trunk.steps >= reported + 10:
+                reported = service.trunk.steps
+                log.info("trunk steps: %d; sessions: %s", reported, ", ".join(service.sessions()) or "none")
+            if settings.exit_when_done and service.scheduler.roster_finished():
+                log.info("every roster client has finished")
+                break
+    finally:
+        server.stop(grace=2).wait()
+        _restore_signal_handlers(previous)
+        path = save_adapter(service.trunk.trunk, settings.output / "trunk", base_model=settings.model)
+        log.info("trunk adapter after %d steps saved to %s", service.trunk.steps, path)
+    return service
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text)
+    staging.replace(path)
+
+
+def _install_signal_handlers(stop: threading.Event) -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    return previous
+
+
+def _restore_signal_handlers(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)

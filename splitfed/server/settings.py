@@ -1,0 +1,38 @@
+"""Settings of the trunk server process (``splitfed serve``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from splitfed.models import DEFAULT_MODEL, AdapterSpec, LoraSpec
+from splitfed.training.optim import OptimizerSettings
+from splitfed.training.partition import PartitionSettings
+
+
+class ServerSettings(BaseModel):
+    """The trunk server: its identity, who may connect, the model part it runs and its limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    listen: str = Field("127.0.0.1:50051", description="host:port to listen on (port 0 = any free port)")
+    identity: Path = Field(description="the server's private key file (from `splitfed keygen --server`)")
+    allowlist: Path = Field(description="file of client public keys, or a directory of .pub files")
+    tls_cert: Path | None = Field(None, description="TLS certificate (required beyond loopback)")
+    tls_key: Path | None = Field(None, description="TLS private key")
+    insecure_loopback: bool = Field(False, description="allow plaintext transport on a loopback address")
+    model: str = DEFAULT_MODEL
+    seed: int = 0
+    partition: PartitionSettings = PartitionSettings()
+    adapter: AdapterSpec = LoraSpec()
+    optimizer: OptimizerSettings = OptimizerSettings()
+    roster: list[str] | None = Field(None, description="clients served round-robin in this order "
+                                                       "(reproducible); default: arrival order")
+    exit_when_done: bool = Field(False, description="stop once every roster client has closed its session")
+    max_batch: int = Field(64, ge=1)
+    max_length: int = Field(2048, ge=1)
+    turn_timeout_s: float = Field(120.0, gt=0)
+    step_timeout_s: float = Field(60.0, gt=0, description="free a step whose backward does not come")
+    session_ttl_s: float = Field(600.0, gt=0, description="free a session that goes silent")
+    port_file: Path | None = Field(None, description="write the bound port here once serving")
+    output: Path = Field(Path("runs/server"), description="where the trunk adapter is saved on exit")
