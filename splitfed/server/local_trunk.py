@@ -66,6 +66,10 @@ class LocalTrunk:
         self.steps += 1
         return pending.inputs.grad
 
+    def pending(self) -> list[str]:
+        """Clients whose training forward awaits its backward (the server holds their graphs)."""
+        return sorted(self._pending)
+
     def drop(self, client_id: str) -> None:
         """Free a client's pending step (its autograd graph) without training on it."""
         if self._pending.pop(client_id, None) is not None:

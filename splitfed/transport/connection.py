@@ -46,7 +46,10 @@ class TrunkConnection:
 
     def exchange(self, message: pb.Sealed) -> pb.Sealed:
         """Send one sealed message (chunked as needed) and return the server's sealed reply."""
-        chunks = chunk_message(message)
+        return self.exchange_chunks(chunk_message(message))
+
+    def exchange_chunks(self, chunks: list[pb.Sealed]) -> pb.Sealed:
+        """Send prepared chunks of one message as they are (no checks: for tests and tools)."""
         self.bytes_sent += sum(c.ByteSize() for c in chunks)
         try:
             replies = list(self._stub.Step(iter(chunks), timeout=self.timeout_s))
