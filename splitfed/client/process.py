@@ -34,6 +34,16 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
     return remote
 
 
+def _federated_average(client: SplitClient, remote: RemoteTrunk, round_index: int, weight: int) -> None:
+    """Replace the head and tail adapters by the round's weighted average over all clients."""
+    states = client.adapter_states()
+    flat = {f"{part}/{key}": value for part, state in states.items() for key, value in state.items()}
+    average, contributors = remote.aggregate(round_index, float(weight), flat)
+    client.load_adapter_states({part: {key: average[f"{part}/{key}"] for key in state}
+                                for part, state in states.items()})
+    log.info("round %d: FedAvg over %d client(s)", round_index, contributors)
+
+
 def run_client(settings: ClientSettings, console: Console | None = None) -> dict[str, Any]:
     """Train ``settings.steps`` split steps against the server; save the head and tail adapters."""
     console = console or Console(stderr=True)
@@ -50,6 +60,9 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
     remote = connect(settings, expected, hidden_size)
     client = SplitClient(settings.name, split.head, split.tail, remote, settings.optimizer)
+    if settings.steps % settings.rounds:
+        raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
+    per_round = settings.steps // settings.rounds
     losses: list[float] = []
     started = time.perf_counter()
     tokens = 0
@@ -57,11 +70,15 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
         with Progress(TextColumn(f"[bold]{settings.name}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("train", total=settings.steps, status="")
-            for _ in range(settings.steps):
-                batch = next(batches)
-                losses.append(client.train_step(batch))
-                tokens += int(batch["attention_mask"].sum())
-                progress.update(task, advance=1, status=f"loss {losses[-1]:.3f}")
+            for round_index in range(1, settings.rounds + 1):
+                for _ in range(per_round):
+                    batch = next(batches)
+                    losses.append(client.train_step(batch))
+                    tokens += int(batch["attention_mask"].sum())
+                    progress.update(task, advance=1, status=f"round {round_index} loss {losses[-1]:.3f}")
+                if settings.fedavg:
+                    progress.update(task, status=f"round {round_index}: waiting for FedAvg")
+                    _federated_average(client, remote, round_index, len(examples))
     finally:
         remote.close()
         remote.connection.close()

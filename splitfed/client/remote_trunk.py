@@ -110,6 +110,22 @@ class RemoteTrunk:
         reply = self._exchange("backward", step, request)
         return decode_tensor(reply.grad, self._tensor_limits(), self._shape, grad_output.dtype)
 
+    def aggregate(self, round_index: int, weight: float,
+                  state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        """Submit this client's adapters for FedAvg round ``round_index``; returns the weighted average
+        over the round's clients (and how many contributed) once the server has them all."""
+        self._step += 1
+        request = pb.AggregateRequest(step=self._step, round=round_index, weight=weight)
+        for name in sorted(state):
+            request.tensors.add(name=name, tensor=encode_tensor(state[name], "float32"))
+        reply = self._exchange("aggregate", self._step, request)
+        limits = TensorLimits(dtypes=frozenset({"float32"}), max_elements=1 << 26, max_bytes=1 << 28)
+        average = {item.name: decode_tensor(item.tensor, limits, tuple(state[item.name].shape))
+                   for item in reply.tensors if item.name in state}
+        if set(average) != set(state):
+            raise RuntimeError("the server's average does not carry this client's adapter weights")
+        return average, int(reply.contributors)
+
     def close(self) -> None:
         """End the session (the server frees everything it holds for this client)."""
         if self.channel is None:

@@ -29,7 +29,9 @@ class ClientSettings(BaseModel):
     adapter: AdapterSpec = LoraSpec()
     optimizer: OptimizerSettings = OptimizerSettings()
     data: DataSettings = DataSettings()
-    steps: int = Field(20, ge=1)
+    steps: int = Field(20, ge=1, description="training steps in all")
+    rounds: int = Field(1, ge=1, description="FedAvg rounds the steps are split into")
+    fedavg: bool = Field(True, description="average head/tail adapters with the other clients every round")
     batch_size: int = Field(4, ge=1)
     wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     timeout_s: float = Field(300.0, gt=0, description="deadline of every request to the server")

@@ -8,6 +8,7 @@ precise status; the service and the other sessions are unaffected.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from splitfed.security import (
     ServerHandshake,
     UnknownClientError,
 )
+from splitfed.server.aggregator import AggregationError, RoundAggregator
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
 from splitfed.transport import (
@@ -41,6 +43,8 @@ from splitfed.transport import (
 from splitfed.transport.errors import ServiceError
 
 log = logging.getLogger(__name__)
+
+MAX_ADAPTER_TENSORS = 10_000
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,9 @@ class TrunkService:
         self._sessions: dict[bytes, _Session] = {}
         self._sessions_lock = threading.Lock()
         self._compute = threading.Lock()
+        self.aggregator = RoundAggregator(self._round_members, self.limits.turn_timeout_s)
+        self._adapter_limits = TensorLimits(dtypes=frozenset(self.limits.dtypes), max_elements=1 << 26,
+                                            max_bytes=1 << 28)
         self._tensor_limits = TensorLimits(
             dtypes=frozenset(self.limits.dtypes),
             max_elements=self.limits.max_batch * self.limits.max_length * self.hidden_size,
@@ -130,6 +137,10 @@ class TrunkService:
         self.scheduler.join(hello.client_name)
         log.info("session %s opened for %s", session.key[:8], hello.client_name)
         return server_hello.to_bytes()
+
+    def _round_members(self) -> set[str]:
+        with self._sessions_lock:
+            return {s.name for s in self._sessions.values()}
 
     def sessions(self) -> list[str]:
         """Names of the clients with an open session."""
@@ -201,6 +212,8 @@ class TrunkService:
                 return self._forward(session, request)
             if sealed.kind == "backward":
                 return self._backward(session, request)
+            if sealed.kind == "aggregate":
+                return self._aggregate(session, request)
             raise WireFormatError("bad_kind", f"a client may not send {sealed.kind[:32]!r}")
         except WireFormatError as error:
             status = "RESOURCE_EXHAUSTED" if error.code == "too_large" else "INVALID_ARGUMENT"
@@ -249,6 +262,25 @@ class TrunkService:
         session.open_step = None
         self.scheduler.release(session.name)
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
+
+    def _aggregate(self, session: _Session, request: pb.AggregateRequest) -> Sealed:
+        if not (math.isfinite(request.weight) and request.weight > 0):
+            raise WireFormatError("bad_weight", "the FedAvg weight must be a positive number")
+        if len(request.tensors) > MAX_ADAPTER_TENSORS:
+            raise WireFormatError("too_large", f"more than {MAX_ADAPTER_TENSORS} adapter tensors")
+        state: dict[str, torch.Tensor] = {}
+        for item in request.tensors:
+            if not item.name or len(item.name) > 512 or item.name in state:
+                raise WireFormatError("bad_name", "adapter tensor names must be unique, 1-512 characters")
+            state[item.name] = decode_tensor(item.tensor, self._adapter_limits)
+        try:
+            average, contributors = self.aggregator.submit(session.name, request.round, request.weight, state)
+        except AggregationError as error:
+            raise WireFormatError("bad_round", str(error)) from None
+        reply = pb.AggregateReply(step=request.step, round=request.round, contributors=contributors)
+        for name in sorted(average):
+            reply.tensors.add(name=name, tensor=encode_tensor(average[name], "float32"))
+        return session.channel.seal("aggregate_reply", request.step, reply.SerializeToString())
 
     @staticmethod
     def _reply(session: _Session, kind: str, step: int, tensor: torch.Tensor, dtype: str) -> Sealed:

@@ -14,6 +14,8 @@ PAYLOAD_KINDS: dict[str, type[Message]] = {
     "forward_reply": pb.ForwardReply,
     "backward": pb.BackwardRequest,
     "backward_reply": pb.BackwardReply,
+    "aggregate": pb.AggregateRequest,
+    "aggregate_reply": pb.AggregateReply,
     "error": pb.ErrorInfo,
 }
 """``Sealed.kind`` -> the payload message inside it (``"close"`` carries an empty payload)."""

@@ -1,0 +1,78 @@
+"""FedAvg rounds through the server: wait for every client of a round, answer each with the average.
+
+The server sees each client's adapters here (plain FedAvg); secure aggregation, where it would see
+only the sum, is a separate feature.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from splitfed.training.fedavg import weighted_average
+
+log = logging.getLogger(__name__)
+
+
+class AggregationError(ValueError):
+    """A submission that does not fit the round (other keys or shapes, a stale round, a bad weight)."""
+
+
+class RoundAggregator:
+    """Collects (weight, state) per client for a round; the average is released once every expected
+    client has submitted or left, or when the deadline passes (the late ones are left out)."""
+
+    def __init__(self, expected: Callable[[], set[str]], timeout_s: float = 300.0) -> None:
+        self._expected = expected
+        self._timeout_s = timeout_s
+        self._condition = threading.Condition()
+        self._round = 0
+        self._submissions: dict[str, tuple[float, dict[str, torch.Tensor]]] = {}
+        self._result: dict[int, tuple[dict[str, torch.Tensor], int]] = {}
+        self._deadline: float | None = None
+
+    def submit(self, client: str, round_index: int, weight: float,
+               state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        """Block until round ``round_index`` is averaged; returns (average, number of contributors)."""
+        if not weight > 0:
+            raise AggregationError(f"weight must be positive, got {weight}")
+        with self._condition:
+            if round_index in self._result:
+                raise AggregationError(f"round {round_index} is already closed")
+            if round_index != self._round + 1:
+                raise AggregationError(f"round {round_index} submitted while round {self._round + 1} is open")
+            if self._submissions:
+                reference = next(iter(self._submissions.values()))[1]
+                shapes_differ = any(reference[k].shape != v.shape for k, v in state.items() if k in reference)
+                if set(reference) != set(state) or shapes_differ:
+                    raise AggregationError("adapter keys or shapes differ from the other clients'")
+            self._submissions[client] = (weight, state)
+            if self._deadline is None:
+                self._deadline = time.monotonic() + self._timeout_s
+            self._condition.notify_all()
+            while round_index not in self._result:
+                if self._ready() or time.monotonic() >= self._deadline:
+                    self._close_round(round_index)
+                    break
+                self._condition.wait(0.2)
+            return self._result[round_index]
+
+    def _ready(self) -> bool:
+        return self._expected() <= set(self._submissions)
+
+    def _close_round(self, round_index: int) -> None:
+        names = sorted(self._submissions)
+        missing = sorted(self._expected() - set(names))
+        average = weighted_average([self._submissions[n][1] for n in names],
+                                   [self._submissions[n][0] for n in names])
+        self._result = {round_index: (average, len(names))}
+        self._round = round_index
+        self._submissions = {}
+        self._deadline = None
+        log.info("round %d averaged over %s%s", round_index, ", ".join(names),
+                 f" (left out: {', '.join(missing)})" if missing else "")
+        self._condition.notify_all()
