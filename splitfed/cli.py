@@ -71,6 +71,8 @@ def demo(
                                                             "clients.")] = 480,
     eval_examples: Annotated[int, typer.Option(min=1, help="Held-out examples scored before/after.")] = 120,
     seed: Annotated[int, typer.Option(help="Seed of data order, shards and adapter init.")] = 0,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Run the federation in this process, "
+                                             "not as server and client processes over TLS.")] = False,
     output: Annotated[Path, typer.Option(help="Where results.json, the loss plot and adapters go.")] = Path(
         "runs/demo"),
 ) -> None:
@@ -85,10 +87,12 @@ def demo(
     settings = DemoSettings(model=model, task=task, clients=clients, steps=steps, rounds=rounds,
                             batch_size=batch_size, lr=lr, lora_rank=lora_rank, head=head, tail=tail,
                             train_examples=train_examples, eval_examples=eval_examples, seed=seed,
-                            output=output)
+                            in_process=in_process, output=output)
+    from splitfed.demo_network import FederationFailed
+
     try:
         result = run_demo(settings, console)
-    except ValueError as error:
+    except (ValueError, FederationFailed) as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from error
     console.print(results_table(result))

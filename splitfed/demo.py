@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,11 +15,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from splitfed.federation import CentralizedTrainer, FederationSettings, InProcessFederation, PartitionSettings
-from splitfed.models import DEFAULT_MODEL, LoraSpec, load_model, num_layers, save_adapter
+from splitfed.demo_network import run_network_federation
+from splitfed.federation import (
+    CentralizedTrainer,
+    FederationSettings,
+    InProcessFederation,
+    PartitionSettings,
+    seeded_initial_states,
+)
+from splitfed.models import (
+    DEFAULT_MODEL,
+    LoraSpec,
+    load_adapter,
+    load_model,
+    num_layers,
+    save_adapter,
+    split_model,
+)
 from splitfed.tasks import available_tasks, collate, encode_example, evaluate_cloze, load_task
 from splitfed.training.data import iid_shards
 from splitfed.training.optim import OptimizerSettings
+from splitfed.training.replicate import replicate
+from splitfed.training.task_data import DataSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +59,8 @@ class DemoSettings(BaseModel):
     eval_examples: int = Field(120, ge=1)
     max_length: int = Field(256, ge=16)
     seed: int = 0
+    in_process: bool = Field(False, description="run the federation in this process instead of as a "
+                                                "server and client processes over the network")
     output: Path = Path("runs/demo")
 
 
@@ -125,7 +145,7 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
         raise ValueError(f"unknown task {settings.task!r}; choose one of {', '.join(available_tasks())}")
     started = time.perf_counter()
     with console.status(f"loading {settings.model} ..."):
-        model, tokenizer = load_model(settings.model, seed=settings.seed)
+        model, tokenizer = load_model(settings.model)
     load_seconds = time.perf_counter() - started
     console.print(f"loaded [bold]{settings.model}[/] ({model.config.model_type}, "
                   f"{num_layers(model)} blocks, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
@@ -151,13 +171,19 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
         before = _evaluate(_whole_logits(model), tokenizer, evaluation, settings)
         progress.update(task, completed=1, status=f"acc {before.accuracy:.3f}")
 
-        federation = InProcessFederation(model, shards, collate_rows, fed_settings)
         # Same data (the shards pooled), same initial adapters, same steps and seeds.
         pooled = [row for shard in shards for row in shard]
-        central = CentralizedTrainer(model, pooled, collate_rows, fed_settings, federation.initial_states())
-        federated = _train_federation(federation, fed_settings, progress, before)
-        federated.after = _evaluate(federation.logits, tokenizer, evaluation, settings)
-        save_federated_adapters(federation, settings.output / "adapters", settings.model)
+        central = CentralizedTrainer(model, pooled, collate_rows, fed_settings,
+                                     seeded_initial_states(model, fed_settings))
+        if settings.in_process:
+            federation = InProcessFederation(model, shards, collate_rows, fed_settings)
+            federated = _train_federation(federation, fed_settings, progress, before)
+            federated.after = _evaluate(federation.logits, tokenizer, evaluation, settings)
+            save_federated_adapters(federation, settings.output / "adapters", settings.model)
+        else:
+            federated = _network_federation(model, settings, fed_settings, progress, before)
+            federated.after = _evaluate(_split_logits(model, fed_settings, settings.output / "adapters"),
+                                        tokenizer, evaluation, settings)
 
         centralized = _train_centralized(central, fed_settings, progress, before)
         centralized.after = _evaluate(central.logits, tokenizer, evaluation, settings)
@@ -170,6 +196,32 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
         total_seconds=time.perf_counter() - started,
     )
     return result
+
+
+def _network_federation(model: Any, settings: DemoSettings, fed_settings: FederationSettings,
+                        progress: Progress, before: Evaluation) -> TrainerResult:
+    data = DataSettings(task=settings.task, limit=settings.train_examples, seed=settings.seed,
+                        max_length=settings.max_length)
+    run = run_network_federation(settings.model, data, fed_settings, settings.output / "federation", progress)
+    for role, directory in run.adapters.items():
+        shutil.copytree(directory, settings.output / "adapters" / role, dirs_exist_ok=True)
+    result = TrainerResult("federated (processes)", before, before, losses=run.losses,
+                           seconds=run.seconds)
+    result.examples_per_second = fed_settings.total_steps * fed_settings.batch_size / max(run.seconds, 1e-9)
+    return result
+
+
+def _split_logits(model: Any, fed_settings: FederationSettings, adapters: Path):
+    split = split_model(replicate(model), fed_settings.partition.partition())
+    for role, part in split.parts.items():
+        load_adapter(part, adapters / role)
+
+    @torch.no_grad()
+    def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        split.eval()
+        return split(input_ids, attention_mask)
+
+    return logits
 
 
 def _whole_logits(model: Any):

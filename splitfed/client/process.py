@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -32,6 +33,14 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
     remote = RemoteTrunk(connection, identity, server_key, settings.wire_dtype)
     remote.connect(expected_layers, hidden_size)
     return remote
+
+
+def _report_progress(directory: Path, step: int, loss: float) -> None:
+    """Leave the step count where an orchestrator (the demo) can follow it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = directory / "progress.json.tmp"
+    staging.write_text(json.dumps({"step": step, "loss": loss}))
+    staging.replace(directory / "progress.json")
 
 
 def _federated_average(client: SplitClient, remote: RemoteTrunk, round_index: int, weight: int) -> None:
@@ -76,6 +85,7 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
                     losses.append(client.train_step(batch))
                     tokens += int(batch["attention_mask"].sum())
                     progress.update(task, advance=1, status=f"round {round_index} loss {losses[-1]:.3f}")
+                    _report_progress(settings.output, len(losses), losses[-1])
                 if settings.fedavg:
                     progress.update(task, status=f"round {round_index}: waiting for FedAvg")
                     _federated_average(client, remote, round_index, len(examples))

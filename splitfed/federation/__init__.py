@@ -2,7 +2,13 @@
 
 from splitfed.federation.centralized import CentralizedTrainer
 from splitfed.federation.config import FederationSettings
-from splitfed.federation.inprocess import InProcessFederation
+from splitfed.federation.inprocess import InProcessFederation, seeded_initial_states
 from splitfed.training.partition import PartitionSettings
 
-__all__ = ["CentralizedTrainer", "FederationSettings", "InProcessFederation", "PartitionSettings"]
+__all__ = [
+    "CentralizedTrainer",
+    "FederationSettings",
+    "InProcessFederation",
+    "PartitionSettings",
+    "seeded_initial_states",
+]

@@ -92,3 +92,11 @@ class InProcessFederation:
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Inference with the federated model (after ``aggregate`` every client holds the same one)."""
         return self.clients[0].logits(input_ids, attention_mask)
+
+
+def seeded_initial_states(model: nn.Module, settings: FederationSettings) -> list[dict[str, torch.Tensor]]:
+    """Head, trunk and tail adapter weights as every party initialises them from ``settings.seed``."""
+    split = split_model(replicate(model), settings.partition.partition())
+    for part in split.parts.values():
+        init_adapter(part, settings.adapter, settings.seed)
+    return [adapter_state(part) for part in split.parts.values()]

@@ -26,6 +26,7 @@ def test_demo_on_tiny_model_writes_results(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(app, ["demo", "--model", "tiny-llama", "--steps", "6", "--rounds", "1",
                                  "--clients", "2", "--train-examples", "24", "--eval-examples", "8",
+                                 "--in-process",
                                  "--output", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
@@ -59,8 +60,25 @@ def test_demo_with_one_client_matches_its_centralized_baseline(tmp_path):
     out = tmp_path / "one"
     result = runner.invoke(app, ["demo", "--model", "tiny-gpt2", "--steps", "5", "--rounds", "1",
                                  "--clients", "1", "--train-examples", "20", "--eval-examples", "6",
+                                 "--in-process",
                                  "--output", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
     assert data["federated"]["losses"] == pytest.approx(data["centralized"]["losses"], abs=1e-5)
     assert data["federated"]["after"]["loss"] == pytest.approx(data["centralized"]["after"]["loss"], abs=1e-5)
+
+
+def test_networked_demo_equals_the_in_process_federation(tmp_path):
+    """`splitfed demo` runs a server and client processes over TLS; with the same settings the
+    federated losses equal those of the in-process federation step for step."""
+    args = ["demo", "--model", "tiny-llama", "--steps", "4", "--rounds", "2", "--clients", "2",
+            "--train-examples", "16", "--eval-examples", "6"]
+    network = runner.invoke(app, [*args, "--output", str(tmp_path / "net")])
+    assert network.exit_code == 0, network.output
+    local = runner.invoke(app, [*args, "--in-process", "--output", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    a = json.loads((tmp_path / "net" / "results.json").read_text())
+    b = json.loads((tmp_path / "local" / "results.json").read_text())
+    assert a["federated"]["losses"] == pytest.approx(b["federated"]["losses"], abs=1e-5)
+    assert a["federated"]["after"]["loss"] == pytest.approx(b["federated"]["after"]["loss"], abs=1e-5)
+    assert (tmp_path / "net" / "federation" / "server.log").is_file()
