@@ -54,7 +54,7 @@ def main(
 def demo(
     model: Annotated[str, typer.Option(help="Model: smollm2, tiny-llama, tiny-qwen2, tiny-gpt2, tiny-glm, "
                                             "a local HF directory or a .gguf file.")] = "smollm2",
-    task: Annotated[str, typer.Option(help="Shipped task: rte, cb, copa or boolq.")] = "rte",
+    task: Annotated[str, typer.Option(help="Shipped task: cb, rte, copa or boolq.")] = "cb",
     clients: Annotated[int, typer.Option(min=1, help="Number of clients, each with its own shard.")] = 3,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps of each trainer "
                                                    "(federation in total, and centralized); "

@@ -46,7 +46,7 @@ class DemoSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: str = DEFAULT_MODEL
-    task: str = "rte"
+    task: str = "cb"
     clients: int = Field(3, ge=1)
     steps: int = Field(36, ge=1, description="optimizer steps per trainer (federation and centralized)")
     rounds: int = Field(3, ge=1, description="FedAvg rounds the steps are spread over")

@@ -54,3 +54,16 @@ def test_unreadable_or_malformed_files_are_clear(tmp_path):
     other.write_text("{}")
     with pytest.raises(ConfigError, match=r"\.yaml"):
         build_settings(FederationSettings, other)
+
+
+def test_shipped_example_configs_validate():
+    from pathlib import Path
+
+    from splitfed.client.settings import ClientSettings
+    from splitfed.server.settings import ServerSettings
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    server = build_settings(ServerSettings, examples / "server.yaml")
+    client = build_settings(ClientSettings, examples / "client.yaml")
+    assert server.partition == client.partition and server.model == client.model
+    assert server.tls_cert is not None and client.server_cert is not None
