@@ -164,6 +164,8 @@ def keygen(
                                                         "(repeatable).")] = None,
     ip: Annotated[list[str] | None, typer.Option(help="Server IP address for the TLS certificate "
                                                       "(repeatable).")] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Client: also write a TLS certificate for "
+                                                   "mutual TLS (NAME-tls-cert.pem, -key.pem).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
 ) -> None:
     """Create an identity (and, with --server, a TLS certificate) for a client or the server.
@@ -171,7 +173,12 @@ def keygen(
     Writes NAME.key (Ed25519, private, mode 0600) and NAME.pub (public). Put the clients' .pub files
     in the server's allow-list; give the server's .pub and TLS certificate to every client.
     """
-    from splitfed.security import SecurityError, create_identity_files, create_server_files
+    from splitfed.security import (
+        SecurityError,
+        create_client_tls_files,
+        create_identity_files,
+        create_server_files,
+    )
 
     try:
         if server:
@@ -184,6 +191,10 @@ def keygen(
         else:
             key, pub = create_identity_files(out, name, overwrite=overwrite)
             console.print(f"identity: {key} (private, keep it here), {pub} (public: enrol it on the server)")
+            if tls:
+                cert, tls_key = create_client_tls_files(out, name, overwrite=overwrite)
+                console.print(f"mutual TLS: {cert} (give it to the server's tls_client_certs), "
+                              f"{tls_key} (private)")
     except (SecurityError, OSError, ValueError) as error:
         raise _fail(error) from error
 

@@ -29,7 +29,13 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
     identity = Identity.load(settings.identity, name=settings.name)
     server_key = PublicIdentity.from_text(settings.server_key.read_text())
     certificate = settings.server_cert.read_bytes() if settings.server_cert is not None else None
-    connection = TrunkConnection(settings.server, certificate, settings.insecure_loopback, settings.timeout_s)
+    mutual = None
+    if settings.tls_cert is not None or settings.tls_key is not None:
+        if settings.tls_cert is None or settings.tls_key is None:
+            raise ValueError("mutual TLS needs both tls_cert and tls_key")
+        mutual = (settings.tls_cert.read_bytes(), settings.tls_key.read_bytes())
+    connection = TrunkConnection(settings.server, certificate, settings.insecure_loopback, settings.timeout_s,
+                                 client_certificate=mutual)
     remote = RemoteTrunk(connection, identity, server_key, settings.wire_dtype)
     remote.connect(expected_layers, hidden_size)
     return remote

@@ -22,6 +22,8 @@ class ClientSettings(BaseModel):
     server: str = Field("127.0.0.1:50051", description="host:port of the trunk server")
     server_key: Path = Field(description="the server's public identity file (.pub), pinned")
     server_cert: Path | None = Field(None, description="the server's TLS certificate, pinned")
+    tls_cert: Path | None = Field(None, description="mutual TLS: this client's certificate")
+    tls_key: Path | None = Field(None, description="mutual TLS: this client's TLS private key")
     insecure_loopback: bool = Field(False, description="allow plaintext transport to a loopback address")
     model: str = DEFAULT_MODEL
     seed: int = 0

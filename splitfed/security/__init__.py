@@ -20,7 +20,12 @@ from splitfed.security.errors import (
 from splitfed.security.handshake import VERSION, ClientHandshake, ServerHandshake
 from splitfed.security.hello import ClientHello, ServerHello
 from splitfed.security.identity import Identity, PublicIdentity
-from splitfed.security.keygen import ServerFiles, create_identity_files, create_server_files
+from splitfed.security.keygen import (
+    ServerFiles,
+    create_client_tls_files,
+    create_identity_files,
+    create_server_files,
+)
 from splitfed.security.session import SessionKeys
 from splitfed.security.tls import certificate_fingerprint, certificate_names, make_self_signed, save_tls
 
@@ -48,6 +53,7 @@ __all__ = [
     "UnknownClientError",
     "certificate_fingerprint",
     "certificate_names",
+    "create_client_tls_files",
     "create_identity_files",
     "create_server_files",
     "make_self_signed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitfed.security.files import refuse_existing
+from splitfed.security.files import PRIVATE_MODE, PUBLIC_MODE, refuse_existing, write_file
 from splitfed.security.identity import Identity, check_name
 from splitfed.security.tls import CERT_FILE, KEY_FILE, certificate_fingerprint, make_self_signed, save_tls
 
@@ -43,3 +43,17 @@ def create_server_files(directory: str | Path, hostnames: list[str], ips: list[s
     cert_path, tls_key_path = save_tls(cert_pem, key_pem, directory, overwrite=overwrite)
     return ServerFiles(key_path, pub_path, cert_path, tls_key_path, identity.public.fingerprint,
                        certificate_fingerprint(cert_pem))
+
+
+def create_client_tls_files(directory: str | Path, name: str, overwrite: bool = False) -> tuple[Path, Path]:
+    """A self-signed TLS certificate for a client, for mutual TLS: writes `<name>-tls-cert.pem` (give it
+    to the server's `tls_client_certs`) and `<name>-tls-key.pem` (0600); returns their paths."""
+    directory = Path(directory)
+    check_name(name)
+    cert_path, key_path = directory / f"{name}-tls-cert.pem", directory / f"{name}-tls-key.pem"
+    refuse_existing([cert_path, key_path], overwrite)
+    cert_pem, key_pem = make_self_signed(name, [name], [])
+    directory.mkdir(parents=True, exist_ok=True)
+    write_file(key_path, key_pem, PRIVATE_MODE, overwrite)
+    write_file(cert_path, cert_pem, PUBLIC_MODE, overwrite)
+    return cert_path, key_path

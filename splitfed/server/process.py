@@ -43,13 +43,24 @@ def _tls(settings: ServerSettings) -> tuple[bytes, bytes] | None:
     return settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
 
 
+def _client_certificates(path: Path | None) -> bytes | None:
+    """The PEM certificates of the clients allowed by mutual TLS (a file, or every .pem in a folder)."""
+    if path is None:
+        return None
+    files = sorted(path.glob("*.pem")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"no client certificates (*.pem) in {path}")
+    return b"".join(file.read_bytes() for file in files)
+
+
 def run_server(settings: ServerSettings, stop: threading.Event | None = None) -> TrunkService:
     """Serve until ``stop`` is set, SIGTERM/SIGINT arrives, or (with ``exit_when_done``) every roster
     client has finished; then save the trunk adapter under ``settings.output``."""
     stop = stop or threading.Event()
     service = build_service(settings)
     server, port = serve(service, settings.listen, _tls(settings), settings.insecure_loopback,
-                         max_message_bytes=service.limits.max_message_bytes)
+                         max_message_bytes=service.limits.max_message_bytes,
+                         client_certificates=_client_certificates(settings.tls_client_certs))
     if settings.port_file is not None:
         _write_atomically(settings.port_file, f"{port}\n")
     previous = _install_signal_handlers(stop)

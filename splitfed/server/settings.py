@@ -20,6 +20,8 @@ class ServerSettings(BaseModel):
     allowlist: Path = Field(description="file of client public keys, or a directory of .pub files")
     tls_cert: Path | None = Field(None, description="TLS certificate (required beyond loopback)")
     tls_key: Path | None = Field(None, description="TLS private key")
+    tls_client_certs: Path | None = Field(None, description="mutual TLS: a PEM file or a directory of "
+                                                            "client certificates that may connect")
     insecure_loopback: bool = Field(False, description="allow plaintext transport on a loopback address")
     model: str = DEFAULT_MODEL
     seed: int = 0

@@ -22,6 +22,7 @@ class TrunkConnection:
         allow_insecure_loopback: bool = False,
         timeout_s: float = 300.0,
         max_message_bytes: int = 512 * 1024 * 1024,
+        client_certificate: tuple[bytes, bytes] | None = None,
     ) -> None:
         options = [("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
                    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT)]
@@ -29,7 +30,9 @@ class TrunkConnection:
             check_plaintext_allowed(address, allow_insecure_loopback)
             self._channel = grpc.insecure_channel(address, options=options)
         else:
-            credentials = grpc.ssl_channel_credentials(root_certificates=server_certificate)
+            certificate, key = client_certificate if client_certificate is not None else (None, None)
+            credentials = grpc.ssl_channel_credentials(root_certificates=server_certificate,
+                                                       private_key=key, certificate_chain=certificate)
             self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = pb_grpc.TrunkStub(self._channel)
         self.address = address

@@ -106,9 +106,14 @@ def serve(
     allow_insecure_loopback: bool = False,
     max_message_bytes: int = 512 * 1024 * 1024,
     workers: int = 16,
+    client_certificates: bytes | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving ``handler`` at ``address`` with TLS (certificate, key) or, on loopback only and
-    when asked explicitly, in plaintext. Returns the started server and the bound port."""
+    when asked explicitly, in plaintext. With ``client_certificates`` (PEM, concatenated) TLS is
+    mutual: only clients presenting one of those certificates connect. Returns the started server and
+    the bound port."""
+    if client_certificates is not None and tls is None:
+        raise ValueError("mutual TLS needs the server's own TLS certificate and key")
     if tls is None:
         check_plaintext_allowed(address, allow_insecure_loopback)
     server = grpc.server(
@@ -121,10 +126,13 @@ def serve(
         port = server.add_insecure_port(address)
     else:
         certificate, key = tls
-        credentials = grpc.ssl_server_credentials([(key, certificate)])
+        credentials = grpc.ssl_server_credentials(
+            [(key, certificate)], root_certificates=client_certificates,
+            require_client_auth=client_certificates is not None)
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind {address}")
     server.start()
-    log.info("trunk serving on %s (%s)", address, "TLS" if tls else "plaintext, loopback only")
+    mode = "mutual TLS" if client_certificates else "TLS" if tls else "plaintext, loopback only"
+    log.info("trunk serving on %s (%s)", address, mode)
     return server, port

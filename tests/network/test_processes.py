@@ -62,6 +62,11 @@ def test_two_client_processes_train_like_one_process(deployment):
     assert "trunk adapter after 20 steps" in server_log and "round 2 averaged over alice, bob" in server_log
     assert "Traceback" not in server_log
 
+    logs = "".join(path.read_text() for path in root.glob("*.log"))
+    for key_file in [*deployment.keys.glob("*.key"), deployment.keys / "tls-key.pem"]:
+        body = [line for line in key_file.read_text().splitlines() if line and "-----" not in line]
+        assert body and not any(line in logs for line in body), f"{key_file.name} leaked into a log"
+
     reference = _reference(configs)
     for key, expected in reference.items():
         _, got = read_adapter(root / "out" / key)
