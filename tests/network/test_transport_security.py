@@ -52,8 +52,8 @@ class _Setup:
         split = split_model(replicate(self.model), Partition(1, 1))
         init_adapter(split.trunk, LoraSpec(r=2), 0)
         self.local = LocalTrunk(split.trunk)
-        service = TrunkService(self.local, ServerHandshake(self.server_identity, AllowList([self.alice.public])),
-                               limits=limits)
+        handshake = ServerHandshake(self.server_identity, AllowList([self.alice.public]))
+        service = TrunkService(self.local, handshake, limits=limits)
         self.client_cert = create_client_tls_files(tmp_path, "alice") if mutual else None
         roots = self.client_cert[0].read_bytes() if mutual else None
         self.server, port = serve(service, "127.0.0.1:0", (self.files.tls_cert.read_bytes(),
