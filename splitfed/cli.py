@@ -146,6 +146,16 @@ def export(
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or TOML file with the "
                                                   "settings; flags given here override it.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Any setting as KEY=VALUE with a dotted "
+                                                     "key, e.g. --set adapter.r=16 --set max_batch=32 "
+                                                     "(repeatable; overrides the file).")]
+
+
+def _merge(assignments: list[str] | None, flags: dict) -> dict:
+    """--set KEY=VALUE settings, then the named flags that were given (they win)."""
+    from splitfed.config import parse_assignments
+
+    return {**parse_assignments(assignments), **{k: v for k, v in flags.items() if v is not None}}
 
 
 def _fail(error: Exception) -> typer.Exit:
@@ -202,6 +212,7 @@ def keygen(
 @app.command()
 def serve(
     config: ConfigOption = None,
+    set_: SetOption = None,
     listen: Annotated[str | None, typer.Option(help="host:port to listen on [127.0.0.1:50051].")] = None,
     model: Annotated[str | None, typer.Option(help="Base model [default: smollm2].")] = None,
     head: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep before the trunk.")] = None,
@@ -228,6 +239,7 @@ def serve(
     until stopped (Ctrl-C, SIGTERM or --exit-when-done) and then saves the adapter.
     """
     from splitfed.config import ConfigError, build_settings
+    from splitfed.security import SecurityError
     from splitfed.server.process import run_server
     from splitfed.server.settings import ServerSettings
 
@@ -237,15 +249,16 @@ def serve(
                  "roster": roster.split(",") if roster else None, "optimizer.lr": lr, "seed": seed,
                  "port_file": port_file, "output": output}
     try:
-        settings = build_settings(ServerSettings, config, overrides)
+        settings = build_settings(ServerSettings, config, _merge(set_, overrides))
         run_server(settings)
-    except (ConfigError, ValueError, OSError) as error:
+    except (ConfigError, ValueError, OSError, SecurityError) as error:
         raise _fail(error) from error
 
 
 @app.command()
 def train(
     config: ConfigOption = None,
+    set_: SetOption = None,
     name: Annotated[str | None, typer.Option(help="This client's name (as enrolled on the server).")] = None,
     identity: Annotated[Path | None, typer.Option(help="This client's private key file.")] = None,
     server: Annotated[str | None, typer.Option(help="host:port of the trunk server.")] = None,
@@ -275,6 +288,7 @@ def train(
     from splitfed.client.process import run_client
     from splitfed.client.settings import ClientSettings
     from splitfed.config import ConfigError, build_settings
+    from splitfed.security import SecurityError
     from splitfed.transport.errors import RemoteError
 
     overrides = {"name": name, "identity": identity, "server": server, "server_key": server_key,
@@ -284,9 +298,9 @@ def train(
                  "optimizer.lr": lr, "wire_dtype": wire_dtype, "seed": seed, "data.seed": seed,
                  "output": output}
     try:
-        settings = build_settings(ClientSettings, config, overrides)
+        settings = build_settings(ClientSettings, config, _merge(set_, overrides))
         summary = run_client(settings, console)
-    except (ConfigError, ValueError, OSError, RemoteError) as error:
+    except (ConfigError, ValueError, OSError, RemoteError, SecurityError) as error:
         raise _fail(error) from error
     console.print(f"{summary['name']}: {summary['steps']} steps, loss {summary['losses'][0]:.3f} -> "
                   f"{summary['losses'][-1]:.3f}, {summary['tokens_per_second']:.0f} tokens/s, "

@@ -75,3 +75,18 @@ def describe_validation_error(error: ValidationError, path: str | Path | None = 
         field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         lines.append(f"  {field}: {problem['msg']}")
     return "\n".join(lines)
+
+
+def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
+    """``["partition.head=2", "roster=[a, b]"]`` -> dotted overrides; values are read as YAML scalars,
+    lists or mappings, so any option of a settings model can be given on the command line."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments or []:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. partition.head=2), got {assignment!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {key}: cannot read the value {text!r}: {error}") from error
+    return overrides

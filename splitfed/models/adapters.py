@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import torch
 from peft import LoraConfig, PrefixTuningConfig, inject_adapter_in_model
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -55,7 +55,17 @@ class PrefixSpec(BaseModel):
     init_std: float = Field(0.02, gt=0)
 
 
-AdapterSpec = Annotated[LoraSpec | PrefixSpec, Field(discriminator="kind")]
+def _adapter_kind(value: object) -> str:
+    """The adapter kind of a spec or of its raw mapping; LoRA when not said."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "lora"))
+    return str(getattr(value, "kind", "lora"))
+
+
+AdapterSpec = Annotated[
+    Annotated[LoraSpec, Tag("lora")] | Annotated[PrefixSpec, Tag("prefix")],
+    Discriminator(_adapter_kind),
+]
 
 
 class AdapterError(ValueError):

@@ -67,3 +67,27 @@ def test_shipped_example_configs_validate():
     client = build_settings(ClientSettings, examples / "client.yaml")
     assert server.partition == client.partition and server.model == client.model
     assert server.tls_cert is not None and client.server_cert is not None
+
+
+def test_set_assignments_reach_any_field_and_bad_ones_are_clear(tmp_path):
+    from splitfed.config import parse_assignments
+    from splitfed.server.settings import ServerSettings
+
+    overrides = parse_assignments(["adapter.r=16", "roster=[a, b]", "max_batch=32", "tls_cert="])
+    settings = build_settings(ServerSettings, None, {"identity": "k", "allowlist": "a", **overrides})
+    assert settings.adapter.r == 16 and settings.roster == ["a", "b"] and settings.max_batch == 32
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_assignments(["adapter.r"])
+    with pytest.raises(ConfigError, match="max_batch"):
+        build_settings(ServerSettings, None, {"identity": "k", "allowlist": "a",
+                                              **parse_assignments(["max_batch=-1"])})
+
+
+def test_cli_set_flag_reaches_the_settings(tmp_path):
+    from typer.testing import CliRunner
+
+    from splitfed.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--set", "steps=0", "--name", "a", "--identity", "k",
+                                      "--server-key", "s.pub"])
+    assert result.exit_code == 2 and "steps" in result.output
