@@ -80,7 +80,7 @@ def run_network_federation(
     server = _spawn(["serve", "--config", str(server_config)], directory / "server.log")
     clients: list[subprocess.Popen] = []
     try:
-        port = _wait_for_port(port_file, server, directory / "server.log")
+        port = wait_for_port(port_file, server, directory / "server.log")
         steps_per_client = settings.rounds * settings.local_steps
         for index, name in enumerate(names):
             config = _write_yaml(directory / f"{name}.yaml", {
@@ -126,7 +126,7 @@ def _progress_of(client_dir: Path) -> int:
         return 0
 
 
-def _wait_for_port(path: Path, server: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> int:
+def wait_for_port(path: Path, server: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if path.is_file() and path.read_text().strip():

@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from splitfed.models import DEFAULT_MODEL, AdapterSpec, LoraSpec
-from splitfed.training.optim import OptimizerSettings
-from splitfed.training.partition import PartitionSettings
+from splitfed.training.partition import SplitTrainingSettings
 from splitfed.training.task_data import DataSettings
 
 
-class ClientSettings(BaseModel):
+class ClientSettings(SplitTrainingSettings):
     """A client: its identity, the server it trusts, its model parts and its private data."""
 
     model_config = ConfigDict(extra="forbid")
@@ -25,11 +23,6 @@ class ClientSettings(BaseModel):
     tls_cert: Path | None = Field(None, description="mutual TLS: this client's certificate")
     tls_key: Path | None = Field(None, description="mutual TLS: this client's TLS private key")
     insecure_loopback: bool = Field(False, description="allow plaintext transport to a loopback address")
-    model: str = DEFAULT_MODEL
-    seed: int = 0
-    partition: PartitionSettings = PartitionSettings()
-    adapter: AdapterSpec = LoraSpec()
-    optimizer: OptimizerSettings = OptimizerSettings()
     data: DataSettings = DataSettings()
     steps: int = Field(20, ge=1, description="training steps in all")
     rounds: int = Field(1, ge=1, description="FedAvg rounds the steps are split into")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from splitfed.models import DEFAULT_MODEL, AdapterSpec, LoraSpec
-from splitfed.training.optim import OptimizerSettings
-from splitfed.training.partition import PartitionSettings
+from splitfed.training.partition import SplitTrainingSettings
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(SplitTrainingSettings):
     """The trunk server: its identity, who may connect, the model part it runs and its limits."""
 
     model_config = ConfigDict(extra="forbid")
@@ -23,11 +21,6 @@ class ServerSettings(BaseModel):
     tls_client_certs: Path | None = Field(None, description="mutual TLS: a PEM file or a directory of "
                                                             "client certificates that may connect")
     insecure_loopback: bool = Field(False, description="allow plaintext transport on a loopback address")
-    model: str = DEFAULT_MODEL
-    seed: int = 0
-    partition: PartitionSettings = PartitionSettings()
-    adapter: AdapterSpec = LoraSpec()
-    optimizer: OptimizerSettings = OptimizerSettings()
     roster: list[str] | None = Field(None, description="clients served round-robin in this order "
                                                        "(reproducible); default: arrival order")
     exit_when_done: bool = Field(False, description="stop once every roster client has closed its session")

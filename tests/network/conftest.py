@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from splitfed.demo_network import wait_for_port as _wait_for_port
 from splitfed.security import create_identity_files, create_server_files
 
 CLIENTS = ("alice", "bob")
@@ -62,14 +62,7 @@ def splitfed(*args: str, log: Path) -> subprocess.Popen:
 
 
 def wait_for_port(path: Path, server: subprocess.Popen, timeout_s: float = 90.0) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.is_file() and path.read_text().strip():
-            return int(path.read_text())
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited with {server.returncode}")
-        time.sleep(0.2)
-    raise TimeoutError("server did not start")
+    return _wait_for_port(path, server, path.parent / "server.log", timeout_s)
 
 
 @pytest.fixture
