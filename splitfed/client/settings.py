@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from splitfed.training.partition import SplitTrainingSettings
+from splitfed.training.split_settings import SplitTrainingSettings
 from splitfed.training.task_data import DataSettings
 
 

@@ -3,7 +3,7 @@
 from splitfed.federation.centralized import CentralizedTrainer
 from splitfed.federation.config import FederationSettings
 from splitfed.federation.inprocess import InProcessFederation, seeded_initial_states
-from splitfed.training.partition import PartitionSettings
+from splitfed.training.split_settings import PartitionSettings
 
 __all__ = [
     "CentralizedTrainer",

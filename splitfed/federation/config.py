@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from splitfed.models import AdapterSpec, LoraSpec
 from splitfed.training.optim import OptimizerSettings
-from splitfed.training.partition import PartitionSettings
+from splitfed.training.split_settings import PartitionSettings
 
 
 class FederationSettings(BaseModel):

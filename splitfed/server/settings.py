@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import ConfigDict, Field
 
-from splitfed.training.partition import SplitTrainingSettings
+from splitfed.training.split_settings import SplitTrainingSettings
 
 
 class ServerSettings(SplitTrainingSettings):
