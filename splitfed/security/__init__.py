@@ -26,6 +26,14 @@ from splitfed.security.keygen import (
     create_identity_files,
     create_server_files,
 )
+from splitfed.security.secagg import (
+    MaskingKeys,
+    RoundRoster,
+    SecAggClient,
+    SecAggError,
+    SecAggServer,
+    run_round_in_memory,
+)
 from splitfed.security.session import SessionKeys
 from splitfed.security.tls import certificate_fingerprint, certificate_names, make_self_signed, save_tls
 
@@ -40,8 +48,13 @@ __all__ = [
     "Identity",
     "InsecurePermissionsWarning",
     "KeyFileError",
+    "MaskingKeys",
     "PublicIdentity",
     "ReplayError",
+    "RoundRoster",
+    "SecAggClient",
+    "SecAggError",
+    "SecAggServer",
     "Sealed",
     "SecureChannel",
     "SecurityError",
@@ -57,5 +70,6 @@ __all__ = [
     "create_identity_files",
     "create_server_files",
     "make_self_signed",
+    "run_round_in_memory",
     "save_tls",
 ]

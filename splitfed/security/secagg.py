@@ -1,0 +1,771 @@
+"""Secure aggregation of adapter weights for FedAvg, after Bonawitz et al., "Practical Secure Aggregation
+for Privacy-Preserving Machine Learning" (CCS 2017), in its honest-but-curious server version.
+
+The server learns the weighted sum of the surviving clients' tensors (and so their weighted average), and
+nothing else about any single client's tensors; a client that drops out mid-round does not spoil the round
+for the others as long as at least `threshold` clients stay to the end.
+
+Fixed point. Masking works on integers mod 2**64 (torch int64, two's complement wrap-around):
+`encode(x, scale)` = round(x * scale) mod 2**64 and `decode(s, scale)` = s (as a signed integer) / scale.
+Each client submits `encode(weight * x)`; rounding costs at most 1 / (2 * scale) per client and
+coordinate, so the decoded sum is within n_clients / (2 * scale) of the exact weighted sum (plus float64
+rounding, relative 2**-52), and the average within n_clients / (2 * scale * total_weight). The sum must
+stay below 2**63 / scale in absolute value (2**39 for the default scale 2**24): a larger sum wraps around
+undetected. Each client's own contribution is checked against that range.
+
+Weights (sample counts) are sent in the clear: they are public in this design. The server divides the
+decoded sum by the sum of the surviving clients' weights.
+
+Protocol, for a round id `r` and threshold `t` (2 <= t <= number of clients):
+
+0. Advertise: each client makes two X25519 key pairs for the round (`MaskingKeys`): c for encrypting
+   shares, s for the pairwise masks (separate keys, as in the paper, so that reconstructing a dropped
+   client's s key does not open the shares it exchanged), and sends `c_pk || s_pk` (64 bytes). The server
+   relays the list of (client id, keys) to everyone: `RoundRoster` (U1, needs >= t clients).
+1. Share keys: client i picks a random 32-byte self-mask seed b_i and splits both b_i and its s private
+   key t-out-of-|U1| with Shamir's scheme over the prime field GF(2**521 - 1) (a 32-byte secret is one
+   field element; shares are 66 bytes; the share of the client at position k of the sorted roster is the
+   polynomial's value at x = k + 1). The shares for j are sealed with AES-256-GCM under
+   HKDF-SHA256(X25519(c_i, c_j), info = label, r, sorted ids) with associated data binding r, sender and
+   recipient, so the server, which routes them, cannot read them, and a misrouted or altered share is
+   refused. Clients whose shares arrive form U2 (>= t).
+2. Mask: with s_ij = X25519(s_i, s_j), client i submits for each tensor k of n elements
+
+       y_i = encode(w_i * x_i) + PRG(b_i, k) + sum_{j in U2, i < j} PRG(s_ij, k)
+                                              - sum_{j in U2, i > j} PRG(s_ij, k)
+
+   (ids compared as strings). PRG(secret, k) is the ChaCha20 keystream (zero nonce) read as n
+   little-endian int64 words, keyed by HKDF-SHA256(secret, info = label, r, the ids (sorted for a pair),
+   k): a fresh key per round, pair and tensor. Clients whose masked input arrives form U3 (>= t).
+3. Unmask: the server sends U3 (survivors) and U2 \\ U3 (dropped) to the survivors; each reveals its
+   shares of b_i for every survivor i and of s_d for every dropped d, never both for the same client: a
+   client answers once, refuses overlapping or incomplete lists, fewer than t survivors, or a list that
+   does not name itself as a survivor; the server refuses a seed share of a dropped client or a key share
+   of a survivor. From >= t answers the server rebuilds each b_i (checking surplus shares) and each s_d
+   (checking it against d's advertised public key), removes PRG(b_i) of the survivors and the pairwise
+   masks between each dropped client and each survivor, and decodes the sum.
+
+Pairwise masks cancel in the sum; self masks b_i make a dropped client's input, should it arrive late,
+still unreadable although its s key was revealed (double masking).
+
+What it protects, against a server that follows the protocol (honest but curious), possibly colluding
+with fewer than t clients: every individual client's tensors (only the sum over U3 is revealed), and the
+shares from the server that routes them. Other clients learn nothing about a client's tensors.
+
+What it does not protect: a malicious server can lie about who dropped (e.g. tell different clients
+different lists, or substitute keys in the roster: advertised keys are not signed here), or shrink the
+round to exactly t clients; there is no consistency-check round of the actively secure version. No
+Byzantine robustness: a client may submit anything (poisoning the average) or bad shares (detected for s
+keys, for b seeds only when there are surplus shares), which aborts the round. The sum itself, the
+weights and the sets U1-U3 are revealed: with few clients the sum may say much about each (no
+differential privacy). Client authentication and transport confidentiality come from the session layer
+(`handshake.py`, `channel.py`), whose sealed channel should carry these messages. Python big-integer
+arithmetic is not constant-time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from splitfed.security.encoding import decode_uint, encode_uint, pack, unpack
+from splitfed.security.errors import SecurityError
+from splitfed.security.identity import check_name
+
+DEFAULT_SCALE = 2**24
+PRIME = 2**521 - 1
+SHARE_SIZE = 66
+SECRET_SIZE = 32
+KEY_SIZE = 32
+ADVERTISEMENT_SIZE = 2 * KEY_SIZE
+AEAD_NONCE_SIZE = 12
+AEAD_TAG_SIZE = 16
+MAX_ROUND_ID = 64
+MAX_MESSAGE = 1 << 16
+MAX_ROSTER_BYTES = 1 << 26
+CHUNK_ELEMENTS = 1 << 20
+RANGE_LIMIT = 2.0**63
+
+ROSTER_TAG = b"splitfed SecAggRoster"
+SHARE_TAG = b"splitfed SecAggShares"
+REVEAL_TAG = b"splitfed SecAggReveal"
+SHARE_KEY_LABEL = b"splitfed-v1 secagg share-key"
+SHARE_AD_LABEL = b"splitfed-v1 secagg share"
+PAIR_MASK_LABEL = b"splitfed-v1 secagg pair-mask"
+SELF_MASK_LABEL = b"splitfed-v1 secagg self-mask"
+SEED_KIND = b"seed"
+KEY_KIND = b"key"
+
+
+class SecAggError(SecurityError):
+    """A secure-aggregation call is out of order, its input is inconsistent, or the round cannot finish."""
+
+
+# ---------------------------------------------------------------------------------------------- fixed point
+
+def _check_scale(scale: float) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) \
+            or scale <= 0:
+        raise SecAggError("scale must be a positive finite number")
+    return float(scale)
+
+
+def encode(x: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
+    """round(x * scale) as int64 ring elements (mod 2**64); `SecAggError` if not finite or out of range."""
+    scale = _check_scale(scale)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise SecAggError("encode expects a floating-point tensor")
+    scaled = torch.round(x.detach().cpu().to(torch.float64) * scale)
+    if scaled.numel() and not bool(torch.isfinite(scaled).all()):
+        raise SecAggError("cannot encode NaN or infinite values")
+    if scaled.numel() and float(scaled.abs().max()) >= RANGE_LIMIT:
+        raise SecAggError(f"value out of the fixed-point range (|x| < 2**63 / scale = "
+                          f"{RANGE_LIMIT / scale:.3g})")
+    return scaled.to(torch.int64)
+
+
+def decode(total: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
+    """Float64 value of an int64 ring element (read as signed) at fixed-point `scale`."""
+    scale = _check_scale(scale)
+    if not isinstance(total, torch.Tensor) or total.dtype != torch.int64:
+        raise SecAggError("decode expects an int64 tensor")
+    return total.to(torch.float64) / scale
+
+
+# ------------------------------------------------------------------------------------------------- shamir
+
+def shamir_split(secret: bytes, threshold: int, xs: Iterable[int]) -> dict[int, int]:
+    """Shares of `secret` (<= 65 bytes) at the distinct non-zero points `xs`; any `threshold` rebuild it."""
+    if not isinstance(secret, bytes) or len(secret) > SHARE_SIZE - 1:
+        raise SecAggError("secret must be at most 65 bytes")
+    points = list(xs)
+    if len(set(points)) != len(points) or any(not 0 < x < PRIME for x in points):
+        raise SecAggError("share points must be distinct and non-zero")
+    if not 1 <= threshold <= len(points):
+        raise SecAggError("threshold must be between 1 and the number of shares")
+    coefficients = [int.from_bytes(secret, "big")] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    shares = {}
+    for x in points:
+        value = 0
+        for coefficient in reversed(coefficients):
+            value = (value * x + coefficient) % PRIME
+        shares[x] = value
+    return shares
+
+
+def _interpolate(points: Sequence[tuple[int, int]], at: int) -> int:
+    total = 0
+    for i, (xi, yi) in enumerate(points):
+        numerator = denominator = 1
+        for j, (xj, _) in enumerate(points):
+            if i != j:
+                numerator = numerator * (at - xj) % PRIME
+                denominator = denominator * (xi - xj) % PRIME
+        total = (total + yi * numerator * pow(denominator, -1, PRIME)) % PRIME
+    return total
+
+
+def shamir_combine(shares: Mapping[int, int], threshold: int, size: int = SECRET_SIZE) -> bytes:
+    """Rebuild a `size`-byte secret from >= `threshold` shares; surplus shares must agree (`SecAggError`)."""
+    points = sorted(shares.items())
+    if len(points) < threshold or len({x for x, _ in points}) != len(points):
+        raise SecAggError(f"need {threshold} distinct shares, got {len(points)}")
+    if any(not 0 < x < PRIME or not 0 <= y < PRIME for x, y in points):
+        raise SecAggError("share out of the field")
+    base = points[:threshold]
+    if any(_interpolate(base, x) != y for x, y in points[threshold:]):
+        raise SecAggError("inconsistent shares")
+    value = _interpolate(base, 0)
+    if value >= 1 << (8 * size):
+        raise SecAggError("inconsistent shares")
+    return value.to_bytes(size, "big")
+
+
+# ---------------------------------------------------------------------------------------------------- keys
+
+def _raw_public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _exchange(private: X25519PrivateKey, peer_raw: bytes, peer: str) -> bytes:
+    try:
+        return private.exchange(X25519PublicKey.from_public_bytes(peer_raw))
+    except ValueError:  # a low-order point gives an all-zero secret, which cryptography refuses
+        raise SecAggError(f"invalid public key of client {peer!r}") from None
+
+
+def _hkdf(secret: bytes, *info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=pack(*info)).derive(secret)
+
+
+class MaskingKeys:
+    """A client's two X25519 key pairs for one round: c (encrypts shares) and s (pairwise masks)."""
+
+    __slots__ = ("_cipher", "_mask")
+
+    def __init__(self, cipher: X25519PrivateKey, mask: X25519PrivateKey) -> None:
+        if not isinstance(cipher, X25519PrivateKey) or not isinstance(mask, X25519PrivateKey):
+            raise TypeError("MaskingKeys expects two X25519PrivateKey")
+        self._cipher = cipher
+        self._mask = mask
+
+    @classmethod
+    def generate(cls) -> MaskingKeys:
+        """Fresh random keys."""
+        return cls(X25519PrivateKey.generate(), X25519PrivateKey.generate())
+
+    @property
+    def public(self) -> bytes:
+        """`c_pk || s_pk`, 64 bytes: what the client advertises."""
+        return _raw_public(self._cipher) + _raw_public(self._mask)
+
+    def cipher_secret(self, peer_public: bytes, peer: str) -> bytes:
+        return _exchange(self._cipher, split_advertisement(peer_public)[0], peer)
+
+    def mask_secret(self, peer_public: bytes, peer: str) -> bytes:
+        return _exchange(self._mask, split_advertisement(peer_public)[1], peer)
+
+    def mask_private_bytes(self) -> bytes:
+        return self._mask.private_bytes_raw()
+
+    def __repr__(self) -> str:
+        return "MaskingKeys(<hidden>)"
+
+    def __reduce__(self) -> object:
+        raise TypeError("MaskingKeys hold private keys and cannot be serialized or copied")
+
+
+def split_advertisement(public: bytes) -> tuple[bytes, bytes]:
+    """(c_pk, s_pk) of a 64-byte advertisement."""
+    if not isinstance(public, bytes) or len(public) != ADVERTISEMENT_SIZE:
+        raise SecAggError(f"an advertisement is {ADVERTISEMENT_SIZE} bytes (two X25519 public keys)")
+    return public[:KEY_SIZE], public[KEY_SIZE:]
+
+
+def _check_round_id(round_id: object) -> bytes:
+    if not isinstance(round_id, bytes) or not 0 < len(round_id) <= MAX_ROUND_ID:
+        raise SecAggError(f"round_id must be 1-{MAX_ROUND_ID} bytes")
+    return round_id
+
+
+def _check_threshold(threshold: object) -> int:
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 2:
+        raise SecAggError("threshold must be an integer >= 2")
+    return threshold
+
+
+def _check_id(client_id: object) -> str:
+    try:
+        return check_name(client_id)
+    except ValueError:
+        raise SecAggError("client id is not a valid identity name") from None
+
+
+def _check_weight(weight: object) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) \
+            or weight <= 0:
+        raise SecAggError("weight must be a positive finite number")
+    return float(weight)
+
+
+@dataclass(frozen=True)
+class RoundRoster:
+    """The clients of a round and their advertised keys (U1), sorted by id; the server relays it."""
+
+    round_id: bytes
+    entries: tuple[tuple[str, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _check_round_id(self.round_id)
+        if not isinstance(self.entries, tuple):
+            raise SecAggError("entries must be a tuple")
+        for entry in self.entries:
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                raise SecAggError("each roster entry is (client_id, public keys)")
+            _check_id(entry[0])
+            split_advertisement(entry[1])
+        ids = [client_id for client_id, _ in self.entries]
+        if ids != sorted(set(ids)):
+            raise SecAggError("roster ids must be unique and sorted")
+        keys = [public[i:i + KEY_SIZE] for _, public in self.entries for i in (0, KEY_SIZE)]
+        if len(set(keys)) != len(keys):
+            raise SecAggError("roster public keys must be distinct")
+
+    @classmethod
+    def from_dict(cls, round_id: bytes, keys: Mapping[str, bytes]) -> RoundRoster:
+        return cls(round_id, tuple(sorted(keys.items())))
+
+    def as_dict(self) -> dict[str, bytes]:
+        return dict(self.entries)
+
+    @property
+    def ids(self) -> list[str]:
+        return [client_id for client_id, _ in self.entries]
+
+    def to_bytes(self) -> bytes:
+        body = pack(*(field for client_id, public in self.entries for field in (client_id.encode(), public)))
+        return pack(ROSTER_TAG, self.round_id, encode_uint(len(self.entries), 4), body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RoundRoster:
+        """Parse `to_bytes` output; `SecAggError` if malformed."""
+        try:
+            tag, round_id, count, body = unpack(data, 4, MAX_ROSTER_BYTES)
+            if tag != ROSTER_TAG:
+                raise ValueError("not a roster")
+            fields = unpack(body, 2 * decode_uint(count, 4), MAX_ROSTER_BYTES)
+            entries = tuple((fields[i].decode("ascii"), fields[i + 1]) for i in range(0, len(fields), 2))
+        except (ValueError, UnicodeDecodeError):
+            raise SecAggError("malformed roster") from None
+        return cls(round_id, entries)
+
+    def __repr__(self) -> str:
+        return f"RoundRoster(round_id={self.round_id.hex()}, clients={self.ids})"
+
+
+# ---------------------------------------------------------------------------------------------------- masks
+
+def _add_stream(flat: torch.Tensor, key: bytes, sign: int) -> None:
+    """flat += sign * (ChaCha20 keystream of `key` as int64 words), in place, chunk by chunk."""
+    total = flat.numel()
+    if total == 0:
+        return
+    encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    chunk = min(CHUNK_ELEMENTS, total)
+    zeros = memoryview(bytes(8 * chunk))
+    buffer = bytearray(8 * chunk)
+    words = torch.frombuffer(buffer, dtype=torch.int64)
+    for start in range(0, total, chunk):
+        count = min(chunk, total - start)
+        encryptor.update_into(zeros[:8 * count], buffer)
+        target = flat[start:start + count]
+        if sign > 0:
+            target.add_(words[:count])
+        else:
+            target.sub_(words[:count])
+
+
+def _pair_key(secret: bytes, round_id: bytes, a: str, b: str, name: str) -> bytes:
+    low, high = sorted((a, b))
+    return _hkdf(secret, PAIR_MASK_LABEL, round_id, low.encode(), high.encode(), name.encode("utf-8"))
+
+
+def _self_key(seed: bytes, round_id: bytes, client_id: str, name: str) -> bytes:
+    return _hkdf(seed, SELF_MASK_LABEL, round_id, client_id.encode(), name.encode("utf-8"))
+
+
+def _share_aead(secret: bytes, round_id: bytes, a: str, b: str) -> AESGCM:
+    low, high = sorted((a, b))
+    return AESGCM(_hkdf(secret, SHARE_KEY_LABEL, round_id, low.encode(), high.encode()))
+
+
+def _reveal_message(kind: bytes, round_id: bytes, owner: str, holder: str, x: int, value: int) -> bytes:
+    return pack(REVEAL_TAG, kind, round_id, owner.encode(), holder.encode(), encode_uint(x, 4),
+                encode_uint(value, SHARE_SIZE))
+
+
+def _check_tensors(tensors: object, what: str) -> dict[str, torch.Tensor]:
+    if not isinstance(tensors, Mapping) or not tensors:
+        raise SecAggError(f"{what} must be a non-empty dict of tensors")
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not name:
+            raise SecAggError(f"{what}: tensor names must be non-empty strings")
+        if not isinstance(tensor, torch.Tensor):
+            raise SecAggError(f"{what}: {name!r} is not a tensor")
+    return dict(tensors)
+
+
+# --------------------------------------------------------------------------------------------------- client
+
+class SecAggClient:
+    """One client's side of a round: `advertise`, `share_keys`, `receive_shares`, `mask`, `unmask_shares`."""
+
+    def __init__(self, client_id: str, round_id: bytes, threshold: int, scale: float = DEFAULT_SCALE) -> None:
+        self.client_id = _check_id(client_id)
+        self.round_id = _check_round_id(round_id)
+        self.threshold = _check_threshold(threshold)
+        self.scale = _check_scale(scale)
+        self._state = "new"
+        self._keys: MaskingKeys | None = None
+        self._seed: bytes | None = None
+        self._roster: dict[str, bytes] = {}
+        self._points: dict[str, int] = {}
+        self._own_shares: tuple[int, int] | None = None
+        self._held: dict[str, tuple[int, int]] = {}
+        self._members: frozenset[str] = frozenset()
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def _expect(self, state: str, action: str) -> None:
+        if self._state != state:
+            raise SecAggError(f"client {self.client_id!r} cannot {action} in state {self._state!r}")
+
+    def advertise(self) -> bytes:
+        """This round's public keys `c_pk || s_pk` (made once)."""
+        if self._state == "advertised" and self._keys is not None:
+            return self._keys.public
+        self._expect("new", "advertise")
+        self._keys = MaskingKeys.generate()
+        self._seed = secrets.token_bytes(SECRET_SIZE)
+        self._state = "advertised"
+        return self._keys.public
+
+    def share_keys(self, roster: RoundRoster | Mapping[str, bytes]) -> dict[str, bytes]:
+        """Encrypted Shamir shares of the s key and of the self-mask seed, for every other roster client."""
+        self._expect("advertised", "share keys")
+        assert self._keys is not None and self._seed is not None
+        if isinstance(roster, RoundRoster):
+            if roster.round_id != self.round_id:
+                raise SecAggError("roster belongs to another round")
+        elif isinstance(roster, Mapping):
+            roster = RoundRoster.from_dict(self.round_id, roster)
+        else:
+            raise SecAggError("roster must be a RoundRoster or a dict of public keys")
+        keys = roster.as_dict()
+        if self.client_id not in keys or not hmac.compare_digest(keys[self.client_id], self._keys.public):
+            raise SecAggError(f"roster does not hold client {self.client_id!r} with its own keys")
+        if len(keys) < self.threshold:
+            raise SecAggError(f"roster has {len(keys)} clients, fewer than the threshold {self.threshold}")
+        points = {client_id: index + 1 for index, client_id in enumerate(roster.ids)}
+        key_shares = shamir_split(self._keys.mask_private_bytes(), self.threshold, points.values())
+        seed_shares = shamir_split(self._seed, self.threshold, points.values())
+        out = {}
+        for peer, x in points.items():
+            if peer == self.client_id:
+                continue
+            plaintext = pack(SHARE_TAG, self.round_id, self.client_id.encode(), peer.encode(),
+                             encode_uint(x, 4), encode_uint(key_shares[x], SHARE_SIZE),
+                             encode_uint(seed_shares[x], SHARE_SIZE))
+            secret = self._keys.cipher_secret(keys[peer], peer)
+            aead = _share_aead(secret, self.round_id, self.client_id, peer)
+            nonce = os.urandom(AEAD_NONCE_SIZE)
+            out[peer] = nonce + aead.encrypt(nonce, plaintext, self._share_ad(self.client_id, peer))
+        own = points[self.client_id]
+        self._roster, self._points = keys, points
+        self._own_shares = (key_shares[own], seed_shares[own])
+        self._state = "shared"
+        return out
+
+    def _share_ad(self, sender: str, recipient: str) -> bytes:
+        return pack(SHARE_AD_LABEL, self.round_id, sender.encode(), recipient.encode())
+
+    def receive_shares(self, shares: Mapping[str, bytes]) -> None:
+        """Open the shares the other clients sent this one; their senders (and this client) form U2."""
+        self._expect("shared", "receive shares")
+        assert self._keys is not None and self._own_shares is not None
+        if not isinstance(shares, Mapping):
+            raise SecAggError("shares must be a dict: sender -> encrypted share")
+        unknown = set(shares) - set(self._roster) | ({self.client_id} & set(shares))
+        if unknown:
+            raise SecAggError(f"shares from unexpected senders {sorted(map(str, unknown))}")
+        if len(shares) + 1 < self.threshold:
+            raise SecAggError(f"{len(shares) + 1} clients shared keys, fewer than the threshold "
+                              f"{self.threshold}")
+        held = {self.client_id: self._own_shares}
+        for sender, blob in shares.items():
+            if not isinstance(blob, bytes) or len(blob) < AEAD_NONCE_SIZE + AEAD_TAG_SIZE:
+                raise SecAggError(f"malformed share from {sender!r}")
+            aead = _share_aead(self._keys.cipher_secret(self._roster[sender], sender), self.round_id, sender,
+                               self.client_id)
+            try:
+                plaintext = aead.decrypt(blob[:AEAD_NONCE_SIZE], blob[AEAD_NONCE_SIZE:],
+                                         self._share_ad(sender, self.client_id))
+                tag, round_id, from_id, to_id, x, key_share, seed_share = unpack(plaintext, 7, MAX_MESSAGE)
+                valid = (tag == SHARE_TAG and round_id == self.round_id and from_id == sender.encode()
+                         and to_id == self.client_id.encode()
+                         and decode_uint(x, 4) == self._points[self.client_id])
+                values = (decode_uint(key_share, SHARE_SIZE), decode_uint(seed_share, SHARE_SIZE))
+            except (InvalidTag, ValueError):
+                valid = False
+            if not valid or max(values) >= PRIME:
+                raise SecAggError(f"share from {sender!r} failed authentication or is not addressed to "
+                                  f"{self.client_id!r} in this round")
+            held[sender] = values
+        self._held = held
+        self._members = frozenset(held)
+        self._state = "ready"
+
+    @property
+    def members(self) -> list[str]:
+        """U2 as this client sees it: the clients it masks against, and itself."""
+        return sorted(self._members)
+
+    def mask(self, tensors: Mapping[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
+        """`encode(weight * x)` plus the self mask and the pairwise masks with U2, per tensor (int64)."""
+        self._expect("ready", "mask")
+        assert self._keys is not None and self._seed is not None
+        tensors = _check_tensors(tensors, "tensors")
+        weight = _check_weight(weight)
+        for name, tensor in tensors.items():
+            if not tensor.is_floating_point():
+                raise SecAggError(f"tensor {name!r} is not floating point")
+        peers = sorted(self._members - {self.client_id})
+        pair_secrets = {peer: self._keys.mask_secret(self._roster[peer], peer) for peer in peers}
+        out = {}
+        for name, tensor in tensors.items():
+            flat = encode(tensor.detach().cpu().to(torch.float64) * weight, self.scale).reshape(-1)
+            _add_stream(flat, _self_key(self._seed, self.round_id, self.client_id, name), +1)
+            for peer, secret in pair_secrets.items():
+                sign = 1 if self.client_id < peer else -1
+                _add_stream(flat, _pair_key(secret, self.round_id, self.client_id, peer, name), sign)
+            out[name] = flat.reshape(tensor.shape)
+        self._keys, self._seed = None, None  # the shares are all that is needed from now on
+        self._state = "masked"
+        return out
+
+    def unmask_shares(self, survivors: Iterable[str], dropped: Iterable[str]) -> dict[str, bytes]:
+        """Reveal the b-seed shares of `survivors` and the s-key shares of `dropped`, once."""
+        self._expect("masked", "reveal shares")
+        survivors, dropped = list(survivors), list(dropped)
+        if not all(isinstance(c, str) for c in survivors + dropped):
+            raise SecAggError("client ids must be strings")
+        both = set(survivors) & set(dropped)
+        if both:
+            raise SecAggError(f"refusing to reveal both the seed and the key shares of {sorted(both)}")
+        if len(set(survivors)) != len(survivors) or len(set(dropped)) != len(dropped):
+            raise SecAggError("survivor and dropped lists must not repeat clients")
+        if set(survivors) | set(dropped) != self._members:
+            raise SecAggError("survivors and dropped clients must together be exactly the clients that "
+                              "shared keys")
+        if self.client_id not in survivors:
+            raise SecAggError(f"client {self.client_id!r} is listed as dropped")
+        if len(survivors) < self.threshold:
+            raise SecAggError(f"only {len(survivors)} survivors, fewer than the threshold {self.threshold}")
+        x = self._points[self.client_id]
+        out = {owner: _reveal_message(SEED_KIND, self.round_id, owner, self.client_id, x,
+                                      self._held[owner][1]) for owner in survivors}
+        out.update({owner: _reveal_message(KEY_KIND, self.round_id, owner, self.client_id, x,
+                                           self._held[owner][0]) for owner in dropped})
+        self._held = {}
+        self._state = "done"
+        return out
+
+    def __repr__(self) -> str:
+        return (f"SecAggClient(client_id={self.client_id!r}, round_id={self.round_id.hex()}, "
+                f"threshold={self.threshold}, state={self._state!r})")
+
+    def __reduce__(self) -> object:
+        raise TypeError("a SecAggClient holds secret keys and shares and cannot be serialized or copied")
+
+
+# --------------------------------------------------------------------------------------------------- server
+
+class SecAggServer:
+    """The server's side of a round: `collect_keys`, `route_shares`, `collect_masked` (per client),
+    `unmask_request`, `finish`."""
+
+    def __init__(self, round_id: bytes, threshold: int, scale: float = DEFAULT_SCALE,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.round_id = _check_round_id(round_id)
+        self.threshold = _check_threshold(threshold)
+        self.scale = _check_scale(scale)
+        self.dtype = dtype
+        self._state = "advertise"
+        self._roster: RoundRoster | None = None
+        self._members: frozenset[str] = frozenset()
+        self._shapes: dict[str, torch.Size] = {}
+        self._sums: dict[str, torch.Tensor] = {}
+        self._weights: dict[str, float] = {}
+        self._survivors: list[str] = []
+        self._dropped: list[str] = []
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def _expect(self, state: str, action: str) -> None:
+        if self._state != state:
+            raise SecAggError(f"server cannot {action} in state {self._state!r}")
+
+    def collect_keys(self, advertisements: Mapping[str, bytes]) -> RoundRoster:
+        """The clients' advertised keys -> the roster (U1) to relay to all of them."""
+        self._expect("advertise", "collect keys")
+        if not isinstance(advertisements, Mapping):
+            raise SecAggError("advertisements must be a dict: client id -> public keys")
+        roster = RoundRoster.from_dict(self.round_id, advertisements)
+        if len(roster.entries) < self.threshold:
+            raise SecAggError(f"{len(roster.entries)} clients advertised keys, fewer than the threshold "
+                              f"{self.threshold}")
+        self._roster = roster
+        self._state = "share"
+        return roster
+
+    def route_shares(self, shares: Mapping[str, Mapping[str, bytes]]) -> dict[str, dict[str, bytes]]:
+        """sender -> {recipient: share} -> recipient -> {sender: share}, within U2 (the senders)."""
+        self._expect("share", "route shares")
+        assert self._roster is not None
+        ids = set(self._roster.ids)
+        if not isinstance(shares, Mapping) or not set(shares) <= ids:
+            raise SecAggError("shares must come from roster clients")
+        for sender, outgoing in shares.items():
+            if not isinstance(outgoing, Mapping) or set(outgoing) != ids - {sender}:
+                raise SecAggError(f"client {sender!r} must send one share to every other roster client")
+            if not all(isinstance(blob, bytes) and AEAD_NONCE_SIZE + AEAD_TAG_SIZE < len(blob) <= MAX_MESSAGE
+                       for blob in outgoing.values()):
+                raise SecAggError(f"malformed share from client {sender!r}")
+        if len(shares) < self.threshold:
+            raise SecAggError(f"{len(shares)} clients shared keys, fewer than the threshold {self.threshold}")
+        self._members = frozenset(shares)
+        self._state = "mask"
+        return {recipient: {sender: shares[sender][recipient] for sender in sorted(self._members)
+                            if sender != recipient} for recipient in sorted(self._members)}
+
+    def collect_masked(self, client_id: str, tensors: Mapping[str, torch.Tensor], weight: float) -> None:
+        """Add one client's masked tensors (int64) and its public weight to the running sum."""
+        self._expect("mask", "collect masked input")
+        if client_id not in self._members:
+            raise SecAggError(f"client {client_id!r} did not share keys in this round")
+        if client_id in self._weights:
+            raise SecAggError(f"client {client_id!r} already sent its masked input")
+        tensors = _check_tensors(tensors, "masked tensors")
+        weight = _check_weight(weight)
+        shapes = {name: tensor.shape for name, tensor in tensors.items()}
+        if any(tensor.dtype != torch.int64 for tensor in tensors.values()):
+            raise SecAggError("masked tensors must be int64")
+        if self._shapes and shapes != self._shapes:
+            raise SecAggError(f"client {client_id!r} sent tensors whose names or shapes differ from the "
+                              "others'")
+        if not self._shapes:
+            self._shapes = shapes
+            self._sums = {name: torch.zeros(tensor.numel(), dtype=torch.int64)
+                          for name, tensor in tensors.items()}
+        for name, tensor in tensors.items():
+            self._sums[name].add_(tensor.detach().cpu().reshape(-1))
+        self._weights[client_id] = weight
+
+    def unmask_request(self) -> tuple[list[str], list[str]]:
+        """Close input collection: (survivors U3, dropped U2 minus U3) to send to the survivors."""
+        self._expect("mask", "request unmasking")
+        if len(self._weights) < self.threshold:
+            raise SecAggError(f"only {len(self._weights)} clients sent masked input, fewer than the "
+                              f"threshold {self.threshold}: round aborted")
+        self._survivors = sorted(self._weights)
+        self._dropped = sorted(self._members - set(self._weights))
+        self._state = "unmask"
+        return list(self._survivors), list(self._dropped)
+
+    def _parse_reveal(self, blob: object, owner: str, holder: str, x: int) -> tuple[bytes, int]:
+        try:
+            tag, kind, round_id, owner_id, holder_id, point, value = unpack(blob, 7, MAX_MESSAGE)  # type: ignore[arg-type]
+            if (tag != REVEAL_TAG or round_id != self.round_id or owner_id != owner.encode()
+                    or holder_id != holder.encode() or decode_uint(point, 4) != x):
+                raise ValueError("mismatch")
+            return kind, decode_uint(value, SHARE_SIZE)
+        except ValueError:
+            raise SecAggError(f"malformed or misaddressed share of {owner!r} from {holder!r}") from None
+
+    def finish(self, revealed: Mapping[str, Mapping[str, bytes]],
+               ) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """Unmask with the survivors' revealed shares -> (weighted average per tensor, contributors U3)."""
+        self._expect("unmask", "finish")
+        assert self._roster is not None
+        if not isinstance(revealed, Mapping) or not set(revealed) <= set(self._survivors):
+            raise SecAggError("only surviving clients may reveal shares")
+        if len(revealed) < self.threshold:
+            raise SecAggError(f"only {len(revealed)} survivors revealed shares, fewer than the threshold "
+                              f"{self.threshold}: round aborted")
+        points = {client_id: index + 1 for index, client_id in enumerate(self._roster.ids)}
+        seed_shares: dict[str, dict[int, int]] = {owner: {} for owner in self._survivors}
+        key_shares: dict[str, dict[int, int]] = {owner: {} for owner in self._dropped}
+        for holder, messages in revealed.items():
+            if not isinstance(messages, Mapping) or set(messages) != self._members:
+                raise SecAggError(f"client {holder!r} must reveal one share for every client that "
+                                  "shared keys")
+            for owner, blob in messages.items():
+                kind, value = self._parse_reveal(blob, owner, holder, points[holder])
+                if owner in seed_shares and kind == SEED_KIND:
+                    seed_shares[owner][points[holder]] = value
+                elif owner in key_shares and kind == KEY_KIND:
+                    key_shares[owner][points[holder]] = value
+                elif owner in seed_shares:
+                    raise SecAggError(f"refusing a non-seed share of surviving client {owner!r}: the server "
+                                      "never unmasks both the seed and the key of a client")
+                else:
+                    raise SecAggError(f"refusing a non-key share of dropped client {owner!r}: the server "
+                                      "never unmasks both the seed and the key of a client")
+        keys = self._roster.as_dict()
+        seeds = {owner: shamir_combine(shares, self.threshold) for owner, shares in seed_shares.items()}
+        dropped_keys = {}
+        for owner, shares in key_shares.items():
+            try:
+                private = X25519PrivateKey.from_private_bytes(shamir_combine(shares, self.threshold))
+            except (SecAggError, ValueError):
+                raise SecAggError(f"could not rebuild the key of dropped client {owner!r}") from None
+            if not hmac.compare_digest(_raw_public(private), split_advertisement(keys[owner])[1]):
+                raise SecAggError(f"rebuilt key of dropped client {owner!r} does not match its "
+                                  "advertised key")
+            dropped_keys[owner] = private
+        result = {}
+        for name, total in self._sums.items():
+            flat = total.clone()
+            for owner, seed in seeds.items():
+                _add_stream(flat, _self_key(seed, self.round_id, owner, name), -1)
+            for owner, private in dropped_keys.items():
+                for survivor in self._survivors:
+                    secret = _exchange(private, split_advertisement(keys[survivor])[1], survivor)
+                    sign = 1 if survivor < owner else -1  # what the survivor added for this pair
+                    _add_stream(flat, _pair_key(secret, self.round_id, owner, survivor, name), -sign)
+            average = decode(flat, self.scale) / math.fsum(self._weights.values())
+            result[name] = average.to(self.dtype).reshape(self._shapes[name])
+        self._sums = {}
+        self._state = "done"
+        return result, list(self._survivors)
+
+    def __repr__(self) -> str:
+        return (f"SecAggServer(round_id={self.round_id.hex()}, threshold={self.threshold}, "
+                f"state={self._state!r}, inputs={len(self._weights)})")
+
+
+# ------------------------------------------------------------------------------------------------ in memory
+
+def run_round_in_memory(clients_values: Mapping[str, tuple[Mapping[str, torch.Tensor], float]],
+                        threshold: int,
+                        drop_after_masking: Iterable[str] = (), drop_before_masking: Iterable[str] = (),
+                        drop_before_sharing: Iterable[str] = (), *, round_id: bytes | None = None,
+                        scale: float = DEFAULT_SCALE, dtype: torch.dtype = torch.float32,
+                        ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """One whole round without a transport -> (weighted average, contributors).
+
+    `drop_before_sharing` clients advertise keys then vanish; `drop_before_masking` ones also share keys;
+    `drop_after_masking` ones mask but their input never reaches the server. Everyone else reveals shares.
+    Raises `SecAggError` (and returns nothing) when fewer than `threshold` clients remain.
+    """
+    round_id = os.urandom(16) if round_id is None else round_id
+    drops = [set(drop_before_sharing), set(drop_before_masking), set(drop_after_masking)]
+    if any(not group <= set(clients_values) for group in drops):
+        raise SecAggError("dropped clients must be clients of the round")
+    if len(set().union(*drops)) != sum(map(len, drops)):
+        raise SecAggError("a client can drop out only once")
+    gone_before_sharing, gone_before_masking, gone_after_masking = drops
+    server = SecAggServer(round_id, threshold, scale, dtype)
+    clients = {client_id: SecAggClient(client_id, round_id, threshold, scale) for client_id in clients_values}
+    roster = server.collect_keys({client_id: client.advertise() for client_id, client in clients.items()})
+    sharing = [client_id for client_id in clients if client_id not in gone_before_sharing]
+    routed = server.route_shares({client_id: clients[client_id].share_keys(roster) for client_id in sharing})
+    for client_id in sharing:
+        if client_id not in gone_before_masking:
+            clients[client_id].receive_shares(routed[client_id])
+    for client_id in sharing:
+        if client_id in gone_before_masking:
+            continue
+        tensors, weight = clients_values[client_id]
+        masked = clients[client_id].mask(tensors, weight)
+        if client_id not in gone_after_masking:
+            server.collect_masked(client_id, masked, weight)
+    survivors, dropped = server.unmask_request()
+    return server.finish({client_id: clients[client_id].unmask_shares(survivors, dropped)
+                          for client_id in survivors})
