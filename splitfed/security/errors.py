@@ -37,3 +37,10 @@ class KeyFileError(SecurityError):
 
 class InsecurePermissionsWarning(UserWarning):
     """A private key file is readable or writable by other users."""
+
+
+class SecAggError(SecurityError):
+    """A secure-aggregation call is out of order, its input is inconsistent, or the round cannot finish."""
+
+
+# ---------------------------------------------------------------------------------------------- fixed point

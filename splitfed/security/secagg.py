@@ -69,7 +69,7 @@ import hmac
 import math
 import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -81,13 +81,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from splitfed.security.encoding import decode_uint, encode_uint, pack, unpack
-from splitfed.security.errors import SecurityError
+from splitfed.security.errors import SecAggError
+from splitfed.security.fixed_point import DEFAULT_SCALE, check_scale, encode
 from splitfed.security.identity import check_name
+from splitfed.security.shamir import PRIME, SECRET_SIZE, SHARE_SIZE, shamir_split
 
-DEFAULT_SCALE = 2**24
-PRIME = 2**521 - 1
-SHARE_SIZE = 66
-SECRET_SIZE = 32
 KEY_SIZE = 32
 ADVERTISEMENT_SIZE = 2 * KEY_SIZE
 AEAD_NONCE_SIZE = 12
@@ -96,7 +94,6 @@ MAX_ROUND_ID = 64
 MAX_MESSAGE = 1 << 16
 MAX_ROSTER_BYTES = 1 << 26
 CHUNK_ELEMENTS = 1 << 20
-RANGE_LIMIT = 2.0**63
 
 ROSTER_TAG = b"splitfed SecAggRoster"
 SHARE_TAG = b"splitfed SecAggShares"
@@ -109,97 +106,11 @@ SEED_KIND = b"seed"
 KEY_KIND = b"key"
 
 
-class SecAggError(SecurityError):
-    """A secure-aggregation call is out of order, its input is inconsistent, or the round cannot finish."""
-
-
-# ---------------------------------------------------------------------------------------------- fixed point
-
-def _check_scale(scale: float) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) \
-            or scale <= 0:
-        raise SecAggError("scale must be a positive finite number")
-    return float(scale)
-
-
-def encode(x: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
-    """round(x * scale) as int64 ring elements (mod 2**64); `SecAggError` if not finite or out of range."""
-    scale = _check_scale(scale)
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise SecAggError("encode expects a floating-point tensor")
-    scaled = torch.round(x.detach().cpu().to(torch.float64) * scale)
-    if scaled.numel() and not bool(torch.isfinite(scaled).all()):
-        raise SecAggError("cannot encode NaN or infinite values")
-    if scaled.numel() and float(scaled.abs().max()) >= RANGE_LIMIT:
-        raise SecAggError(f"value out of the fixed-point range (|x| < 2**63 / scale = "
-                          f"{RANGE_LIMIT / scale:.3g})")
-    return scaled.to(torch.int64)
-
-
-def decode(total: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
-    """Float64 value of an int64 ring element (read as signed) at fixed-point `scale`."""
-    scale = _check_scale(scale)
-    if not isinstance(total, torch.Tensor) or total.dtype != torch.int64:
-        raise SecAggError("decode expects an int64 tensor")
-    return total.to(torch.float64) / scale
-
-
-# ------------------------------------------------------------------------------------------------- shamir
-
-def shamir_split(secret: bytes, threshold: int, xs: Iterable[int]) -> dict[int, int]:
-    """Shares of `secret` (<= 65 bytes) at the distinct non-zero points `xs`; any `threshold` rebuild it."""
-    if not isinstance(secret, bytes) or len(secret) > SHARE_SIZE - 1:
-        raise SecAggError("secret must be at most 65 bytes")
-    points = list(xs)
-    if len(set(points)) != len(points) or any(not 0 < x < PRIME for x in points):
-        raise SecAggError("share points must be distinct and non-zero")
-    if not 1 <= threshold <= len(points):
-        raise SecAggError("threshold must be between 1 and the number of shares")
-    coefficients = [int.from_bytes(secret, "big")] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
-    shares = {}
-    for x in points:
-        value = 0
-        for coefficient in reversed(coefficients):
-            value = (value * x + coefficient) % PRIME
-        shares[x] = value
-    return shares
-
-
-def _interpolate(points: Sequence[tuple[int, int]], at: int) -> int:
-    total = 0
-    for i, (xi, yi) in enumerate(points):
-        numerator = denominator = 1
-        for j, (xj, _) in enumerate(points):
-            if i != j:
-                numerator = numerator * (at - xj) % PRIME
-                denominator = denominator * (xi - xj) % PRIME
-        total = (total + yi * numerator * pow(denominator, -1, PRIME)) % PRIME
-    return total
-
-
-def shamir_combine(shares: Mapping[int, int], threshold: int, size: int = SECRET_SIZE) -> bytes:
-    """Rebuild a `size`-byte secret from >= `threshold` shares; surplus shares must agree (`SecAggError`)."""
-    points = sorted(shares.items())
-    if len(points) < threshold or len({x for x, _ in points}) != len(points):
-        raise SecAggError(f"need {threshold} distinct shares, got {len(points)}")
-    if any(not 0 < x < PRIME or not 0 <= y < PRIME for x, y in points):
-        raise SecAggError("share out of the field")
-    base = points[:threshold]
-    if any(_interpolate(base, x) != y for x, y in points[threshold:]):
-        raise SecAggError("inconsistent shares")
-    value = _interpolate(base, 0)
-    if value >= 1 << (8 * size):
-        raise SecAggError("inconsistent shares")
-    return value.to_bytes(size, "big")
-
-
-# ---------------------------------------------------------------------------------------------------- keys
-
-def _raw_public(key: X25519PrivateKey) -> bytes:
+def raw_public(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _exchange(private: X25519PrivateKey, peer_raw: bytes, peer: str) -> bytes:
+def exchange(private: X25519PrivateKey, peer_raw: bytes, peer: str) -> bytes:
     try:
         return private.exchange(X25519PublicKey.from_public_bytes(peer_raw))
     except ValueError:  # a low-order point gives an all-zero secret, which cryptography refuses
@@ -229,13 +140,13 @@ class MaskingKeys:
     @property
     def public(self) -> bytes:
         """`c_pk || s_pk`, 64 bytes: what the client advertises."""
-        return _raw_public(self._cipher) + _raw_public(self._mask)
+        return raw_public(self._cipher) + raw_public(self._mask)
 
     def cipher_secret(self, peer_public: bytes, peer: str) -> bytes:
-        return _exchange(self._cipher, split_advertisement(peer_public)[0], peer)
+        return exchange(self._cipher, split_advertisement(peer_public)[0], peer)
 
     def mask_secret(self, peer_public: bytes, peer: str) -> bytes:
-        return _exchange(self._mask, split_advertisement(peer_public)[1], peer)
+        return exchange(self._mask, split_advertisement(peer_public)[1], peer)
 
     def mask_private_bytes(self) -> bytes:
         return self._mask.private_bytes_raw()
@@ -254,13 +165,13 @@ def split_advertisement(public: bytes) -> tuple[bytes, bytes]:
     return public[:KEY_SIZE], public[KEY_SIZE:]
 
 
-def _check_round_id(round_id: object) -> bytes:
+def check_round_id(round_id: object) -> bytes:
     if not isinstance(round_id, bytes) or not 0 < len(round_id) <= MAX_ROUND_ID:
         raise SecAggError(f"round_id must be 1-{MAX_ROUND_ID} bytes")
     return round_id
 
 
-def _check_threshold(threshold: object) -> int:
+def check_threshold(threshold: object) -> int:
     if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 2:
         raise SecAggError("threshold must be an integer >= 2")
     return threshold
@@ -273,7 +184,7 @@ def _check_id(client_id: object) -> str:
         raise SecAggError("client id is not a valid identity name") from None
 
 
-def _check_weight(weight: object) -> float:
+def check_weight(weight: object) -> float:
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) \
             or weight <= 0:
         raise SecAggError("weight must be a positive finite number")
@@ -288,7 +199,7 @@ class RoundRoster:
     entries: tuple[tuple[str, bytes], ...]
 
     def __post_init__(self) -> None:
-        _check_round_id(self.round_id)
+        check_round_id(self.round_id)
         if not isinstance(self.entries, tuple):
             raise SecAggError("entries must be a tuple")
         for entry in self.entries:
@@ -337,7 +248,7 @@ class RoundRoster:
 
 # ---------------------------------------------------------------------------------------------------- masks
 
-def _add_stream(flat: torch.Tensor, key: bytes, sign: int) -> None:
+def add_stream(flat: torch.Tensor, key: bytes, sign: int) -> None:
     """flat += sign * (ChaCha20 keystream of `key` as int64 words), in place, chunk by chunk."""
     total = flat.numel()
     if total == 0:
@@ -357,12 +268,12 @@ def _add_stream(flat: torch.Tensor, key: bytes, sign: int) -> None:
             target.sub_(words[:count])
 
 
-def _pair_key(secret: bytes, round_id: bytes, a: str, b: str, name: str) -> bytes:
+def pair_key(secret: bytes, round_id: bytes, a: str, b: str, name: str) -> bytes:
     low, high = sorted((a, b))
     return _hkdf(secret, PAIR_MASK_LABEL, round_id, low.encode(), high.encode(), name.encode("utf-8"))
 
 
-def _self_key(seed: bytes, round_id: bytes, client_id: str, name: str) -> bytes:
+def self_key(seed: bytes, round_id: bytes, client_id: str, name: str) -> bytes:
     return _hkdf(seed, SELF_MASK_LABEL, round_id, client_id.encode(), name.encode("utf-8"))
 
 
@@ -376,7 +287,7 @@ def _reveal_message(kind: bytes, round_id: bytes, owner: str, holder: str, x: in
                 encode_uint(value, SHARE_SIZE))
 
 
-def _check_tensors(tensors: object, what: str) -> dict[str, torch.Tensor]:
+def check_tensors(tensors: object, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(tensors, Mapping) or not tensors:
         raise SecAggError(f"{what} must be a non-empty dict of tensors")
     for name, tensor in tensors.items():
@@ -394,9 +305,9 @@ class SecAggClient:
 
     def __init__(self, client_id: str, round_id: bytes, threshold: int, scale: float = DEFAULT_SCALE) -> None:
         self.client_id = _check_id(client_id)
-        self.round_id = _check_round_id(round_id)
-        self.threshold = _check_threshold(threshold)
-        self.scale = _check_scale(scale)
+        self.round_id = check_round_id(round_id)
+        self.threshold = check_threshold(threshold)
+        self.scale = check_scale(scale)
         self._state = "new"
         self._keys: MaskingKeys | None = None
         self._seed: bytes | None = None
@@ -508,8 +419,8 @@ class SecAggClient:
         """`encode(weight * x)` plus the self mask and the pairwise masks with U2, per tensor (int64)."""
         self._expect("ready", "mask")
         assert self._keys is not None and self._seed is not None
-        tensors = _check_tensors(tensors, "tensors")
-        weight = _check_weight(weight)
+        tensors = check_tensors(tensors, "tensors")
+        weight = check_weight(weight)
         for name, tensor in tensors.items():
             if not tensor.is_floating_point():
                 raise SecAggError(f"tensor {name!r} is not floating point")
@@ -518,10 +429,10 @@ class SecAggClient:
         out = {}
         for name, tensor in tensors.items():
             flat = encode(tensor.detach().cpu().to(torch.float64) * weight, self.scale).reshape(-1)
-            _add_stream(flat, _self_key(self._seed, self.round_id, self.client_id, name), +1)
+            add_stream(flat, self_key(self._seed, self.round_id, self.client_id, name), +1)
             for peer, secret in pair_secrets.items():
                 sign = 1 if self.client_id < peer else -1
-                _add_stream(flat, _pair_key(secret, self.round_id, self.client_id, peer, name), sign)
+                add_stream(flat, pair_key(secret, self.round_id, self.client_id, peer, name), sign)
             out[name] = flat.reshape(tensor.shape)
         self._keys, self._seed = None, None  # the shares are all that is needed from now on
         self._state = "masked"
@@ -563,209 +474,3 @@ class SecAggClient:
 
 
 # --------------------------------------------------------------------------------------------------- server
-
-class SecAggServer:
-    """The server's side of a round: `collect_keys`, `route_shares`, `collect_masked` (per client),
-    `unmask_request`, `finish`."""
-
-    def __init__(self, round_id: bytes, threshold: int, scale: float = DEFAULT_SCALE,
-                 dtype: torch.dtype = torch.float32) -> None:
-        self.round_id = _check_round_id(round_id)
-        self.threshold = _check_threshold(threshold)
-        self.scale = _check_scale(scale)
-        self.dtype = dtype
-        self._state = "advertise"
-        self._roster: RoundRoster | None = None
-        self._members: frozenset[str] = frozenset()
-        self._shapes: dict[str, torch.Size] = {}
-        self._sums: dict[str, torch.Tensor] = {}
-        self._weights: dict[str, float] = {}
-        self._survivors: list[str] = []
-        self._dropped: list[str] = []
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    def _expect(self, state: str, action: str) -> None:
-        if self._state != state:
-            raise SecAggError(f"server cannot {action} in state {self._state!r}")
-
-    def collect_keys(self, advertisements: Mapping[str, bytes]) -> RoundRoster:
-        """The clients' advertised keys -> the roster (U1) to relay to all of them."""
-        self._expect("advertise", "collect keys")
-        if not isinstance(advertisements, Mapping):
-            raise SecAggError("advertisements must be a dict: client id -> public keys")
-        roster = RoundRoster.from_dict(self.round_id, advertisements)
-        if len(roster.entries) < self.threshold:
-            raise SecAggError(f"{len(roster.entries)} clients advertised keys, fewer than the threshold "
-                              f"{self.threshold}")
-        self._roster = roster
-        self._state = "share"
-        return roster
-
-    def route_shares(self, shares: Mapping[str, Mapping[str, bytes]]) -> dict[str, dict[str, bytes]]:
-        """sender -> {recipient: share} -> recipient -> {sender: share}, within U2 (the senders)."""
-        self._expect("share", "route shares")
-        assert self._roster is not None
-        ids = set(self._roster.ids)
-        if not isinstance(shares, Mapping) or not set(shares) <= ids:
-            raise SecAggError("shares must come from roster clients")
-        for sender, outgoing in shares.items():
-            if not isinstance(outgoing, Mapping) or set(outgoing) != ids - {sender}:
-                raise SecAggError(f"client {sender!r} must send one share to every other roster client")
-            if not all(isinstance(blob, bytes) and AEAD_NONCE_SIZE + AEAD_TAG_SIZE < len(blob) <= MAX_MESSAGE
-                       for blob in outgoing.values()):
-                raise SecAggError(f"malformed share from client {sender!r}")
-        if len(shares) < self.threshold:
-            raise SecAggError(f"{len(shares)} clients shared keys, fewer than the threshold {self.threshold}")
-        self._members = frozenset(shares)
-        self._state = "mask"
-        return {recipient: {sender: shares[sender][recipient] for sender in sorted(self._members)
-                            if sender != recipient} for recipient in sorted(self._members)}
-
-    def collect_masked(self, client_id: str, tensors: Mapping[str, torch.Tensor], weight: float) -> None:
-        """Add one client's masked tensors (int64) and its public weight to the running sum."""
-        self._expect("mask", "collect masked input")
-        if client_id not in self._members:
-            raise SecAggError(f"client {client_id!r} did not share keys in this round")
-        if client_id in self._weights:
-            raise SecAggError(f"client {client_id!r} already sent its masked input")
-        tensors = _check_tensors(tensors, "masked tensors")
-        weight = _check_weight(weight)
-        shapes = {name: tensor.shape for name, tensor in tensors.items()}
-        if any(tensor.dtype != torch.int64 for tensor in tensors.values()):
-            raise SecAggError("masked tensors must be int64")
-        if self._shapes and shapes != self._shapes:
-            raise SecAggError(f"client {client_id!r} sent tensors whose names or shapes differ from the "
-                              "others'")
-        if not self._shapes:
-            self._shapes = shapes
-            self._sums = {name: torch.zeros(tensor.numel(), dtype=torch.int64)
-                          for name, tensor in tensors.items()}
-        for name, tensor in tensors.items():
-            self._sums[name].add_(tensor.detach().cpu().reshape(-1))
-        self._weights[client_id] = weight
-
-    def unmask_request(self) -> tuple[list[str], list[str]]:
-        """Close input collection: (survivors U3, dropped U2 minus U3) to send to the survivors."""
-        self._expect("mask", "request unmasking")
-        if len(self._weights) < self.threshold:
-            raise SecAggError(f"only {len(self._weights)} clients sent masked input, fewer than the "
-                              f"threshold {self.threshold}: round aborted")
-        self._survivors = sorted(self._weights)
-        self._dropped = sorted(self._members - set(self._weights))
-        self._state = "unmask"
-        return list(self._survivors), list(self._dropped)
-
-    def _parse_reveal(self, blob: object, owner: str, holder: str, x: int) -> tuple[bytes, int]:
-        try:
-            tag, kind, round_id, owner_id, holder_id, point, value = unpack(blob, 7, MAX_MESSAGE)  # type: ignore[arg-type]
-            if (tag != REVEAL_TAG or round_id != self.round_id or owner_id != owner.encode()
-                    or holder_id != holder.encode() or decode_uint(point, 4) != x):
-                raise ValueError("mismatch")
-            return kind, decode_uint(value, SHARE_SIZE)
-        except ValueError:
-            raise SecAggError(f"malformed or misaddressed share of {owner!r} from {holder!r}") from None
-
-    def finish(self, revealed: Mapping[str, Mapping[str, bytes]],
-               ) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """Unmask with the survivors' revealed shares -> (weighted average per tensor, contributors U3)."""
-        self._expect("unmask", "finish")
-        assert self._roster is not None
-        if not isinstance(revealed, Mapping) or not set(revealed) <= set(self._survivors):
-            raise SecAggError("only surviving clients may reveal shares")
-        if len(revealed) < self.threshold:
-            raise SecAggError(f"only {len(revealed)} survivors revealed shares, fewer than the threshold "
-                              f"{self.threshold}: round aborted")
-        points = {client_id: index + 1 for index, client_id in enumerate(self._roster.ids)}
-        seed_shares: dict[str, dict[int, int]] = {owner: {} for owner in self._survivors}
-        key_shares: dict[str, dict[int, int]] = {owner: {} for owner in self._dropped}
-        for holder, messages in revealed.items():
-            if not isinstance(messages, Mapping) or set(messages) != self._members:
-                raise SecAggError(f"client {holder!r} must reveal one share for every client that "
-                                  "shared keys")
-            for owner, blob in messages.items():
-                kind, value = self._parse_reveal(blob, owner, holder, points[holder])
-                if owner in seed_shares and kind == SEED_KIND:
-                    seed_shares[owner][points[holder]] = value
-                elif owner in key_shares and kind == KEY_KIND:
-                    key_shares[owner][points[holder]] = value
-                elif owner in seed_shares:
-                    raise SecAggError(f"refusing a non-seed share of surviving client {owner!r}: the server "
-                                      "never unmasks both the seed and the key of a client")
-                else:
-                    raise SecAggError(f"refusing a non-key share of dropped client {owner!r}: the server "
-                                      "never unmasks both the seed and the key of a client")
-        keys = self._roster.as_dict()
-        seeds = {owner: shamir_combine(shares, self.threshold) for owner, shares in seed_shares.items()}
-        dropped_keys = {}
-        for owner, shares in key_shares.items():
-            try:
-                private = X25519PrivateKey.from_private_bytes(shamir_combine(shares, self.threshold))
-            except (SecAggError, ValueError):
-                raise SecAggError(f"could not rebuild the key of dropped client {owner!r}") from None
-            if not hmac.compare_digest(_raw_public(private), split_advertisement(keys[owner])[1]):
-                raise SecAggError(f"rebuilt key of dropped client {owner!r} does not match its "
-                                  "advertised key")
-            dropped_keys[owner] = private
-        result = {}
-        for name, total in self._sums.items():
-            flat = total.clone()
-            for owner, seed in seeds.items():
-                _add_stream(flat, _self_key(seed, self.round_id, owner, name), -1)
-            for owner, private in dropped_keys.items():
-                for survivor in self._survivors:
-                    secret = _exchange(private, split_advertisement(keys[survivor])[1], survivor)
-                    sign = 1 if survivor < owner else -1  # what the survivor added for this pair
-                    _add_stream(flat, _pair_key(secret, self.round_id, owner, survivor, name), -sign)
-            average = decode(flat, self.scale) / math.fsum(self._weights.values())
-            result[name] = average.to(self.dtype).reshape(self._shapes[name])
-        self._sums = {}
-        self._state = "done"
-        return result, list(self._survivors)
-
-    def __repr__(self) -> str:
-        return (f"SecAggServer(round_id={self.round_id.hex()}, threshold={self.threshold}, "
-                f"state={self._state!r}, inputs={len(self._weights)})")
-
-
-# ------------------------------------------------------------------------------------------------ in memory
-
-def run_round_in_memory(clients_values: Mapping[str, tuple[Mapping[str, torch.Tensor], float]],
-                        threshold: int,
-                        drop_after_masking: Iterable[str] = (), drop_before_masking: Iterable[str] = (),
-                        drop_before_sharing: Iterable[str] = (), *, round_id: bytes | None = None,
-                        scale: float = DEFAULT_SCALE, dtype: torch.dtype = torch.float32,
-                        ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """One whole round without a transport -> (weighted average, contributors).
-
-    `drop_before_sharing` clients advertise keys then vanish; `drop_before_masking` ones also share keys;
-    `drop_after_masking` ones mask but their input never reaches the server. Everyone else reveals shares.
-    Raises `SecAggError` (and returns nothing) when fewer than `threshold` clients remain.
-    """
-    round_id = os.urandom(16) if round_id is None else round_id
-    drops = [set(drop_before_sharing), set(drop_before_masking), set(drop_after_masking)]
-    if any(not group <= set(clients_values) for group in drops):
-        raise SecAggError("dropped clients must be clients of the round")
-    if len(set().union(*drops)) != sum(map(len, drops)):
-        raise SecAggError("a client can drop out only once")
-    gone_before_sharing, gone_before_masking, gone_after_masking = drops
-    server = SecAggServer(round_id, threshold, scale, dtype)
-    clients = {client_id: SecAggClient(client_id, round_id, threshold, scale) for client_id in clients_values}
-    roster = server.collect_keys({client_id: client.advertise() for client_id, client in clients.items()})
-    sharing = [client_id for client_id in clients if client_id not in gone_before_sharing]
-    routed = server.route_shares({client_id: clients[client_id].share_keys(roster) for client_id in sharing})
-    for client_id in sharing:
-        if client_id not in gone_before_masking:
-            clients[client_id].receive_shares(routed[client_id])
-    for client_id in sharing:
-        if client_id in gone_before_masking:
-            continue
-        tensors, weight = clients_values[client_id]
-        masked = clients[client_id].mask(tensors, weight)
-        if client_id not in gone_after_masking:
-            server.collect_masked(client_id, masked, weight)
-    survivors, dropped = server.unmask_request()
-    return server.finish({client_id: clients[client_id].unmask_shares(survivors, dropped)
-                          for client_id in survivors})

@@ -14,20 +14,17 @@ from hypothesis import strategies as st
 
 from splitfed.security import SecAggClient, SecAggError, SecAggServer, SecurityError, run_round_in_memory
 from splitfed.security.encoding import unpack
+from splitfed.security.fixed_point import DEFAULT_SCALE, decode, encode
 from splitfed.security.secagg import (
-    DEFAULT_SCALE,
     KEY_KIND,
     SEED_KIND,
     RoundRoster,
-    _add_stream,
-    _pair_key,
     _reveal_message,
-    _self_key,
-    decode,
-    encode,
-    shamir_combine,
-    shamir_split,
+    add_stream,
+    pair_key,
+    self_key,
 )
+from splitfed.security.shamir import shamir_combine, shamir_split
 
 ROUND = b"round-0001"
 
@@ -205,10 +202,10 @@ def test_late_input_of_a_dropped_client_stays_masked():
     for peer in survivors:
         secret = private.exchange(X25519PublicKey.from_public_bytes(keys[peer][32:]))
         sign = 1 if peer > "client1" else -1
-        _add_stream(flat, _pair_key(secret, ROUND, "client1", peer, "lora_A"), -sign)
+        add_stream(flat, pair_key(secret, ROUND, "client1", peer, "lora_A"), -sign)
     x, weight = run.values["client1"][0]["lora_A"].reshape(-1).double(), run.values["client1"][1]
     assert float((decode(flat) / weight - x).abs().median()) > 1e6
-    _add_stream(flat, _self_key(seed_d, ROUND, "client1", "lora_A"), -1)  # only with b_d is it readable
+    add_stream(flat, self_key(seed_d, ROUND, "client1", "lora_A"), -1)  # only with b_d is it readable
     assert float((decode(flat) / weight - x).abs().max()) <= 1 / DEFAULT_SCALE
 
 
