@@ -111,3 +111,23 @@ def test_tensors_above_the_grpc_message_limit_travel_in_chunks(tmp_path):
         assert torch.equal(out, expected)
     finally:
         setup.server.stop(0)
+
+
+@pytest.mark.parametrize(("wire_dtype", "tolerance"), [("bfloat16", 0.05), ("float16", 0.01)])
+def test_half_precision_on_the_wire_halves_the_bytes(tmp_path, wire_dtype, tolerance):
+    setup = _Setup(tmp_path)
+    try:
+        remote = setup.remote()
+        remote.wire_dtype = wire_dtype
+        remote.connect((1, 3), 64)
+        hidden = torch.randn(2, 50, 64)
+        before = remote.connection.bytes_sent
+        out = remote.forward("alice", hidden, None, train=False)
+        sent = remote.connection.bytes_sent - before
+        assert 2 * 50 * 64 * 2 <= sent < 2 * 50 * 64 * 2 + 512  # two bytes per element, small overhead
+        with torch.no_grad():
+            expected = setup.local.trunk(hidden.to(getattr(torch, wire_dtype)).float(), None)
+        assert out.dtype == torch.float32
+        assert (out - expected).abs().max().item() <= tolerance * expected.abs().max().item()
+    finally:
+        setup.server.stop(0)
