@@ -64,9 +64,9 @@ def demo(
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate of the LoRA adapters.")] = 1e-3,
     lora_rank: Annotated[int, typer.Option(min=1, help="LoRA rank (alpha = 2 x rank).")] = 8,
     head: Annotated[int | None, typer.Option(min=0, help="Blocks the client keeps before the trunk "
-                                                         "[default: 2; 1 on tiny models].")] = None,
+                                                         "(default: 2; 1 on tiny models).")] = None,
     tail: Annotated[int | None, typer.Option(min=0, help="Blocks the client keeps after the trunk "
-                                                         "[default: 2; 1 on tiny models].")] = None,
+                                                         "(default: 2; 1 on tiny models).")] = None,
     train_examples: Annotated[int, typer.Option(min=1, help="Training examples shared out among the "
                                                             "clients.")] = 480,
     eval_examples: Annotated[int, typer.Option(min=1, help="Held-out examples scored before/after.")] = 120,
@@ -213,8 +213,8 @@ def keygen(
 def serve(
     config: ConfigOption = None,
     set_: SetOption = None,
-    listen: Annotated[str | None, typer.Option(help="host:port to listen on [127.0.0.1:50051].")] = None,
-    model: Annotated[str | None, typer.Option(help="Base model [default: smollm2].")] = None,
+    listen: Annotated[str | None, typer.Option(help="host:port to listen on (127.0.0.1:50051).")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model (default: smollm2).")] = None,
     head: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep before the trunk.")] = None,
     tail: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep after the trunk.")] = None,
     identity: Annotated[Path | None, typer.Option(help="The server's private key file.")] = None,
@@ -226,6 +226,8 @@ def serve(
                                  "transport, on a loopback address only (payloads stay encrypted).")] = None,
     roster: Annotated[str | None, typer.Option(help="Comma-separated client names served round-robin in "
                                                     "this order (reproducible runs).")] = None,
+    mode: Annotated[str | None, typer.Option(help="sequential (one client step at a time) or hierarchical "
+                                                  "(--set sub_servers=K --set average_every=R).")] = None,
     exit_when_done: Annotated[bool | None, typer.Option("--exit-when-done", help="Stop once every roster "
                                                         "client has closed its session.")] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the trunk adapter.")] = None,
@@ -247,6 +249,7 @@ def serve(
                  "identity": identity, "allowlist": allowlist, "tls_cert": tls_cert, "tls_key": tls_key,
                  "insecure_loopback": insecure_loopback, "exit_when_done": exit_when_done,
                  "roster": roster.split(",") if roster else None, "optimizer.lr": lr, "seed": seed,
+                 "mode": mode,
                  "port_file": port_file, "output": output}
     try:
         settings = build_settings(ServerSettings, config, _merge(set_, overrides))
@@ -266,7 +269,7 @@ def train(
     server_cert: Annotated[Path | None, typer.Option(help="The server's TLS certificate, pinned.")] = None,
     insecure_loopback: Annotated[bool | None, typer.Option("--insecure-loopback", help="Allow plaintext "
                                  "transport to a loopback address (payloads stay encrypted).")] = None,
-    model: Annotated[str | None, typer.Option(help="Base model (the server's) [default: smollm2].")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model, the server's (default: smollm2).")] = None,
     head: Annotated[int | None, typer.Option(min=0, help="Blocks kept before the trunk.")] = None,
     tail: Annotated[int | None, typer.Option(min=0, help="Blocks kept after the trunk.")] = None,
     task: Annotated[str | None, typer.Option(help="Shipped task, or the template of --data-file.")] = None,

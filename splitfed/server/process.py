@@ -13,6 +13,7 @@ from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler
 from splitfed.server.settings import ServerSettings
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
+from splitfed.training.replicate import replicate_frozen
 from splitfed.transport.server import serve
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,15 @@ def build_service(settings: ServerSettings) -> TrunkService:
     limits = ServiceLimits(max_batch=settings.max_batch, max_length=settings.max_length,
                            turn_timeout_s=settings.turn_timeout_s, step_timeout_s=settings.step_timeout_s,
                            session_ttl_s=settings.session_ttl_s)
+    subs = []
+    if settings.mode == "hierarchical" and settings.sub_servers > 1:
+        subs = [LocalTrunk(replicate_frozen(split.trunk), settings.optimizer)
+                for _ in range(settings.sub_servers - 1)]
+        log.info("hierarchical mode: %d sub-servers over one frozen base, averaging every %d steps",
+                 settings.sub_servers, settings.average_every)
     return TrunkService(LocalTrunk(split.trunk, settings.optimizer), ServerHandshake(identity, allowlist),
-                        TurnScheduler(settings.roster), limits)
+                        TurnScheduler(settings.roster), limits, sub_trunks=subs,
+                        average_every=settings.average_every, roster=settings.roster)
 
 
 def _tls(settings: ServerSettings) -> tuple[bytes, bytes] | None:
@@ -69,8 +77,8 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
     try:
         while not stop.wait(0.5):
             service.reap()
-            if service.trunk.steps >= reported + 10:
-                reported = service.trunk.steps
+            if service.steps >= reported + 10:
+                reported = service.steps
                 log.info("trunk steps: %d; sessions: %s", reported, ", ".join(service.sessions()) or "none")
             if settings.exit_when_done and service.scheduler.roster_finished():
                 log.info("every roster client has finished")
@@ -78,8 +86,9 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
     finally:
         server.stop(grace=2).wait()
         _restore_signal_handlers(previous)
+        service.finish()
         path = save_adapter(service.trunk.trunk, settings.output / "trunk", base_model=settings.model)
-        log.info("trunk adapter after %d steps saved to %s", service.trunk.steps, path)
+        log.info("trunk adapter after %d steps saved to %s", service.steps, path)
     return service
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ConfigDict, Field
 
@@ -21,6 +22,12 @@ class ServerSettings(SplitTrainingSettings):
     tls_client_certs: Path | None = Field(None, description="mutual TLS: a PEM file or a directory of "
                                                             "client certificates that may connect")
     insecure_loopback: bool = Field(False, description="allow plaintext transport on a loopback address")
+    mode: Literal["sequential", "hierarchical"] = Field(
+        "sequential", description="sequential: one client step at a time; hierarchical: sub_servers "
+                                  "trunk adapters over one frozen base, serving in parallel")
+    sub_servers: int = Field(2, ge=1, description="hierarchical mode: number of sub-servers")
+    average_every: int = Field(4, ge=1, description="hierarchical mode: steps per sub-server between "
+                                                    "averages of their trunk adapters")
     roster: list[str] | None = Field(None, description="clients served round-robin in this order "
                                                        "(reproducible); default: arrival order")
     exit_when_done: bool = Field(False, description="stop once every roster client has closed its session")

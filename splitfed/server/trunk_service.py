@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from splitfed.models import adapter_state, load_adapter_state
 from splitfed.protocol import from_wire, to_wire
 from splitfed.security import (
     ClientHello,
@@ -30,6 +31,7 @@ from splitfed.security import (
 from splitfed.server.aggregator import AggregationError, RoundAggregator
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
+from splitfed.training.fedavg import weighted_average
 from splitfed.transport import (
     WIRE_DTYPES,
     TensorLimits,
@@ -61,9 +63,22 @@ class ServiceLimits:
 
 
 @dataclass
+class _Sub:
+    """One sub-server: a trunk adapter with its optimizer, its turn scheduler and its compute lock."""
+
+    trunk: LocalTrunk
+    scheduler: TurnScheduler
+    compute: threading.Lock = field(default_factory=threading.Lock)
+    steps_since: int = 0
+    samples_since: int = 0
+    sessions: int = 0
+
+
+@dataclass
 class _Session:
     name: str
     channel: SecureChannel
+    sub: _Sub | None = None
     last_seen: float = field(default_factory=time.monotonic)
     open_step: int | None = None
     step_started: float = 0.0
@@ -84,17 +99,33 @@ class TrunkService:
         handshake: ServerHandshake,
         scheduler: TurnScheduler | None = None,
         limits: ServiceLimits | None = None,
+        sub_trunks: list[LocalTrunk] | None = None,
+        average_every: int = 1,
+        roster: list[str] | None = None,
     ) -> None:
+        """``sub_trunks`` (hierarchical mode): more trunks over the same frozen base, one per extra
+        sub-server; clients are spread over the sub-servers (roster position, else arrival order, modulo
+        their number), which serve in parallel and average their adapters every ``average_every`` steps."""
         self.trunk = trunk
         self.handshake_server = handshake
-        self.scheduler = scheduler or TurnScheduler()
+        self.scheduler = scheduler or TurnScheduler(roster)
         self.limits = limits or ServiceLimits()
+        trunks = [trunk, *(sub_trunks or [])]
+        self._roster = roster
+        if len(trunks) == 1:
+            self._subs = [_Sub(trunk, self.scheduler)]
+        else:
+            self._subs = [_Sub(t, TurnScheduler([n for i, n in enumerate(roster) if i % len(trunks) == k]
+                                                if roster else None)) for k, t in enumerate(trunks)]
+        self.average_every = average_every
+        self._average_condition = threading.Condition()
+        self._arrivals = 0
+        self.averages = 0
         config = trunk.trunk.config
         self.hidden_size = int(getattr(config, "hidden_size", None) or config.n_embd)
         self.layers = trunk.trunk.layer_indices
         self._sessions: dict[bytes, _Session] = {}
         self._sessions_lock = threading.Lock()
-        self._compute = threading.Lock()
         self.aggregator = RoundAggregator(self._round_members, self.limits.turn_timeout_s)
         self._adapter_limits = TensorLimits(dtypes=frozenset(self.limits.dtypes), max_elements=1 << 26,
                                             max_bytes=1 << 28)
@@ -133,10 +164,23 @@ class TrunkService:
             for old_id, old in list(self._sessions.items()):
                 if old.name == hello.client_name:
                     self._end_session(old_id, "replaced by a new session")
+            session.sub = self._assign(hello.client_name)
+            session.sub.sessions += 1
             self._sessions[keys.session_id] = session
-        self.scheduler.join(hello.client_name)
+        session.sub.scheduler.join(hello.client_name)
+        if session.sub.scheduler is not self.scheduler:
+            self.scheduler.join(hello.client_name)
         log.info("session %s opened for %s", session.key[:8], hello.client_name)
         return server_hello.to_bytes()
+
+    def _assign(self, name: str) -> _Sub:
+        if len(self._subs) == 1:
+            return self._subs[0]
+        if self._roster and name in self._roster:
+            index = self._roster.index(name)
+        else:
+            index, self._arrivals = self._arrivals, self._arrivals + 1
+        return self._subs[index % len(self._subs)]
 
     def _round_members(self) -> set[str]:
         with self._sessions_lock:
@@ -152,13 +196,20 @@ class TrunkService:
         if session is None:
             return
         self._abandon_step(session, reason)
-        self.scheduler.leave(session.name)
+        assert session.sub is not None
+        session.sub.sessions -= 1
+        session.sub.scheduler.leave(session.name)
+        if session.sub.scheduler is not self.scheduler:
+            self.scheduler.leave(session.name)
+        with self._average_condition:
+            self._average_condition.notify_all()
         log.info("session %s of %s closed: %s", session.key[:8], session.name, reason)
 
     def _abandon_step(self, session: _Session, reason: str) -> None:
         if session.open_step is not None:
-            self.trunk.drop(session.key)
-            self.scheduler.release(session.name)
+            assert session.sub is not None
+            session.sub.trunk.drop(session.key)
+            session.sub.scheduler.release(session.name)
             log.warning("step %d of %s abandoned: %s", session.open_step, session.name, reason)
             session.open_step = None
 
@@ -228,21 +279,24 @@ class TrunkService:
                                   f"{self.limits.max_batch} x {self.limits.max_length}")
         mask = lengths_to_mask(request.lengths, length, batch_size=batch, max_batch=self.limits.max_batch,
                                max_length=self.limits.max_length)
+        sub = session.sub
+        assert sub is not None
         if not request.train:
-            with self._compute:
-                output = self.trunk.forward(session.key, hidden, mask, train=False)
+            with sub.compute:
+                output = sub.trunk.forward(session.key, hidden, mask, train=False)
             return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
         if session.open_step is not None:
             raise WireFormatError("step_open", f"step {session.open_step} is still waiting for its backward")
         try:
-            self.scheduler.acquire(session.name, self.limits.turn_timeout_s)
+            sub.scheduler.acquire(session.name, self.limits.turn_timeout_s)
         except TurnTimeout as error:
             raise ServiceError("UNAVAILABLE", "busy", str(error)) from None
         try:
-            with self._compute:
-                output = self.trunk.forward(session.key, hidden, mask, train=True)
+            self._wait_for_average(sub)  # holding the turn: no step of this sub-server is open
+            with sub.compute:
+                output = sub.trunk.forward(session.key, hidden, mask, train=True)
         except BaseException:
-            self.scheduler.release(session.name)
+            sub.scheduler.release(session.name)
             raise
         session.open_step = request.step
         session.step_started = time.monotonic()
@@ -252,16 +306,70 @@ class TrunkService:
     def _backward(self, session: _Session, request: pb.BackwardRequest) -> Sealed:
         if session.open_step != request.step:
             raise WireFormatError("no_open_step", f"no forward of step {request.step} awaits a backward")
+        sub = session.sub
+        assert sub is not None
         try:
             grad = decode_tensor(request.grad, self._tensor_limits, session.output_shape)
-            with self._compute:
-                grad_in = self.trunk.backward(session.key, grad)
+            with sub.compute:
+                grad_in = sub.trunk.backward(session.key, grad)
         except BaseException:
             self._abandon_step(session, "its backward was refused")
             raise
         session.open_step = None
-        self.scheduler.release(session.name)
+        with self._average_condition:
+            sub.steps_since += 1
+            sub.samples_since += int(grad.shape[0])
+            self._average_condition.notify_all()
+        sub.scheduler.release(session.name)
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
+
+    @property
+    def steps(self) -> int:
+        """Trunk optimizer steps over all sub-servers."""
+        return sum(sub.trunk.steps for sub in self._subs)
+
+    def _wait_for_average(self, sub: _Sub) -> None:
+        """Hierarchical mode: a sub-server that has done ``average_every`` steps waits (its next
+        client holding its turn, so none of its steps is open) until every sub-server with clients
+        has too; then their adapters are averaged, weighted by samples. A sub-server still short of
+        the steps at the deadline is left out of that average."""
+        if len(self._subs) == 1:
+            return
+        deadline = time.monotonic() + self.limits.turn_timeout_s
+        with self._average_condition:
+            while sub.steps_since >= self.average_every:
+                active = [s for s in self._subs if s.sessions > 0 or s is sub]
+                waiting = [s for s in active if s.steps_since >= self.average_every]
+                if len(waiting) == len(active):
+                    self._average_locked(waiting)
+                elif time.monotonic() > deadline:
+                    log.warning("averaging without %d sub-server(s) that missed the deadline",
+                                len(active) - len(waiting))
+                    self._average_locked(waiting)
+                else:
+                    self._average_condition.wait(0.2)
+
+    def finish(self) -> None:
+        """At the end: average the sub-servers' adapters once more if they trained since the last."""
+        if len(self._subs) > 1:
+            with self._average_condition:
+                self._average_locked(self._subs)
+
+    def _average_locked(self, subs: list[_Sub]) -> None:
+        """FedAvg over ``subs`` (none of which has an open step), loaded into each of them."""
+        contributing = [s for s in subs if s.samples_since > 0]
+        if contributing:
+            average = weighted_average([adapter_state(s.trunk.trunk) for s in contributing],
+                                       [s.samples_since for s in contributing])
+            for sub in subs:
+                with sub.compute:
+                    load_adapter_state(sub.trunk.trunk, average)
+            self.averages += 1
+            log.info("averaged the trunk adapters of %d sub-server(s) (samples %s)", len(contributing),
+                     [s.samples_since for s in contributing])
+        for sub in subs:
+            sub.steps_since = sub.samples_since = 0
+        self._average_condition.notify_all()
 
     def _aggregate(self, session: _Session, request: pb.AggregateRequest) -> Sealed:
         if not (math.isfinite(request.weight) and request.weight > 0):
