@@ -226,7 +226,8 @@ def serve(
                                  "transport, on a loopback address only (payloads stay encrypted).")] = None,
     roster: Annotated[str | None, typer.Option(help="Comma-separated client names served round-robin in "
                                                     "this order (reproducible runs).")] = None,
-    mode: Annotated[str | None, typer.Option(help="sequential (one client step at a time) or hierarchical "
+    mode: Annotated[str | None, typer.Option(help="sequential (one client step at a time), client-batch "
+                                                  "(one step per batch of client forwards) or hierarchical "
                                                   "(--set sub_servers=K --set average_every=R).")] = None,
     exit_when_done: Annotated[bool | None, typer.Option("--exit-when-done", help="Stop once every roster "
                                                         "client has closed its session.")] = None,

@@ -90,12 +90,14 @@ class RemoteTrunk:
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None,
         train: bool = True,
+        labelled_tokens: int = 0,
     ) -> torch.Tensor:
         self._step += 1
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long)
         request = pb.ForwardRequest(step=self._step, hidden=encode_tensor(hidden.detach(), self.wire_dtype),
-                                    lengths=mask_to_lengths(attention_mask), train=train)
+                                    lengths=mask_to_lengths(attention_mask), train=train,
+                                    labelled_tokens=labelled_tokens)
         reply = self._exchange("forward", self._step, request)
         output = decode_tensor(reply.hidden, self._tensor_limits(), tuple(hidden.shape), hidden.dtype)
         if train:

@@ -38,7 +38,9 @@ class SplitClient:
         self.head.train()
         self.tail.train()
         hidden_in = self.head(input_ids, mask)
-        hidden_out = self.trunk.forward(self.client_id, hidden_in.detach(), mask, train=True)
+        labelled = int((labels[:, 1:] != -100).sum())
+        hidden_out = self.trunk.forward(self.client_id, hidden_in.detach(), mask, train=True,
+                                        labelled_tokens=labelled)
         hidden_out = hidden_out.detach().requires_grad_(True)
         loss = causal_lm_loss(self.tail(hidden_out, mask), labels)
         loss.backward()

@@ -41,6 +41,7 @@ class LocalTrunk:
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None,
         train: bool = True,
+        labelled_tokens: int = 0,
     ) -> torch.Tensor:
         self.trunk.train(train)
         if not train:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from splitfed.models import init_adapter, load_model, save_adapter, split_model
 from splitfed.security import AllowList, Identity, ServerHandshake
+from splitfed.server.batcher import Batcher
+from splitfed.server.client_batch import BatchedTrunk
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler
 from splitfed.server.settings import ServerSettings
@@ -38,9 +40,15 @@ def build_service(settings: ServerSettings) -> TrunkService:
                 for _ in range(settings.sub_servers - 1)]
         log.info("hierarchical mode: %d sub-servers over one frozen base, averaging every %d steps",
                  settings.sub_servers, settings.average_every)
+    batcher = None
+    if settings.mode == "client-batch":
+        batcher = Batcher(BatchedTrunk(split.trunk, settings.optimizer), settings.batch_window_s,
+                          settings.batch_max_rows, settings.backward_deadline_s)
+        log.info("client-batch mode: window %.3fs, up to %d rows, backward deadline %.0fs",
+                 settings.batch_window_s, settings.batch_max_rows, settings.backward_deadline_s)
     return TrunkService(LocalTrunk(split.trunk, settings.optimizer), ServerHandshake(identity, allowlist),
                         TurnScheduler(settings.roster), limits, sub_trunks=subs,
-                        average_every=settings.average_every, roster=settings.roster)
+                        average_every=settings.average_every, roster=settings.roster, batcher=batcher)
 
 
 def _tls(settings: ServerSettings) -> tuple[bytes, bytes] | None:

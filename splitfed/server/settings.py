@@ -22,9 +22,14 @@ class ServerSettings(SplitTrainingSettings):
     tls_client_certs: Path | None = Field(None, description="mutual TLS: a PEM file or a directory of "
                                                             "client certificates that may connect")
     insecure_loopback: bool = Field(False, description="allow plaintext transport on a loopback address")
-    mode: Literal["sequential", "hierarchical"] = Field(
-        "sequential", description="sequential: one client step at a time; hierarchical: sub_servers "
-                                  "trunk adapters over one frozen base, serving in parallel")
+    mode: Literal["sequential", "client-batch", "hierarchical"] = Field(
+        "sequential", description="sequential: one client step at a time; client-batch: the forwards "
+                                  "arriving within batch_window_s run as one batch, one step per batch; "
+                                  "hierarchical: sub_servers trunk adapters over one frozen base")
+    batch_window_s: float = Field(0.05, gt=0, description="client-batch: how long a batch collects")
+    batch_max_rows: int = Field(64, ge=1, description="client-batch: a batch runs once it has these rows")
+    backward_deadline_s: float = Field(30.0, gt=0, description="client-batch: clients whose gradient "
+                                                               "comes later are dropped from the step")
     sub_servers: int = Field(2, ge=1, description="hierarchical mode: number of sub-servers")
     average_every: int = Field(4, ge=1, description="hierarchical mode: steps per sub-server between "
                                                     "averages of their trunk adapters")

@@ -29,6 +29,8 @@ from splitfed.security import (
     UnknownClientError,
 )
 from splitfed.server.aggregator import AggregationError, RoundAggregator
+from splitfed.server.batcher import Batcher, DroppedFromStep
+from splitfed.server.client_batch import ForwardItem
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
 from splitfed.training.fedavg import weighted_average
@@ -102,11 +104,13 @@ class TrunkService:
         sub_trunks: list[LocalTrunk] | None = None,
         average_every: int = 1,
         roster: list[str] | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         """``sub_trunks`` (hierarchical mode): more trunks over the same frozen base, one per extra
         sub-server; clients are spread over the sub-servers (roster position, else arrival order, modulo
         their number), which serve in parallel and average their adapters every ``average_every`` steps."""
         self.trunk = trunk
+        self.batcher = batcher  # client-batch mode: training steps go through it
         self.handshake_server = handshake
         self.scheduler = scheduler or TurnScheduler(roster)
         self.limits = limits or ServiceLimits()
@@ -206,6 +210,8 @@ class TrunkService:
         log.info("session %s of %s closed: %s", session.key[:8], session.name, reason)
 
     def _abandon_step(self, session: _Session, reason: str) -> None:
+        if session.open_step is not None and self.batcher is not None:
+            session.open_step = None  # the batch's backward deadline leaves it out
         if session.open_step is not None:
             assert session.sub is not None
             session.sub.trunk.drop(session.key)
@@ -281,6 +287,8 @@ class TrunkService:
                                max_length=self.limits.max_length)
         sub = session.sub
         assert sub is not None
+        if self.batcher is not None:
+            return self._batched_forward(session, request, hidden, mask)
         if not request.train:
             with sub.compute:
                 output = sub.trunk.forward(session.key, hidden, mask, train=False)
@@ -303,9 +311,41 @@ class TrunkService:
         session.output_shape = tuple(output.shape)
         return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
 
+    def _batched_forward(self, session: _Session, request: pb.ForwardRequest, hidden: torch.Tensor,
+                         mask: torch.Tensor) -> Sealed:
+        assert self.batcher is not None
+        if not request.train:
+            output = self.batcher.evaluate(hidden, mask)
+            return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
+        if request.labelled_tokens < 1:
+            raise WireFormatError("no_labelled_tokens", "client-batch training needs labelled_tokens >= 1")
+        if session.open_step is not None:
+            raise WireFormatError("step_open", f"step {session.open_step} is still waiting for its backward")
+        item = ForwardItem(session.key, hidden, mask, int(request.labelled_tokens))
+        try:
+            output = self.batcher.forward(item, self.limits.turn_timeout_s)
+        except TimeoutError as error:
+            raise ServiceError("UNAVAILABLE", "busy", str(error)) from None
+        session.open_step = request.step
+        session.step_started = time.monotonic()
+        session.output_shape = tuple(output.shape)
+        return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
+
+    def _batched_backward(self, session: _Session, request: pb.BackwardRequest) -> Sealed:
+        assert self.batcher is not None
+        grad = decode_tensor(request.grad, self._tensor_limits, session.output_shape)
+        session.open_step = None
+        try:
+            grad_in = self.batcher.backward(session.key, grad)
+        except DroppedFromStep as error:
+            raise ServiceError("FAILED_PRECONDITION", "dropped_from_step", str(error)) from None
+        return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
+
     def _backward(self, session: _Session, request: pb.BackwardRequest) -> Sealed:
         if session.open_step != request.step:
             raise WireFormatError("no_open_step", f"no forward of step {request.step} awaits a backward")
+        if self.batcher is not None:
+            return self._batched_backward(session, request)
         sub = session.sub
         assert sub is not None
         try:
@@ -325,7 +365,9 @@ class TrunkService:
 
     @property
     def steps(self) -> int:
-        """Trunk optimizer steps over all sub-servers."""
+        """Trunk optimizer steps over all sub-servers (or batches, in client-batch mode)."""
+        if self.batcher is not None:
+            return self.batcher.trunk.steps
         return sum(sub.trunk.steps for sub in self._subs)
 
     def _wait_for_average(self, sub: _Sub) -> None:

@@ -21,8 +21,10 @@ class TrunkEndpoint(Protocol):
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None,
         train: bool = True,
+        labelled_tokens: int = 0,
     ) -> torch.Tensor:
-        """Run the trunk on the head's output; with ``train`` the server keeps what backward needs."""
+        """Run the trunk on the head's output; with ``train`` the server keeps what backward needs.
+        ``labelled_tokens`` (training) is how many tokens the client's loss averages over."""
         ...
 
     def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:

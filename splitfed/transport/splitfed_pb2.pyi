@@ -28,16 +28,18 @@ class Lengths(_message.Message):
     def __init__(self, lengths: _Optional[_Iterable[int]] = ..., left_padding: _Optional[_Iterable[int]] = ..., past_length: _Optional[int] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("step", "hidden", "lengths", "train")
+    __slots__ = ("step", "hidden", "lengths", "train", "labelled_tokens")
     STEP_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     step: int
     hidden: Tensor
     lengths: Lengths
     train: bool
-    def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., train: _Optional[bool] = ...) -> None: ...
+    labelled_tokens: int
+    def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., train: _Optional[bool] = ..., labelled_tokens: _Optional[int] = ...) -> None: ...
 
 class ForwardReply(_message.Message):
     __slots__ = ("step", "hidden")
