@@ -228,7 +228,8 @@ def serve(
                                                     "this order (reproducible runs).")] = None,
     mode: Annotated[str | None, typer.Option(help="sequential (one client step at a time), client-batch "
                                                   "(one step per batch of client forwards) or hierarchical "
-                                                  "(--set sub_servers=K --set average_every=R).")] = None,
+                                                  "(--set sub_servers=K --set average_every=R), or auto "
+                                                  "(chosen from capacity; the reason is logged).")] = None,
     exit_when_done: Annotated[bool | None, typer.Option("--exit-when-done", help="Stop once every roster "
                                                         "client has closed its session.")] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the trunk adapter.")] = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from splitfed.models import init_adapter, load_model, save_adapter, split_model
 from splitfed.security import AllowList, Identity, ServerHandshake
+from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
 from splitfed.server.batcher import Batcher
 from splitfed.server.client_batch import BatchedTrunk
 from splitfed.server.local_trunk import LocalTrunk
@@ -34,6 +35,8 @@ def build_service(settings: ServerSettings) -> TrunkService:
     limits = ServiceLimits(max_batch=settings.max_batch, max_length=settings.max_length,
                            turn_timeout_s=settings.turn_timeout_s, step_timeout_s=settings.step_timeout_s,
                            session_ttl_s=settings.session_ttl_s)
+    if settings.mode == "auto":
+        settings = _resolve_auto(settings, split.trunk, len(settings.roster or allowlist.names()))
     subs = []
     if settings.mode == "hierarchical" and settings.sub_servers > 1:
         subs = [LocalTrunk(replicate_frozen(split.trunk), settings.optimizer)
@@ -49,6 +52,15 @@ def build_service(settings: ServerSettings) -> TrunkService:
     return TrunkService(LocalTrunk(split.trunk, settings.optimizer), ServerHandshake(identity, allowlist),
                         TurnScheduler(settings.roster), limits, sub_trunks=subs,
                         average_every=settings.average_every, roster=settings.roster, batcher=batcher)
+
+
+def _resolve_auto(settings: ServerSettings, trunk, clients: int) -> ServerSettings:
+    adapter_bytes = sum(p.numel() * p.element_size() for p in trunk.parameters() if p.requires_grad)
+    hidden = int(getattr(trunk.config, "hidden_size", None) or trunk.config.n_embd)
+    choice = choose_mode(clients, measure_capacity(), sub_server_bytes=3 * adapter_bytes,
+                         batch_bytes_per_client=estimate_batch_bytes(hidden, len(trunk.layer_indices)))
+    log.info("mode auto -> %s: %s", choice.mode, choice.reason)
+    return settings.model_copy(update={"mode": choice.mode, "sub_servers": choice.sub_servers})
 
 
 def _tls(settings: ServerSettings) -> tuple[bytes, bytes] | None:

@@ -22,10 +22,11 @@ class ServerSettings(SplitTrainingSettings):
     tls_client_certs: Path | None = Field(None, description="mutual TLS: a PEM file or a directory of "
                                                             "client certificates that may connect")
     insecure_loopback: bool = Field(False, description="allow plaintext transport on a loopback address")
-    mode: Literal["sequential", "client-batch", "hierarchical"] = Field(
+    mode: Literal["sequential", "client-batch", "hierarchical", "auto"] = Field(
         "sequential", description="sequential: one client step at a time; client-batch: the forwards "
                                   "arriving within batch_window_s run as one batch, one step per batch; "
-                                  "hierarchical: sub_servers trunk adapters over one frozen base")
+                                  "hierarchical: sub_servers trunk adapters over one frozen base; "
+                                  "auto: chosen from free memory, devices and clients (reason logged)")
     batch_window_s: float = Field(0.05, gt=0, description="client-batch: how long a batch collects")
     batch_max_rows: int = Field(64, ge=1, description="client-batch: a batch runs once it has these rows")
     backward_deadline_s: float = Field(30.0, gt=0, description="client-batch: clients whose gradient "

@@ -364,6 +364,11 @@ class TrunkService:
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
 
     @property
+    def sub_servers(self) -> list[LocalTrunk]:
+        """The trunk of each sub-server (one, except in hierarchical mode)."""
+        return [sub.trunk for sub in self._subs]
+
+    @property
     def steps(self) -> int:
         """Trunk optimizer steps over all sub-servers (or batches, in client-batch mode)."""
         if self.batcher is not None:

@@ -1,0 +1,40 @@
+"""`splitfed serve` builds the service of each mode from its settings."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from splitfed.security import create_identity_files, create_server_files
+from splitfed.server.process import build_service
+from splitfed.server.settings import ServerSettings
+
+
+@pytest.fixture
+def files(tmp_path):
+    create_server_files(tmp_path, ["localhost"], ["127.0.0.1"])
+    allow = tmp_path / "allow"
+    for name in ("a", "b", "c"):
+        create_identity_files(allow, name)
+    return {"identity": tmp_path / "server.key", "allowlist": allow, "model": "tiny-llama",
+            "partition": {"head": 1, "tail": 1}}
+
+
+def test_each_mode_builds_its_service(files):
+    sequential = build_service(ServerSettings(**files))
+    assert sequential.batcher is None and len(sequential.sub_servers) == 1
+    batched = build_service(ServerSettings(**files, mode="client-batch"))
+    assert batched.batcher is not None
+    hierarchical = build_service(ServerSettings(**files, mode="hierarchical", sub_servers=3))
+    trunks = [sub.trunk for sub in hierarchical.sub_servers]
+    assert len(trunks) == 3 and trunks[0] is not trunks[1]
+    frozen = [p for p in trunks[0].parameters() if not p.requires_grad]
+    assert all(any(p is q for q in trunks[1].parameters()) for p in frozen)  # one frozen base
+
+
+def test_auto_mode_logs_its_choice(files, caplog):
+    caplog.set_level(logging.INFO)
+    service = build_service(ServerSettings(**files, mode="auto"))
+    assert "mode auto ->" in caplog.text
+    assert service.batcher is not None or len(service.sub_servers) >= 1
