@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from splitfed.tasks import encode_example, load_cloze_file, load_task
 from splitfed.training.data import iid_shards
+from splitfed.training.partitioning import dirichlet_partition
 
 
 class DataSettings(BaseModel):
@@ -19,7 +20,9 @@ class DataSettings(BaseModel):
     file: Path | None = Field(None, description="the client's own JSONL file in the task's format")
     limit: int | None = Field(480, ge=1, description="use at most this many examples before sharding")
     shard: int = Field(0, ge=0, description="which shard of the data this client holds")
-    shards: int = Field(1, ge=1, description="into how many IID shards the data is split")
+    shards: int = Field(1, ge=1, description="into how many shards the data is split")
+    scheme: Literal["iid", "dirichlet"] = Field("iid", description="iid, or dirichlet label skew")
+    alpha: float = Field(0.5, gt=0, description="dirichlet: concentration (small = more skewed)")
     seed: int = 0
     max_length: int = Field(256, ge=8)
 
@@ -33,4 +36,7 @@ def load_client_examples(settings: DataSettings, tokenizer: Any) -> list[dict]:
     else:
         examples = load_task(settings.task, "train", limit=settings.limit)
     encoded = [encode_example(tokenizer, example, settings.max_length) for example in examples]
-    return iid_shards(encoded, settings.shards, settings.seed)[settings.shard]
+    if settings.scheme == "iid":
+        return iid_shards(encoded, settings.shards, settings.seed)[settings.shard]
+    shards = dirichlet_partition([e.label for e in examples], settings.shards, settings.alpha, settings.seed)
+    return [encoded[i] for i in shards[settings.shard]]

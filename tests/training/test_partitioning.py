@@ -187,3 +187,16 @@ def test_real_cb_labels_dirichlet() -> None:
     skewed = np.mean([label_skew(labels, dirichlet_partition(labels, 3, 0.3, seed)) for seed in range(5)])
     iid = np.mean([label_skew(labels, iid_partition(len(labels), 3, seed)) for seed in range(5)])
     assert skewed > iid
+
+
+def test_client_data_settings_select_dirichlet_shards() -> None:
+    from splitfed.models import load_model
+    from splitfed.training.task_data import DataSettings, load_client_examples
+
+    _, tokenizer = load_model("tiny-llama")
+    common = {"task": "cb", "limit": None, "shards": 3, "max_length": 32}
+    shards = [load_client_examples(DataSettings(**common, shard=k, scheme="dirichlet", alpha=0.3), tokenizer)
+              for k in range(3)]
+    iid = [load_client_examples(DataSettings(**common, shard=k), tokenizer) for k in range(3)]
+    assert sum(map(len, shards)) == sum(map(len, iid)) == 250
+    assert sorted(map(len, shards)) != sorted(map(len, iid))  # label skew makes uneven shards
