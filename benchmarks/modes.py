@@ -1,0 +1,206 @@
+"""Parallel server modes vs centralized training at the same total batch, in one run.
+
+For 1, 2 and 4 clients: a real `splitfed serve --mode M` process (TLS + AES-GCM payloads on
+loopback) and the clients as threads of this process, each with its own head and tail, together
+training ``--steps`` steps of ``--batch-size / clients`` rows each, so every trunk step sees the same
+total batch as the centralized baseline (the unsplit model, trained in this process on batches of
+``--batch-size``). Prints and saves JSON and a PNG of tokens/s per mode with the ratios.
+
+    .venv/bin/python benchmarks/modes.py --model tiny-llama
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from splitfed.client import SplitClient
+from splitfed.client.remote_trunk import RemoteTrunk
+from splitfed.models import LoraSpec, init_adapter, load_model, num_layers, split_model
+from splitfed.models.split import Partition
+from splitfed.models.whole import WholeModel
+from splitfed.security import Identity, PublicIdentity, create_identity_files, create_server_files
+from splitfed.training.loss import causal_lm_loss
+from splitfed.training.optim import OptimizerSettings
+from splitfed.training.replicate import replicate
+from splitfed.transport.connection import TrunkConnection
+
+MODES = ("sequential", "client-batch", "hierarchical")
+
+
+def _batch(rows: int, length: int, vocab: int, seed: int) -> dict:
+    ids = torch.randint(10, vocab, (rows, length), generator=torch.Generator().manual_seed(seed))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+
+def _centralized(model, args) -> float:
+    whole = WholeModel(replicate(model), LoraSpec(r=8, alpha=16))
+    optimizer = OptimizerSettings().build(whole.parameters())
+    started = None
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            started = time.perf_counter()
+        batch = _batch(args.batch_size, args.length, model.config.vocab_size, step)
+        causal_lm_loss(whole(batch["input_ids"], batch["attention_mask"]), batch["labels"]).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return args.steps * args.batch_size * args.length / (time.perf_counter() - started)
+
+
+def _serve(args, keys: Path, mode: str, clients: int) -> tuple[subprocess.Popen, int]:
+    port_file = keys / f"port-{mode}-{clients}"
+    extra = {"sequential": [],
+             "hierarchical": ["--set", f"sub_servers={clients}", "--set", "average_every=1"],
+             "client-batch": ["--set", f"batch_max_rows={args.batch_size}", "--set", "batch_window_s=5"],
+             }[mode]
+    command = [sys.executable, "-m", "splitfed.cli", "serve", "--model", args.model,
+               "--head", str(args.head), "--tail", str(args.tail), "--identity", str(keys / "server.key"),
+               "--allowlist", str(keys / "allow"), "--tls-cert", str(keys / "tls-cert.pem"), "--tls-key",
+               str(keys / "tls-key.pem"), "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+               "--mode", mode, "--output", str(keys / "out"), *extra]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not port_file.is_file():
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the {mode} server did not start")
+        time.sleep(0.2)
+    return server, int(port_file.read_text())
+
+
+def _federated(model, args, keys: Path, mode: str, clients: int) -> float:
+    rows = args.batch_size // clients
+    server, port = _serve(args, keys, mode, clients)
+    try:
+        runners = []
+        for index in range(clients):
+            split = split_model(replicate(model), Partition(args.head, args.tail))
+            init_adapter(split.head, LoraSpec(r=8, alpha=16), 0)
+            init_adapter(split.tail, LoraSpec(r=8, alpha=16), 0)
+            certificate = (keys / "tls-cert.pem").read_bytes()
+            connection = TrunkConnection(f"127.0.0.1:{port}", certificate, timeout_s=600)
+            remote = RemoteTrunk(connection, Identity.load(keys / f"c{index}.key"),
+                                 PublicIdentity.from_text((keys / "server.pub").read_text()))
+            hidden = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
+            remote.connect((args.head, num_layers(model) - args.tail), hidden)
+            runners.append((SplitClient(f"c{index}", split.head, split.tail, remote), remote))
+        barrier = threading.Barrier(clients + 1)
+        errors: list[BaseException] = []
+
+        def work(index: int) -> None:
+            client, _ = runners[index]
+            try:
+                for step in range(args.warmup + args.steps):
+                    if step == args.warmup:
+                        barrier.wait()
+                    batch = _batch(rows, args.length, model.config.vocab_size, 1000 * index + step)
+                    client.train_step(batch)
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+                barrier.abort()
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        seconds = time.perf_counter() - started
+        if errors:
+            raise errors[0]
+        for _, remote in runners:
+            remote.close()
+            remote.connection.close()
+        return args.steps * clients * rows * args.length / seconds
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-llama")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per client")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8, help="total rows per trunk step")
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--head", type=int, default=2)
+    parser.add_argument("--tail", type=int, default=2)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    output = args.output or Path(f"benchmarks/results/modes_{args.model}.json")
+    model, _ = load_model(args.model)
+    if args.head + args.tail >= num_layers(model):
+        args.head = args.tail = 1
+    results = {"model": args.model, "batch_size": args.batch_size, "length": args.length,
+               "steps": args.steps, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                                "torch_threads": torch.get_num_threads()}, "runs": []}
+    central = _centralized(model, args)
+    results["centralized_tokens_per_s"] = central
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = Path(tmp)
+        create_server_files(keys, ["localhost"], ["127.0.0.1"])
+        for index in range(max(args.clients)):
+            create_identity_files(keys, f"c{index}")
+            create_identity_files(keys / "allow", f"c{index}")
+            for suffix in ("key", "pub"):
+                source = keys / "allow" / f"c{index}.{suffix}"
+                (keys / f"c{index}.{suffix}").write_bytes(source.read_bytes())
+            (keys / "allow" / f"c{index}.key").unlink()
+        for clients in args.clients:
+            for mode in MODES:
+                if mode == "client-batch" and clients == 1:
+                    continue
+                speed = _federated(model, args, keys, mode, clients)
+                run = {"mode": mode, "clients": clients, "tokens_per_s": speed,
+                       "over_centralized": speed / central}
+                results["runs"].append(run)
+                print(json.dumps(run), flush=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+    _plot(results, output.with_suffix(".png"))
+    print(json.dumps(results, indent=2))
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    clients = sorted({run["clients"] for run in results["runs"]})
+    width = 0.25
+    for offset, mode in enumerate(MODES):
+        xs, ys = [], []
+        for position, count in enumerate(clients):
+            for run in results["runs"]:
+                if run["mode"] == mode and run["clients"] == count:
+                    xs.append(position + (offset - 1) * width)
+                    ys.append(run["over_centralized"])
+        axis.bar(xs, ys, width, label=mode)
+    axis.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="centralized")
+    axis.set_xticks(range(len(clients)), [f"{c} client(s)" for c in clients])
+    axis.set_ylabel("tokens/s / centralized tokens/s")
+    axis.set_title(f"{results['model']}: server modes at total batch {results['batch_size']} "
+                   f"({results['machine']['cpus']} CPU cores)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
