@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
 import torch
+from hypothesis import settings
 
 from splitfed.models import PrivacyWarning, load_model
 
 TINY = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-glm"]
+
+# CI replays the same examples every run (a failure there is a real, reproducible one); local runs
+# draw new examples each time to keep looking for bugs.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
