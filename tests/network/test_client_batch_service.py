@@ -9,44 +9,30 @@ import pytest
 import torch
 
 from splitfed.client.remote_trunk import RemoteTrunk
-from splitfed.models import Partition, adapter_state, init_adapter, load_model, split_model
+from splitfed.models import adapter_state, load_model
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server import LocalTrunk
 from splitfed.server.batcher import Batcher
 from splitfed.server.client_batch import BatchedTrunk
 from splitfed.server.trunk_service import TrunkService
 from splitfed.training.loss import causal_lm_loss
-from splitfed.training.replicate import replicate
 from splitfed.transport.connection import TrunkConnection
 from splitfed.transport.errors import RemoteError
 from splitfed.transport.server import serve
 from tests.server.test_client_batch import (
     OPTIMIZER,
-    SPEC,
     _centralized_trunk_after_step,
     _client_batches,
     _concatenate,
     _labelled,
+    randomized_split,
 )
-
-
-def _randomized_split(base):
-    """The split of tests/server/test_client_batch.py: seeded adapters with a random LoRA B."""
-    split = split_model(replicate(base), Partition(1, 1))
-    for part in split.parts.values():
-        init_adapter(part, SPEC, 5)
-        with torch.no_grad():
-            for name, parameter in part.named_parameters():
-                if "lora_B" in name:
-                    generator = torch.Generator().manual_seed(sum(map(ord, name)))
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return split
 
 
 def _serve(base, names, deadline_s: float):
     identity = Identity.generate("server")
     people = {n: Identity.generate(n) for n in names}
-    split = _randomized_split(base)
+    split = randomized_split(base)
     initial = [adapter_state(p) for p in split.parts.values()]
     batcher = Batcher(BatchedTrunk(split.trunk, OPTIMIZER), window_s=10.0, max_rows=6,
                       backward_deadline_s=deadline_s)

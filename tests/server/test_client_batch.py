@@ -29,16 +29,22 @@ def _labelled(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != -100).sum())
 
 
-def _split_step(name: str, batches: dict, drop_at_backward: str | None = None):
-    base, _ = load_model(name)
+def randomized_split(base):
+    """Seeded adapters on every part, with a random LoRA B (it starts at zero): every adapter matters."""
     split = split_model(replicate(base), Partition(1, 1))
     for part in split.parts.values():
         init_adapter(part, SPEC, 5)
-        with torch.no_grad():  # LoRA B starts at zero; make every adapter matter
-            for pname, parameter in part.named_parameters():
-                if "lora_B" in pname:
-                    parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(
-                        sum(map(ord, pname)))) * 0.05)
+        with torch.no_grad():
+            for name, parameter in part.named_parameters():
+                if "lora_B" in name:
+                    generator = torch.Generator().manual_seed(sum(map(ord, name)))
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return split
+
+
+def _split_step(name: str, batches: dict, drop_at_backward: str | None = None):
+    base, _ = load_model(name)
+    split = randomized_split(base)
     initial = [adapter_state(p) for p in split.parts.values()]
     trunk = BatchedTrunk(split.trunk, OPTIMIZER)
     items, hidden_in = [], {}
