@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from splitfed.client.remote_trunk import RemoteTrunk
+from splitfed.client.secure_aggregation import secure_average
 from splitfed.client.settings import ClientSettings
 from splitfed.client.split_client import SplitClient
 from splitfed.models import init_adapter, load_model, num_layers, save_adapter, split_model
@@ -20,6 +21,7 @@ from splitfed.tasks import collate
 from splitfed.training.data import shuffled_batches
 from splitfed.training.task_data import load_client_examples
 from splitfed.transport.connection import TrunkConnection
+from splitfed.transport.errors import RemoteError
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +51,36 @@ def _report_progress(directory: Path, step: int, loss: float) -> None:
     staging.replace(directory / "progress.json")
 
 
+class AggregationRefused(RuntimeError):
+    """The server would see this client's adapters in plain, and the client requires secure aggregation."""
+
+
+def check_aggregation(settings: ClientSettings, remote: RemoteTrunk) -> None:
+    """Refuse a plain-aggregating server when FedAvg is on and secure aggregation is required."""
+    if settings.fedavg and settings.require_secure_aggregation and remote.aggregation != "secure":
+        raise AggregationRefused(f"the server at {settings.server} aggregates FedAvg rounds in plain: set "
+                                 "`aggregation: secure` on the server, or `require_secure_aggregation: "
+                                 "false` (or `fedavg: false`) on this client")
+
+
 def _federated_average(client: SplitClient, remote: RemoteTrunk, round_index: int, weight: int) -> None:
-    """Replace the head and tail adapters by the round's weighted average over all clients."""
+    """Replace the head and tail adapters by the round's weighted average over all clients; if the
+    round fails (too many clients dropped out), keep this client's own adapters."""
     states = client.adapter_states()
     flat = {f"{part}/{key}": value for part, state in states.items() for key, value in state.items()}
-    average, contributors = remote.aggregate(round_index, float(weight), flat)
+    try:
+        if remote.aggregation == "secure":
+            average, contributors = secure_average(remote, client.client_id, round_index, float(weight), flat)
+        else:
+            average, contributors = remote.aggregate(round_index, float(weight), flat)
+    except RemoteError as error:
+        if not error.message.startswith("bad_round:"):
+            raise
+        log.warning("round %d: no average (%s); keeping this client's adapters", round_index, error.message)
+        return
     client.load_adapter_states({part: {key: average[f"{part}/{key}"] for key in state}
                                 for part, state in states.items()})
-    log.info("round %d: FedAvg over %d client(s)", round_index, contributors)
+    log.info("round %d: %s FedAvg over %d client(s)", round_index, remote.aggregation, contributors)
 
 
 def run_client(settings: ClientSettings, console: Console | None = None) -> dict[str, Any]:
@@ -74,6 +98,12 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     expected = (settings.partition.head, blocks - settings.partition.tail)
     hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
     remote = connect(settings, expected, hidden_size)
+    try:
+        check_aggregation(settings, remote)
+    except AggregationRefused:
+        remote.close()
+        remote.connection.close()
+        raise
     client = SplitClient(settings.name, split.head, split.tail, remote, settings.optimizer)
     if settings.steps % settings.rounds:
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")

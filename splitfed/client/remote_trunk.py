@@ -128,6 +128,23 @@ class RemoteTrunk:
             raise RuntimeError("the server's average does not carry this client's adapter weights")
         return average, int(reply.contributors)
 
+    @property
+    def aggregation(self) -> str:
+        """How the server aggregates FedAvg rounds: "secure" or "plain" (servers before it: "plain")."""
+        if self.limits is None:
+            raise RuntimeError("call connect() first")
+        return self.limits.aggregation or "plain"
+
+    def secagg(self, request: pb.SecAggRequest) -> pb.SecAggReply:
+        """Send one phase of a secure-aggregation round; returns the server's answer to it."""
+        self._step += 1
+        request.step = self._step
+        reply = self._exchange("secagg", self._step, request)
+        if reply.round != request.round or reply.phase != request.phase:
+            raise RuntimeError(f"server answered round {reply.round} phase {reply.phase} to round "
+                               f"{request.round} phase {request.phase}")
+        return reply
+
     def close(self) -> None:
         """End the session (the server frees everything it holds for this client)."""
         if self.channel is None:

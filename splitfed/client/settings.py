@@ -27,6 +27,9 @@ class ClientSettings(SplitTrainingSettings):
     steps: int = Field(20, ge=1, description="training steps in all")
     rounds: int = Field(1, ge=1, description="FedAvg rounds the steps are split into")
     fedavg: bool = Field(True, description="average head/tail adapters with the other clients every round")
+    require_secure_aggregation: bool = Field(
+        True, description="refuse to send adapters to a server that aggregates them in plain (FedAvg "
+                          "rounds then need `aggregation: secure` on the server)")
     batch_size: int = Field(4, ge=1)
     wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     timeout_s: float = Field(300.0, gt=0, description="deadline of every request to the server")

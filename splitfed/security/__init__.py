@@ -26,7 +26,13 @@ from splitfed.security.keygen import (
     create_identity_files,
     create_server_files,
 )
-from splitfed.security.secagg import MaskingKeys, RoundRoster, SecAggClient, SecAggError
+from splitfed.security.secagg import (
+    MaskingKeys,
+    RoundRoster,
+    SecAggClient,
+    SecAggError,
+    majority_threshold,
+)
 from splitfed.security.secagg_server import SecAggServer, run_round_in_memory
 from splitfed.security.session import SessionKeys
 from splitfed.security.tls import certificate_fingerprint, certificate_names, make_self_signed, save_tls
@@ -49,6 +55,7 @@ __all__ = [
     "SecAggClient",
     "SecAggError",
     "SecAggServer",
+    "majority_threshold",
     "Sealed",
     "SecureChannel",
     "SecurityError",

@@ -171,6 +171,11 @@ def check_round_id(round_id: object) -> bytes:
     return round_id
 
 
+def majority_threshold(clients: int) -> int:
+    """The smallest threshold a round of ``clients`` accepts: a strict majority, and at least 2."""
+    return max(2, clients // 2 + 1)
+
+
 def check_threshold(threshold: object) -> int:
     if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 2:
         raise SecAggError("threshold must be an integer >= 2")
@@ -303,9 +308,12 @@ def check_tensors(tensors: object, what: str) -> dict[str, torch.Tensor]:
 class SecAggClient:
     """One client's side of a round: `advertise`, `share_keys`, `receive_shares`, `mask`, `unmask_shares`."""
 
-    def __init__(self, client_id: str, round_id: bytes, threshold: int, scale: float = DEFAULT_SCALE) -> None:
+    def __init__(self, client_id: str, round_id: bytes | None, threshold: int,
+                 scale: float = DEFAULT_SCALE) -> None:
+        """``round_id`` None: adopt the id of the roster the server relays (chosen by the server; the
+        keys are fresh every round, so a repeated id would not repeat a mask)."""
         self.client_id = _check_id(client_id)
-        self.round_id = check_round_id(round_id)
+        self.round_id = None if round_id is None else check_round_id(round_id)
         self.threshold = check_threshold(threshold)
         self.scale = check_scale(scale)
         self._state = "new"
@@ -340,9 +348,13 @@ class SecAggClient:
         self._expect("advertised", "share keys")
         assert self._keys is not None and self._seed is not None
         if isinstance(roster, RoundRoster):
+            if self.round_id is None:
+                self.round_id = roster.round_id
             if roster.round_id != self.round_id:
                 raise SecAggError("roster belongs to another round")
         elif isinstance(roster, Mapping):
+            if self.round_id is None:
+                raise SecAggError("a roster without a round id needs the client to know the round id")
             roster = RoundRoster.from_dict(self.round_id, roster)
         else:
             raise SecAggError("roster must be a RoundRoster or a dict of public keys")
@@ -466,7 +478,8 @@ class SecAggClient:
         return out
 
     def __repr__(self) -> str:
-        return (f"SecAggClient(client_id={self.client_id!r}, round_id={self.round_id.hex()}, "
+        round_id = "<from roster>" if self.round_id is None else self.round_id.hex()
+        return (f"SecAggClient(client_id={self.client_id!r}, round_id={round_id}, "
                 f"threshold={self.threshold}, state={self._state!r})")
 
     def __reduce__(self) -> object:

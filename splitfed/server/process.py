@@ -51,7 +51,8 @@ def build_service(settings: ServerSettings) -> TrunkService:
                  settings.batch_window_s, settings.batch_max_rows, settings.backward_deadline_s)
     return TrunkService(LocalTrunk(split.trunk, settings.optimizer), ServerHandshake(identity, allowlist),
                         TurnScheduler(settings.roster), limits, sub_trunks=subs,
-                        average_every=settings.average_every, roster=settings.roster, batcher=batcher)
+                        average_every=settings.average_every, roster=settings.roster, batcher=batcher,
+                        aggregation=settings.aggregation, secagg_threshold=settings.secagg_threshold)
 
 
 def _resolve_auto(settings: ServerSettings, trunk, clients: int) -> ServerSettings:

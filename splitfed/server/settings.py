@@ -36,6 +36,14 @@ class ServerSettings(SplitTrainingSettings):
                                                     "averages of their trunk adapters")
     roster: list[str] | None = Field(None, description="clients served round-robin in this order "
                                                        "(reproducible); default: arrival order")
+    aggregation: Literal["secure", "plain"] = Field(
+        "secure", description="FedAvg rounds of the clients' head/tail adapters: secure (pairwise-masked "
+                              "secure aggregation: the server learns only the weighted average; a client "
+                              "dropping out mid-round is unmasked from the others' shares) or plain (the "
+                              "server sees each client's adapters)")
+    secagg_threshold: int | None = Field(None, ge=2, description="secure aggregation: clients that must stay "
+                                                                 "to the end of a round (default and "
+                                                                 "minimum: a strict majority)")
     exit_when_done: bool = Field(False, description="stop once every roster client has closed its session")
     max_batch: int = Field(64, ge=1)
     max_length: int = Field(2048, ge=1)

@@ -33,11 +33,13 @@ from splitfed.server.batcher import Batcher, DroppedFromStep
 from splitfed.server.client_batch import ForwardItem
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
+from splitfed.server.secure_rounds import ADVERTISE, MASKED, REVEAL, SHARE, SecureRounds
 from splitfed.training.fedavg import weighted_average
 from splitfed.transport import (
     WIRE_DTYPES,
     TensorLimits,
     WireFormatError,
+    decode_int64,
     decode_tensor,
     encode_tensor,
     lengths_to_mask,
@@ -49,6 +51,8 @@ from splitfed.transport.errors import ServiceError
 log = logging.getLogger(__name__)
 
 MAX_ADAPTER_TENSORS = 10_000
+MAX_SECAGG_BLOB = 1 << 16
+AGGREGATIONS = ("secure", "plain")
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,17 @@ class TrunkService:
         average_every: int = 1,
         roster: list[str] | None = None,
         batcher: Batcher | None = None,
+        aggregation: str = "secure",
+        secagg_threshold: int | None = None,
     ) -> None:
         """``sub_trunks`` (hierarchical mode): more trunks over the same frozen base, one per extra
         sub-server; clients are spread over the sub-servers (roster position, else arrival order, modulo
-        their number), which serve in parallel and average their adapters every ``average_every`` steps."""
+        their number), which serve in parallel and average their adapters every ``average_every`` steps.
+        ``aggregation``: "secure" (FedAvg rounds under secure aggregation: the server learns only the
+        average; ``secagg_threshold`` clients must stay to the end, default a majority) or "plain"."""
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.aggregation = aggregation
         self.trunk = trunk
         self.batcher = batcher  # client-batch mode: training steps go through it
         self.handshake_server = handshake
@@ -131,6 +142,7 @@ class TrunkService:
         self._sessions: dict[bytes, _Session] = {}
         self._sessions_lock = threading.Lock()
         self.aggregator = RoundAggregator(self._round_members, self.limits.turn_timeout_s)
+        self.secure_rounds = SecureRounds(self._round_members, self.limits.turn_timeout_s, secagg_threshold)
         self._adapter_limits = TensorLimits(dtypes=frozenset(self.limits.dtypes), max_elements=1 << 26,
                                             max_bytes=1 << 28)
         self._tensor_limits = TensorLimits(
@@ -150,6 +162,7 @@ class TrunkService:
             trunk_start=self.layers[0],
             trunk_end=self.layers[-1] + 1,
             model_type=str(self.trunk.trunk.config.model_type),
+            aggregation=self.aggregation,
         )
 
     def open_session(self, client_hello: bytes) -> bytes:
@@ -271,6 +284,8 @@ class TrunkService:
                 return self._backward(session, request)
             if sealed.kind == "aggregate":
                 return self._aggregate(session, request)
+            if sealed.kind == "secagg":
+                return self._secagg(session, request)
             raise WireFormatError("bad_kind", f"a client may not send {sealed.kind[:32]!r}")
         except WireFormatError as error:
             status = "RESOURCE_EXHAUSTED" if error.code == "too_large" else "INVALID_ARGUMENT"
@@ -419,6 +434,9 @@ class TrunkService:
         self._average_condition.notify_all()
 
     def _aggregate(self, session: _Session, request: pb.AggregateRequest) -> Sealed:
+        if self.aggregation != "plain":
+            raise WireFormatError("secure_aggregation_required", "this server aggregates only under secure "
+                                  "aggregation (kind 'secagg'); plain adapters are refused")
         if not (math.isfinite(request.weight) and request.weight > 0):
             raise WireFormatError("bad_weight", "the FedAvg weight must be a positive number")
         if len(request.tensors) > MAX_ADAPTER_TENSORS:
@@ -436,6 +454,52 @@ class TrunkService:
         for name in sorted(average):
             reply.tensors.add(name=name, tensor=encode_tensor(average[name], "float32"))
         return session.channel.seal("aggregate_reply", request.step, reply.SerializeToString())
+
+    def _secagg(self, session: _Session, request: pb.SecAggRequest) -> Sealed:
+        if self.aggregation != "secure":
+            raise WireFormatError("plain_aggregation", "this server runs plain FedAvg rounds (kind "
+                                  "'aggregate'), not secure aggregation")
+        phase = request.phase
+        shares = request.shares.items()
+        if len(shares) > MAX_ADAPTER_TENSORS or any(
+                len(blob) > MAX_SECAGG_BLOB or not 0 < len(name) <= 256 for name, blob in shares):
+            raise WireFormatError("too_large", "too many or too large secure-aggregation shares")
+        value: object
+        if phase == ADVERTISE:
+            value = bytes(request.keys)
+        elif phase in (SHARE, REVEAL):
+            value = {name: bytes(blob) for name, blob in request.shares.items()}
+        elif phase == MASKED:
+            if not (math.isfinite(request.weight) and request.weight > 0):
+                raise WireFormatError("bad_weight", "the FedAvg weight must be a positive number")
+            if len(request.tensors) > MAX_ADAPTER_TENSORS:
+                raise WireFormatError("too_large", f"more than {MAX_ADAPTER_TENSORS} adapter tensors")
+            tensors: dict[str, torch.Tensor] = {}
+            for item in request.tensors:
+                if not item.name or len(item.name) > 512 or item.name in tensors:
+                    raise WireFormatError("bad_name", "adapter tensor names must be unique, 1-512 characters")
+                tensors[item.name] = decode_int64(item.tensor, self._adapter_limits.max_elements)
+            value = (tensors, request.weight)
+        else:
+            raise WireFormatError("bad_phase", f"unknown secure-aggregation phase {phase}")
+        try:
+            result = self.secure_rounds.submit(session.name, request.round, phase, value)
+        except AggregationError as error:
+            raise WireFormatError("bad_round", str(error)) from None
+        reply = pb.SecAggReply(step=request.step, round=request.round, phase=phase)
+        if phase == ADVERTISE:
+            reply.roster, reply.threshold = result
+            reply.contributors = 0 if result[0] else 1
+        elif phase == SHARE:
+            reply.shares.update(result)
+        elif phase == MASKED:
+            reply.survivors.extend(result[0])
+            reply.dropped.extend(result[1])
+        else:
+            average, reply.contributors = result
+            for name in sorted(average):
+                reply.tensors.add(name=name, tensor=encode_tensor(average[name], "float32"))
+        return session.channel.seal("secagg_reply", request.step, reply.SerializeToString())
 
     @staticmethod
     def _reply(session: _Session, kind: str, step: int, tensor: torch.Tensor, dtype: str) -> Sealed:

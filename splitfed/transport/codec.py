@@ -115,6 +115,40 @@ def decode_tensor(
     return tensor
 
 
+INT64 = "int64"
+
+
+def encode_int64(tensor: torch.Tensor) -> pb.Tensor:
+    """Pack an int64 tensor (e.g. secure aggregation's masked fixed-point values) as little-endian bytes."""
+    if tensor.dtype != torch.int64:
+        raise ValueError(f"expected an int64 tensor, got {tensor.dtype}")
+    if not 1 <= tensor.dim() <= MAX_RANK or tensor.numel() == 0:
+        raise ValueError(f"cannot send a tensor of shape {tuple(tensor.shape)}: need rank 1..{MAX_RANK}")
+    flat = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    if _BIG_ENDIAN:
+        flat = _swap_bytes(flat, 8)
+    return pb.Tensor(dtype=INT64, shape=tensor.shape, data=flat.numpy().tobytes())
+
+
+def decode_int64(msg: pb.Tensor, max_elements: int,
+                 expected_shape: tuple[int | None, ...] | None = None) -> torch.Tensor:
+    """Validate and unpack an ``encode_int64`` tensor; every violation raises ``WireFormatError``."""
+    if msg.dtype != INT64:
+        raise WireFormatError("bad_dtype", f"dtype {msg.dtype[:32]!r} is not {INT64!r}")
+    shape = list(msg.shape)
+    _check_shape(shape, expected_shape)
+    numel = math.prod(shape)
+    if numel > max_elements:
+        raise WireFormatError("too_large", f"shape {shape} has more than {max_elements} elements")
+    if len(msg.data) != numel * 8:
+        raise WireFormatError("bad_length", f"{len(msg.data)} data bytes; shape {shape} int64 needs "
+                                            f"{numel * 8}")
+    flat = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8)
+    if _BIG_ENDIAN:
+        flat = _swap_bytes(flat, 8)
+    return flat.view(torch.int64).reshape(shape)
+
+
 def lengths_to_mask(
     lengths: pb.Lengths,
     seq_len: int,

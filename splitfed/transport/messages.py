@@ -16,6 +16,8 @@ PAYLOAD_KINDS: dict[str, type[Message]] = {
     "backward_reply": pb.BackwardReply,
     "aggregate": pb.AggregateRequest,
     "aggregate_reply": pb.AggregateReply,
+    "secagg": pb.SecAggRequest,
+    "secagg_reply": pb.SecAggReply,
     "error": pb.ErrorInfo,
 }
 """``Sealed.kind`` -> the payload message inside it (``"close"`` carries an empty payload)."""

@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!splitfed/transport/splitfed.proto\x12\x0bsplitfed.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"E\n\x07Lengths\x12\x0f\n\x07lengths\x18\x01 \x03(\x05\x12\x14\n\x0cleft_padding\x18\x02 \x03(\x05\x12\x13\n\x0bpast_length\x18\x03 \x01(\x03\"\x92\x01\n\x0e\x46orwardRequest\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12#\n\x06hidden\x18\x02 \x01(\x0b\x32\x13.splitfed.v1.Tensor\x12%\n\x07lengths\x18\x03 \x01(\x0b\x32\x14.splitfed.v1.Lengths\x12\r\n\x05train\x18\x04 \x01(\x08\x12\x17\n\x0flabelled_tokens\x18\x05 \x01(\r\"A\n\x0c\x46orwardReply\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12#\n\x06hidden\x18\x02 \x01(\x0b\x32\x13.splitfed.v1.Tensor\"B\n\x0f\x42\x61\x63kwardRequest\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12!\n\x04grad\x18\x02 \x01(\x0b\x32\x13.splitfed.v1.Tensor\"@\n\rBackwardReply\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12!\n\x04grad\x18\x02 \x01(\x0b\x32\x13.splitfed.v1.Tensor\"@\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.splitfed.v1.Tensor\"j\n\x10\x41ggregateRequest\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.splitfed.v1.NamedTensor\"n\n\x0e\x41ggregateReply\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0c\x63ontributors\x18\x03 \x01(\r\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.splitfed.v1.NamedTensor\"*\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1d\n\x05Hello\x12\x14\n\x0c\x63lient_hello\x18\x01 \x01(\x0c\"\xb2\x01\n\rSessionLimits\x12\x13\n\x0bhidden_size\x18\x01 \x01(\x05\x12\x11\n\tmax_batch\x18\x02 \x01(\x05\x12\x12\n\nmax_length\x18\x03 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06\x64types\x18\x05 \x03(\t\x12\x13\n\x0btrunk_start\x18\x06 \x01(\x05\x12\x11\n\ttrunk_end\x18\x07 \x01(\x05\x12\x12\n\nmodel_type\x18\x08 \x01(\t\"N\n\nHelloReply\x12\x14\n\x0cserver_hello\x18\x01 \x01(\x0c\x12*\n\x06limits\x18\x02 \x01(\x0b\x32\x1a.splitfed.v1.SessionLimits\"\x87\x01\n\x06Sealed\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12\x0f\n\x07\x63ounter\x18\x04 \x01(\x04\x12\x12\n\nciphertext\x18\x05 \x01(\x0c\x12\x13\n\x0b\x63hunk_index\x18\x06 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\r2\xaa\x01\n\x05Trunk\x12\x38\n\tHandshake\x12\x12.splitfed.v1.Hello\x1a\x17.splitfed.v1.HelloReply\x12\x34\n\x04Step\x12\x13.splitfed.v1.Sealed\x1a\x13.splitfed.v1.Sealed(\x01\x30\x01\x12\x31\n\x05\x43lose\x12\x13.splitfed.v1.Sealed\x1a\x13.splitfed.v1.Sealedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!splitfed/transport/splitfed.proto\x12\x0bsplitfed.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"E\n\x07Lengths\x12\x0f\n\x07lengths\x18\x01 \x03(\x05\x12\x14\n\x0cleft_padding\x18\x02 \x03(\x05\x12\x13\n\x0bpast_length\x18\x03 \x01(\x03\"\x92\x01\n\x0e\x46orwardRequest\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12#\n\x06hidden\x18\x02 \x01(\x0b\x32\x13.splitfed.v1.Tensor\x12%\n\x07lengths\x18\x03 \x01(\x0b\x32\x14.splitfed.v1.Lengths\x12\r\n\x05train\x18\x04 \x01(\x08\x12\x17\n\x0flabelled_tokens\x18\x05 \x01(\r\"A\n\x0c\x46orwardReply\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12#\n\x06hidden\x18\x02 \x01(\x0b\x32\x13.splitfed.v1.Tensor\"B\n\x0f\x42\x61\x63kwardRequest\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12!\n\x04grad\x18\x02 \x01(\x0b\x32\x13.splitfed.v1.Tensor\"@\n\rBackwardReply\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12!\n\x04grad\x18\x02 \x01(\x0b\x32\x13.splitfed.v1.Tensor\"@\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.splitfed.v1.Tensor\"j\n\x10\x41ggregateRequest\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.splitfed.v1.NamedTensor\"n\n\x0e\x41ggregateReply\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0c\x63ontributors\x18\x03 \x01(\r\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.splitfed.v1.NamedTensor\"\xeb\x01\n\rSecAggRequest\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\r\n\x05phase\x18\x03 \x01(\r\x12\x0c\n\x04keys\x18\x04 \x01(\x0c\x12\x36\n\x06shares\x18\x05 \x03(\x0b\x32&.splitfed.v1.SecAggRequest.SharesEntry\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12)\n\x07tensors\x18\x07 \x03(\x0b\x32\x18.splitfed.v1.NamedTensor\x1a-\n\x0bSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xa6\x02\n\x0bSecAggReply\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\r\n\x05phase\x18\x03 \x01(\r\x12\x0e\n\x06roster\x18\x04 \x01(\x0c\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x34\n\x06shares\x18\x06 \x03(\x0b\x32$.splitfed.v1.SecAggReply.SharesEntry\x12\x11\n\tsurvivors\x18\x07 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x08 \x03(\t\x12\x14\n\x0c\x63ontributors\x18\t \x01(\r\x12)\n\x07tensors\x18\n \x03(\x0b\x32\x18.splitfed.v1.NamedTensor\x1a-\n\x0bSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"*\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1d\n\x05Hello\x12\x14\n\x0c\x63lient_hello\x18\x01 \x01(\x0c\"\xc7\x01\n\rSessionLimits\x12\x13\n\x0bhidden_size\x18\x01 \x01(\x05\x12\x11\n\tmax_batch\x18\x02 \x01(\x05\x12\x12\n\nmax_length\x18\x03 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06\x64types\x18\x05 \x03(\t\x12\x13\n\x0btrunk_start\x18\x06 \x01(\x05\x12\x11\n\ttrunk_end\x18\x07 \x01(\x05\x12\x12\n\nmodel_type\x18\x08 \x01(\t\x12\x13\n\x0b\x61ggregation\x18\t \x01(\t\"N\n\nHelloReply\x12\x14\n\x0cserver_hello\x18\x01 \x01(\x0c\x12*\n\x06limits\x18\x02 \x01(\x0b\x32\x1a.splitfed.v1.SessionLimits\"\x87\x01\n\x06Sealed\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12\x0f\n\x07\x63ounter\x18\x04 \x01(\x04\x12\x12\n\nciphertext\x18\x05 \x01(\x0c\x12\x13\n\x0b\x63hunk_index\x18\x06 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\r2\xaa\x01\n\x05Trunk\x12\x38\n\tHandshake\x12\x12.splitfed.v1.Hello\x1a\x17.splitfed.v1.HelloReply\x12\x34\n\x04Step\x12\x13.splitfed.v1.Sealed\x1a\x13.splitfed.v1.Sealed(\x01\x30\x01\x12\x31\n\x05\x43lose\x12\x13.splitfed.v1.Sealed\x1a\x13.splitfed.v1.Sealedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'splitfed.transport.splitfed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SECAGGREQUEST_SHARESENTRY']._loaded_options = None
+  _globals['_SECAGGREQUEST_SHARESENTRY']._serialized_options = b'8\001'
+  _globals['_SECAGGREPLY_SHARESENTRY']._loaded_options = None
+  _globals['_SECAGGREPLY_SHARESENTRY']._serialized_options = b'8\001'
   _globals['_TENSOR']._serialized_start=50
   _globals['_TENSOR']._serialized_end=102
   _globals['_LENGTHS']._serialized_start=104
@@ -50,16 +54,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGGREGATEREQUEST']._serialized_end=697
   _globals['_AGGREGATEREPLY']._serialized_start=699
   _globals['_AGGREGATEREPLY']._serialized_end=809
-  _globals['_ERRORINFO']._serialized_start=811
-  _globals['_ERRORINFO']._serialized_end=853
-  _globals['_HELLO']._serialized_start=855
-  _globals['_HELLO']._serialized_end=884
-  _globals['_SESSIONLIMITS']._serialized_start=887
-  _globals['_SESSIONLIMITS']._serialized_end=1065
-  _globals['_HELLOREPLY']._serialized_start=1067
-  _globals['_HELLOREPLY']._serialized_end=1145
-  _globals['_SEALED']._serialized_start=1148
-  _globals['_SEALED']._serialized_end=1283
-  _globals['_TRUNK']._serialized_start=1286
-  _globals['_TRUNK']._serialized_end=1456
+  _globals['_SECAGGREQUEST']._serialized_start=812
+  _globals['_SECAGGREQUEST']._serialized_end=1047
+  _globals['_SECAGGREQUEST_SHARESENTRY']._serialized_start=1002
+  _globals['_SECAGGREQUEST_SHARESENTRY']._serialized_end=1047
+  _globals['_SECAGGREPLY']._serialized_start=1050
+  _globals['_SECAGGREPLY']._serialized_end=1344
+  _globals['_SECAGGREPLY_SHARESENTRY']._serialized_start=1002
+  _globals['_SECAGGREPLY_SHARESENTRY']._serialized_end=1047
+  _globals['_ERRORINFO']._serialized_start=1346
+  _globals['_ERRORINFO']._serialized_end=1388
+  _globals['_HELLO']._serialized_start=1390
+  _globals['_HELLO']._serialized_end=1419
+  _globals['_SESSIONLIMITS']._serialized_start=1422
+  _globals['_SESSIONLIMITS']._serialized_end=1621
+  _globals['_HELLOREPLY']._serialized_start=1623
+  _globals['_HELLOREPLY']._serialized_end=1701
+  _globals['_SEALED']._serialized_start=1704
+  _globals['_SEALED']._serialized_end=1839
+  _globals['_TRUNK']._serialized_start=1842
+  _globals['_TRUNK']._serialized_end=2012
 # @@protoc_insertion_point(module_scope)

@@ -97,6 +97,62 @@ class AggregateReply(_message.Message):
     tensors: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     def __init__(self, step: _Optional[int] = ..., round: _Optional[int] = ..., contributors: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
+class SecAggRequest(_message.Message):
+    __slots__ = ("step", "round", "phase", "keys", "shares", "weight", "tensors")
+    class SharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    round: int
+    phase: int
+    keys: bytes
+    shares: _containers.ScalarMap[str, bytes]
+    weight: float
+    tensors: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    def __init__(self, step: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[int] = ..., keys: _Optional[bytes] = ..., shares: _Optional[_Mapping[str, bytes]] = ..., weight: _Optional[float] = ..., tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
+
+class SecAggReply(_message.Message):
+    __slots__ = ("step", "round", "phase", "roster", "threshold", "shares", "survivors", "dropped", "contributors", "tensors")
+    class SharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    round: int
+    phase: int
+    roster: bytes
+    threshold: int
+    shares: _containers.ScalarMap[str, bytes]
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    contributors: int
+    tensors: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    def __init__(self, step: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[int] = ..., roster: _Optional[bytes] = ..., threshold: _Optional[int] = ..., shares: _Optional[_Mapping[str, bytes]] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., contributors: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
+
 class ErrorInfo(_message.Message):
     __slots__ = ("code", "message")
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -112,7 +168,7 @@ class Hello(_message.Message):
     def __init__(self, client_hello: _Optional[bytes] = ...) -> None: ...
 
 class SessionLimits(_message.Message):
-    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type")
+    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type", "aggregation")
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +177,7 @@ class SessionLimits(_message.Message):
     TRUNK_START_FIELD_NUMBER: _ClassVar[int]
     TRUNK_END_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     hidden_size: int
     max_batch: int
     max_length: int
@@ -129,7 +186,8 @@ class SessionLimits(_message.Message):
     trunk_start: int
     trunk_end: int
     model_type: str
-    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ...) -> None: ...
+    aggregation: str
+    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ..., aggregation: _Optional[str] = ...) -> None: ...
 
 class HelloReply(_message.Message):
     __slots__ = ("server_hello", "limits")

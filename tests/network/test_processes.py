@@ -59,7 +59,8 @@ def test_two_client_processes_train_like_one_process(deployment):
             if process.poll() is None:
                 process.kill()
     server_log = (root / "server.log").read_text()
-    assert "trunk adapter after 20 steps" in server_log and "round 2 averaged over alice, bob" in server_log
+    assert "trunk adapter after 20 steps" in server_log
+    assert "round 2 securely averaged over alice, bob" in server_log
     assert "Traceback" not in server_log
 
     logs = "".join(path.read_text() for path in root.glob("*.log"))

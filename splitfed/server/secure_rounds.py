@@ -1,0 +1,167 @@
+"""FedAvg rounds under secure aggregation: the server relays keys and shares and learns only the average.
+
+A round runs the four phases of ``splitfed.security.secagg`` (advertise keys, share keys, masked input,
+reveal shares). Each phase is a barrier: a client's request waits until every client still expected in
+the round has sent the same phase, or until the round deadline, after which the late ones are left out
+(a client that drops out after sharing its keys is unmasked from the others' shares). A round with
+fewer than the threshold (a strict majority of the round's clients, or more if configured) left fails
+for everyone: the clients keep their own adapters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from splitfed.security import RoundRoster, SecAggError, SecAggServer, majority_threshold
+from splitfed.server.aggregator import AggregationError
+
+log = logging.getLogger(__name__)
+
+ADVERTISE, SHARE, MASKED, REVEAL = 1, 2, 3, 4
+PHASE_NAMES = {ADVERTISE: "advertise keys", SHARE: "share keys", MASKED: "masked input",
+               REVEAL: "reveal shares"}
+
+
+@dataclass
+class _Round:
+    index: int
+    phase: int
+    expected: set[str]
+    deadline: float
+    submissions: dict[str, Any] = field(default_factory=dict)
+    results: dict[int, Any] = field(default_factory=dict)
+    server: SecAggServer | None = None
+    error: str | None = None
+    done: bool = False
+
+
+class SecureRounds:
+    """Runs the server side of secure-aggregation rounds for the clients of ``members()``."""
+
+    def __init__(self, members: Callable[[], set[str]], timeout_s: float = 300.0,
+                 threshold: int | None = None) -> None:
+        self._members = members
+        self._timeout_s = timeout_s
+        self._threshold = threshold
+        self._condition = threading.Condition()
+        self._round: _Round | None = None
+        self.completed = 0
+
+    def submit(self, client: str, round_index: int, phase: int, value: Any) -> Any:
+        """Hand in ``client``'s message for a phase; blocks until the phase closes and returns its answer
+        for this client. Raises ``AggregationError`` when the message does not fit the round or the
+        round fails."""
+        if phase not in PHASE_NAMES:
+            raise AggregationError(f"unknown secure-aggregation phase {phase}")
+        with self._condition:
+            current = self._open(client, round_index, phase)
+            if phase == MASKED:
+                self._collect_masked(current, client, value)
+            current.submissions[client] = value
+            self._condition.notify_all()
+            while phase not in current.results and current.error is None:
+                if self._phase_complete(current) or time.monotonic() >= current.deadline:
+                    self._close_phase(current)
+                    break
+                self._condition.wait(0.2)
+            if current.error is not None:
+                raise AggregationError(current.error)
+            return current.results[phase][client]
+
+    # -- round state -------------------------------------------------------------------------------
+    def _open(self, client: str, round_index: int, phase: int) -> _Round:
+        current = self._round
+        if phase == ADVERTISE and (current is None or current.done):
+            last = 0 if current is None else current.index
+            if round_index != last + 1:
+                raise AggregationError(f"round {round_index} submitted while round {last + 1} is next")
+            current = _Round(round_index, ADVERTISE, self._members() | {client},
+                             time.monotonic() + self._timeout_s)
+            self._round = current
+            return current
+        if current is None or current.index != round_index:
+            open_index = "none" if current is None else current.index
+            raise AggregationError(f"round {round_index} is not open (open round: {open_index})")
+        if current.error is not None:
+            raise AggregationError(current.error)
+        if current.phase != phase:
+            raise AggregationError(f"round {round_index} is at phase {current.phase} "
+                                   f"({PHASE_NAMES[current.phase]}), not {phase}: too late for this round")
+        if phase == ADVERTISE:
+            current.expected.add(client)  # a client that connected since the round opened joins it
+        if client not in current.expected:
+            raise AggregationError(f"client {client!r} is not in round {round_index} (it missed an "
+                                   "earlier phase)")
+        if client in current.submissions:
+            raise AggregationError(f"client {client!r} already sent phase {phase} of round {round_index}")
+        return current
+
+    def _phase_complete(self, current: _Round) -> bool:
+        live = current.expected & (self._members() | set(current.submissions))
+        return live <= set(current.submissions)
+
+    def _collect_masked(self, current: _Round, client: str, value: tuple[dict[str, torch.Tensor], float],
+                        ) -> None:
+        assert current.server is not None
+        tensors, weight = value
+        try:
+            current.server.collect_masked(client, tensors, weight)
+        except SecAggError as error:
+            raise AggregationError(str(error)) from None
+
+    def _close_phase(self, current: _Round) -> None:
+        subs = current.submissions
+        late = sorted(current.expected - set(subs))
+        try:
+            results, next_expected = self._run_phase(current)
+        except SecAggError as error:
+            current.error = f"round {current.index} failed at {PHASE_NAMES[current.phase]}: {error}"
+            current.done = True
+            log.warning("%s", current.error)
+            self._condition.notify_all()
+            return
+        if late:
+            log.warning("round %d, %s: left out %s (no message before the deadline)", current.index,
+                        PHASE_NAMES[current.phase], ", ".join(late))
+        current.results[current.phase] = results
+        current.submissions = {}
+        if current.phase == REVEAL or next_expected is None:
+            current.done = True
+            self.completed += 1
+        else:
+            current.phase += 1
+            current.expected = next_expected
+            current.deadline = time.monotonic() + self._timeout_s
+        self._condition.notify_all()
+
+    def _run_phase(self, current: _Round) -> tuple[dict[str, Any], set[str] | None]:
+        subs = current.submissions
+        if current.phase == ADVERTISE:
+            if len(subs) == 1:
+                (alone,) = subs
+                log.info("round %d: %s is the only client; it keeps its own adapters", current.index, alone)
+                return {alone: (b"", 0)}, None
+            threshold = max(self._threshold or 0, majority_threshold(len(subs)))
+            current.server = SecAggServer(os.urandom(16), threshold)
+            roster: RoundRoster = current.server.collect_keys(subs)
+            blob = roster.to_bytes()
+            return {client: (blob, threshold) for client in subs}, set(subs)
+        assert current.server is not None
+        if current.phase == SHARE:
+            routed = current.server.route_shares(subs)
+            return routed, set(subs)
+        if current.phase == MASKED:
+            survivors, dropped = current.server.unmask_request()
+            return {client: (survivors, dropped) for client in survivors}, set(survivors)
+        average, contributors = current.server.finish(subs)
+        log.info("round %d securely averaged over %s (the server saw only the sum)", current.index,
+                 ", ".join(contributors))
+        return {client: (average, len(contributors)) for client in subs}, None
