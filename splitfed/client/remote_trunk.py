@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from splitfed.inference.endpoint import StaleCacheError
 from splitfed.protocol import from_wire, to_wire
 from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
 from splitfed.transport import (
@@ -17,6 +18,7 @@ from splitfed.transport import (
     pb,
 )
 from splitfed.transport.connection import TrunkConnection
+from splitfed.transport.errors import RemoteError
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,29 @@ class RemoteTrunk:
         if set(average) != set(state):
             raise RuntimeError("the server's average does not carry this client's adapter weights")
         return average, int(reply.contributors)
+
+    def generate_step(self, stream: int, hidden: torch.Tensor, attention_mask: torch.Tensor, past_length: int,
+                      use_cache: bool = True) -> torch.Tensor:
+        """One split-inference step of ``stream`` (``splitfed.inference.GenerationEndpoint``): the new
+        tokens' hidden states go up, with the mask as per-row lengths over past and new positions."""
+        self._step += 1
+        request = pb.GenerateRequest(step=self._step, stream=stream,
+                                     hidden=encode_tensor(hidden.detach(), self.wire_dtype),
+                                     lengths=mask_to_lengths(attention_mask, past_length),
+                                     use_cache=use_cache)
+        try:
+            reply = self._exchange("generate", self._step, request)
+        except RemoteError as error:
+            if error.message.startswith("stale_cache:"):
+                raise StaleCacheError(error.message) from None
+            raise
+        return decode_tensor(reply.hidden, self._tensor_limits(), tuple(hidden.shape), hidden.dtype)
+
+    def release_stream(self, stream: int) -> None:
+        """Free ``stream``'s trunk cache on the server."""
+        self._step += 1
+        request = pb.GenerateRequest(step=self._step, stream=stream, release=True)
+        self._exchange("generate", self._step, request)
 
     @property
     def aggregation(self) -> str:

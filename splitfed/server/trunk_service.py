@@ -31,6 +31,7 @@ from splitfed.security import (
 from splitfed.server.aggregator import AggregationError, RoundAggregator
 from splitfed.server.batcher import Batcher, DroppedFromStep
 from splitfed.server.client_batch import ForwardItem
+from splitfed.server.generation import GenerationCaches, GenerationError
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
 from splitfed.server.secure_rounds import ADVERTISE, MASKED, REVEAL, SHARE, SecureRounds
@@ -66,6 +67,9 @@ class ServiceLimits:
     turn_timeout_s: float = 120.0
     step_timeout_s: float = 60.0
     session_ttl_s: float = 600.0
+    generation_budget_bytes: int = 1 << 30
+    generation_ttl_s: float = 300.0
+    generation_streams: int = 8
 
 
 @dataclass
@@ -78,6 +82,7 @@ class _Sub:
     steps_since: int = 0
     samples_since: int = 0
     sessions: int = 0
+    generation: GenerationCaches | None = None
 
 
 @dataclass
@@ -132,6 +137,10 @@ class TrunkService:
         else:
             self._subs = [_Sub(t, TurnScheduler([n for i, n in enumerate(roster) if i % len(trunks) == k]
                                                 if roster else None)) for k, t in enumerate(trunks)]
+        for sub in self._subs:
+            sub.generation = GenerationCaches(
+                sub.trunk.trunk, self.limits.generation_budget_bytes // len(self._subs),
+                self.limits.generation_ttl_s, self.limits.generation_streams, compute=sub.compute)
         self.average_every = average_every
         self._average_condition = threading.Condition()
         self._arrivals = 0
@@ -214,6 +223,8 @@ class TrunkService:
             return
         self._abandon_step(session, reason)
         assert session.sub is not None
+        if session.sub.generation is not None:
+            session.sub.generation.release(session.key)
         session.sub.sessions -= 1
         session.sub.scheduler.leave(session.name)
         if session.sub.scheduler is not self.scheduler:
@@ -235,6 +246,9 @@ class TrunkService:
     def reap(self, now: float | None = None) -> None:
         """Free steps whose backward is overdue and sessions that went silent."""
         now = time.monotonic() if now is None else now
+        for sub in self._subs:
+            if sub.generation is not None:
+                sub.generation.expire(now)
         with self._sessions_lock:
             for session_id, session in list(self._sessions.items()):
                 if now - session.last_seen > self.limits.session_ttl_s:
@@ -286,6 +300,8 @@ class TrunkService:
                 return self._aggregate(session, request)
             if sealed.kind == "secagg":
                 return self._secagg(session, request)
+            if sealed.kind == "generate":
+                return self._generate(session, request)
             raise WireFormatError("bad_kind", f"a client may not send {sealed.kind[:32]!r}")
         except WireFormatError as error:
             status = "RESOURCE_EXHAUSTED" if error.code == "too_large" else "INVALID_ARGUMENT"
@@ -454,6 +470,33 @@ class TrunkService:
         for name in sorted(average):
             reply.tensors.add(name=name, tensor=encode_tensor(average[name], "float32"))
         return session.channel.seal("aggregate_reply", request.step, reply.SerializeToString())
+
+    def _generate(self, session: _Session, request: pb.GenerateRequest) -> Sealed:
+        sub = session.sub
+        assert sub is not None and sub.generation is not None
+        if request.release:
+            sub.generation.release(session.key, request.stream)
+            reply = pb.GenerateReply(step=request.step)
+            return session.channel.seal("generate_reply", request.step, reply.SerializeToString())
+        if request.stream >= 1 << 16:
+            raise WireFormatError("bad_stream", "stream numbers go up to 65535")
+        hidden = decode_tensor(request.hidden, self._tensor_limits, (None, None, self.hidden_size))
+        batch, length = hidden.shape[:2]
+        past = int(request.lengths.past_length)
+        if batch > self.limits.max_batch or past + length > self.limits.max_length:
+            raise WireFormatError("too_large", f"batch {batch} x length {past + length} exceeds "
+                                  f"{self.limits.max_batch} x {self.limits.max_length}")
+        mask = lengths_to_mask(request.lengths, length, batch_size=batch, max_batch=self.limits.max_batch,
+                               max_length=self.limits.max_length)
+        try:
+            output, cached = sub.generation.step(session.key, request.stream, hidden, mask, past,
+                                                 use_cache=request.use_cache)
+        except GenerationError as error:
+            status = "RESOURCE_EXHAUSTED" if error.code == "cache_budget" else "FAILED_PRECONDITION"
+            raise ServiceError(status, error.code, error.message) from None
+        reply = pb.GenerateReply(step=request.step, hidden=encode_tensor(output, request.hidden.dtype),
+                                 cached_tokens=cached)
+        return session.channel.seal("generate_reply", request.step, reply.SerializeToString())
 
     def _secagg(self, session: _Session, request: pb.SecAggRequest) -> Sealed:
         if self.aggregation != "secure":

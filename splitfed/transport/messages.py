@@ -18,6 +18,8 @@ PAYLOAD_KINDS: dict[str, type[Message]] = {
     "aggregate_reply": pb.AggregateReply,
     "secagg": pb.SecAggRequest,
     "secagg_reply": pb.SecAggReply,
+    "generate": pb.GenerateRequest,
+    "generate_reply": pb.GenerateReply,
     "error": pb.ErrorInfo,
 }
 """``Sealed.kind`` -> the payload message inside it (``"close"`` carries an empty payload)."""

@@ -153,6 +153,32 @@ class SecAggReply(_message.Message):
     tensors: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     def __init__(self, step: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[int] = ..., roster: _Optional[bytes] = ..., threshold: _Optional[int] = ..., shares: _Optional[_Mapping[str, bytes]] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., contributors: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
+class GenerateRequest(_message.Message):
+    __slots__ = ("step", "stream", "hidden", "lengths", "use_cache", "release")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    USE_CACHE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    stream: int
+    hidden: Tensor
+    lengths: Lengths
+    use_cache: bool
+    release: bool
+    def __init__(self, step: _Optional[int] = ..., stream: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., use_cache: _Optional[bool] = ..., release: _Optional[bool] = ...) -> None: ...
+
+class GenerateReply(_message.Message):
+    __slots__ = ("step", "hidden", "cached_tokens")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    hidden: Tensor
+    cached_tokens: int
+    def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
+
 class ErrorInfo(_message.Message):
     __slots__ = ("code", "message")
     CODE_FIELD_NUMBER: _ClassVar[int]

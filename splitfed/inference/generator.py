@@ -1,0 +1,113 @@
+"""Split generation on the client: head and tail with their own KV caches, the trunk behind an endpoint.
+
+The prefill sends the prompt's hidden states once; each decode step sends one token's hidden state
+per row (B x 1 x H) and gets the trunk's output back. Sampling runs here, so logits never leave the
+client. The caches persist between calls, which is what an interactive chat reuses across turns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+
+from splitfed.inference.endpoint import GenerationEndpoint, StaleCacheError
+from splitfed.inference.sampling import SamplingSettings, TokenChooser
+from splitfed.models import HeadPart, TailPart
+
+log = logging.getLogger(__name__)
+
+
+def _eos_tensor(eos_token_id: int | list[int] | None) -> torch.Tensor:
+    if eos_token_id is None:
+        return torch.empty(0, dtype=torch.long)
+    return torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+                        dtype=torch.long)
+
+
+class SplitGenerator:
+    """One generation stream: the tokens fed so far, the head and tail caches, the trunk's stream."""
+
+    def __init__(self, head: HeadPart, tail: TailPart, endpoint: GenerationEndpoint, stream: int = 0,
+                 use_cache: bool = True) -> None:
+        self.head = head
+        self.tail = tail
+        self.endpoint = endpoint
+        self.stream = stream
+        self.use_cache = use_cache
+        self.restarts = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the context (the server's cache is replaced at the next prefill)."""
+        self._head_cache = self.head.new_cache()
+        self._tail_cache = self.tail.new_cache()
+        self.ids: torch.Tensor | None = None      # (B, T) every token fed so far
+        self.mask: torch.Tensor | None = None     # (B, T) their attention mask
+
+    @property
+    def past_length(self) -> int:
+        return 0 if self.ids is None else int(self.ids.shape[1])
+
+    @torch.no_grad()
+    def feed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``input_ids`` (B, n) to the context; returns the logits of the last position (B, V)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        ids = input_ids if self.ids is None else torch.cat([self.ids, input_ids], dim=1)
+        mask = attention_mask if self.mask is None else torch.cat([self.mask, attention_mask], dim=1)
+        if not self.use_cache:
+            logits = self._run(ids, mask, past=0, cached=False)
+        else:
+            try:
+                logits = self._run(input_ids, mask, past=self.past_length, cached=True)
+            except StaleCacheError as error:
+                log.info("stream %d: the server dropped its cache (%s); resending the %d-token context",
+                         self.stream, error, ids.shape[1])
+                self.restarts += 1
+                self._head_cache, self._tail_cache = self.head.new_cache(), self.tail.new_cache()
+                logits = self._run(ids, mask, past=0, cached=True)
+        self.ids, self.mask = ids, mask
+        return logits[:, -1, :]
+
+    def _run(self, input_ids: torch.Tensor, mask: torch.Tensor, past: int, cached: bool) -> torch.Tensor:
+        self.head.eval()
+        self.tail.eval()
+        head_cache = self._head_cache if cached else None
+        tail_cache = self._tail_cache if cached else None
+        hidden = self.head(input_ids, mask, past_key_values=head_cache)
+        hidden = self.endpoint.generate_step(self.stream, hidden, mask, past, use_cache=cached)
+        return self.tail(hidden, mask, past_key_values=tail_cache)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 sampling: SamplingSettings | None = None, eos_token_id: int | list[int] | None = None,
+                 pad_token_id: int | None = None) -> Iterator[torch.Tensor]:
+        """Feed ``input_ids`` and yield each next token of every row (B,), as ``model.generate`` picks
+        them. Rows that produced an EOS yield ``pad_token_id``; it stops when every row has finished or
+        after ``max_new_tokens``. The last token yielded is not fed (the next call's input starts
+        with it, as a chat's next turn does)."""
+        sampling = sampling or SamplingSettings()
+        choose = TokenChooser(sampling)
+        eos = _eos_tensor(eos_token_id)
+        if pad_token_id is None:
+            pad_token_id = int(eos[0]) if len(eos) else 0
+        logits = self.feed(input_ids, attention_mask)
+        assert self.ids is not None
+        sequences = self.ids
+        unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool)
+        for produced in range(1, sampling.max_new_tokens + 1):
+            token = choose(sequences, logits)
+            token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
+            yield token
+            unfinished &= ~torch.isin(token, eos)
+            if not bool(unfinished.any()) or produced == sampling.max_new_tokens:
+                return
+            sequences = torch.cat([sequences, token[:, None]], dim=1)
+            logits = self.feed(token[:, None])
+
+    def close(self) -> None:
+        """Free the server's cache of this stream."""
+        if self.use_cache:
+            self.endpoint.release_stream(self.stream)
+        self.reset()

@@ -1,0 +1,66 @@
+"""Choosing the next token on the client (logits never leave it): greedy or sampled, with the
+logits processors of transformers, so that settings mean what they mean in ``model.generate``."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+class SamplingSettings(BaseModel):
+    """How tokens are chosen. ``temperature`` 0 is greedy decoding."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_new_tokens: int = Field(64, ge=1, description="tokens to generate at most")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy; otherwise softmax temperature")
+    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens (0 = all)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1 = off)")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="CTRL-style penalty on seen tokens (1 = off)")
+    stop: list[str] = Field(default_factory=list, description="stop when the text contains one of these")
+    seed: int | None = Field(None, description="seed of the sampler (None = nondeterministic)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def processors(self) -> LogitsProcessorList:
+        """The transformers logits processors these settings stand for, in ``generate``'s order."""
+        processors = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if not self.greedy:
+            if self.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k > 0:
+                processors.append(TopKLogitsWarper(self.top_k))
+            if self.top_p < 1.0:
+                processors.append(TopPLogitsWarper(self.top_p))
+        return processors
+
+
+class TokenChooser:
+    """Applies the processors to the last position's logits and picks each row's next token."""
+
+    def __init__(self, settings: SamplingSettings) -> None:
+        self.settings = settings
+        self._processors = settings.processors()
+        self._generator = torch.Generator()
+        if settings.seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(settings.seed)
+
+    def __call__(self, sequences: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``sequences`` (B, T): every token so far; ``logits`` (B, V) of the next position -> (B,)."""
+        scores = self._processors(sequences, logits.float())
+        if self.settings.greedy:
+            return scores.argmax(dim=-1)
+        probabilities = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probabilities, 1, generator=self._generator).squeeze(-1)

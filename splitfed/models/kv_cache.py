@@ -1,0 +1,80 @@
+"""KV caches of one model part: their size, and batching several clients' caches for one decode step.
+
+A part's ``DynamicCache`` holds keys and values (batch, kv_heads, tokens, head_dim) for the part's
+own layers (global indices); the other layers stay empty. To run the decode steps of several clients
+in one call, their caches are left-padded to a common length and concatenated along the batch
+(``merge_caches``); after the call each client's cache gets its new key/value column back
+(``append_rows``). Padded positions are masked out, so the result equals separate calls up to
+floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from splitfed.models.parts import SplitPart
+
+
+def _layers(cache: DynamicCache, part: SplitPart) -> list:
+    return [cache.layers[index] for index in part.layer_indices]
+
+
+def cached_tokens(cache: DynamicCache, part: SplitPart) -> int:
+    """Positions held in ``cache`` (virtual prefix tokens included)."""
+    if not part.layer_indices:
+        return 0
+    return int(cache.get_seq_length(part.layer_indices[0]))
+
+
+def cache_bytes(cache: DynamicCache, part: SplitPart) -> int:
+    """Bytes of the key and value tensors ``cache`` holds for ``part``."""
+    total = 0
+    for layer in _layers(cache, part):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def bytes_per_token(part: SplitPart, dtype: torch.dtype = torch.float32) -> int:
+    """Cache bytes one token of one sequence adds to ``part``'s cache."""
+    config = part.config
+    heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    hidden = int(getattr(config, "hidden_size", None) or config.n_embd)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return len(part.layer_indices) * 2 * kv_heads * head_dim * itemsize
+
+
+def batchable(cache: DynamicCache, part: SplitPart) -> bool:
+    """Whether ``cache`` can join a merged decode batch: plain (non-sliding) layers, no prefix."""
+    if part.prefix is not None or not part.layer_indices:
+        return False
+    return all(type(layer).__name__ == "DynamicLayer" and not getattr(layer, "is_sliding", False)
+               and getattr(layer, "keys", None) is not None for layer in _layers(cache, part))
+
+
+def merge_caches(caches: list[DynamicCache], part: SplitPart) -> tuple[DynamicCache, list[int]]:
+    """One cache holding every cache's rows, left-padded to the longest; returns it and the padding
+    added to each cache's rows (for the attention mask)."""
+    lengths = [cached_tokens(cache, part) for cache in caches]
+    longest = max(lengths)
+    merged = part.new_cache()
+    for index in part.layer_indices:
+        keys, values = [], []
+        for cache, length in zip(caches, lengths, strict=True):
+            layer = cache.layers[index]
+            pad = longest - length
+            keys.append(torch.nn.functional.pad(layer.keys, (0, 0, pad, 0)))
+            values.append(torch.nn.functional.pad(layer.values, (0, 0, pad, 0)))
+        merged.update(torch.cat(keys), torch.cat(values), index)
+    return merged, [longest - length for length in lengths]
+
+
+def append_rows(merged: DynamicCache, rows: slice, cache: DynamicCache, part: SplitPart, new: int) -> None:
+    """Append the last ``new`` positions of ``merged``'s ``rows`` to ``cache``."""
+    for index in part.layer_indices:
+        layer = merged.layers[index]
+        cache.update(layer.keys[rows, :, -new:].clone(), layer.values[rows, :, -new:].clone(), index)
