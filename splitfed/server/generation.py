@@ -110,6 +110,12 @@ class GenerationCaches:
         if used + need <= self.budget_bytes:
             return
         idle = sorted((s.last_used, key) for key, s in self._streams.items() if not s.busy and key != keep)
+        evictable = sum(self._streams[key].bytes for _, key in idle)
+        if used - evictable + need > self.budget_bytes:  # nothing is evicted for a step that cannot fit
+            raise CacheBudgetExceeded(
+                f"this step needs {need / 2**20:.2f} MiB of trunk cache; {(used - evictable) / 2**20:.2f} "
+                f"MiB of the {self.budget_bytes / 2**20:.2f} MiB generation budget are held by streams in "
+                "use: retry later, or shorten the context or the batch")
         for _, key in idle:
             stream = self._streams.pop(key)
             used -= stream.bytes
@@ -117,10 +123,6 @@ class GenerationCaches:
                      key[1], stream.bytes >> 10)
             if used + need <= self.budget_bytes:
                 return
-        raise CacheBudgetExceeded(
-            f"this step needs {need / 2**20:.1f} MiB of trunk cache; {used / 2**20:.1f} MiB of the "
-            f"{self.budget_bytes / 2**20:.0f} MiB generation budget are held by streams in use: retry "
-            "later, or shorten the context or the batch")
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def release(self, owner: str, stream: int | None = None) -> int:

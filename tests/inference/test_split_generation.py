@@ -23,9 +23,9 @@ from tests.conftest import TINY
 PROMPTS = ["hello there", "a much longer prompt, left padded against the short one"]
 
 
-def _setup(name: str = "tiny-llama", partition: Partition = Partition(1, 1), **caches_kwargs):
+def _setup(name: str = "tiny-llama", **caches_kwargs):
     model, tokenizer = load_model(name)
-    split = split_model(model, partition)
+    split = split_model(model, Partition(1, 1))
     for part in split.parts.values():
         add_adapter(part, LoraSpec(r=4))
     generator = torch.Generator().manual_seed(3)
