@@ -312,5 +312,88 @@ def train(
                   f"{summary['bytes_sent'] / 1e6:.1f} MB sent")
 
 
+@app.command()
+def generate(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    prompt: Annotated[str | None, typer.Option(help="The prompt (omit with --chat).")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Interactive chat: the KV caches on every part are "
+                                       "kept between turns. Ctrl-D or /exit ends it.")] = False,
+    system: Annotated[str | None, typer.Option(help="Chat: a system message.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens to generate at most.")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="0 = greedy (default).")] = None,
+    top_k: Annotated[int | None, typer.Option(min=0, help="Sample among the k most likely (0 = off).")
+                     ] = None,
+    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Nucleus mass (1 = off).")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(min=0.0, help="1 = off.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop at this text (repeatable).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampler.")] = None,
+    no_chat_template: Annotated[bool, typer.Option("--no-chat-template", help="Send the prompt as plain "
+                                                   "text, not through the model's chat template.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the whole sequence through "
+                                           "every part at each step (slow; for comparison).")] = False,
+    server: Annotated[str | None, typer.Option(help="host:port of the trunk server.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Where training saved the head and tail adapters.")
+                      ] = None,
+) -> None:
+    """Generate text with the split model: the prompt, the sampling and the answer stay here.
+
+    Uses the client config of `splitfed train` (identity, server, model, partition) and the head and
+    tail adapters training saved in its output folder; the server serves its trunk adapter
+    (`trunk_adapter` in its config). The prompt's hidden states go up once, then one token's hidden
+    state per step; tokens are printed as they come.
+    """
+    from splitfed.client.generation import open_generator
+    from splitfed.client.settings import ClientSettings
+    from splitfed.config import ConfigError, build_settings
+    from splitfed.inference import ChatSession, stream_text
+    from splitfed.security import SecurityError
+    from splitfed.transport.errors import RemoteError
+
+    if (prompt is None) == (not chat):
+        raise _fail(ValueError("give --prompt TEXT, or --chat for an interactive conversation"))
+    overrides = {"server": server, "output": output, "sampling.max_new_tokens": max_new_tokens,
+                 "sampling.temperature": temperature, "sampling.top_k": top_k, "sampling.top_p": top_p,
+                 "sampling.repetition_penalty": repetition_penalty, "sampling.stop": stop,
+                 "sampling.seed": seed, "chat_template": False if no_chat_template else None}
+    try:
+        settings = build_settings(ClientSettings, config, _merge(set_, overrides))
+        session = open_generator(settings, use_cache=not no_cache)
+    except (ConfigError, ValueError, OSError, RemoteError, SecurityError) as error:
+        raise _fail(error) from error
+    out = Console(highlight=False)
+    try:
+        if prompt is not None:
+            started = time.perf_counter()
+            sent = session.remote.connection.bytes_sent
+            for piece in stream_text(session.generator, session.tokenizer, prompt, settings.sampling,
+                                     settings.chat_template):
+                out.print(piece, end="", markup=False)
+            out.print()
+            seconds = time.perf_counter() - started
+            fed = session.generator.past_length
+            console.log(f"{fed} tokens in context, {seconds:.1f}s, "
+                        f"{(session.remote.connection.bytes_sent - sent) / 1e3:.0f} kB sent")
+            return
+        conversation = ChatSession(session.generator, session.tokenizer, settings.sampling, system)
+        while True:
+            try:
+                text = out.input("[bold]you>[/bold] ")
+            except EOFError:
+                break
+            if text.strip() in ("/exit", "/quit"):
+                break
+            if not text.strip():
+                continue
+            out.print("[bold]model>[/bold] ", end="")
+            for piece in conversation.say(text):
+                out.print(piece, end="", markup=False)
+            out.print()
+    except (RemoteError, ValueError) as error:
+        raise _fail(error) from error
+    finally:
+        session.close()
+
+
 if __name__ == "__main__":
     app()

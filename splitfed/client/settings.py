@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
+from splitfed.inference.sampling import SamplingSettings
 from splitfed.training.split_settings import SplitTrainingSettings
 from splitfed.training.task_data import DataSettings
 
@@ -33,4 +34,9 @@ class ClientSettings(SplitTrainingSettings):
     batch_size: int = Field(4, ge=1)
     wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     timeout_s: float = Field(300.0, gt=0, description="deadline of every request to the server")
-    output: Path = Field(Path("runs/client"), description="where the head and tail adapters are saved")
+    output: Path = Field(Path("runs/client"), description="where the head and tail adapters are saved "
+                                                         "(and where `splitfed generate` loads them from)")
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings,
+                                       description="`splitfed generate`: how tokens are chosen")
+    chat_template: bool = Field(True, description="`splitfed generate`: wrap prompts in the model's chat "
+                                                  "template when it has one")

@@ -7,7 +7,14 @@ import signal
 import threading
 from pathlib import Path
 
-from splitfed.models import init_adapter, load_model, save_adapter, split_model
+from splitfed.models import (
+    init_adapter,
+    load_adapter_state,
+    load_model,
+    save_adapter,
+    split_model,
+)
+from splitfed.models.adapters import read_adapter
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
 from splitfed.server.batcher import Batcher
@@ -27,6 +34,9 @@ def build_service(settings: ServerSettings) -> TrunkService:
     model, _ = load_model(settings.model)
     split = split_model(model, settings.partition.partition())
     init_adapter(split.trunk, settings.adapter, settings.seed)
+    if settings.trunk_adapter is not None:
+        load_adapter_state(split.trunk, read_adapter(settings.trunk_adapter)[1])
+        log.info("trunk adapter loaded from %s", settings.trunk_adapter)
     identity = Identity.load(settings.identity)
     allowlist = AllowList.load(settings.allowlist)
     log.info("trunk: %s blocks [%d:%d]; %d client(s) enrolled: %s", settings.model,
@@ -34,7 +44,10 @@ def build_service(settings: ServerSettings) -> TrunkService:
              ", ".join(allowlist.names()))
     limits = ServiceLimits(max_batch=settings.max_batch, max_length=settings.max_length,
                            turn_timeout_s=settings.turn_timeout_s, step_timeout_s=settings.step_timeout_s,
-                           session_ttl_s=settings.session_ttl_s)
+                           session_ttl_s=settings.session_ttl_s,
+                           generation_budget_bytes=int(settings.generation_memory_mb * 2**20),
+                           generation_ttl_s=settings.generation_ttl_s,
+                           generation_streams=settings.generation_streams)
     if settings.mode == "auto":
         settings = _resolve_auto(settings, split.trunk, len(settings.roster or allowlist.names()))
     subs = []

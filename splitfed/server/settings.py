@@ -44,6 +44,15 @@ class ServerSettings(SplitTrainingSettings):
     secagg_threshold: int | None = Field(None, ge=2, description="secure aggregation: clients that must stay "
                                                                  "to the end of a round (default and "
                                                                  "minimum: a strict majority)")
+    trunk_adapter: Path | None = Field(None, description="start from this saved trunk adapter (e.g. the "
+                                                         "output/trunk of a training run) instead of a "
+                                                         "fresh one: what generation serves")
+    generation_memory_mb: float = Field(1024.0, gt=0, description="split inference: memory for the trunk "
+                                                                  "KV caches of all generation streams; a "
+                                                                  "step beyond it is refused, never OOM")
+    generation_ttl_s: float = Field(300.0, gt=0, description="split inference: free a stream's cache "
+                                                             "after this long idle")
+    generation_streams: int = Field(8, ge=1, description="split inference: open streams per session")
     exit_when_done: bool = Field(False, description="stop once every roster client has closed its session")
     max_batch: int = Field(64, ge=1)
     max_length: int = Field(2048, ge=1)

@@ -1,0 +1,53 @@
+"""`splitfed generate`: split inference against the trunk server, with the adapters training produced."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from splitfed.client.process import connect
+from splitfed.client.remote_trunk import RemoteTrunk
+from splitfed.client.settings import ClientSettings
+from splitfed.inference import SplitGenerator
+from splitfed.models import init_adapter, load_adapter_state, load_model, num_layers, split_model
+from splitfed.models.adapters import WEIGHTS_FILE, read_adapter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RemoteGenerator:
+    """A connected generator: the head and tail here, the trunk on the server."""
+
+    generator: SplitGenerator
+    tokenizer: object
+    remote: RemoteTrunk
+
+    def close(self) -> None:
+        try:
+            self.generator.close()
+            self.remote.close()
+        finally:
+            self.remote.connection.close()
+
+
+def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int = 0) -> RemoteGenerator:
+    """Load the model's head and tail with the trained adapters in ``settings.output`` (the fresh
+    adapters, with a warning, where there are none) and open a session with the trunk server."""
+    model, tokenizer = load_model(settings.model)
+    split = split_model(model, settings.partition.partition())
+    for part in (split.head, split.tail):
+        init_adapter(part, settings.adapter, settings.seed)
+        directory = settings.output / part.role
+        if (directory / WEIGHTS_FILE).exists():
+            load_adapter_state(part, read_adapter(directory)[1])
+            log.info("%s adapter loaded from %s", part.role, directory)
+        else:
+            log.warning("no trained %s adapter in %s: generating with the untrained one", part.role,
+                        directory)
+    blocks = num_layers(model)
+    expected = (settings.partition.head, blocks - settings.partition.tail)
+    hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
+    remote = connect(settings, expected, hidden_size)
+    generator = SplitGenerator(split.head, split.tail, remote, stream, use_cache)
+    return RemoteGenerator(generator, tokenizer, remote)
