@@ -8,7 +8,7 @@ import json
 from splitfed.client.settings import ClientSettings
 from splitfed.config import build_settings
 from splitfed.federation import FederationSettings, InProcessFederation
-from splitfed.models import adapter_state, load_model
+from splitfed.models import adapter_state, init_adapter, load_adapter_state, load_model, split_model
 from splitfed.models.adapters import read_adapter
 from splitfed.tasks import collate
 from splitfed.training.task_data import load_client_examples
@@ -76,3 +76,46 @@ def test_two_client_processes_train_like_one_process(deployment):
             assert (got[name] - value).abs().max().item() <= 1e-5, (key, name)
     summary = json.loads((root / "out" / "alice" / "summary.json").read_text())
     assert len(summary["losses"]) == STEPS and summary["bytes_sent"] > 0
+
+
+def test_generate_with_the_adapters_training_saved(deployment):
+    """`splitfed train` then `splitfed serve` with the trained trunk and `splitfed generate`: the printed
+    text is the whole model's greedy continuation with the same three adapters."""
+    root = deployment.root
+    server = splitfed("serve", "--config", str(deployment.server_config()), "--roster", "alice",
+                      "--exit-when-done", log=root / "server.log")
+    try:
+        port = wait_for_port(root / "port", server)
+        config = deployment.client_config("alice", 0, 4, "fedavg: false\n")
+        trainer = splitfed("train", "--config", str(config), "--server", f"127.0.0.1:{port}",
+                           log=root / "train.log")
+        assert trainer.wait(timeout=300) == 0, (root / "train.log").read_text()[-3000:]
+        assert server.wait(timeout=60) == 0, (root / "server.log").read_text()[-3000:]
+        (root / "port").unlink()
+        server = splitfed("serve", "--config", str(deployment.server_config()), "--set",
+                          f"trunk_adapter={root / 'out' / 'server' / 'trunk'}", log=root / "server2.log")
+        port = wait_for_port(root / "port", server)
+        generator = splitfed("generate", "--config", str(config), "--server", f"127.0.0.1:{port}",
+                             "--prompt", "hello", "--max-new-tokens", "8", log=root / "generate.log")
+        assert generator.wait(timeout=300) == 0, (root / "generate.log").read_text()[-3000:]
+    finally:
+        for process in (server,):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=60)
+    output = (root / "generate.log").read_text()
+    assert "trunk adapter loaded from" in (root / "server2.log").read_text()
+
+    settings = build_settings(ClientSettings, config)
+    model, tokenizer = load_model(settings.model)
+    split = split_model(model, settings.partition.partition())
+    for part, directory in ((split.head, root / "out" / "alice" / "head"),
+                            (split.tail, root / "out" / "alice" / "tail"),
+                            (split.trunk, root / "out" / "server" / "trunk")):
+        init_adapter(part, settings.adapter, settings.seed)
+        load_adapter_state(part, read_adapter(directory)[1])
+    encoded = tokenizer(["hello"], return_tensors="pt")
+    expected = model.generate(**encoded, max_new_tokens=8, do_sample=False,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    text = tokenizer.decode(expected[0, encoded.input_ids.shape[1]:], skip_special_tokens=True)
+    assert text.strip() and text.strip() in output, (text, output)
