@@ -9,6 +9,8 @@ the trunk is busy run together as one batched trunk call when their caches allow
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -28,6 +30,13 @@ from splitfed.models.kv_cache import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise), so that the server's resident
+    memory falls back once the last generation cache is gone."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class GenerationError(RuntimeError):
@@ -131,7 +140,10 @@ class GenerationCaches:
             keys = [k for k in self._streams if k[0] == owner and (stream is None or k[1] == stream)]
             for key in keys:
                 del self._streams[key]
-            return len(keys)
+            empty = keys and not self._streams
+        if empty:
+            _return_freed_memory()
+        return len(keys)
 
     def expire(self, now: float | None = None) -> int:
         """Free the streams idle for longer than ``ttl_s``; returns the number freed."""
@@ -140,6 +152,9 @@ class GenerationCaches:
             old = [k for k, s in self._streams.items() if not s.busy and now - s.last_used > self.ttl_s]
             for key in old:
                 del self._streams[key]
+            empty = old and not self._streams
+        if empty:
+            _return_freed_memory()
         if old:
             log.info("expired %d idle generation cache(s)", len(old))
         return len(old)
