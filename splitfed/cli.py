@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
+INTERRUPTED_EXIT = 130  # stopped by SIGTERM/SIGINT after checkpointing; resumable
 
 
 def _version(value: bool) -> None:
@@ -36,16 +37,22 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Logs as one JSON object per line on "
+                                           "stderr (for log collectors).")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """Federated split fine-tuning and split inference of LLMs."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-    )
+    if log_json:
+        from splitfed.observability import JsonFormatter
+
+        handler: logging.Handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler = RichHandler(console=console, show_path=False, show_time=False)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[handler], force=True)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -236,6 +243,10 @@ def serve(
     seed: Annotated[int | None, typer.Option(help="Seed of the trunk adapter's initialisation.")] = None,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound port here.")] = None,
     output: Annotated[Path | None, typer.Option(help="Where the trunk adapter is saved on exit.")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue from the newest intact "
+                                                "checkpoint in output/checkpoints.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(min=0, help="Checkpoint every N trunk steps "
+                                                         "(always on SIGTERM/SIGINT).")] = None,
 ) -> None:
     """Run the trunk server for enrolled clients over authenticated, encrypted sessions.
 
@@ -252,7 +263,8 @@ def serve(
                  "insecure_loopback": insecure_loopback, "exit_when_done": exit_when_done,
                  "roster": roster.split(",") if roster else None, "optimizer.lr": lr, "seed": seed,
                  "mode": mode,
-                 "port_file": port_file, "output": output}
+                 "port_file": port_file, "output": output, "resume": resume,
+                 "checkpoint_every": checkpoint_every}
     try:
         settings = build_settings(ServerSettings, config, _merge(set_, overrides))
         run_server(settings)
@@ -284,6 +296,11 @@ def train(
     wire_dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 on the wire.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of adapter init and data order.")] = None,
     output: Annotated[Path | None, typer.Option(help="Where the head and tail adapters are saved.")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue from the newest intact "
+                                                "checkpoint (output/checkpoints).")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(min=0, help="Also checkpoint every N steps "
+                                                         "(always at round ends and on SIGTERM/SIGINT).")
+                                ] = None,
 ) -> None:
     """Run a client: head and tail train on private data here, the trunk runs on the server.
 
@@ -301,12 +318,16 @@ def train(
                  "partition.head": head, "partition.tail": tail, "data.task": task, "data.file": data_file,
                  "data.shard": shard, "data.shards": shards, "steps": steps, "batch_size": batch_size,
                  "optimizer.lr": lr, "wire_dtype": wire_dtype, "seed": seed, "data.seed": seed,
-                 "output": output}
+                 "output": output, "resume": resume, "checkpoint_every": checkpoint_every}
     try:
         settings = build_settings(ClientSettings, config, _merge(set_, overrides))
         summary = run_client(settings, console)
     except (ConfigError, ValueError, OSError, RemoteError, SecurityError) as error:
         raise _fail(error) from error
+    if summary["interrupted"]:
+        console.print(f"{summary['name']}: interrupted after {summary['steps']} steps; checkpoint saved "
+                      "(run again with --resume)")
+        raise typer.Exit(INTERRUPTED_EXIT)
     console.print(f"{summary['name']}: {summary['steps']} steps, loss {summary['losses'][0]:.3f} -> "
                   f"{summary['losses'][-1]:.3f}, {summary['tokens_per_second']:.0f} tokens/s, "
                   f"{summary['bytes_sent'] / 1e6:.1f} MB sent")
@@ -393,6 +414,40 @@ def generate(
         raise _fail(error) from error
     finally:
         session.close()
+
+
+@app.command()
+def status(
+    output: Annotated[Path, typer.Argument(help="The server's output folder (where it writes status.json).")
+                      ] = Path("runs/server"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw status as JSON.")] = False,
+) -> None:
+    """Show what a trunk server is doing: connected clients, mode, steps, rounds and progress per client."""
+    import json
+
+    from rich.table import Table
+
+    from splitfed.observability import read_status
+
+    try:
+        state = read_status(output)
+    except (OSError, ValueError) as error:
+        raise _fail(error) from error
+    if as_json:
+        console.print_json(json.dumps(state))
+        return
+    age = time.time() - state.get("updated", 0)
+    running = "stopped" if state.get("stopped") else ("running" if age < 10 else f"silent for {age:.0f}s")
+    rounds = state["secure_rounds"] or state["plain_rounds"]
+    console.print(f"[bold]{state.get('model', '?')}[/bold] trunk on port {state.get('port', '?')}: "
+                  f"{running}; "
+                  f"mode {state['mode']} ({state['sub_servers']} sub-server(s)), {state['aggregation']} "
+                  f"aggregation; {state['steps']} trunk steps; {rounds} FedAvg round(s); generation: "
+                  f"{state['generation_streams']} stream(s), {state['generation_cache_mib']:.1f} MiB")
+    table = Table("client", "connected", "steps done")
+    for name in sorted(set(state["progress"]) | set(state["sessions"])):
+        table.add_row(name, "yes" if name in state["sessions"] else "no", str(state["progress"].get(name, 0)))
+    console.print(table)
 
 
 if __name__ == "__main__":

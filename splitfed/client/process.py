@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,15 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from splitfed.checkpoint import CheckpointError, CheckpointStore
+from splitfed.client.checkpointing import RunState, client_checkpoint, restore_client
+from splitfed.client.link import ServerLink
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.secure_aggregation import secure_average
 from splitfed.client.settings import ClientSettings
 from splitfed.client.split_client import SplitClient
 from splitfed.models import init_adapter, load_model, num_layers, save_adapter, split_model
+from splitfed.observability import MetricsWriter, plot_metrics
 from splitfed.security import Identity, PublicIdentity
 from splitfed.tasks import collate
 from splitfed.training.data import shuffled_batches
@@ -83,65 +89,136 @@ def _federated_average(client: SplitClient, remote: RemoteTrunk, round_index: in
     log.info("round %d: %s FedAvg over %d client(s)", round_index, remote.aggregation, contributors)
 
 
+def _stop_on_signals() -> tuple[threading.Event, dict]:
+    """SIGTERM / SIGINT set the returned event: the client finishes its step, checkpoints and stops."""
+    stop = threading.Event()
+    previous: dict = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    return stop, previous
+
+
 def run_client(settings: ClientSettings, console: Console | None = None) -> dict[str, Any]:
-    """Train ``settings.steps`` split steps against the server; save the head and tail adapters."""
+    """Train ``settings.steps`` split steps against the server; save the head and tail adapters.
+
+    Checkpoints at each round's end, every ``checkpoint_every`` steps and on SIGTERM/SIGINT (after the
+    step in flight); ``resume`` continues from the newest intact one. While the server is unavailable
+    the client reconnects with backoff and repeats the interrupted step."""
     console = console or Console(stderr=True)
     model, tokenizer = load_model(settings.model)
     split = split_model(model, settings.partition.partition())
     init_adapter(split.head, settings.adapter, settings.seed)
     init_adapter(split.tail, settings.adapter, settings.seed)
     examples = load_client_examples(settings.data, tokenizer)
-    pad = int(tokenizer.pad_token_id)
-    batches = shuffled_batches(examples, settings.batch_size, settings.seed + settings.data.shard,
-                               lambda rows: collate(rows, pad_token_id=pad))
-    blocks = num_layers(model)
-    expected = (settings.partition.head, blocks - settings.partition.tail)
-    hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
-    remote = connect(settings, expected, hidden_size)
-    try:
-        check_aggregation(settings, remote)
-    except AggregationRefused:
-        remote.close()
-        remote.connection.close()
-        raise
-    client = SplitClient(settings.name, split.head, split.tail, remote, settings.optimizer)
     if settings.steps % settings.rounds:
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
     per_round = settings.steps // settings.rounds
-    losses: list[float] = []
+    client = SplitClient(settings.name, split.head, split.tail, None, settings.optimizer)  # type: ignore[arg-type]
+    store = CheckpointStore(settings.checkpoint_dir or settings.output / "checkpoints")
+    state = RunState()
+    if settings.resume:
+        checkpoint = store.latest()
+        if checkpoint is not None:
+            state = restore_client(client, checkpoint, settings)
+            log.info("resuming from %s at step %d", checkpoint.path, state.steps_done)
+        else:
+            log.info("no checkpoint in %s: starting from the beginning", store.directory)
+    pad = int(tokenizer.pad_token_id)
+    batches = shuffled_batches(examples, settings.batch_size, settings.seed + settings.data.shard,
+                               lambda rows: collate(rows, pad_token_id=pad), skip=state.steps_done)
+    blocks = num_layers(model)
+    expected = (settings.partition.head, blocks - settings.partition.tail)
+    hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
+
+    def open_session() -> RemoteTrunk:
+        remote = connect(settings, expected, hidden_size)
+        try:
+            check_aggregation(settings, remote)
+        except AggregationRefused:
+            remote.close()
+            remote.connection.close()
+            raise
+        return remote
+
+    def reconnected(remote: RemoteTrunk) -> None:
+        client.trunk = remote
+        if client.optimizer is not None:
+            client.optimizer.zero_grad(set_to_none=True)  # the repeated step starts clean
+
+    def save_checkpoint() -> None:
+        try:
+            path = store.save(client_checkpoint(client, state, settings))
+            log.debug("checkpoint %s", path)
+        except CheckpointError as error:
+            log.error("%s", error)
+
+    link = ServerLink(settings, open_session)
+    client.trunk = link.remote
+    metrics = MetricsWriter(settings.output)
+    stop, previous = _stop_on_signals()
+    interrupted = False
     started = time.perf_counter()
-    tokens = 0
     try:
         with Progress(TextColumn(f"[bold]{settings.name}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
-            task = progress.add_task("train", total=settings.steps, status="")
-            for round_index in range(1, settings.rounds + 1):
-                for _ in range(per_round):
-                    batch = next(batches)
-                    losses.append(client.train_step(batch))
-                    tokens += int(batch["attention_mask"].sum())
-                    progress.update(task, advance=1, status=f"round {round_index} loss {losses[-1]:.3f}")
-                    _report_progress(settings.output, len(losses), losses[-1])
-                if settings.fedavg:
-                    progress.update(task, status=f"round {round_index}: waiting for FedAvg")
-                    _federated_average(client, remote, round_index, len(examples))
+            task = progress.add_task("train", total=settings.steps, completed=state.steps_done, status="")
+            while state.steps_done < settings.steps:
+                if stop.is_set():
+                    interrupted = True
+                    break
+                batch = next(batches)
+                step_started = time.perf_counter()
+                loss = link.call(lambda _remote, batch=batch: client.train_step(batch), reconnected)
+                state.steps_done += 1
+                state.losses.append(loss)
+                round_index = (state.steps_done - 1) // per_round + 1
+                progress.update(task, advance=1, status=f"round {round_index} loss {loss:.3f}")
+                _report_progress(settings.output, state.steps_done, loss)
+                batch_tokens = int(batch["attention_mask"].sum())
+                state.tokens += batch_tokens
+                metrics.log(state.steps_done, loss=loss,
+                            tokens_per_s=batch_tokens / (time.perf_counter() - step_started),
+                            bytes_sent=link.bytes_sent, bytes_received=link.bytes_received)
+                if state.steps_done % per_round == 0:
+                    if settings.fedavg:
+                        progress.update(task, status=f"round {round_index}: waiting for FedAvg")
+                        link.call(lambda remote, r=round_index: _federated_average(
+                            client, remote, r, len(examples)), reconnected)
+                    save_checkpoint()
+                elif settings.checkpoint_every and state.steps_done % settings.checkpoint_every == 0:
+                    save_checkpoint()
+        if interrupted:
+            save_checkpoint()
+            log.warning("interrupted at step %d of %d; checkpoint saved in %s (continue with --resume)",
+                        state.steps_done, settings.steps, store.directory)
     finally:
-        remote.close()
-        remote.connection.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        link.close(interrupted=interrupted)
+        metrics.close()
+    losses = state.losses
+    tokens = state.tokens
     seconds = time.perf_counter() - started
-    for part in (split.head, split.tail):
-        save_adapter(part, settings.output / part.role, base_model=settings.model)
+    if not interrupted:
+        for part in (split.head, split.tail):
+            save_adapter(part, settings.output / part.role, base_model=settings.model)
+    if metrics.csv_path.is_file():
+        plot_metrics(metrics.csv_path, settings.output / "curves.png", title=f"client {settings.name}")
     summary = {
         "name": settings.name,
-        "steps": settings.steps,
+        "steps": state.steps_done,
         "losses": losses,
         "seconds": seconds,
         "tokens_per_second": tokens / seconds if seconds else 0.0,
-        "bytes_sent": remote.connection.bytes_sent,
-        "bytes_received": remote.connection.bytes_received,
+        "bytes_sent": link.bytes_sent,
+        "bytes_received": link.bytes_received,
+        "interrupted": interrupted,
+        "reconnects": link.reconnects,
         "examples": len(examples),
     }
     (settings.output / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("%s: %d steps in %.1fs, final loss %.4f; adapters in %s", settings.name, settings.steps,
-             seconds, losses[-1], settings.output)
+    if not interrupted:
+        log.info("%s: %d steps in %.1fs, final loss %.4f; adapters in %s", settings.name, settings.steps,
+                 seconds, losses[-1] if losses else float("nan"), settings.output)
     return summary

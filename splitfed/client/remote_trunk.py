@@ -19,6 +19,7 @@ from splitfed.transport import (
 )
 from splitfed.transport.connection import TrunkConnection
 from splitfed.transport.errors import RemoteError
+from splitfed.transport.messages import CLOSE_INTERRUPTED
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +171,13 @@ class RemoteTrunk:
                                f"{request.round} phase {request.phase}")
         return reply
 
-    def close(self) -> None:
-        """End the session (the server frees everything it holds for this client)."""
+    def close(self, interrupted: bool = False) -> None:
+        """End the session (the server frees everything it holds for this client); ``interrupted``: this
+        client stops before its end and will resume (the server does not count it as finished)."""
         if self.channel is None:
             return
         self._step += 1
-        sealed = self.channel.seal("close", self._step, b"")
+        sealed = self.channel.seal("close", self._step, CLOSE_INTERRUPTED if interrupted else b"")
         try:
             self.connection.exchange(to_wire(sealed))
         finally:

@@ -34,6 +34,13 @@ class ClientSettings(SplitTrainingSettings):
     batch_size: int = Field(4, ge=1)
     wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     timeout_s: float = Field(300.0, gt=0, description="deadline of every request to the server")
+    reconnect_timeout_s: float = Field(300.0, ge=0, description="keep retrying (with backoff) this long "
+                                                                "while the server is unavailable")
+    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (always: at the end "
+                                                       "of each round and on SIGTERM/SIGINT)")
+    checkpoint_dir: Path | None = Field(None, description="where checkpoints go (default: "
+                                                           "output/checkpoints)")
+    resume: bool = Field(False, description="continue from the newest intact checkpoint, if there is one")
     output: Path = Field(Path("runs/client"), description="where the head and tail adapters are saved "
                                                          "(and where `splitfed generate` loads them from)")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings,

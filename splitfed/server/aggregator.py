@@ -35,6 +35,18 @@ class RoundAggregator:
         self._result: dict[int, tuple[dict[str, torch.Tensor], int]] = {}
         self._deadline: float | None = None
 
+    @property
+    def completed_round(self) -> int:
+        """The last round averaged (0 before the first); settable when resuming from a checkpoint."""
+        with self._condition:
+            return self._round
+
+    @completed_round.setter
+    def completed_round(self, value: int) -> None:
+        with self._condition:
+            self._round = value
+            self._result = {}
+
     def submit(self, client: str, round_index: int, weight: float,
                state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
         """Block until round ``round_index`` is averaged; returns (average, number of contributors)."""

@@ -7,6 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
+from splitfed.checkpoint import CheckpointError, CheckpointStore
 from splitfed.models import (
     init_adapter,
     load_adapter_state,
@@ -15,12 +16,14 @@ from splitfed.models import (
     split_model,
 )
 from splitfed.models.adapters import read_adapter
+from splitfed.observability import write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
 from splitfed.server.batcher import Batcher
 from splitfed.server.client_batch import BatchedTrunk
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler
+from splitfed.server.service_state import restore_service, service_checkpoint
 from splitfed.server.settings import ServerSettings
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.training.replicate import replicate_frozen
@@ -100,6 +103,28 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
     client has finished; then save the trunk adapter under ``settings.output``."""
     stop = stop or threading.Event()
     service = build_service(settings)
+    store = CheckpointStore(settings.checkpoint_dir or settings.output / "checkpoints")
+    if settings.resume:
+        checkpoint = store.latest()
+        if checkpoint is None:
+            log.info("no checkpoint in %s: starting from the beginning", store.directory)
+        else:
+            restore_service(service, checkpoint)
+            log.info("resumed from %s: %d trunk steps, client progress %s", checkpoint.path, service.steps,
+                     checkpoint.meta["progress"])
+
+    def save_checkpoint(quiet_service: TrunkService) -> None:
+        try:
+            store.save(service_checkpoint(quiet_service))
+        except CheckpointError as error:
+            log.error("%s", error)
+
+    if settings.checkpoint_every:
+        def periodic(quiet_service: TrunkService) -> None:
+            if quiet_service.steps % settings.checkpoint_every == 0:
+                save_checkpoint(quiet_service)
+
+        service.after_step = periodic
     server, port = serve(service, settings.listen, _tls(settings), settings.insecure_loopback,
                          max_message_bytes=service.limits.max_message_bytes,
                          client_certificates=_client_certificates(settings.tls_client_certs))
@@ -111,6 +136,7 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
     try:
         while not stop.wait(0.5):
             service.reap()
+            write_status(settings.output, {**service.status(), "port": port, "model": settings.model})
             if service.steps >= reported + 10:
                 reported = service.steps
                 log.info("trunk steps: %d; sessions: %s", reported, ", ".join(service.sessions()) or "none")
@@ -118,6 +144,12 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
                 log.info("every roster client has finished")
                 break
     finally:
+        quiet = service.drain(settings.drain_timeout_s)
+        if quiet:
+            save_checkpoint(service)
+            log.info("checkpoint after %d trunk steps in %s", service.steps, store.directory)
+        write_status(settings.output, {**service.status(), "port": port, "model": settings.model,
+                                       "stopped": True})
         server.stop(grace=2).wait()
         _restore_signal_handlers(previous)
         service.finish()

@@ -38,6 +38,17 @@ class TurnScheduler:
         """The client whose step holds the trunk now."""
         return self._holder
 
+    @property
+    def position(self) -> int:
+        """The round-robin position (index into the roster of the next turn); settable on resume."""
+        with self._condition:
+            return self._next_index
+
+    @position.setter
+    def position(self, value: int) -> None:
+        with self._condition:
+            self._next_index = value % len(self._roster) if self._roster else 0
+
     def join(self, client: str) -> None:
         """A client is connected and will ask for turns."""
         with self._condition:
@@ -53,10 +64,12 @@ class TurnScheduler:
             return self._roster is not None and all(
                 c in self._ever_joined and c in self._left for c in self._roster)
 
-    def leave(self, client: str) -> None:
-        """A client is gone (finished, disconnected or dropped); it gives up any turn it holds."""
+    def leave(self, client: str, finished: bool = True) -> None:
+        """A client is gone (finished, disconnected or dropped); it gives up any turn it holds.
+        ``finished`` False: it was interrupted and will resume, so the roster is not done with it."""
         with self._condition:
-            self._left.add(client)
+            if finished:
+                self._left.add(client)
             if client in self._joined:
                 self._joined.remove(client)
             if client in self._queue:

@@ -53,7 +53,23 @@ class SecureRounds:
         self._threshold = threshold
         self._condition = threading.Condition()
         self._round: _Round | None = None
+        self._resumed_round = 0
         self.completed = 0
+
+    @property
+    def last_round(self) -> int:
+        """The last round closed (averaged or failed); settable when resuming from a checkpoint."""
+        with self._condition:
+            current = self._round
+            if current is None:
+                return self._resumed_round
+            return current.index if current.done else current.index - 1
+
+    @last_round.setter
+    def last_round(self, value: int) -> None:
+        with self._condition:
+            self._round = None
+            self._resumed_round = value
 
     def submit(self, client: str, round_index: int, phase: int, value: Any) -> Any:
         """Hand in ``client``'s message for a phase; blocks until the phase closes and returns its answer
@@ -80,7 +96,7 @@ class SecureRounds:
     def _open(self, client: str, round_index: int, phase: int) -> _Round:
         current = self._round
         if phase == ADVERTISE and (current is None or current.done):
-            last = 0 if current is None else current.index
+            last = self._resumed_round if current is None else current.index
             if round_index != last + 1:
                 raise AggregationError(f"round {round_index} submitted while round {last + 1} is next")
             current = _Round(round_index, ADVERTISE, self._members() | {client},

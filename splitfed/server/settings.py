@@ -53,6 +53,12 @@ class ServerSettings(SplitTrainingSettings):
     generation_ttl_s: float = Field(300.0, gt=0, description="split inference: free a stream's cache "
                                                              "after this long idle")
     generation_streams: int = Field(8, ge=1, description="split inference: open streams per session")
+    checkpoint_every: int = Field(0, ge=0, description="checkpoint every N trunk steps (sequential mode; "
+                                                       "always on SIGTERM/SIGINT, after draining open steps)")
+    checkpoint_dir: Path | None = Field(None, description="where checkpoints go (default: "
+                                                           "output/checkpoints)")
+    resume: bool = Field(False, description="continue from the newest intact checkpoint, if there is one")
+    drain_timeout_s: float = Field(60.0, gt=0, description="on shutdown, wait this long for open steps")
     exit_when_done: bool = Field(False, description="stop once every roster client has closed its session")
     max_batch: int = Field(64, ge=1)
     max_length: int = Field(2048, ge=1)

@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -48,12 +49,18 @@ from splitfed.transport import (
     pb,
 )
 from splitfed.transport.errors import ServiceError
+from splitfed.transport.messages import CLOSE_INTERRUPTED
 
 log = logging.getLogger(__name__)
 
 MAX_ADAPTER_TENSORS = 10_000
 MAX_SECAGG_BLOB = 1 << 16
 AGGREGATIONS = ("secure", "plain")
+
+
+def _shutting_down() -> ServiceError:
+    return ServiceError("UNAVAILABLE", "shutting_down",
+                        "the server is checkpointing and stopping; retry after it is back")
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,9 @@ class TrunkService:
                 sub.trunk.trunk, self.limits.generation_budget_bytes // len(self._subs),
                 self.limits.generation_ttl_s, self.limits.generation_streams, compute=sub.compute)
         self.average_every = average_every
+        self.progress: dict[str, int] = {}  # completed training steps per client
+        self.draining = False
+        self.after_step: Callable[[TrunkService], None] | None = None  # e.g. periodic checkpoints
         self._average_condition = threading.Condition()
         self._arrivals = 0
         self.averages = 0
@@ -217,7 +227,7 @@ class TrunkService:
         with self._sessions_lock:
             return sorted(s.name for s in self._sessions.values())
 
-    def _end_session(self, session_id: bytes, reason: str) -> None:
+    def _end_session(self, session_id: bytes, reason: str, finished: bool = True) -> None:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return
@@ -226,9 +236,9 @@ class TrunkService:
         if session.sub.generation is not None:
             session.sub.generation.release(session.key)
         session.sub.sessions -= 1
-        session.sub.scheduler.leave(session.name)
+        session.sub.scheduler.leave(session.name, finished)
         if session.sub.scheduler is not self.scheduler:
-            self.scheduler.leave(session.name)
+            self.scheduler.leave(session.name, finished)
         with self._average_condition:
             self._average_condition.notify_all()
         log.info("session %s of %s closed: %s", session.key[:8], session.name, reason)
@@ -281,10 +291,12 @@ class TrunkService:
             session.last_seen = time.monotonic()
             if sealed.kind == "close":
                 reply = session.channel.seal("close", sealed.step, b"")
+                finished = plaintext != CLOSE_INTERRUPTED
             else:
                 return self._serve(session, sealed, plaintext)
         with self._sessions_lock:  # outside the session lock: reap() takes them in this order
-            self._end_session(bytes(sealed.session_id), "closed by the client")
+            self._end_session(bytes(sealed.session_id), "closed by the client" if finished else
+                              "interrupted by the client (it will resume)", finished=finished)
         return reply
 
     def _serve(self, session: _Session, sealed: Sealed, plaintext: bytes) -> Sealed:
@@ -319,17 +331,24 @@ class TrunkService:
         sub = session.sub
         assert sub is not None
         if self.batcher is not None:
+            if self.draining and request.train:
+                raise _shutting_down()
             return self._batched_forward(session, request, hidden, mask)
         if not request.train:
             with sub.compute:
                 output = sub.trunk.forward(session.key, hidden, mask, train=False)
             return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
+        if self.draining:
+            raise _shutting_down()
         if session.open_step is not None:
             raise WireFormatError("step_open", f"step {session.open_step} is still waiting for its backward")
         try:
             sub.scheduler.acquire(session.name, self.limits.turn_timeout_s)
         except TurnTimeout as error:
             raise ServiceError("UNAVAILABLE", "busy", str(error)) from None
+        if self.draining:  # it waited for its turn while the server began to stop
+            sub.scheduler.release(session.name)
+            raise _shutting_down()
         try:
             self._wait_for_average(sub)  # holding the turn: no step of this sub-server is open
             with sub.compute:
@@ -370,6 +389,8 @@ class TrunkService:
             grad_in = self.batcher.backward(session.key, grad)
         except DroppedFromStep as error:
             raise ServiceError("FAILED_PRECONDITION", "dropped_from_step", str(error)) from None
+        with self._average_condition:
+            self.progress[session.name] = self.progress.get(session.name, 0) + 1
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
 
     def _backward(self, session: _Session, request: pb.BackwardRequest) -> Sealed:
@@ -390,7 +411,10 @@ class TrunkService:
         with self._average_condition:
             sub.steps_since += 1
             sub.samples_since += int(grad.shape[0])
+            self.progress[session.name] = self.progress.get(session.name, 0) + 1
             self._average_condition.notify_all()
+        if self.after_step is not None and len(self._subs) == 1:
+            self.after_step(self)  # still holding the turn: no other step is open
         sub.scheduler.release(session.name)
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
 
@@ -426,6 +450,33 @@ class TrunkService:
                     self._average_locked(waiting)
                 else:
                     self._average_condition.wait(0.2)
+
+    def drain(self, timeout_s: float = 60.0) -> bool:
+        """Stop admitting training steps and wait until none is open; True when the service is quiet
+        (the state is then consistent for a checkpoint), False if steps were still open at the timeout."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._sessions_lock:
+                open_steps = [s.name for s in self._sessions.values() if s.open_step is not None]
+            if not open_steps:
+                return True
+            time.sleep(0.05)
+        log.warning("steps of %s still open after %.0fs of draining", ", ".join(open_steps), timeout_s)
+        return False
+
+    def status(self) -> dict:
+        """Connected clients, mode and progress, for ``splitfed status``."""
+        mode = "client-batch" if self.batcher is not None else (
+            "hierarchical" if len(self._subs) > 1 else "sequential")
+        caches = [sub.generation for sub in self._subs if sub.generation is not None]
+        return {"mode": mode, "sub_servers": len(self._subs), "aggregation": self.aggregation,
+                "sessions": self.sessions(), "steps": self.steps, "progress": dict(self.progress),
+                "plain_rounds": self.aggregator.completed_round,
+                "secure_rounds": self.secure_rounds.last_round,
+                "generation_streams": sum(len(c.streams()) for c in caches),
+                "generation_cache_mib": sum(c.bytes_in_use for c in caches) / 2**20,
+                "draining": self.draining}
 
     def finish(self) -> None:
         """At the end: average the sub-servers' adapters once more if they trained since the last."""

@@ -14,9 +14,11 @@ def shuffled_batches(
     batch_size: int,
     seed: int,
     collate: Callable[[list[Any]], Batch],
+    skip: int = 0,
 ) -> Iterator[Batch]:
     """Endless batches: each epoch is a fresh permutation drawn from ``seed``; the last partial
-    batch of an epoch is dropped unless the data is smaller than one batch."""
+    batch of an epoch is dropped unless the data is smaller than one batch. ``skip`` passes over the
+    first batches without building them (resuming at a data position)."""
     if not examples:
         raise ValueError("no examples to draw batches from")
     rng = random.Random(seed)
@@ -25,6 +27,9 @@ def shuffled_batches(
         order = list(range(len(examples)))
         rng.shuffle(order)
         for start in range(0, len(order) - size + 1, size):
+            if skip:
+                skip -= 1
+                continue
             yield collate([examples[i] for i in order[start : start + size]])
 
 

@@ -24,6 +24,9 @@ PAYLOAD_KINDS: dict[str, type[Message]] = {
 }
 """``Sealed.kind`` -> the payload message inside it (``"close"`` carries an empty payload)."""
 
+CLOSE_INTERRUPTED = b"interrupted"
+"""Payload of a "close" from a client that stops before its end and will resume (otherwise empty)."""
+
 M = TypeVar("M", bound=Message)
 
 

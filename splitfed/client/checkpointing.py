@@ -1,0 +1,63 @@
+"""A client's training state as a checkpoint: adapters, optimizer, data position, random state, losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from splitfed.checkpoint import (
+    Checkpoint,
+    load_optimizer_state,
+    load_rng_state,
+    optimizer_state,
+    rng_state,
+)
+from splitfed.client.settings import ClientSettings
+from splitfed.client.split_client import SplitClient
+
+FINGERPRINT_FIELDS = ("model", "seed", "partition", "adapter", "optimizer", "data", "batch_size", "steps",
+                      "rounds", "fedavg")
+
+
+@dataclass
+class RunState:
+    """How far a client's run has come (the data position is ``steps_done`` batches)."""
+
+    steps_done: int = 0
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+
+
+def fingerprint(settings: ClientSettings) -> dict[str, Any]:
+    """The settings a resumed run must share with the checkpoint's."""
+    return settings.model_dump(mode="json", include=set(FINGERPRINT_FIELDS))
+
+
+def client_checkpoint(client: SplitClient, state: RunState, settings: ClientSettings) -> Checkpoint:
+    tensors = {f"{part}/{key}": value for part, adapter in client.adapter_states().items()
+               for key, value in adapter.items()}
+    optimizer_tensors, optimizer_meta = optimizer_state(client.optimizer, "optimizer")
+    tensors.update(optimizer_tensors)
+    tensors.update(rng_state())
+    meta = {"name": settings.name, "losses": state.losses, "tokens": state.tokens,
+            "samples_seen": client.samples_seen, "optimizer": optimizer_meta,
+            "settings": fingerprint(settings)}
+    return Checkpoint(state.steps_done, tensors, meta)
+
+
+def restore_client(client: SplitClient, checkpoint: Checkpoint, settings: ClientSettings) -> RunState:
+    """Load ``checkpoint`` into ``client``; refuses one made by another client or other settings."""
+    if checkpoint.meta.get("name") != settings.name:
+        raise ValueError(f"checkpoint {checkpoint.path} belongs to client {checkpoint.meta.get('name')!r}")
+    saved, current = checkpoint.meta.get("settings", {}), fingerprint(settings)
+    differing = sorted(k for k in current if saved.get(k) != current[k])
+    if differing:
+        raise ValueError(f"checkpoint {checkpoint.path} was made with other settings "
+                         f"({', '.join(differing)}): resume with the same settings, or start afresh")
+    states = {part: {key[len(part) + 1:]: value for key, value in checkpoint.tensors.items()
+                     if key.startswith(f"{part}/")} for part in ("head", "tail")}
+    client.load_adapter_states(states)
+    load_optimizer_state(client.optimizer, checkpoint.tensors, checkpoint.meta["optimizer"], "optimizer")
+    load_rng_state(checkpoint.tensors)
+    client.samples_seen = int(checkpoint.meta.get("samples_seen", 0))
+    return RunState(checkpoint.step, list(checkpoint.meta["losses"]), int(checkpoint.meta["tokens"]))

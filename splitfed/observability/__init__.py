@@ -1,0 +1,7 @@
+"""Observability: metrics (CSV, TensorBoard, PNG), JSON logs and the server's status file."""
+
+from splitfed.observability.logs import JsonFormatter
+from splitfed.observability.metrics import MetricsWriter, plot_metrics, read_metrics
+from splitfed.observability.status import read_status, write_status
+
+__all__ = ["JsonFormatter", "MetricsWriter", "plot_metrics", "read_metrics", "read_status", "write_status"]
