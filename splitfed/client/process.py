@@ -15,6 +15,7 @@ from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.settings import ClientSettings
 from splitfed.client.split_client import SplitClient
 from splitfed.models import init_adapter, load_model, num_layers, save_adapter, split_model
+from splitfed.privacy import PrivacyBudgetExhausted, SplitDefense, format_epsilon
 from splitfed.security import Identity, PublicIdentity
 from splitfed.tasks import collate
 from splitfed.training.data import shuffled_batches
@@ -41,11 +42,14 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
     return remote
 
 
-def _report_progress(directory: Path, step: int, loss: float) -> None:
-    """Leave the step count where an orchestrator (the demo) can follow it."""
+def _report_progress(directory: Path, step: int, loss: float, privacy: dict[str, Any] | None = None) -> None:
+    """Leave the step count (and the privacy spent) where an orchestrator (the demo) can follow it."""
     directory.mkdir(parents=True, exist_ok=True)
     staging = directory / "progress.json.tmp"
-    staging.write_text(json.dumps({"step": step, "loss": loss}))
+    record: dict[str, Any] = {"step": step, "loss": loss}
+    if privacy is not None:
+        record["privacy"] = privacy
+    staging.write_text(json.dumps(record))
     staging.replace(directory / "progress.json")
 
 
@@ -74,13 +78,15 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     expected = (settings.partition.head, blocks - settings.partition.tail)
     hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
     remote = connect(settings, expected, hidden_size)
-    client = SplitClient(settings.name, split.head, split.tail, remote, settings.optimizer)
+    defense = SplitDefense(settings.privacy, settings.steps) if settings.privacy.enabled else None
+    client = SplitClient(settings.name, split.head, split.tail, remote, settings.optimizer, defense)
     if settings.steps % settings.rounds:
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
     per_round = settings.steps // settings.rounds
     losses: list[float] = []
     started = time.perf_counter()
     tokens = 0
+    stopped: str | None = None
     try:
         with Progress(TextColumn(f"[bold]{settings.name}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
@@ -88,10 +94,21 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
             for round_index in range(1, settings.rounds + 1):
                 for _ in range(per_round):
                     batch = next(batches)
-                    losses.append(client.train_step(batch))
+                    try:
+                        losses.append(client.train_step(batch))
+                    except PrivacyBudgetExhausted as error:
+                        stopped = str(error)
+                        log.warning("%s: %s; training stops here", settings.name, error)
+                        break
                     tokens += int(batch["attention_mask"].sum())
-                    progress.update(task, advance=1, status=f"round {round_index} loss {losses[-1]:.3f}")
-                    _report_progress(settings.output, len(losses), losses[-1])
+                    privacy = None if defense is None else defense.report()
+                    status = f"round {round_index} loss {losses[-1]:.3f}"
+                    if privacy is not None:
+                        status += f" {format_epsilon(privacy)}"
+                    progress.update(task, advance=1, status=status)
+                    _report_progress(settings.output, len(losses), losses[-1], privacy)
+                if stopped is not None:
+                    break
                 if settings.fedavg:
                     progress.update(task, status=f"round {round_index}: waiting for FedAvg")
                     _federated_average(client, remote, round_index, len(examples))
@@ -103,15 +120,21 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
         save_adapter(part, settings.output / part.role, base_model=settings.model)
     summary = {
         "name": settings.name,
-        "steps": settings.steps,
+        "steps": len(losses),
         "losses": losses,
         "seconds": seconds,
         "tokens_per_second": tokens / seconds if seconds else 0.0,
         "bytes_sent": remote.connection.bytes_sent,
         "bytes_received": remote.connection.bytes_received,
         "examples": len(examples),
+        "privacy": None if defense is None else defense.report(),
+        "privacy_state": None if defense is None else defense.state_dict(),
+        "stopped": stopped,
     }
     (settings.output / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("%s: %d steps in %.1fs, final loss %.4f; adapters in %s", settings.name, settings.steps,
-             seconds, losses[-1], settings.output)
+    log.info("%s: %d steps in %.1fs, final loss %.4f; adapters in %s", settings.name, len(losses),
+             seconds, losses[-1] if losses else float("nan"), settings.output)
+    if defense is not None:
+        log.info("%s: privacy spent %s over %d steps (%s)", settings.name, format_epsilon(defense.report()),
+                 defense.steps, defense.describe())
     return summary
