@@ -78,7 +78,11 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     expected = (settings.partition.head, blocks - settings.partition.tail)
     hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
     remote = connect(settings, expected, hidden_size)
-    defense = SplitDefense(settings.privacy, settings.steps) if settings.privacy.enabled else None
+    defense = None
+    if settings.privacy.enabled:
+        size = min(settings.batch_size, len(examples))
+        defense = SplitDefense(settings.privacy, settings.steps, steps_per_epoch=len(examples) // size,
+                               batch_size=size)
     client = SplitClient(settings.name, split.head, split.tail, remote, settings.optimizer, defense)
     if settings.steps % settings.rounds:
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")

@@ -47,9 +47,9 @@ class InProcessFederation:
         server_split = split_model(replicate(model), partition)
         init_adapter(server_split.trunk, settings.adapter, settings.seed)
         self.server = LocalTrunk(server_split.trunk, settings.optimizer)
-        self.clients: list[SplitClient] = []
         self.shard_sizes = [len(shard) for shard in shards]
         self._batches = []
+        self.clients: list[SplitClient] = []
         for index, shard in enumerate(shards):
             split = split_model(replicate(model), partition)
             init_adapter(split.head, settings.adapter, settings.seed)
@@ -66,8 +66,10 @@ class InProcessFederation:
         if not privacy.enabled:
             return None
         seed = None if privacy.seed is None else privacy.seed + index
+        size = min(self.settings.batch_size, self.shard_sizes[index])
         return SplitDefense(privacy.model_copy(update={"seed": seed}),
-                            planned_steps=self.settings.rounds * self.settings.local_steps)
+                            planned_steps=self.settings.rounds * self.settings.local_steps,
+                            steps_per_epoch=self.shard_sizes[index] // size, batch_size=size)
 
     def privacy_reports(self) -> list[dict[str, Any]]:
         """Each client's privacy spent so far (empty without a defense)."""

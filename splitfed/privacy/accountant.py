@@ -33,6 +33,7 @@ def epsilon_of(history: list[tuple[float, int]], delta: float, kind: AccountantK
     accountant.history = [(float(z), 1.0, int(n)) for z, n in history]
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "optimal order is the smallest alpha": a loose bound
         return float(accountant.get_epsilon(delta))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from splitfed.privacy import (
     PrivacyBudgetExhausted,
     PrivacySettings,
     SplitDefense,
+    epsilon_of,
     noise_multiplier_for,
 )
 
@@ -63,11 +65,12 @@ def test_target_epsilon_calibrates_sigma_to_spend_the_budget_over_the_planned_st
     steps, tokens = 10, 16
     settings = PrivacySettings(forward=ChannelSettings(clip=1.0), backward=ChannelSettings(clip=2.0),
                                target_epsilon=4.0, max_tokens=tokens, seed=0)
-    defense = SplitDefense(settings, steps)
+    defense = SplitDefense(settings, steps, batch_size=2)
     z = noise_multiplier_for(4.0, 1e-5, 2 * steps)
-    # sensitivity of one example's release: 2 C sqrt(tokens); sigma is in units of C
+    # sensitivity of one release: 2 C sqrt(tokens of the example) forward, 2 C sqrt(tokens of the
+    # batch) backward (the loss is averaged over the batch); sigma is in units of C
     assert defense.sigma("forward") == pytest.approx(z * 2 * math.sqrt(tokens))
-    assert defense.sigma("backward") == defense.sigma("forward")
+    assert defense.sigma("backward") == pytest.approx(z * 2 * math.sqrt(2 * tokens))
     mask = torch.ones(2, tokens)
     for _ in range(steps):
         defense.before_step(mask, tokens)
@@ -101,10 +104,36 @@ def test_longer_examples_spend_more_under_example_adjacency():
     long.record_step(torch.ones(1, 64), 64)
     assert long.epsilon > short.epsilon
     padded = _defense(sigma=8.0, backward_sigma=8.0)
-    mask = torch.zeros(2, 64)
+    mask = torch.zeros(1, 64)
     mask[:, -4:] = 1  # padding is not the example's: only real tokens count
     padded.record_step(mask, 64)
     assert padded.epsilon == pytest.approx(short.epsilon)
+
+
+def test_backward_sensitivity_covers_the_whole_batch_forward_only_the_longest_row():
+    mask = torch.ones(4, 9)
+    defense = _defense(sigma=6.0, backward_sigma=6.0)
+    defense.record_step(mask, 9)
+    reference = RDPAccountant()
+    reference.step(noise_multiplier=6.0 / (2 * 3), sample_rate=1.0)  # forward: 9 tokens per row
+    reference.step(noise_multiplier=6.0 / (2 * 6), sample_rate=1.0)  # backward: 36 tokens per batch
+    assert defense.epsilon == pytest.approx(reference.get_epsilon(1e-5), rel=1e-6)
+
+
+def test_with_epochs_an_example_is_released_once_per_epoch_per_channel():
+    settings = PrivacySettings(forward=ChannelSettings(clip=1.0, sigma=4.0),
+                               backward=ChannelSettings(clip=1.0, sigma=4.0), unit="token", seed=0)
+    per_epoch = SplitDefense(settings, steps_per_epoch=3)
+    every_step = SplitDefense(settings)
+    for defense in (per_epoch, every_step):
+        for _ in range(7):  # two whole epochs and one step of the third
+            defense.record_step(torch.ones(2, 5), 5)
+    assert per_epoch.report()["releases"] == 6 and every_step.report()["releases"] == 14
+    assert per_epoch.epsilon == pytest.approx(epsilon_of([(2.0, 6)], 1e-5), rel=1e-6)
+    assert every_step.epsilon == pytest.approx(epsilon_of([(2.0, 14)], 1e-5), rel=1e-6)
+    restored = SplitDefense(settings, steps_per_epoch=3)
+    restored.load_state_dict(json.loads(json.dumps(per_epoch.state_dict())))
+    assert restored.epsilon == per_epoch.epsilon and restored.steps == 7
 
 
 def test_an_unprotected_channel_makes_epsilon_infinite():
@@ -146,7 +175,7 @@ def test_inprocess_federation_reports_each_clients_epsilon_and_stops_at_the_budg
     half = [r["epsilon"] for r in federation.privacy_reports()]
     federation.train_round()
     reports = federation.privacy_reports()
-    assert len(reports) == 2 and all(r["steps"] == 4 for r in reports)
+    assert len(reports) == 2 and all(r["steps"] == 4 and r["releases"] == 4 for r in reports)  # 2 epochs
     assert all(0 < h < r["epsilon"] <= 8.0 for h, r in zip(half, reports, strict=True))
     with pytest.raises(PrivacyBudgetExhausted):
         federation.train_round()
