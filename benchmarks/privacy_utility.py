@@ -49,7 +49,10 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--task", default="cb")
     parser.add_argument("--heads", default="1,2,4")
     parser.add_argument("--tail", type=int, default=2)
-    parser.add_argument("--sigmas", default="0,0.5,1,2")
+    parser.add_argument("--sigmas", default="0,0.05,0.2")
+    parser.add_argument("--grid", default=None, help="per-head sigmas, e.g. '2:0,0.05,0.2;1:0,0.2' "
+                                                     "(overrides --heads/--sigmas)")
+    parser.add_argument("--mixed-sigmas", default="0,0.05,0.1,0.2", help="levels of the mixed inverter")
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-steps", type=int, default=4, help="steps per client per round")
@@ -62,6 +65,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--inverter-steps", type=int, default=200)
     parser.add_argument("--public-tokens", type=int, default=8192)
     parser.add_argument("--gradient-public-tokens", type=int, default=4096)
+    parser.add_argument("--zero-shot", action="store_true", help="also score the untuned model")
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
@@ -74,6 +78,17 @@ def _federation(model, shards, pad, args, head: int, privacy: PrivacySettings) -
         seed=args.seed, partition=PartitionSettings(head=head, tail=args.tail),
         adapter=LoraSpec(r=8, alpha=16.0), optimizer=OptimizerSettings(lr=args.lr), privacy=privacy)
     return InProcessFederation(model, shards, lambda rows: collate(rows, pad_token_id=pad), settings)
+
+
+def _whole_logits(model):
+    from splitfed.models import positions_from_mask
+
+    @torch.no_grad()
+    def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = positions_from_mask(attention_mask, input_ids.shape[1], 0, input_ids.device)
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+
+    return logits
 
 
 def _epsilons(federation: InProcessFederation, sigma: float, delta: float) -> dict:
@@ -140,7 +155,7 @@ def plot(records: list[dict], path: Path) -> Path:
 
 def main() -> None:
     args = _args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
     output = args.output or Path("benchmarks/results") / f"privacy_utility_{args.model}"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -151,17 +166,25 @@ def main() -> None:
     evaluation = load_task(args.task, "val", limit=args.eval_examples)
     encoded = [encode_example(tokenizer, e, args.max_length) for e in train]
     shards = iid_shards(encoded, args.clients, args.seed)
-    heads = [int(h) for h in args.heads.split(",")]
-    sigmas = [float(s) for s in args.sigmas.split(",")]
+    if args.grid:
+        grid = [(int(h), [float(x) for x in xs.split(",")])
+                for h, xs in (part.split(":") for part in args.grid.split(";"))]
+    else:
+        grid = [(int(h), [float(x) for x in args.sigmas.split(",")]) for h in args.heads.split(",")]
     result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "platform": {"python": platform.python_version(), "torch": torch.__version__,
                            "machine": platform.machine(), "threads": torch.get_num_threads()},
               "train_examples": len(train), "eval_examples": len(evaluation), "records": []}
-    for head in heads:
+    if args.zero_shot:
+        result["zero_shot"] = evaluate_cloze(_whole_logits(model), tokenizer, evaluation, batch_size=8,
+                                             max_length=args.max_length)
+        log.info("zero-shot accuracy %.3f", result["zero_shot"]["accuracy"])
+    for head, sigmas in grid:
         attack_settings = AttackSettings(model=args.model, head=head, tail=args.tail, task=args.task,
                                          victims=args.victims, public_tokens=args.public_tokens,
                                          gradient_public_tokens=args.gradient_public_tokens,
-                                         mixed_sigmas=sorted({0.0, *sigmas}), seed=args.seed,
+                                         mixed_sigmas=[float(x) for x in args.mixed_sigmas.split(",")],
+                                         seed=args.seed,
                                          inverter={"steps": args.inverter_steps})
         harness = AttackHarness(model, tokenizer, Partition(head, args.tail), attack_settings)
         rows = load_victim_rows(attack_settings, tokenizer)
@@ -199,8 +222,8 @@ def main() -> None:
                      record["attacks"]["learned"]["rouge_l"], record["seconds"])
             result["seconds"] = time.perf_counter() - started
             output.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-    output.with_suffix(".md").write_text(markdown(result["records"]))
-    plot(result["records"], output.with_suffix(".png"))
+            output.with_suffix(".md").write_text(markdown(result["records"]))
+            plot(result["records"], output.with_suffix(".png"))
     print(markdown(result["records"]))
     print(f"saved {output}.json/.md/.png in {result['seconds']:.0f}s")
 
