@@ -1,4 +1,5 @@
-"""A client's training state as a checkpoint: adapters, optimizer, data position, random state, losses."""
+"""A client's training state as a checkpoint: adapters, optimizer, data position, random state, losses and
+the privacy accountant (epsilon spent)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def client_checkpoint(client: SplitClient, state: RunState, settings: ClientSett
     tensors.update(rng_state())
     meta = {"name": settings.name, "losses": state.losses, "tokens": state.tokens,
             "samples_seen": client.samples_seen, "optimizer": optimizer_meta,
-            "settings": fingerprint(settings)}
+            "settings": fingerprint(settings),
+            "privacy": None if client.defense is None else client.defense.state_dict()}
     return Checkpoint(state.steps_done, tensors, meta)
 
 
@@ -60,4 +62,6 @@ def restore_client(client: SplitClient, checkpoint: Checkpoint, settings: Client
     load_optimizer_state(client.optimizer, checkpoint.tensors, checkpoint.meta["optimizer"], "optimizer")
     load_rng_state(checkpoint.tensors)
     client.samples_seen = int(checkpoint.meta.get("samples_seen", 0))
+    if client.defense is not None and checkpoint.meta.get("privacy") is not None:
+        client.defense.load_state_dict(checkpoint.meta["privacy"])  # the epsilon spent so far
     return RunState(checkpoint.step, list(checkpoint.meta["losses"]), int(checkpoint.meta["tokens"]))

@@ -22,6 +22,7 @@ from splitfed.client.settings import ClientSettings
 from splitfed.client.split_client import SplitClient
 from splitfed.models import init_adapter, load_model, num_layers, save_adapter, split_model
 from splitfed.observability import MetricsWriter, plot_metrics
+from splitfed.privacy import PrivacyBudgetExhausted, SplitDefense, format_epsilon
 from splitfed.security import Identity, PublicIdentity
 from splitfed.tasks import collate
 from splitfed.training.data import shuffled_batches
@@ -49,11 +50,14 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
     return remote
 
 
-def _report_progress(directory: Path, step: int, loss: float) -> None:
-    """Leave the step count where an orchestrator (the demo) can follow it."""
+def _report_progress(directory: Path, step: int, loss: float, privacy: dict[str, Any] | None = None) -> None:
+    """Leave the step count (and the privacy spent) where an orchestrator (the demo) can follow it."""
     directory.mkdir(parents=True, exist_ok=True)
     staging = directory / "progress.json.tmp"
-    staging.write_text(json.dumps({"step": step, "loss": loss}))
+    record: dict[str, Any] = {"step": step, "loss": loss}
+    if privacy is not None:
+        record["privacy"] = privacy
+    staging.write_text(json.dumps(record))
     staging.replace(directory / "progress.json")
 
 
@@ -111,10 +115,16 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     init_adapter(split.head, settings.adapter, settings.seed)
     init_adapter(split.tail, settings.adapter, settings.seed)
     examples = load_client_examples(settings.data, tokenizer)
+    defense = None
+    if settings.privacy.enabled:
+        size = min(settings.batch_size, len(examples))
+        defense = SplitDefense(settings.privacy, settings.steps, steps_per_epoch=len(examples) // size,
+                               batch_size=size)
     if settings.steps % settings.rounds:
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
     per_round = settings.steps // settings.rounds
-    client = SplitClient(settings.name, split.head, split.tail, None, settings.optimizer)  # type: ignore[arg-type]
+    client = SplitClient(settings.name, split.head, split.tail, None,  # type: ignore[arg-type]
+                         settings.optimizer, defense)
     store = CheckpointStore(settings.checkpoint_dir or settings.output / "checkpoints")
     state = RunState()
     if settings.resume:
@@ -158,6 +168,7 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     metrics = MetricsWriter(settings.output)
     stop, previous = _stop_on_signals()
     interrupted = False
+    stopped: str | None = None
     started = time.perf_counter()
     try:
         with Progress(TextColumn(f"[bold]{settings.name}"), BarColumn(), MofNCompleteColumn(),
@@ -169,17 +180,28 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
                     break
                 batch = next(batches)
                 step_started = time.perf_counter()
-                loss = link.call(lambda _remote, batch=batch: client.train_step(batch), reconnected)
+                try:
+                    loss = link.call(lambda _remote, batch=batch: client.train_step(batch), reconnected)
+                except PrivacyBudgetExhausted as error:
+                    stopped = str(error)
+                    log.warning("%s: %s; training stops here", settings.name, error)
+                    break
                 state.steps_done += 1
                 state.losses.append(loss)
                 round_index = (state.steps_done - 1) // per_round + 1
-                progress.update(task, advance=1, status=f"round {round_index} loss {loss:.3f}")
-                _report_progress(settings.output, state.steps_done, loss)
+                privacy = None if defense is None else defense.report()
+                status = f"round {round_index} loss {loss:.3f}"
+                if privacy is not None:
+                    status += f" {format_epsilon(privacy)}"
+                progress.update(task, advance=1, status=status)
+                _report_progress(settings.output, state.steps_done, loss, privacy)
                 batch_tokens = int(batch["attention_mask"].sum())
                 state.tokens += batch_tokens
+                epsilon = {} if privacy is None or privacy["epsilon"] == "inf" else {
+                    "epsilon": privacy["epsilon"]}
                 metrics.log(state.steps_done, loss=loss,
                             tokens_per_s=batch_tokens / (time.perf_counter() - step_started),
-                            bytes_sent=link.bytes_sent, bytes_received=link.bytes_received)
+                            bytes_sent=link.bytes_sent, bytes_received=link.bytes_received, **epsilon)
                 if state.steps_done % per_round == 0:
                     if settings.fedavg:
                         progress.update(task, status=f"round {round_index}: waiting for FedAvg")
@@ -216,9 +238,15 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
         "interrupted": interrupted,
         "reconnects": link.reconnects,
         "examples": len(examples),
+        "privacy": None if defense is None else defense.report(),
+        "privacy_state": None if defense is None else defense.state_dict(),
+        "stopped": stopped,
     }
     (settings.output / "summary.json").write_text(json.dumps(summary, indent=2))
     if not interrupted:
-        log.info("%s: %d steps in %.1fs, final loss %.4f; adapters in %s", settings.name, settings.steps,
+        log.info("%s: %d steps in %.1fs, final loss %.4f; adapters in %s", settings.name, state.steps_done,
                  seconds, losses[-1] if losses else float("nan"), settings.output)
+    if defense is not None:
+        log.info("%s: privacy spent %s over %d steps (%s)", settings.name, format_epsilon(defense.report()),
+                 defense.steps, defense.describe())
     return summary

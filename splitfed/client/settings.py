@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from splitfed.inference.sampling import SamplingSettings
+from splitfed.privacy import PrivacySettings
 from splitfed.training.split_settings import SplitTrainingSettings
 from splitfed.training.task_data import DataSettings
 
@@ -25,6 +26,8 @@ class ClientSettings(SplitTrainingSettings):
     tls_key: Path | None = Field(None, description="mutual TLS: this client's TLS private key")
     insecure_loopback: bool = Field(False, description="allow plaintext transport to a loopback address")
     data: DataSettings = DataSettings()
+    privacy: PrivacySettings = Field(PrivacySettings(), description="clipping, noise and accounting of what "
+                                                                    "the client sends (off by default)")
     steps: int = Field(20, ge=1, description="training steps in all")
     rounds: int = Field(1, ge=1, description="FedAvg rounds the steps are split into")
     fedavg: bool = Field(True, description="average head/tail adapters with the other clients every round")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from splitfed.models import HeadPart, TailPart, adapter_state, load_adapter_state
+from splitfed.privacy import SplitDefense
 from splitfed.training.data import Batch
 from splitfed.training.loss import causal_lm_loss
 from splitfed.training.optim import OptimizerSettings
@@ -13,7 +14,12 @@ from splitfed.training.trunk import TrunkEndpoint
 
 class SplitClient:
     """Runs the split training step: head -> trunk -> tail and loss -> backward across both
-    boundaries -> optimizer step on the head and tail adapters. Labels and logits never leave it."""
+    boundaries -> optimizer step on the head and tail adapters. Labels and logits never leave it.
+
+    With a ``defense``, the head's output and the tail's gradient are clipped per token and noised
+    before they are handed to the trunk endpoint (which encrypts them); the client's own copies,
+    used for its head backward and its loss, stay exact.
+    """
 
     def __init__(
         self,
@@ -22,6 +28,7 @@ class SplitClient:
         tail: TailPart,
         trunk: TrunkEndpoint,
         optimizer: OptimizerSettings | None = None,
+        defense: SplitDefense | None = None,
     ) -> None:
         self.client_id = client_id
         self.head = head
@@ -31,20 +38,26 @@ class SplitClient:
         params = [p for part in (head, tail) for p in part.parameters() if p.requires_grad]
         self.optimizer = settings.build(dict.fromkeys(params))  # tied weights once
         self.samples_seen = 0
+        self.defense = defense
 
     def train_step(self, batch: Batch) -> float:
         """One split training step on ``batch`` (input_ids, attention_mask, labels); returns the loss."""
         input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         self.head.train()
         self.tail.train()
+        length = int(input_ids.shape[1])
+        if self.defense is not None:
+            self.defense.before_step(mask, length)
         hidden_in = self.head(input_ids, mask)
         labelled = int((labels[:, 1:] != -100).sum())
-        hidden_out = self.trunk.forward(self.client_id, hidden_in.detach(), mask, train=True,
-                                        labelled_tokens=labelled)
+        hidden_out = self.trunk.forward(self.client_id, self._send("forward", hidden_in.detach()), mask,
+                                        train=True, labelled_tokens=labelled)
         hidden_out = hidden_out.detach().requires_grad_(True)
         loss = causal_lm_loss(self.tail(hidden_out, mask), labels)
         loss.backward()
-        grad_in = self.trunk.backward(self.client_id, hidden_out.grad)
+        grad_in = self.trunk.backward(self.client_id, self._send("backward", hidden_out.grad))
+        if self.defense is not None:
+            self.defense.record_step(mask, length)
         if hidden_in.requires_grad:
             hidden_in.backward(grad_in)
         if self.optimizer is not None:
@@ -59,8 +72,14 @@ class SplitClient:
         self.head.eval()
         self.tail.eval()
         hidden = self.head(input_ids, attention_mask)
+        if self.defense is not None and self.defense.settings.protect_inference:
+            hidden = self.defense.protect("forward", hidden)
         hidden = self.trunk.forward(self.client_id, hidden, attention_mask, train=False)
         return self.tail(hidden, attention_mask)
+
+    def _send(self, channel: str, tensor: torch.Tensor) -> torch.Tensor:
+        """What goes to the trunk on ``channel``: the defense's clipped, noised copy, if any."""
+        return tensor if self.defense is None else self.defense.protect(channel, tensor)
 
     def adapter_states(self) -> dict[str, dict[str, torch.Tensor]]:
         """The client's head and tail adapter weights (peft keys)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from splitfed.models import AdapterSpec, LoraSpec
+from splitfed.privacy import PrivacySettings
 from splitfed.training.optim import OptimizerSettings
 from splitfed.training.split_settings import PartitionSettings
 
@@ -21,6 +22,7 @@ class FederationSettings(BaseModel):
     partition: PartitionSettings = PartitionSettings()
     adapter: AdapterSpec = LoraSpec()
     optimizer: OptimizerSettings = OptimizerSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @property
     def total_steps(self) -> int:

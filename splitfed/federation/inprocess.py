@@ -12,6 +12,7 @@ from torch import nn
 from splitfed.client import SplitClient
 from splitfed.federation.config import FederationSettings
 from splitfed.models import adapter_state, init_adapter, split_model
+from splitfed.privacy import SplitDefense, format_epsilon
 from splitfed.server import LocalTrunk
 from splitfed.training.data import Batch, shuffled_batches
 from splitfed.training.fedavg import weighted_average
@@ -46,19 +47,33 @@ class InProcessFederation:
         server_split = split_model(replicate(model), partition)
         init_adapter(server_split.trunk, settings.adapter, settings.seed)
         self.server = LocalTrunk(server_split.trunk, settings.optimizer)
-        self.clients: list[SplitClient] = []
         self.shard_sizes = [len(shard) for shard in shards]
         self._batches = []
+        self.clients: list[SplitClient] = []
         for index, shard in enumerate(shards):
             split = split_model(replicate(model), partition)
             init_adapter(split.head, settings.adapter, settings.seed)
             init_adapter(split.tail, settings.adapter, settings.seed)
             client = SplitClient(f"client-{index}", split.head, split.tail, self.server,
-                                 settings.optimizer)
+                                 settings.optimizer, self._defense(index))
             self.clients.append(client)
             self._batches.append(shuffled_batches(shard, settings.batch_size, settings.seed + index,
                                                   collate))
         self.rounds_done = 0
+
+    def _defense(self, index: int) -> SplitDefense | None:
+        privacy = self.settings.privacy
+        if not privacy.enabled:
+            return None
+        seed = None if privacy.seed is None else privacy.seed + index
+        size = min(self.settings.batch_size, self.shard_sizes[index])
+        return SplitDefense(privacy.model_copy(update={"seed": seed}),
+                            planned_steps=self.settings.rounds * self.settings.local_steps,
+                            steps_per_epoch=self.shard_sizes[index] // size, batch_size=size)
+
+    def privacy_reports(self) -> list[dict[str, Any]]:
+        """Each client's privacy spent so far (empty without a defense)."""
+        return [client.defense.report() for client in self.clients if client.defense is not None]
 
     def initial_states(self) -> list[dict[str, torch.Tensor]]:
         """Adapter weights of head, trunk and tail (to start a centralized baseline identically)."""
@@ -77,6 +92,10 @@ class InProcessFederation:
         self.aggregate()
         self.rounds_done += 1
         log.info("round %d: mean loss %.4f", self.rounds_done, sum(losses) / len(losses))
+        reports = self.privacy_reports()
+        if reports:
+            worst = max(reports, key=lambda r: float(r["epsilon"]))
+            log.info("round %d: privacy spent, worst client: %s", self.rounds_done, format_epsilon(worst))
         return losses
 
     def aggregate(self) -> None:
