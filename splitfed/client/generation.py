@@ -11,6 +11,7 @@ from splitfed.client.settings import ClientSettings
 from splitfed.inference import SplitGenerator
 from splitfed.models import init_adapter, load_adapter_state, load_model, num_layers, split_model
 from splitfed.models.adapters import WEIGHTS_FILE, read_adapter
+from splitfed.privacy import SplitDefense
 
 log = logging.getLogger(__name__)
 
@@ -49,5 +50,8 @@ def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int
     expected = (settings.partition.head, blocks - settings.partition.tail)
     hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
     remote = connect(settings, expected, hidden_size)
-    generator = SplitGenerator(split.head, split.tail, remote, stream, use_cache)
+    defense = None
+    if settings.privacy.enabled:
+        defense = SplitDefense(settings.privacy, settings.steps, batch_size=settings.batch_size)
+    generator = SplitGenerator(split.head, split.tail, remote, stream, use_cache, defense)
     return RemoteGenerator(generator, tokenizer, remote)

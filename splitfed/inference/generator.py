@@ -15,6 +15,7 @@ import torch
 from splitfed.inference.endpoint import GenerationEndpoint, StaleCacheError
 from splitfed.inference.sampling import SamplingSettings, TokenChooser
 from splitfed.models import HeadPart, TailPart
+from splitfed.privacy import SplitDefense
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,11 @@ class SplitGenerator:
     """One generation stream: the tokens fed so far, the head and tail caches, the trunk's stream."""
 
     def __init__(self, head: HeadPart, tail: TailPart, endpoint: GenerationEndpoint, stream: int = 0,
-                 use_cache: bool = True) -> None:
+                 use_cache: bool = True, defense: SplitDefense | None = None) -> None:
+        """``defense``: the training's privacy defense; with ``protect_inference`` the hidden states sent
+        to the trunk are clipped and noised as in training (the client's own copies stay clean)."""
         self.head = head
+        self.defense = defense
         self.tail = tail
         self.endpoint = endpoint
         self.stream = stream
@@ -77,6 +81,8 @@ class SplitGenerator:
         head_cache = self._head_cache if cached else None
         tail_cache = self._tail_cache if cached else None
         hidden = self.head(input_ids, mask, past_key_values=head_cache)
+        if self.defense is not None and self.defense.settings.protect_inference:
+            hidden = self.defense.protect("forward", hidden)
         hidden = self.endpoint.generate_step(self.stream, hidden, mask, past, use_cache=cached)
         return self.tail(hidden, mask, past_key_values=tail_cache)
 

@@ -160,3 +160,19 @@ def test_chat_session_reuses_the_cache_across_turns():
     replay.messages = chat.messages[:2]
     replay._unfed = []
     assert "".join(replay.say("and again")) == second
+
+
+def test_generation_sends_clipped_noised_hidden_states_when_the_defense_protects_inference():
+    from splitfed.privacy import ChannelSettings, PrivacySettings, SplitDefense
+
+    _, tokenizer, split, caches = _setup()
+    received: list[torch.Tensor] = []
+    handle = split.trunk.register_forward_pre_hook(lambda _m, args: received.append(args[0].clone()))
+    encoded = tokenizer(PROMPTS[:1], return_tensors="pt")
+    clean = split.head(encoded.input_ids).detach()
+    defense = SplitDefense(PrivacySettings(forward=ChannelSettings(clip=0.5, sigma=0.0), seed=1))
+    generator = SplitGenerator(split.head, split.tail, LocalGeneration(caches, "noisy"), defense=defense)
+    list(generator.generate(encoded.input_ids, sampling=SamplingSettings(max_new_tokens=3)))
+    handle.remove()
+    assert received[0].norm(dim=-1).max() <= 0.5 + 1e-5 < clean.norm(dim=-1).max()  # clipped before sending
+    assert torch.equal(split.head(encoded.input_ids).detach(), clean)  # the client's own head is untouched
