@@ -45,7 +45,8 @@ def multirc_examples(row: Row) -> list[ClozeExample]:
 
 
 def _clean_passage(text: str) -> str:
-    return text.replace("@highlight\n", ". ").replace("\n", " ").strip()
+    lines = [line.strip() for line in text.split("\n") if line.strip() and line.strip() != "@highlight"]
+    return " ".join(_end_with(line, ".") for line in lines)
 
 
 def _record_item(passage: str, query: str, entities: list[str], answers: list[str]) -> ClozeExample:
