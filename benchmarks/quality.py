@@ -60,8 +60,17 @@ def main() -> None:
     else:
         settings = EvalSettings(tasks=list(args.task or ["cb", "copa", "xsum"]), **common)
         name = f"quality_{args.model}_" + "-".join(str(t) for t in settings.tasks)
-    result = run_eval(settings, console)
-    save(result, args.output / name, command, plot=not args.zero_shot_only)
+    result: EvalResult | None = None
+    for task in settings.tasks:  # one task at a time, saved after each, so a late failure keeps the rest
+        part = run_eval(settings.model_copy(update={"tasks": [task]}), console)
+        if result is None:
+            result = part
+            result.settings = json.loads(settings.model_dump_json())
+        else:
+            result.tasks.update(part.tasks)
+            result.results.extend(part.results)
+            result.total_seconds += part.total_seconds
+        save(result, args.output / name, command, plot=not args.zero_shot_only)
 
 
 def save(result: EvalResult, stem: Path, command: str, plot: bool) -> None:
