@@ -57,10 +57,15 @@ def markdown_table(result: EvalResult) -> str:
     methods = list(dict.fromkeys(r.method for r in result.results))
     lines = ["| method | " + " | ".join(_header(result, t) for t in tasks) + " |",
              "|---|" + "---:|" * len(tasks)]
+    if any("majority" in result.tasks[t] for t in tasks):
+        cells = [f"{100 * result.tasks[t]['majority']:.1f}" if "majority" in result.tasks[t] else "-"
+                 for t in tasks]
+        lines.append("| majority class (no model) | " + " | ".join(cells) + " |")
     for method in methods:
         lines.append(f"| {_label(result, method)} | " + " | ".join(_cell(result, t, method) for t in tasks)
                      + " |")
-    return "\n".join(lines) + "\n"
+    sizes = ", ".join(f"{t} {info['eval']}" for t, info in result.tasks.items())
+    return "\n".join(lines) + f"\n\nHeld-out examples: {sizes}.\n"
 
 
 def target_check(result: EvalResult) -> list[dict]:
@@ -100,10 +105,14 @@ def skipped_lines(result: EvalResult) -> str:
 
 def markdown_report(result: EvalResult, command: str | None = None) -> str:
     s = result.settings
-    parts = [f"# Evaluation: {s['model']}\n", markdown_table(result),
-             f"\nAll methods: {s['steps']} optimizer steps of {s['batch_size']} examples, "
-             f"LoRA r={s['lora_rank']}, lr {s['lr']}, seed {s['seed']}; federated: {s['clients']} clients, "
-             f"{s['rounds']} FedAvg rounds. Values are x100.\n"]
+    trained = any(r.losses for r in result.results)
+    parts = [f"# Evaluation: {s['model']}\n", markdown_table(result)]
+    if trained:
+        parts.append(f"\nAll methods: {s['steps']} optimizer steps of {s['batch_size']} examples, "
+                     f"LoRA r={s['lora_rank']}, lr {s['lr']}, seed {s['seed']}; federated: {s['clients']} "
+                     f"clients, {s['rounds']} FedAvg rounds. Values are x100.\n")
+    else:
+        parts.append("\nValues are x100.\n")
     checks = check_lines(result)
     if checks.strip():
         parts.append("\n## Federated vs centralized (target: within 2 points accuracy, 1 point ROUGE-L / F1, "

@@ -6,6 +6,7 @@ import json
 import logging
 import platform
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,7 @@ def run_eval(settings: EvalSettings, console: Console | None = None) -> EvalResu
         result.tasks[task.name] = {"kind": task.kind, "metric": task.metric, "train": len(task.train),
                                    "eval": len(task.eval)}
         if task.kind == "classification":
-            fixed = len({tuple(e.options) for e in task.eval}) == 1  # label words (CB), not choices
-            result.tasks[task.name]["classes"] = len(task.eval[0].options) if fixed else 2
+            result.tasks[task.name].update(class_info(task))
         console.print(f"task [bold]{task.name}[/] ({task.kind}, {task.metric}): {len(task.train)} training "
                       f"and {len(task.eval)} evaluation examples")
         for method in settings.methods:
@@ -87,6 +87,21 @@ def run_eval(settings: EvalSettings, console: Console | None = None) -> EvalResu
                               f"(train {row.train_seconds:.0f}s, eval {row.eval_seconds:.0f}s)")
     result.total_seconds = time.perf_counter() - started
     return result
+
+
+def class_info(task: TaskData) -> dict[str, Any]:
+    """Number of label classes (fixed label words, as CB; else 2) and the majority-class accuracy."""
+    fixed = len({tuple(e.options) for e in task.eval}) == 1  # label words (CB), not choices (COPA)
+    counts = Counter(e.label for e in task.eval)
+    return {"classes": len(task.eval[0].options) if fixed else 2,
+            "majority": max(counts.values()) / len(task.eval)}
+
+
+def load_result(path: Path) -> EvalResult:
+    """An :class:`EvalResult` read back from ``results.json`` (or a benchmark's JSON)."""
+    data = json.loads(Path(path).read_text())
+    rows = [MethodResult(**row) for row in data["results"]]
+    return EvalResult(data["settings"], data["platform"], data["tasks"], rows, data["total_seconds"])
 
 
 def headline(task: TaskData, metrics: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ generation goes through the split model's KV caches, and the report says what wa
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,8 @@ def result(tmp_path_factory) -> EvalResult:
 
 def test_every_method_ran_with_the_same_steps(result: EvalResult) -> None:
     assert list(result.tasks) == ["cb", "xsum"]
-    assert result.tasks["cb"] == {"kind": "classification", "metric": "accuracy", "train": 16, "eval": 4,
-                                  "classes": 3}
+    assert {k: v for k, v in result.tasks["cb"].items() if k != "majority"} == {
+        "kind": "classification", "metric": "accuracy", "train": 16, "eval": 4, "classes": 3}
     for task in ("cb", "xsum"):
         rows = {r.method: r for r in result.results if r.task == task}
         assert list(rows) == ["zero-shot", "centralized", "split", "federated-iid", "federated-noniid",
@@ -67,15 +68,21 @@ def test_report_table_json_and_plot(result: EvalResult, tmp_path: Path) -> None:
     report = markdown_report(result, "splitfed eval ...")
     lines = report.splitlines()
     assert lines[1] == "| method | cb (acc / macro-F1) | xsum (R-1 / R-2 / R-L) |"
-    assert lines[4].startswith("| centralized (whole model) | ")
+    majority = max(Counter(e.label for e in load_examples("cb", "val", 4)).values()) / 4
+    assert lines[3] == f"| majority class (no model) | {100 * majority:.1f} | - |"
+    assert lines[5].startswith("| centralized (whole model) | ")
     assert "| federated, 2 clients, IID + noise | skipped | skipped |" in report
     assert "## Skipped" in report and "splitfed eval ..." in report
     png = plot_losses(result, tmp_path / "losses.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from splitfed.evaluation import save_result
 
-    saved = json.loads(save_result(result, tmp_path).read_text())
+    path = save_result(result, tmp_path)
+    saved = json.loads(path.read_text())
     assert saved["results"][1]["method"] == "centralized" and len(saved["results"][1]["losses"]) == 4
+    from splitfed.evaluation.run import load_result
+
+    assert markdown_report(load_result(path)) == markdown_report(result)
 
 
 def test_target_check_arithmetic() -> None:
