@@ -8,6 +8,10 @@ curves. ``--zero-shot-only`` instead scores the base model on every shipped clas
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/quality.py --task cb --task copa --task xsum \\
         --steps 48 --eval-examples 100
     .venv/bin/python benchmarks/quality.py --zero-shot-only --eval-examples 100
+    .venv/bin/python benchmarks/quality.py --merge A.json B.json --output benchmarks/results/main
+
+``--merge`` puts the tasks of several runs into one table (each run's settings are kept in the JSON;
+the table notes where steps or sizes differ between tasks).
 """
 
 from __future__ import annotations
@@ -45,7 +49,12 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--merge", type=Path, nargs="+", help="merge these JSON results into --output "
+                        "(a file stem) instead of running")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.output)
+        return
 
     console = Console()
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/quality.py", *sys.argv[1:]])
@@ -73,7 +82,30 @@ def main() -> None:
         save(result, args.output / name, command, plot=not args.zero_shot_only)
 
 
-def save(result: EvalResult, stem: Path, command: str, plot: bool) -> None:
+def merge(paths: list[Path], stem: Path) -> None:
+    """One table from several runs: tasks side by side; every run's settings and command kept."""
+    from splitfed.evaluation.run import load_result
+
+    runs = [load_result(path) for path in paths]
+    commands = [json.loads(path.read_text()).get("command", "") for path in paths]
+    result = runs[0]
+    for run in runs[1:]:
+        result.tasks.update(run.tasks)
+        result.results.extend(run.results)
+        result.total_seconds += run.total_seconds
+    per_task = {}
+    for run, path in zip(runs, paths, strict=True):
+        for task in run.tasks:
+            per_task[task] = {"from": str(path), **{k: run.settings[k] for k in
+                              ("steps", "rounds", "clients", "batch_size", "lr", "lora_rank",
+                               "eval_examples", "max_new_tokens", "max_words", "max_length")}}
+    result.settings = {**result.settings, "per_task": per_task}
+    note = "\n".join(f"- {task}: " + ", ".join(f"{k} {v}" for k, v in s.items() if k != "from")
+                     for task, s in per_task.items())
+    save(result, stem, "\n".join(commands), plot=True, note=f"\nSettings per task:\n\n{note}\n")
+
+
+def save(result: EvalResult, stem: Path, command: str, plot: bool, note: str = "") -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     payload = asdict(result)
     payload["command"] = command
@@ -81,7 +113,7 @@ def save(result: EvalResult, stem: Path, command: str, plot: bool) -> None:
 
     payload["target_check"] = target_check(result)
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str))
-    report = markdown_report(result, command)
+    report = markdown_report(result, command) + note
     stem.with_suffix(".md").write_text(report)
     if plot:
         plot_losses(result, stem.with_suffix(".png"))

@@ -107,7 +107,10 @@ def markdown_report(result: EvalResult, command: str | None = None) -> str:
     s = result.settings
     trained = any(r.losses for r in result.results)
     parts = [f"# Evaluation: {s['model']}\n", markdown_table(result)]
-    if trained:
+    if trained and "per_task" in s:
+        parts.append("\nEvery method of a task has the same seed, steps, batch and hyper-parameters; "
+                     "the settings per task are listed below. Values are x100.\n")
+    elif trained:
         parts.append(f"\nAll methods: {s['steps']} optimizer steps of {s['batch_size']} examples, "
                      f"LoRA r={s['lora_rank']}, lr {s['lr']}, seed {s['seed']}; federated: {s['clients']} "
                      f"clients, {s['rounds']} FedAvg rounds. Values are x100.\n")
