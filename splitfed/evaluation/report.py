@@ -150,7 +150,8 @@ def plot_losses(result: EvalResult, path: Path) -> Path:
         window = max(1, max((len(r.losses) for r in rows), default=1) // 12)
         for row in rows:
             steps = range(1, len(row.losses) + 1)
-            axis.plot(steps, _smooth(row.losses, window), label=row.method, alpha=0.85)
+            style = "--" if row.method == "split" else "-"  # split equals centralized: keep both visible
+            axis.plot(steps, _smooth(row.losses, window), style, label=row.method, alpha=0.85)
         axis.set_title(f"{task} (moving mean of {window} steps)")
         axis.set_xlabel("optimizer step")
         axis.set_ylabel("training loss (answer tokens)")
