@@ -91,7 +91,7 @@ class DemoResult:
     total_seconds: float
 
 
-def _progress(console: Console) -> Progress:
+def progress_bar(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -166,9 +166,9 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
                   f"examples; partition head={fed_settings.partition.head} / "
                   f"tail={fed_settings.partition.tail}, {fed_settings.total_steps} steps per trainer")
 
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("zero-shot eval", total=1, status="")
-        before = _evaluate(_whole_logits(model), tokenizer, evaluation, settings)
+        before = _evaluate(whole_logits(model), tokenizer, evaluation, settings)
         progress.update(task, completed=1, status=f"acc {before.accuracy:.3f}")
 
         # Same data (the shards pooled), same initial adapters, same steps and seeds.
@@ -224,7 +224,7 @@ def _split_logits(model: Any, fed_settings: FederationSettings, adapters: Path):
     return logits
 
 
-def _whole_logits(model: Any):
+def whole_logits(model: Any):
     from splitfed.models import positions_from_mask
 
     @torch.no_grad()

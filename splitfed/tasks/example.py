@@ -29,3 +29,25 @@ class ClozeExample:
     def answer(self) -> str:
         """The correct option text."""
         return self.options[self.label]
+
+
+@dataclass(frozen=True)
+class GenerationExample:
+    """One generation item: a chat turn (``system`` + ``user``) and its reference answer(s).
+
+    ``target`` is what training teaches; ``references`` (``target`` first) are what the metric
+    compares the generated text with (CoQA has several per question).
+    """
+
+    user: str
+    target: str
+    system: str | None = None
+    references: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.user.strip():
+            raise ValueError("empty prompt")
+        if not self.target.strip():
+            raise ValueError("empty target")
+        if not self.references:
+            object.__setattr__(self, "references", (self.target,))

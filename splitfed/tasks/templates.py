@@ -11,6 +11,12 @@ premise is moved in front of the question. The resulting forms::
     CB     "{premise}" "{hypothesis}"?[ yes| no| maybe]
     BoolQ  {passage}. Question: {question}? Answer:[ yes| no]
     COPA   "{choice1}" or "{choice2}"? {premise}, so[ {choice1'}| {choice2'}]
+    WiC    "{sentence1}" / "{sentence2}" Similar sense of {word}?[ yes| no]
+    WSC    {text} The pronoun '*{span2}*' refers to {span1}?[ yes| no]
+
+The paper's WSC cloze has the model produce the noun; a SuperGLUE WSC row pairs one pronoun with
+one candidate noun and a true/false label, so the candidate is named in the prompt and the answer
+is yes/no (true -> yes).
 
 In BoolQ the ``.`` after the passage and the ``?`` after the question are only
 added when not already there. In COPA the premise loses its final period,
@@ -108,9 +114,27 @@ def copa_example(row: Row) -> ClozeExample:
     return ClozeExample(prompt, options, _class_index(row.get("label"), ("choice1", "choice2")))
 
 
+def wic_example(row: Row) -> ClozeExample:
+    """WiC: true (same sense) -> " yes", false -> " no" (official true/false or HF 1/0)."""
+    prompt = (f'"{_field(row, "sentence1")}" / "{_field(row, "sentence2")}" '
+              f'Similar sense of {_field(row, "word")}?')
+    return ClozeExample(prompt, list(YES_NO), _yes_no_index(row.get("label")))
+
+
+def wsc_example(row: Row) -> ClozeExample:
+    """WSC: does the pronoun (span2) refer to the noun (span1)? true -> " yes"; nested ``target``
+    (official) or flat ``span1_text``/``span2_text`` (HF)."""
+    spans = row.get("target") if isinstance(row.get("target"), dict) else row
+    noun, pronoun = _field(spans, "span1_text"), _field(spans, "span2_text")
+    prompt = f"{_field(row, 'text')} The pronoun '*{pronoun}*' refers to {noun}?"
+    return ClozeExample(prompt, list(YES_NO), _yes_no_index(row.get("label")))
+
+
 TEMPLATES: dict[str, Callable[[Row], ClozeExample]] = {
     "rte": rte_example,
     "cb": cb_example,
     "copa": copa_example,
     "boolq": boolq_example,
+    "wic": wic_example,
+    "wsc": wsc_example,
 }

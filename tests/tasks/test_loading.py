@@ -29,6 +29,12 @@ COUNTS = {
     ("copa", "val"): 100,
     ("boolq", "train"): 1000,
     ("boolq", "val"): 500,
+    ("wic", "train"): 32,
+    ("wic", "val"): 638,
+    ("wsc", "train"): 554,
+    ("wsc", "val"): 104,
+    ("multirc", "train"): 154,
+    ("multirc", "val"): 1153,
 }
 # Label balance from data/SOURCES.md, as option indices (0 = yes / choice1).
 LABELS = {
@@ -42,7 +48,7 @@ LABELS = {
 
 
 def test_available_tasks() -> None:
-    assert available_tasks() == ["rte", "cb", "copa", "boolq"]
+    assert available_tasks() == ["rte", "cb", "copa", "boolq", "wic", "wsc", "multirc"]
     assert list(TASKS) == available_tasks()
 
 
@@ -58,7 +64,7 @@ def test_shipped_counts(task: str, split: str) -> None:
 def test_shipped_files_match_sources_md_checksums() -> None:
     text = (DATA_DIR / "SOURCES.md").read_text(encoding="utf-8")
     sums = dict((name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", text, re.M))
-    shipped = sorted(str(p.relative_to(DATA_DIR)) for p in DATA_DIR.glob("*/*.jsonl"))
+    shipped = sorted(str(p.relative_to(DATA_DIR)) for p in DATA_DIR.glob("*/*.json*"))
     assert sorted(sums) == shipped
     for name, digest in sums.items():
         assert hashlib.sha256((DATA_DIR / name).read_bytes()).hexdigest() == digest, name
@@ -83,8 +89,8 @@ def test_limit_and_case_insensitive_name() -> None:
 
 
 def test_unknown_task_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="rte, cb, copa, boolq"):
-        load_task("wsc")
+    with pytest.raises(ValueError, match="rte, cb, copa, boolq, wic, wsc, multirc"):
+        load_task("record")  # a template, but no shipped data
     with pytest.raises(ValueError, match="valid tasks"):
         load_cloze_file(task_file("rte"), "nope")
 
@@ -110,5 +116,5 @@ def test_load_cloze_file_reports_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     ok = {"premise": "p", "hypothesis": "h", "label": 0}
     path.write_text(json.dumps(ok) + "\n" + json.dumps({**ok, "label": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: label"):
         load_cloze_file(path, "cb")

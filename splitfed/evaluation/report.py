@@ -1,0 +1,166 @@
+"""The main table (rows = methods, columns = tasks with their metric), the target check and the
+loss-curve plot of an evaluation run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from splitfed.evaluation.methods import MethodResult
+from splitfed.evaluation.run import EvalResult
+from splitfed.evaluation.settings import METHOD_LABELS
+
+MAIN_METRIC = {"accuracy": ("accuracy", "acc"), "rouge": ("rougeL", "ROUGE-L"), "squad_f1": ("f1", "F1")}
+# The issue's target: federated within this many points of centralized (accuracy / ROUGE-L / F1).
+TOLERANCE = {"accuracy": 2.0, "rouge": 1.0, "squad_f1": 1.0}
+
+
+def main_value(result: EvalResult, task: str, method: str) -> float | None:
+    """The task's main metric for ``method`` in points (x100), or None if it did not run."""
+    row = result.get(task, method)
+    if row is None or row.skipped:
+        return None
+    return 100.0 * row.metrics[MAIN_METRIC[result.tasks[task]["metric"]][0]]
+
+
+def _label(result: EvalResult, method: str) -> str:
+    settings = result.settings
+    return METHOD_LABELS[method].format(clients=settings["clients"], alpha=settings["alpha"])
+
+
+def _cell(result: EvalResult, task: str, method: str) -> str:
+    row = result.get(task, method)
+    if row is None:
+        return "-"
+    if row.skipped:
+        return "skipped"
+    metric = result.tasks[task]["metric"]
+    value = f"{main_value(result, task, method):.1f}"
+    if metric == "rouge":
+        return f"{100 * row.metrics['rouge1']:.1f} / {100 * row.metrics['rouge2']:.1f} / {value}"
+    if result.tasks[task].get("classes", 2) > 2:
+        return f"{value} / {100 * row.metrics['macro_f1']:.1f}"
+    return value
+
+
+def _header(result: EvalResult, task: str) -> str:
+    metric = result.tasks[task]["metric"]
+    if metric == "rouge":
+        return f"{task} (R-1 / R-2 / R-L)"
+    if result.tasks[task].get("classes", 2) > 2:
+        return f"{task} (acc / macro-F1)"
+    return f"{task} ({MAIN_METRIC[metric][1]})"
+
+
+def markdown_table(result: EvalResult) -> str:
+    """Rows = methods, columns = tasks, values in points (x100)."""
+    tasks = list(result.tasks)
+    methods = list(dict.fromkeys(r.method for r in result.results))
+    lines = ["| method | " + " | ".join(_header(result, t) for t in tasks) + " |",
+             "|---|" + "---:|" * len(tasks)]
+    if any("majority" in result.tasks[t] for t in tasks):
+        cells = [f"{100 * result.tasks[t]['majority']:.1f}" if "majority" in result.tasks[t] else "-"
+                 for t in tasks]
+        lines.append("| majority class (no model) | " + " | ".join(cells) + " |")
+    for method in methods:
+        lines.append(f"| {_label(result, method)} | " + " | ".join(_cell(result, t, method) for t in tasks)
+                     + " |")
+    sizes = ", ".join(f"{t} {info['eval']}" for t, info in result.tasks.items())
+    return "\n".join(lines) + f"\n\nHeld-out examples: {sizes}.\n"
+
+
+def target_check(result: EvalResult) -> list[dict]:
+    """Per task and federated method: the gap to centralized and to zero-shot, and the verdict."""
+    checks = []
+    for task, info in result.tasks.items():
+        central = main_value(result, task, "centralized")
+        zero = main_value(result, task, "zero-shot")
+        for method in ("split", "federated-iid", "federated-noniid", "federated-noise"):
+            value = main_value(result, task, method)
+            if value is None or central is None:
+                continue
+            gap = value - central
+            within = gap >= -TOLERANCE[info["metric"]]
+            better = zero is None or value > zero
+            checks.append({"task": task, "method": method, "value": value, "centralized": central,
+                           "zero_shot": zero, "gap": gap, "tolerance": TOLERANCE[info["metric"]],
+                           "within_tolerance": within, "better_than_zero_shot": better})
+    return checks
+
+
+def check_lines(result: EvalResult) -> str:
+    lines = []
+    for c in target_check(result):
+        verdict = "meets" if c["within_tolerance"] and c["better_than_zero_shot"] else "MISSES"
+        zero = "n/a" if c["zero_shot"] is None else f"{c['zero_shot']:.1f}"
+        lines.append(f"- {c['task']}, {c['method']}: {c['value']:.1f} vs centralized {c['centralized']:.1f} "
+                     f"({c['gap']:+.1f}; allowed -{c['tolerance']:.0f}), zero-shot {zero}: "
+                     f"{verdict} the target")
+    return "\n".join(lines) + "\n"
+
+
+def skipped_lines(result: EvalResult) -> str:
+    skipped = {r.method: r.skipped for r in result.results if r.skipped}
+    return "".join(f"- {method}: {why}\n" for method, why in skipped.items())
+
+
+def markdown_report(result: EvalResult, command: str | None = None) -> str:
+    s = result.settings
+    trained = any(r.losses for r in result.results)
+    parts = [f"# Evaluation: {s['model']}\n", markdown_table(result)]
+    if trained and "per_task" in s:
+        parts.append("\nEvery method of a task has the same seed, steps, batch and hyper-parameters; "
+                     "the settings per task are listed below. Values are x100.\n")
+    elif trained:
+        parts.append(f"\nAll methods: {s['steps']} optimizer steps of {s['batch_size']} examples, "
+                     f"LoRA r={s['lora_rank']}, lr {s['lr']}, seed {s['seed']}; federated: {s['clients']} "
+                     f"clients, {s['rounds']} FedAvg rounds. Values are x100.\n")
+    else:
+        parts.append("\nValues are x100.\n")
+    checks = check_lines(result)
+    if checks.strip():
+        parts.append("\n## Federated vs centralized (target: within 2 points accuracy, 1 point ROUGE-L / F1, "
+                     "and better than zero-shot)\n\n" + checks)
+    skipped = skipped_lines(result)
+    if skipped:
+        parts.append("\n## Skipped\n\n" + skipped)
+    if command:
+        parts.append(f"\nReproduce with:\n\n```\n{command}\n```\n")
+    return "".join(parts)
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+def plot_losses(result: EvalResult, path: Path) -> Path:
+    """PNG: one panel per task, the training loss per optimizer step of every trained method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(result.tasks)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        rows: list[MethodResult] = [r for r in result.results if r.task == task and r.losses]
+        window = max(1, max((len(r.losses) for r in rows), default=1) // 12)
+        for row in rows:
+            steps = range(1, len(row.losses) + 1)
+            style = "--" if row.method == "split" else "-"  # split equals centralized: keep both visible
+            axis.plot(steps, _smooth(row.losses, window), style, label=row.method, alpha=0.85)
+        axis.set_title(f"{task} (moving mean of {window} steps)")
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel("training loss (answer tokens)")
+        axis.grid(alpha=0.3)
+        if rows:
+            axis.legend(fontsize=8)
+    figure.suptitle(f"{result.settings['model']}: training loss, same steps and seeds")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,157 @@
+"""Run every method on every task with the same seeds, steps and hyper-parameters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from splitfed.demo import progress_bar
+from splitfed.evaluation.methods import (
+    MethodResult,
+    encode_task,
+    evaluate,
+    make_collate,
+    noise_skip_reason,
+    shards_for,
+    train_centralized,
+    train_federated,
+    zero_shot,
+)
+from splitfed.evaluation.settings import EvalSettings
+from splitfed.models import load_model, num_layers
+from splitfed.tasks import TaskData, TaskSpec, load_task_data, resolve_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    settings: dict[str, Any]
+    platform: dict[str, Any]
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> kind, metric, sizes
+    results: list[MethodResult] = field(default_factory=list)
+    total_seconds: float = 0.0
+
+    def get(self, task: str, method: str) -> MethodResult | None:
+        return next((r for r in self.results if r.task == task and r.method == method), None)
+
+
+def platform_info() -> dict[str, Any]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
+            "processor": platform.processor(), "threads": torch.get_num_threads()}
+
+
+def task_spec(task: str | TaskSpec, settings: EvalSettings) -> TaskSpec:
+    """The task's spec, with ``max_words`` applied to shipped generation tasks named by string."""
+    spec = resolve_task(task)
+    if isinstance(task, str) and spec.kind == "generation":
+        spec = spec.model_copy(update={"max_words": settings.max_words})
+    return spec
+
+
+def run_eval(settings: EvalSettings, console: Console | None = None) -> EvalResult:
+    """Train and score every method of ``settings`` on every task; returns all rows."""
+    console = console or Console()
+    started = time.perf_counter()
+    specs = [task_spec(task, settings) for task in settings.tasks]
+    trains = any(m != "zero-shot" for m in settings.methods)
+    data = [load_task_data(spec, settings.train_examples, settings.eval_examples, need_train=trains)
+            for spec in specs]
+    with console.status(f"loading {settings.model} ..."):
+        model, tokenizer = load_model(settings.model)
+    console.print(f"loaded [bold]{settings.model}[/] ({num_layers(model)} blocks)")
+    result = EvalResult(json.loads(settings.model_dump_json()), platform_info())
+    for task in data:
+        result.tasks[task.name] = {"kind": task.kind, "metric": task.metric, "train": len(task.train),
+                                   "eval": len(task.eval)}
+        if task.kind == "classification":
+            result.tasks[task.name].update(class_info(task))
+        console.print(f"task [bold]{task.name}[/] ({task.kind}, {task.metric}): {len(task.train)} training "
+                      f"and {len(task.eval)} evaluation examples")
+        for method in settings.methods:
+            row = run_method(method, task, model, tokenizer, settings, console)
+            result.results.append(row)
+            if row.skipped:
+                console.print(f"  {method}: [yellow]{row.skipped}[/]")
+            else:
+                console.print(f"  {method}: {headline(task, row.metrics)} "
+                              f"(train {row.train_seconds:.0f}s, eval {row.eval_seconds:.0f}s)")
+    result.total_seconds = time.perf_counter() - started
+    return result
+
+
+def class_info(task: TaskData) -> dict[str, Any]:
+    """Number of label classes (fixed label words, as CB; else 2) and the majority-class accuracy."""
+    fixed = len({tuple(e.options) for e in task.eval}) == 1  # label words (CB), not choices (COPA)
+    counts = Counter(e.label for e in task.eval)
+    return {"classes": len(task.eval[0].options) if fixed else 2,
+            "majority": max(counts.values()) / len(task.eval)}
+
+
+def load_result(path: Path) -> EvalResult:
+    """An :class:`EvalResult` read back from ``results.json`` (or a benchmark's JSON)."""
+    data = json.loads(Path(path).read_text())
+    rows = [MethodResult(**row) for row in data["results"]]
+    return EvalResult(data["settings"], data["platform"], data["tasks"], rows, data["total_seconds"])
+
+
+def headline(task: TaskData, metrics: dict[str, Any]) -> str:
+    keys = {"accuracy": ("accuracy", "macro_f1"), "rouge": ("rouge1", "rouge2", "rougeL"),
+            "squad_f1": ("f1", "exact_match")}[task.metric]
+    return ", ".join(f"{key} {100 * metrics[key]:.1f}" for key in keys)
+
+
+def run_method(method: str, task: TaskData, model: Any, tokenizer: Any, settings: EvalSettings,
+               console: Console) -> MethodResult:
+    """Train ``method`` on ``task`` (unless zero-shot) and score it on the held-out examples."""
+    row = MethodResult(method, task.name)
+    if method == "federated-noise":
+        row.skipped = noise_skip_reason(settings)
+        if row.skipped:
+            return row
+    torch.manual_seed(settings.seed)
+    with progress_bar(console) as progress:
+        if method == "zero-shot":
+            trained = zero_shot(model, settings)
+        else:
+            bar = progress.add_task(f"{task.name}: {method}", total=settings.steps, status="")
+
+            def on_step(loss: float) -> None:
+                row.losses.append(loss)
+                progress.update(bar, advance=1, status=f"loss {loss:.3f}")
+
+            encoded = encode_task(task, tokenizer, settings.max_length)
+            collate_rows = make_collate(tokenizer)
+            began = time.perf_counter()
+            if method == "centralized":
+                trained = train_centralized(model, encoded, collate_rows, settings, on_step)
+            elif method == "split":
+                trained = train_federated(model, [encoded], collate_rows, settings, on_step)
+            else:
+                trained = train_federated(model, shards_for(method, task, encoded, settings), collate_rows,
+                                          settings, on_step, noise=method == "federated-noise")
+            row.train_seconds = time.perf_counter() - began
+        began = time.perf_counter()
+        total = len(task.eval)
+        scoring = progress.add_task(f"{task.name}: {method} eval", total=total, status="")
+        row.metrics = evaluate(trained, task, tokenizer, settings,
+                               lambda n: progress.update(scoring, advance=n))
+        progress.update(scoring, completed=total)
+        row.eval_seconds = time.perf_counter() - began
+    return row
+
+
+def save_result(result: EvalResult, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "results.json"
+    path.write_text(json.dumps(asdict(result), indent=2, default=str))
+    return path

@@ -1,0 +1,62 @@
+"""Typed settings of ``splitfed eval`` / ``benchmarks/quality.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from splitfed.models import DEFAULT_MODEL
+from splitfed.tasks import TaskSpec
+
+Method = Literal["zero-shot", "centralized", "split", "federated-iid", "federated-noniid", "federated-noise"]
+METHODS: tuple[str, ...] = ("zero-shot", "centralized", "split", "federated-iid", "federated-noniid",
+                            "federated-noise")
+METHOD_LABELS: dict[str, str] = {
+    "zero-shot": "zero-shot (no training)",
+    "centralized": "centralized (whole model)",
+    "split": "split, 1 client",
+    "federated-iid": "federated, {clients} clients, IID",
+    "federated-noniid": "federated, {clients} clients, non-IID (Dirichlet {alpha})",
+    "federated-noise": "federated, {clients} clients, IID + noise",
+}
+
+
+class EvalSettings(BaseModel):
+    """Every method trains the same adapters from the same seed for the same steps and batch size."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = DEFAULT_MODEL
+    tasks: list[str | TaskSpec] = Field(default_factory=lambda: ["cb"],
+                                        description="shipped task names and/or task descriptions")
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
+    clients: int = Field(3, ge=2, description="clients of the federated methods")
+    steps: int = Field(36, ge=1, description="optimizer steps of every trainer")
+    rounds: int = Field(3, ge=1, description="FedAvg rounds the steps are spread over")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lora_rank: int = Field(8, ge=1)
+    head: int | None = Field(None, ge=0, description="client blocks before the trunk (default 2; 1 if tiny)")
+    tail: int | None = Field(None, ge=0, description="client blocks after the trunk (default 2; 1 if tiny)")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration of the non-IID split")
+    noise: dict[str, Any] | None = Field(None, description="settings of the noise defense, passed as "
+                                                           "FederationSettings.noise (when it exists)")
+    train_examples: int = Field(480, ge=1)
+    eval_examples: int = Field(100, ge=1)
+    max_length: int = Field(256, ge=16, description="tokens per training/scored sequence")
+    max_new_tokens: int = Field(48, ge=1, description="generation tasks: tokens generated per answer")
+    max_words: int = Field(200, ge=1, description="shipped generation tasks: words of passage kept")
+    eval_batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    output: Path = Path("runs/eval")
+
+    @field_validator("tasks")
+    @classmethod
+    def _some(cls, tasks: list[str | TaskSpec]) -> list[str | TaskSpec]:
+        if not tasks:
+            raise ValueError("give at least one task")
+        return tasks
+
+    def label(self, method: str) -> str:
+        return METHOD_LABELS[method].format(clients=self.clients, alpha=self.alpha)

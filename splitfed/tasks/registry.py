@@ -1,0 +1,92 @@
+"""One entry point for every task: shipped SuperGLUE and generation tasks, or a :class:`TaskSpec`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from splitfed.tasks.chat import GENERATION_METRICS, GENERATION_TEMPLATES
+from splitfed.tasks.custom import TaskSpec, custom_cloze, custom_generation
+from splitfed.tasks.example import ClozeExample, GenerationExample
+from splitfed.tasks.files import read_rows
+from splitfed.tasks.loading import CLOZE_TASKS, DATA_DIR, TASK_FILES, cloze_builder
+
+# Shipped generation data (see data/SOURCES.md). CoQA ships one story: enough to try, not to score.
+GENERATION_FILES: dict[str, dict[str, str]] = {
+    "xsum": {"train": "xsum/test_rows101-220.jsonl", "val": "xsum/test_first100.jsonl"},
+    "coqa": {"val": "coqa/dev_sample.json"},
+}
+SHIPPED_TASKS: tuple[str, ...] = (*TASK_FILES, *GENERATION_FILES)
+Example = ClozeExample | GenerationExample
+
+
+@dataclass
+class TaskData:
+    """A task's name, kind (classification / generation), metric and examples."""
+
+    name: str
+    kind: str
+    metric: str
+    train: list[Example]
+    eval: list[Example]
+
+
+def resolve_task(task: str | TaskSpec) -> TaskSpec:
+    """A shipped task's name as a :class:`TaskSpec` (shipped files), or the spec itself."""
+    if isinstance(task, TaskSpec):
+        return task
+    key = task.strip().lower()
+    if key in GENERATION_TEMPLATES:
+        return TaskSpec(name=key, builtin=key, metric=GENERATION_METRICS[key])
+    if key in CLOZE_TASKS:
+        return TaskSpec(name=key, builtin=key)
+    raise ValueError(f"unknown task {task!r}; shipped tasks: {', '.join(SHIPPED_TASKS)}; "
+                     f"other templates: {', '.join(sorted(set(CLOZE_TASKS) - set(SHIPPED_TASKS)))}; "
+                     "or describe your own data (kind, eval_file, template, ...)")
+
+
+def _shipped(spec: TaskSpec, split: str) -> Path:
+    files = {**TASK_FILES, **GENERATION_FILES}.get(spec.builtin or "", {})
+    if split not in files:
+        which = "train_file" if split == "train" else "eval_file"
+        raise ValueError(f"task {spec.name!r} has no shipped {split} data; give {which}")
+    return DATA_DIR / files[split]
+
+
+def _row_examples(spec: TaskSpec, row: dict[str, Any]) -> list[Example]:
+    if spec.builtin is None:
+        return [custom_cloze(spec, row) if spec.kind == "classification" else custom_generation(spec, row)]
+    if spec.builtin in GENERATION_TEMPLATES:
+        return list(GENERATION_TEMPLATES[spec.builtin](row, spec.max_words))
+    return list(cloze_builder(spec.builtin)(row))
+
+
+def load_examples(task: str | TaskSpec, split: str, limit: int | None = None) -> list[Example]:
+    """The first ``limit`` examples of ``split`` (``train`` or ``val``) of a task."""
+    spec = resolve_task(task)
+    if split not in ("train", "val"):
+        raise ValueError(f"unknown split {split!r}; valid splits: train, val")
+    path = spec.train_file if split == "train" else spec.eval_file
+    path = path if path is not None else _shipped(spec, split)
+    hf_split = spec.train_split if split == "train" else spec.eval_split
+    examples: list[Example] = []
+    for number, row in enumerate(read_rows(path, spec.format, hf_split), start=1):
+        if limit is not None and len(examples) >= limit:
+            break
+        try:
+            examples.extend(_row_examples(spec, row))
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"{path}: row {number}: {err}") from err
+    return examples[:limit] if limit is not None else examples
+
+
+def load_task_data(task: str | TaskSpec, train_limit: int | None, eval_limit: int | None,
+                   need_train: bool = True) -> TaskData:
+    """Training and evaluation examples of a task (training only when ``need_train``)."""
+    spec = resolve_task(task)
+    train = load_examples(spec, "train", train_limit) if need_train else []
+    evaluation = load_examples(spec, "val", eval_limit)
+    if not evaluation:
+        raise ValueError(f"task {spec.name!r} has no evaluation examples")
+    return TaskData(spec.name, spec.kind, spec.metric or "accuracy", train, evaluation)

@@ -1,0 +1,143 @@
+"""``splitfed eval`` on a tiny model: every method runs, split with one client equals centralized,
+generation goes through the split model's KV caches, and the report says what was skipped."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from splitfed.evaluation import EvalResult, EvalSettings, markdown_report, plot_losses, run_eval, target_check
+from splitfed.evaluation.methods import (
+    MethodResult,
+    federation_settings,
+    greedy_generator,
+    noise_supported,
+    skew_labels,
+    zero_shot,
+)
+from splitfed.models import load_model
+from splitfed.tasks import GenerationExample, TaskData, generate_answers, load_examples
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> EvalResult:
+    settings = EvalSettings(model="tiny-llama", tasks=["cb", "xsum"], clients=2, steps=4, rounds=2,
+                            batch_size=2, train_examples=16, eval_examples=4, max_length=96,
+                            max_new_tokens=4, max_words=12, lr=1e-2,
+                            output=tmp_path_factory.mktemp("eval"))
+    return run_eval(settings)
+
+
+def test_every_method_ran_with_the_same_steps(result: EvalResult) -> None:
+    assert list(result.tasks) == ["cb", "xsum"]
+    assert {k: v for k, v in result.tasks["cb"].items() if k != "majority"} == {
+        "kind": "classification", "metric": "accuracy", "train": 16, "eval": 4, "classes": 3}
+    for task in ("cb", "xsum"):
+        rows = {r.method: r for r in result.results if r.task == task}
+        assert list(rows) == ["zero-shot", "centralized", "split", "federated-iid", "federated-noniid",
+                              "federated-noise"]
+        assert rows["zero-shot"].losses == []
+        for method in ("centralized", "split", "federated-iid", "federated-noniid"):
+            assert len(rows[method].losses) == 4 and rows[method].skipped is None
+        assert rows["federated-noise"].skipped and "noise" in rows["federated-noise"].skipped
+        assert (result.get(task, "zero-shot").metrics["n"]) == 4
+    assert set(result.get("xsum", "centralized").metrics) >= {"rouge1", "rouge2", "rougeL", "samples"}
+
+
+def test_split_with_one_client_equals_centralized(result: EvalResult) -> None:
+    for task in ("cb", "xsum"):
+        central, split = result.get(task, "centralized"), result.get(task, "split")
+        assert split.losses == pytest.approx(central.losses, abs=1e-5)
+    cb_central, cb_split = result.get("cb", "centralized").metrics, result.get("cb", "split").metrics
+    assert cb_split["loss"] == pytest.approx(cb_central["loss"], abs=1e-5)
+    assert cb_split["accuracy"] == cb_central["accuracy"]
+    # training changed the model: the eval loss moved away from zero-shot
+    assert cb_central["loss"] != pytest.approx(result.get("cb", "zero-shot").metrics["loss"], abs=1e-4)
+
+
+def test_report_table_json_and_plot(result: EvalResult, tmp_path: Path) -> None:
+    report = markdown_report(result, "splitfed eval ...")
+    lines = report.splitlines()
+    assert lines[1] == "| method | cb (acc / macro-F1) | xsum (R-1 / R-2 / R-L) |"
+    majority = max(Counter(e.label for e in load_examples("cb", "val", 4)).values()) / 4
+    assert lines[3] == f"| majority class (no model) | {100 * majority:.1f} | - |"
+    assert lines[5].startswith("| centralized (whole model) | ")
+    assert "| federated, 2 clients, IID + noise | skipped | skipped |" in report
+    assert "## Skipped" in report and "splitfed eval ..." in report
+    png = plot_losses(result, tmp_path / "losses.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from splitfed.evaluation import save_result
+
+    path = save_result(result, tmp_path)
+    saved = json.loads(path.read_text())
+    assert saved["results"][1]["method"] == "centralized" and len(saved["results"][1]["losses"]) == 4
+    from splitfed.evaluation.run import load_result
+
+    assert markdown_report(load_result(path)) == markdown_report(result)
+
+
+def test_target_check_arithmetic() -> None:
+    result = EvalResult(settings={"clients": 3, "alpha": 0.5}, platform={},
+                        tasks={"cb": {"kind": "classification", "metric": "accuracy"},
+                               "xsum": {"kind": "generation", "metric": "rouge"}})
+    for method, acc, rouge_l in [("zero-shot", 0.40, 0.10), ("centralized", 0.70, 0.20),
+                                 ("federated-iid", 0.685, 0.185), ("federated-noniid", 0.675, 0.21)]:
+        result.results.append(MethodResult(method, "cb", {"accuracy": acc}))
+        result.results.append(MethodResult(method, "xsum", {"rougeL": rouge_l}))
+    checks = {(c["task"], c["method"]): c for c in target_check(result)}
+    assert checks["cb", "federated-iid"]["gap"] == pytest.approx(-1.5)
+    assert checks["cb", "federated-iid"]["within_tolerance"]
+    assert not checks["cb", "federated-noniid"]["within_tolerance"]  # -2.5 points
+    assert not checks["xsum", "federated-iid"]["within_tolerance"]  # -1.5 ROUGE-L points
+    assert checks["xsum", "federated-noniid"]["within_tolerance"]
+    assert checks["xsum", "federated-noniid"]["better_than_zero_shot"]
+
+
+def test_steps_must_split_evenly(tiny) -> None:
+    model, _ = tiny
+    with pytest.raises(ValueError, match="multiple of rounds x clients = 6"):
+        federation_settings(EvalSettings(model="tiny-llama", steps=8, rounds=2, clients=3), model, 3)
+
+
+def test_noise_row_names_the_missing_defense() -> None:
+    from splitfed.evaluation import noise_skip_reason
+
+    reason = noise_skip_reason(EvalSettings(noise={"std": 0.1}))
+    assert (reason is None) == noise_supported()
+    if reason is not None:
+        assert "issue 6" in reason
+
+
+def test_generation_through_split_caches_equals_hf_generate(tiny) -> None:
+    model, tokenizer = tiny
+    examples = [GenerationExample("The passage is abc.", "x", "Sum."),
+                GenerationExample("The passage is a much longer one.", "y", "Sum.")]
+    split = zero_shot(model, EvalSettings(model="tiny-llama")).split
+    answers = generate_answers(greedy_generator(split, tokenizer), tokenizer, examples, max_new_tokens=5,
+                               batch_size=2)
+    for example, answer in zip(examples, answers, strict=True):
+        from splitfed.tasks.chat import prompt_ids
+
+        ids = torch.tensor([prompt_ids(tokenizer, example)])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        new = out[0, ids.shape[1]:].tolist()
+        if tokenizer.eos_token_id in new:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        assert answer == tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_non_iid_generation_labels_are_length_terciles() -> None:
+    train = [GenerationExample("u", " ".join(["w"] * n)) for n in (1, 2, 3, 4, 5, 6)]
+    assert skew_labels(TaskData("t", "generation", "rouge", train, train)) == [0, 0, 1, 1, 2, 2]
+    cb = load_examples("cb", "train", 5)
+    assert skew_labels(TaskData("cb", "classification", "accuracy", cb, cb)) == [e.label for e in cb]

@@ -1,0 +1,96 @@
+"""Tasks described in a config: templates, label words, files, built-in templates and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from splitfed.config import build_settings
+from splitfed.evaluation import EvalSettings
+from splitfed.tasks import ClozeExample, GenerationExample, TaskSpec, fill, load_examples, load_task_data
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = {"name": "reviews", "kind": "classification", "template": "Review: {text}\nSentiment:",
+        "label_words": {"pos": "positive", "neg": " negative"}}
+
+
+def test_classification_rows_from_csv(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("text,label\nGreat fun.,pos\nBoring.,neg\n")
+    spec = TaskSpec(**SPEC, eval_file=tmp_path / "r.csv")
+    assert load_examples(spec, "val") == [
+        ClozeExample("Review: Great fun.\nSentiment:", [" positive", " negative"], 0),
+        ClozeExample("Review: Boring.\nSentiment:", [" positive", " negative"], 1),
+    ]
+
+
+def test_label_values_of_any_type(tmp_path: Path) -> None:
+    rows = [{"t": "a", "y": True}, {"t": "b", "y": 0}, {"t": "c", "y": 1.0}]
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spec = TaskSpec(name="x", template="{t}?", label_field="y", eval_file=tmp_path / "r.jsonl",
+                    label_words={"true": "yes", "0": "zero", "1": "one"})
+    assert [e.label for e in load_examples(spec, "val")] == [0, 1, 2]
+
+
+def test_generation_rows(tmp_path: Path) -> None:
+    rows = [{"body": "Printer on fire", "summary": "Fire"}, {"body": "Lost key", "summary": ["Key", "A key"]}]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spec = TaskSpec(name="t", kind="generation", template="Ticket: {body}", system="Summarize.",
+                    target_field="summary", eval_file=tmp_path / "t.jsonl")
+    assert spec.metric == "rouge"
+    assert load_examples(spec, "val") == [
+        GenerationExample("Ticket: Printer on fire", "Fire", "Summarize.", ("Fire",)),
+        GenerationExample("Ticket: Lost key", "Key", "Summarize.", ("Key", "A key")),
+    ]
+
+
+def test_builtin_template_over_a_parquet_file(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"question": "is it wet", "passage": "Water is wet", "answer": True}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "boolq.parquet")
+    data = load_task_data(TaskSpec(name="boolq-mine", builtin="BoolQ", train_file=tmp_path / "boolq.parquet"),
+                          None, 5)
+    assert data.kind == "classification" and len(data.eval) == 5  # eval: the shipped BoolQ val
+    assert data.train == [ClozeExample("Water is wet. Question: is it wet? Answer:", [" yes", " no"], 0)]
+    assert TaskSpec(name="x", builtin="xsum").kind == "generation"
+
+
+def test_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="template"):
+        TaskSpec(name="x")
+    with pytest.raises(ValidationError, match="at least two labels"):
+        TaskSpec(name="x", template="{t}", label_words={"a": "b"})
+    with pytest.raises(ValidationError, match="no {field} placeholder"):
+        TaskSpec(name="x", template="plain", label_words={"a": "b", "c": "d"})
+    with pytest.raises(ValidationError, match="does not fit"):
+        TaskSpec(name="x", kind="generation", template="{t}", metric="accuracy")
+    with pytest.raises(ValidationError, match="unknown builtin"):
+        TaskSpec(name="x", builtin="squad")
+    with pytest.raises(ValueError, match="'body' is not in the row"):
+        fill("{body}", {"text": "x"})
+    (tmp_path / "r.csv").write_text("text,label\nok,maybe\n")
+    with pytest.raises(ValueError, match=r"r\.csv: row 1: label 'maybe' is not one of label_words"):
+        load_examples(TaskSpec(**SPEC, eval_file=tmp_path / "r.csv"), "val")
+    with pytest.raises(ValueError, match="no shipped train data; give train_file"):
+        load_examples("coqa", "train")
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        load_examples("nope", "val")
+
+
+def test_example_config_loads_and_its_files_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    settings = build_settings(EvalSettings, REPO / "examples" / "eval_own_data.yaml")
+    reviews, xsum, boolq = settings.tasks
+    assert isinstance(reviews, TaskSpec) and reviews.label_words == {"pos": "positive", "neg": "negative"}
+    data = load_task_data(reviews, None, None)
+    assert (len(data.train), len(data.eval)) == (8, 4)
+    assert data.eval[0] == ClozeExample("Review: Beautifully shot and moving.\nSentiment:",
+                                        [" positive", " negative"], 0)
+    assert isinstance(xsum, TaskSpec) and load_examples(xsum, "val", 1)[0].user.startswith("The owners said")
+    assert isinstance(boolq, TaskSpec) and boolq.builtin == "boolq"
+    shipped = build_settings(EvalSettings, REPO / "examples" / "eval.yaml")
+    assert shipped.tasks == ["cb", "copa", "xsum"] and shipped.steps % (shipped.rounds * shipped.clients) == 0
