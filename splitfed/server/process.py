@@ -71,6 +71,14 @@ def build_service(settings: ServerSettings) -> TrunkService:
                         aggregation=settings.aggregation, secagg_threshold=settings.secagg_threshold)
 
 
+def rpc_workers(settings: ServerSettings) -> int:
+    """Request threads: as set, or enough for every enrolled client to hold one waiting request (its
+    turn, a round's barrier) and one more, plus spare threads for handshakes and backwards."""
+    if settings.rpc_workers is not None:
+        return settings.rpc_workers
+    return max(16, 2 * len(AllowList.load(settings.allowlist)) + 8)
+
+
 def _resolve_auto(settings: ServerSettings, trunk, clients: int) -> ServerSettings:
     adapter_bytes = sum(p.numel() * p.element_size() for p in trunk.parameters() if p.requires_grad)
     hidden = int(getattr(trunk.config, "hidden_size", None) or trunk.config.n_embd)
@@ -125,8 +133,10 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
                 save_checkpoint(quiet_service)
 
         service.after_step = periodic
+    workers = rpc_workers(settings)
+    log.info("%d request threads", workers)
     server, port = serve(service, settings.listen, _tls(settings), settings.insecure_loopback,
-                         max_message_bytes=service.limits.max_message_bytes,
+                         max_message_bytes=service.limits.max_message_bytes, workers=workers,
                          client_certificates=_client_certificates(settings.tls_client_certs))
     if settings.port_file is not None:
         _write_atomically(settings.port_file, f"{port}\n")

@@ -65,5 +65,10 @@ class ServerSettings(SplitTrainingSettings):
     turn_timeout_s: float = Field(120.0, gt=0)
     step_timeout_s: float = Field(60.0, gt=0, description="free a step whose backward does not come")
     session_ttl_s: float = Field(600.0, gt=0, description="free a session that goes silent")
+    rpc_workers: int | None = Field(None, ge=4, description="threads serving requests (default: 2 per "
+                                                           "enrolled client + 8, at least 16). A client "
+                                                           "waiting for its turn or a round holds one; "
+                                                           "requests beyond are refused as busy at once "
+                                                           "(clients retry), never queued")
     port_file: Path | None = Field(None, description="write the bound port here once serving")
     output: Path = Field(Path("runs/server"), description="where the trunk adapter is saved on exit")

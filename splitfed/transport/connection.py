@@ -69,6 +69,10 @@ def _remote_error(error: grpc.RpcError, address: str) -> RemoteError:
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
     name = code.name if code is not None else "UNKNOWN"
+    if name == "RESOURCE_EXHAUSTED" and details and "Concurrent RPC limit" in details:
+        # every server thread is busy: transient, so reported like an unreachable server (retried)
+        return RemoteError("UNAVAILABLE", f"busy: the trunk at {address} is serving as many requests "
+                                          "as it has threads; retry")
     if name == "UNAVAILABLE":
         details = f"cannot reach the trunk at {address}: {details}"
     return RemoteError(name, details or name)

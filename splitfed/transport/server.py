@@ -111,13 +111,16 @@ def serve(
     """Start serving ``handler`` at ``address`` with TLS (certificate, key) or, on loopback only and
     when asked explicitly, in plaintext. With ``client_certificates`` (PEM, concatenated) TLS is
     mutual: only clients presenting one of those certificates connect. Returns the started server and
-    the bound port."""
+    the bound port. At most ``workers`` requests run at once; more are refused at once with
+    ``RESOURCE_EXHAUSTED`` (which clients read as busy and retry) rather than queued, where a
+    handshake would age past its clock-skew window and a waiting backward would miss its step."""
     if client_certificates is not None and tls is None:
         raise ValueError("mutual TLS needs the server's own TLS certificate and key")
     if tls is None:
         check_plaintext_allowed(address, allow_insecure_loopback)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trunk-rpc"),
+        maximum_concurrent_rpcs=workers,
         options=[("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
                  ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT)],
     )

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from splitfed.security import create_identity_files, create_server_files
-from splitfed.server.process import build_service
+from splitfed.server.process import build_service, rpc_workers
 from splitfed.server.settings import ServerSettings
 
 
@@ -38,3 +38,11 @@ def test_auto_mode_logs_its_choice(files, caplog):
     service = build_service(ServerSettings(**files, mode="auto"))
     assert "mode auto ->" in caplog.text
     assert service.batcher is not None or len(service.sub_servers) >= 1
+
+
+def test_request_threads_cover_every_enrolled_client(files):
+    assert rpc_workers(ServerSettings(**files)) == 16  # 3 clients: the floor
+    for index in range(20):
+        create_identity_files(files["allowlist"], f"more{index}")
+    assert rpc_workers(ServerSettings(**files)) == 2 * 23 + 8
+    assert rpc_workers(ServerSettings(**files, rpc_workers=6)) == 6
