@@ -1,7 +1,7 @@
 """Federated split fine-tuning vs centralized, on real tasks: the papers' main table.
 
 Runs ``splitfed eval`` per task (zero-shot, centralized, split with 1 client, federated with N
-clients IID and Dirichlet non-IID, and federated + noise when the noise defense exists), with the
+clients IID and Dirichlet non-IID, and federated + noise with --noise-clip/--noise-sigma), with the
 same seeds, steps and hyper-parameters, and saves JSON, a Markdown table and a PNG of the loss
 curves. ``--zero-shot-only`` instead scores the base model on every shipped classification task.
 
@@ -27,6 +27,7 @@ from rich.console import Console
 
 from splitfed.evaluation import EvalSettings, markdown_report, plot_losses, run_eval
 from splitfed.evaluation.run import EvalResult
+from splitfed.privacy import PrivacySettings
 from splitfed.tasks import TASKS
 
 
@@ -49,6 +50,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--noise-clip", type=float, default=None,
+                        help="federated + noise row: per-token clip norm C of both channels")
+    parser.add_argument("--noise-sigma", type=float, default=None,
+                        help="federated + noise row: noise multiplier sigma of both channels")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these JSON results into --output "
                         "(a file stem) instead of running")
     args = parser.parse_args()
@@ -63,6 +68,9 @@ def main() -> None:
                   train_examples=args.train_examples, eval_examples=args.eval_examples,
                   max_new_tokens=args.max_new_tokens, max_words=args.max_words,
                   max_length=args.max_length, seed=args.seed)
+    if args.noise_clip is not None and args.noise_sigma is not None:
+        channel = {"clip": args.noise_clip, "sigma": args.noise_sigma}
+        common["privacy"] = PrivacySettings(forward=channel, backward=channel, seed=args.seed)
     if args.zero_shot_only:
         settings = EvalSettings(tasks=list(args.task or TASKS), methods=["zero-shot"], **common)
         name = f"quality_zeroshot_{args.model}"

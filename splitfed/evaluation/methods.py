@@ -55,18 +55,12 @@ class MethodResult:
     skipped: str | None = None
 
 
-def noise_supported() -> bool:
-    """Whether this build has the noise defense (``FederationSettings.noise``, issue 6)."""
-    return "noise" in FederationSettings.model_fields
-
-
 def noise_skip_reason(settings: EvalSettings) -> str | None:
     """Why the federated + noise row cannot run, or None when it can."""
-    if not noise_supported():
-        return ("skipped: the noise defense (issue 6) is not in this build "
-                "(FederationSettings has no `noise` field)")
-    if settings.noise is None:
-        return "skipped: no noise settings given (e.g. --set noise.std=0.02)"
+    if settings.privacy is None or not (settings.privacy.forward.protected
+                                        or settings.privacy.backward.protected):
+        return ("skipped: no noise defense given (e.g. --set privacy.forward.clip=2 "
+                "--set privacy.forward.sigma=0.2)")
     return None
 
 
@@ -89,7 +83,7 @@ def federation_settings(
         raise ValueError(f"steps {settings.steps} must be a multiple of rounds x clients = {per_round} "
                          "so that every trainer takes the same number of steps")
     head, tail = partition_sizes(settings, num_layers(model))
-    extra: dict[str, Any] = {"noise": settings.noise} if noise else {}
+    extra: dict[str, Any] = {"privacy": settings.privacy} if noise and settings.privacy else {}
     return FederationSettings(
         clients=clients, rounds=settings.rounds, local_steps=settings.steps // per_round,
         batch_size=settings.batch_size, seed=settings.seed,
@@ -138,9 +132,10 @@ def greedy_generator(split: SplitModel, tokenizer: Any) -> GenerateFn:
 class Trained:
     """A trained (or untrained) model, seen as logits for scoring and as a split for generation."""
 
-    def __init__(self, logits: Callable, split: SplitModel) -> None:
+    def __init__(self, logits: Callable, split: SplitModel, privacy: dict[str, Any] | None = None) -> None:
         self.logits = logits
         self.split = split
+        self.privacy = privacy  # the worst client's privacy spent, when a defense ran
 
 
 def evaluate(trained: Trained, task: TaskData, tokenizer: Any, settings: EvalSettings,
@@ -179,7 +174,9 @@ def train_federated(model: Any, shards: list[list[dict]], collate_rows: Callable
     client = federation.clients[0]
     split = SplitModel(client.head, federation.server.trunk, client.tail, fed.partition.partition(),
                        client.head.family)
-    return Trained(federation.logits, split)
+    reports = federation.privacy_reports()
+    worst = max(reports, key=lambda r: float(r["epsilon"])) if reports else None
+    return Trained(federation.logits, split, worst)
 
 
 def make_collate(tokenizer: Any) -> Callable[[list[dict]], dict]:

@@ -24,7 +24,15 @@ def main_value(result: EvalResult, task: str, method: str) -> float | None:
 
 def _label(result: EvalResult, method: str) -> str:
     settings = result.settings
-    return METHOD_LABELS[method].format(clients=settings["clients"], alpha=settings["alpha"])
+    label = METHOD_LABELS[method].format(clients=settings["clients"], alpha=settings["alpha"])
+    privacy = settings.get("privacy") if method == "federated-noise" else None
+    if privacy:
+        sigmas = ", ".join(f"{name} C={privacy[name]['clip']} sigma={privacy[name]['sigma']}"
+                           for name in ("forward", "backward") if privacy[name].get("clip") is not None)
+        spent = sorted({str(r.metrics["epsilon"]) for r in result.results
+                        if r.method == method and "epsilon" in r.metrics})
+        label += f" ({sigmas}; epsilon {', '.join(spent) or '?'} at delta {privacy['delta']:g})"
+    return label
 
 
 def _cell(result: EvalResult, task: str, method: str) -> str:

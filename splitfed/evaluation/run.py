@@ -147,6 +147,9 @@ def run_method(method: str, task: TaskData, model: Any, tokenizer: Any, settings
                                lambda n: progress.update(scoring, advance=n))
         progress.update(scoring, completed=total)
         row.eval_seconds = time.perf_counter() - began
+    if trained.privacy is not None:
+        row.metrics["epsilon"] = trained.privacy["epsilon"]  # a float, or "inf" when unbounded
+        row.metrics["delta"] = trained.privacy["delta"]
     return row
 
 

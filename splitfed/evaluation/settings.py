@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from splitfed.models import DEFAULT_MODEL
+from splitfed.privacy import PrivacySettings
 from splitfed.tasks import TaskSpec
 
 Method = Literal["zero-shot", "centralized", "split", "federated-iid", "federated-noniid", "federated-noise"]
@@ -40,8 +41,9 @@ class EvalSettings(BaseModel):
     head: int | None = Field(None, ge=0, description="client blocks before the trunk (default 2; 1 if tiny)")
     tail: int | None = Field(None, ge=0, description="client blocks after the trunk (default 2; 1 if tiny)")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration of the non-IID split")
-    noise: dict[str, Any] | None = Field(None, description="settings of the noise defense, passed as "
-                                                           "FederationSettings.noise (when it exists)")
+    privacy: PrivacySettings | None = Field(None, description="the client-side defense of the "
+                                            "federated-noise row (clipping and Gaussian noise with "
+                                            "accounting), e.g. privacy.forward.clip and .sigma")
     train_examples: int = Field(480, ge=1)
     eval_examples: int = Field(100, ge=1)
     max_length: int = Field(256, ge=16, description="tokens per training/scored sequence")

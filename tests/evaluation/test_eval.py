@@ -15,7 +15,6 @@ from splitfed.evaluation.methods import (
     MethodResult,
     federation_settings,
     greedy_generator,
-    noise_supported,
     skew_labels,
     zero_shot,
 )
@@ -108,13 +107,36 @@ def test_steps_must_split_evenly(tiny) -> None:
         federation_settings(EvalSettings(model="tiny-llama", steps=8, rounds=2, clients=3), model, 3)
 
 
-def test_noise_row_names_the_missing_defense() -> None:
+def test_noise_row_skips_without_a_defense_and_trains_with_one(tiny) -> None:
     from splitfed.evaluation import noise_skip_reason
+    from splitfed.privacy import PrivacySettings
 
-    reason = noise_skip_reason(EvalSettings(noise={"std": 0.1}))
-    assert (reason is None) == noise_supported()
-    if reason is not None:
-        assert "issue 6" in reason
+    assert "privacy.forward.sigma" in noise_skip_reason(EvalSettings())
+    defense = PrivacySettings(forward={"clip": 1.0, "sigma": 0.5}, seed=0)
+    settings = EvalSettings(model="tiny-llama", steps=4, rounds=2, clients=2, privacy=defense)
+    assert noise_skip_reason(settings) is None
+    model, _ = tiny
+    assert federation_settings(settings, model, 2, noise=True).privacy == defense
+    assert not federation_settings(settings, model, 2).privacy.enabled  # the other rows: no defense
+
+
+def test_noise_row_trains_with_the_defense_and_reports_epsilon(tmp_path: Path) -> None:
+    from splitfed.privacy import PrivacySettings
+
+    settings = EvalSettings(model="tiny-llama", tasks=["cb"], methods=["federated-iid", "federated-noise"],
+                            clients=2, steps=4, rounds=2, batch_size=2, train_examples=16, eval_examples=4,
+                            max_length=96, lr=1e-2, output=tmp_path,
+                            privacy=PrivacySettings(forward={"clip": 1.0, "sigma": 1.0},
+                                                    backward={"clip": 1.0, "sigma": 1.0}, seed=0))
+    result = run_eval(settings)
+    plain, noised = result.get("cb", "federated-iid"), result.get("cb", "federated-noise")
+    assert noised.skipped is None and len(noised.losses) == 4
+    assert noised.losses != pytest.approx(plain.losses, abs=1e-4)  # the noise changed training
+    assert 0 < noised.metrics["epsilon"] < float("inf") and noised.metrics["delta"] == 1e-5
+    assert "epsilon" not in plain.metrics
+    label = ("IID + noise (forward C=1.0 sigma=1.0, backward C=1.0 sigma=1.0; "
+             f"epsilon {noised.metrics['epsilon']}")
+    assert label in markdown_report(result)
 
 
 def test_generation_through_split_caches_equals_hf_generate(tiny) -> None:
