@@ -8,9 +8,10 @@ of a fixed number of new tokens with:
 * split, cache: every part keeps its KV cache; each decode step sends one token's hidden state;
 * split, no cache: every step sends the whole sequence through every part again (as FL-GLM does).
 
-tokens/s = new tokens / wall time of the whole generation (prefill included). Then 8 clients generate
-at once (their decode steps are batched on the server) against one client alone, and the server
-process's resident memory is read before, during and after their sessions.
+tokens/s = new tokens / wall time of the whole generation (prefill included), the best of
+``--repeats`` interleaved runs of local and split with cache (each run's time is saved too). Then 8
+clients generate at once (their decode steps are batched on the server) against one client alone, and
+the server process's resident memory is read before, during and after their sessions.
 
     .venv/bin/python benchmarks/generation_speed.py --model smollm2
 """
@@ -42,6 +43,12 @@ from splitfed.transport.connection import TrunkConnection
 CLIENTS = 8
 
 
+def _longest(args: argparse.Namespace) -> int:
+    """The longest sequence any run sends: a timed context or the last concurrent client's prompt."""
+    return max(max(args.contexts) + args.new_tokens,
+               args.concurrent_context + 7 * (CLIENTS - 1) + args.concurrent_tokens)
+
+
 def _start_server(args: argparse.Namespace, keys: Path) -> tuple[subprocess.Popen, int]:
     port_file = keys / "port"
     allow = keys / "allow"
@@ -52,7 +59,7 @@ def _start_server(args: argparse.Namespace, keys: Path) -> tuple[subprocess.Pope
                "--tail", str(args.tail), "--identity", str(keys / "server.key"), "--allowlist", str(allow),
                "--tls-cert", str(keys / "tls-cert.pem"), "--tls-key", str(keys / "tls-key.pem"),
                "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--output", str(keys / "out"),
-               "--set", f"max_length={max(args.contexts) + args.new_tokens + 8}"]
+               "--set", f"max_length={_longest(args) + 8}"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not port_file.is_file():
@@ -127,14 +134,22 @@ def _contexts(args, model, tokenizer, client: Client) -> list[dict]:
     client.generate(warm, 4)
     for context in args.contexts:
         ids = _prompt_ids(tokenizer, context)
-        local_tokens, local_s = _local(model, ids, args.new_tokens)
-        cache_tokens, cache_s = client.generate(ids, args.new_tokens)
+        local_times, cache_times = [], []
+        for _ in range(args.repeats):  # interleaved, best of N: robust to a shared, noisy machine
+            local_tokens, seconds = _local(model, ids, args.new_tokens)
+            local_times.append(seconds)
+            cache_tokens, seconds = client.generate(ids, args.new_tokens)
+            cache_times.append(seconds)
+        local_s, cache_s = min(local_times), min(cache_times)
         prefill_bytes, *decode_bytes = client.step_bytes
         nocache_new = min(args.new_tokens, args.no_cache_tokens)
         nocache_tokens, nocache_s = client.generate(ids, nocache_new, use_cache=False)
         row = {
             "context": context,
             "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "local_seconds_each": local_times,
+            "split_cache_seconds_each": cache_times,
             "local_tokens_per_s": args.new_tokens / local_s,
             "split_cache_tokens_per_s": args.new_tokens / cache_s,
             "split_no_cache_new_tokens": nocache_new,
@@ -200,6 +215,8 @@ def main() -> None:
     parser.add_argument("--no-cache-tokens", type=int, default=64,
                         help="new tokens timed without cache (fewer is faster and favours the no-cache row, "
                              "whose cost per token grows with the sequence)")
+    parser.add_argument("--repeats", type=int, default=3, help="local and split-with-cache runs per "
+                        "context, interleaved; the best of them is reported (the machine is shared)")
     parser.add_argument("--concurrent-context", type=int, default=64)
     parser.add_argument("--concurrent-tokens", type=int, default=32)
     parser.add_argument("--head", type=int, default=2)
