@@ -4,9 +4,11 @@ For 1, 2 and 4 clients: a real `splitfed serve --mode M` process (TLS + AES-GCM 
 loopback) and the clients as threads of this process, each with its own head and tail, together
 training ``--steps`` steps of ``--batch-size / clients`` rows each, so every trunk step sees the same
 total batch as the centralized baseline (the unsplit model, trained in this process on batches of
-``--batch-size``). Prints and saves JSON and a PNG of tokens/s per mode with the ratios.
+``--batch-size``), measured right before each run (``--repeats`` alternations, best of each, for a
+shared machine). Prints and saves JSON and a PNG of tokens/s per mode with the ratios.
 
     .venv/bin/python benchmarks/modes.py --model tiny-llama
+    .venv/bin/python benchmarks/modes.py --model smollm2 --steps 8 --repeats 3
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def _centralized(model, args) -> float:
 
 def _serve(args, keys: Path, mode: str, clients: int) -> tuple[subprocess.Popen, int]:
     port_file = keys / f"port-{mode}-{clients}"
+    port_file.unlink(missing_ok=True)  # a repeat's server writes it anew
     extra = {"sequential": [],
              "hierarchical": ["--set", f"sub_servers={clients}", "--set", "average_every=1"],
              "client-batch": ["--set", f"batch_max_rows={args.batch_size}", "--set", "batch_window_s=5"],
@@ -138,6 +141,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--head", type=int, default=2)
     parser.add_argument("--tail", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating centralized / federated "
+                        "measurements per configuration; the best of each is compared")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     output = args.output or Path(f"benchmarks/results/modes_{args.model}.json")
@@ -147,8 +152,7 @@ def main() -> None:
     results = {"model": args.model, "batch_size": args.batch_size, "length": args.length,
                "steps": args.steps, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                 "torch_threads": torch.get_num_threads()}, "runs": []}
-    central = _centralized(model, args)
-    results["centralized_tokens_per_s"] = central
+    results["repeats"] = args.repeats
     with tempfile.TemporaryDirectory() as tmp:
         keys = Path(tmp)
         create_server_files(keys, ["localhost"], ["127.0.0.1"])
@@ -163,9 +167,16 @@ def main() -> None:
             for mode in MODES:
                 if mode == "client-batch" and clients == 1:
                     continue
-                speed = _federated(model, args, keys, mode, clients)
+                # the baseline is measured next to each run, alternating, best of --repeats each:
+                # on a shared machine a baseline taken once at the start drifts from the runs
+                centrals, speeds = [], []
+                for _ in range(args.repeats):
+                    centrals.append(_centralized(model, args))
+                    speeds.append(_federated(model, args, keys, mode, clients))
+                speed, central = max(speeds), max(centrals)
                 run = {"mode": mode, "clients": clients, "tokens_per_s": speed,
-                       "over_centralized": speed / central}
+                       "centralized_tokens_per_s": central, "over_centralized": speed / central,
+                       "tokens_per_s_each": speeds, "centralized_tokens_per_s_each": centrals}
                 results["runs"].append(run)
                 print(json.dumps(run), flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
