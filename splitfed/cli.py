@@ -367,6 +367,7 @@ def train(
     from splitfed.client.process import run_client
     from splitfed.client.settings import ClientSettings
     from splitfed.config import ConfigError, build_settings
+    from splitfed.privacy import format_epsilon
     from splitfed.security import SecurityError
     from splitfed.transport.errors import RemoteError
 
@@ -385,9 +386,11 @@ def train(
         console.print(f"{summary['name']}: interrupted after {summary['steps']} steps; checkpoint saved "
                       "(run again with --resume)")
         raise typer.Exit(INTERRUPTED_EXIT)
+    spent = "" if summary["privacy"] is None else f", privacy spent {format_epsilon(summary['privacy'])}"
+    stopped = "" if summary["stopped"] is None else f"; stopped early: {summary['stopped']}"
     console.print(f"{summary['name']}: {summary['steps']} steps, loss {summary['losses'][0]:.3f} -> "
                   f"{summary['losses'][-1]:.3f}, {summary['tokens_per_second']:.0f} tokens/s, "
-                  f"{summary['bytes_sent'] / 1e6:.1f} MB sent")
+                  f"{summary['bytes_sent'] / 1e6:.1f} MB sent{spent}{stopped}")
 
 
 @app.command()

@@ -27,7 +27,7 @@ def _reference(configs) -> dict[str, dict]:
         model, shards, lambda rows: collate(rows, pad_token_id=int(tokenizer.pad_token_id)),
         FederationSettings(clients=len(settings), rounds=ROUNDS, local_steps=STEPS // ROUNDS,
                            batch_size=first.batch_size, seed=first.seed, partition=first.partition,
-                           adapter=first.adapter, optimizer=first.optimizer))
+                           adapter=first.adapter, optimizer=first.optimizer, privacy=first.privacy))
     initial = adapter_state(federation.server.trunk)
     for _ in range(ROUNDS):
         federation.train_round()
