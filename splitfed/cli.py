@@ -227,6 +227,27 @@ def attack(
     console.print(f"results: {save_attack(result, settings.output)} ({result['seconds']:.0f}s)")
 
 
+@app.command("sealing-key")
+def sealing_key(
+    out: Annotated[Path, typer.Argument(help="The key file to create (mode 0600).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing key file (sealed checkpoints "
+                                                 "made with the old key will no longer load).")] = False,
+) -> None:
+    """Create a random 32-byte sealing key for the server's trusted slice.
+
+    Give it to `splitfed serve --seal-key-file FILE` (or keep it in a KMS and use
+    sealing.key_provider=command); checkpoints and the saved trunk adapter are then sealed with AEAD.
+    """
+    from splitfed.security import SecurityError, create_key_file
+
+    try:
+        path = create_key_file(out, overwrite=overwrite)
+    except (OSError, SecurityError) as error:
+        raise _fail(error) from error
+    console.print(f"sealing key: {path} (private, mode 0600; losing it makes the sealed checkpoints "
+                  "unreadable)")
+
+
 @app.command()
 def keygen(
     name: Annotated[str, typer.Argument(help="Identity name: the client's name in the server's allow-list, "
@@ -304,12 +325,21 @@ def serve(
                                                 "checkpoint in output/checkpoints.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(min=0, help="Checkpoint every N trunk steps "
                                                          "(always on SIGTERM/SIGINT).")] = None,
+    seal_key_file: Annotated[Path | None, typer.Option(help="Seal checkpoints and the saved trunk adapter "
+                                                            "with the key in this file (from `splitfed "
+                                                            "sealing-key`).")] = None,
+    seal_key_env: Annotated[str | None, typer.Option(help="Seal with the key (hex/base64) in this "
+                                                          "environment variable.")] = None,
+    seal_key_command: Annotated[str | None, typer.Option(help="Seal with the key printed by this command "
+                                                              "(e.g. a KMS client; split on spaces).")
+                                ] = None,
 ) -> None:
     """Run the trunk server for enrolled clients over authenticated, encrypted sessions.
 
     The server holds the middle blocks of the model (frozen) and a trainable trunk adapter, serves
     until stopped (Ctrl-C, SIGTERM or --exit-when-done) and then saves the adapter.
     """
+    from splitfed.checkpoint import CheckpointError
     from splitfed.config import ConfigError, build_settings
     from splitfed.security import SecurityError
     from splitfed.server.process import run_server
@@ -321,12 +351,24 @@ def serve(
                  "roster": roster.split(",") if roster else None, "optimizer.lr": lr, "seed": seed,
                  "mode": mode,
                  "port_file": port_file, "output": output, "resume": resume,
-                 "checkpoint_every": checkpoint_every}
+                 "checkpoint_every": checkpoint_every, **_sealing_overrides(seal_key_file, seal_key_env,
+                                                                            seal_key_command)}
     try:
         settings = build_settings(ServerSettings, config, _merge(set_, overrides))
         run_server(settings)
-    except (ConfigError, ValueError, OSError, SecurityError) as error:
+    except (ConfigError, ValueError, OSError, SecurityError, CheckpointError) as error:
         raise _fail(error) from error
+
+
+def _sealing_overrides(key_file: Path | None, key_env: str | None, key_command: str | None) -> dict:
+    given = [name for name, value in (("file", key_file), ("env", key_env), ("command", key_command))
+             if value]
+    if len(given) > 1:
+        raise _fail(ValueError("give at most one of --seal-key-file, --seal-key-env, --seal-key-command"))
+    if not given:
+        return {}
+    return {"sealing.key_provider": given[0], "sealing.key_file": key_file, "sealing.key_env": key_env,
+            "sealing.key_command": key_command.split() if key_command else None}
 
 
 @app.command()
