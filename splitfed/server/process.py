@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from splitfed.checkpoint import CheckpointError
-from splitfed.models import init_adapter, load_adapter_state, load_model, split_model
+from splitfed.models import init_adapter, load_model, split_model
 from splitfed.observability import write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
@@ -38,7 +38,7 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
     init_adapter(split.trunk, settings.adapter, settings.seed)
     if settings.trunk_adapter is not None:
         slice_ = slice_ or trusted_slice(settings)
-        load_adapter_state(split.trunk, slice_.load_trunk_state(settings.trunk_adapter))
+        slice_.load_trunk(split.trunk, settings.trunk_adapter)
         log.info("trunk adapter loaded from %s", settings.trunk_adapter)
     identity = Identity.load(settings.identity)
     allowlist = AllowList.load(settings.allowlist)

@@ -4,7 +4,7 @@ The server's secrets are the trunk adapter(s), their optimizer state, the sparse
 session keys. The slice owns the sealing key (obtained from a key provider, optionally only after
 attestation) and is the only code that writes or reads the trunk state at rest: checkpoints and the
 saved trunk adapter are sealed with AEAD when sealing is configured. Its interface is narrow:
-``checkpoints`` (a sealed ``CheckpointStore``), ``save_trunk`` and ``load_trunk_state``.
+``checkpoints`` (a sealed ``CheckpointStore``), ``save_trunk`` and ``load_trunk``.
 
 What this protects without TEE hardware: state at rest (a stolen disk or backup, a tampered, truncated
 or swapped checkpoint). It does not protect the process memory from the host's operator; for that the
@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from splitfed.checkpoint import Checkpoint, CheckpointError, CheckpointStore
-from splitfed.models import TrunkPart, adapter_state, save_adapter
-from splitfed.models.adapters import read_adapter
+from splitfed.models import TrunkPart, adapter_state, load_adapter_state, load_sparse_state, save_adapter
+from splitfed.models import sparse_state as part_sparse_state
+from splitfed.models.adapters import read_adapter, read_sparse
 from splitfed.security import Sealer
 from splitfed.security.attestation import Attester, Verifier
 from splitfed.security.key_providers import SealingSettings
@@ -28,6 +29,7 @@ from splitfed.security.key_providers import SealingSettings
 log = logging.getLogger(__name__)
 
 SEALED_TRUNK = "sealed-trunk"
+SPARSE = "sparse/"
 
 
 class TrustedSlice:
@@ -53,10 +55,12 @@ class TrustedSlice:
             return save_adapter(part, directory, base_model=base_model)
         store = CheckpointStore(Path(directory) / SEALED_TRUNK, keep=1, sealer=self._sealer)
         meta = {"role": part.role, "layers": list(part.layer_indices), "base_model": base_model}
-        return store.save(Checkpoint(step, adapter_state(part), meta))
+        tensors = {**adapter_state(part), **{SPARSE + k: v for k, v in part_sparse_state(part).items()}}
+        return store.save(Checkpoint(step, tensors, meta))
 
     def load_trunk_state(self, directory: str | Path) -> dict[str, torch.Tensor]:
-        """The trunk adapter's weights saved by ``save_trunk`` (sealed or not)."""
+        """The trunk adapter's weights saved by ``save_trunk`` (sealed or not); sparse deltas (indices
+        and values) under keys starting with ``sparse/``."""
         directory = Path(directory)
         sealed = directory / SEALED_TRUNK
         if sealed.is_dir():
@@ -67,4 +71,12 @@ class TrustedSlice:
         if self._sealer is not None:
             raise CheckpointError(f"sealing is on but {directory} holds no sealed trunk adapter; refusing "
                                   "a cleartext one")
-        return read_adapter(directory)[1]
+        return {**read_adapter(directory)[1], **{SPARSE + k: v for k, v in read_sparse(directory).items()}}
+
+    def load_trunk(self, part: TrunkPart, directory: str | Path) -> None:
+        """Load what ``save_trunk`` saved into ``part`` (its adapter already injected)."""
+        state = self.load_trunk_state(directory)
+        sparse = {k[len(SPARSE):]: v for k, v in state.items() if k.startswith(SPARSE)}
+        load_adapter_state(part, {k: v for k, v in state.items() if not k.startswith(SPARSE)})
+        if sparse:
+            load_sparse_state(part, sparse)

@@ -46,3 +46,19 @@ def test_sealed_trunk_round_trip_and_refusals(tmp_path):
     with pytest.raises(CheckpointError, match="refusing a cleartext one"):
         slice_.load_trunk_state(tmp_path / "clear")
     assert all(torch.equal(clear.load_trunk_state(tmp_path / "clear")[k], state[k]) for k in state)
+
+
+def test_sparse_deltas_are_sealed_with_the_trunk(tmp_path):
+    from splitfed.models import add_sparse, sparse_state
+
+    key = create_key_file(tmp_path / "seal.key")
+    slice_ = TrustedSlice(SealingSettings(key_provider="file", key_file=key), tmp_path / "ckpt")
+    trunk = _trunk(2)
+    add_sparse(trunk, {"model.layers.1.mlp.up_proj": torch.tensor([3, 70, 500])})
+    with torch.no_grad():
+        next(p for n, p in trunk.named_parameters() if "sparse_delta" in n).copy_(torch.tensor([1., -2., 3.]))
+    slice_.save_trunk(trunk, tmp_path / "out")
+    again = _trunk(2)
+    slice_.load_trunk(again, tmp_path / "out")
+    loaded, saved = sparse_state(again), sparse_state(trunk)
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
