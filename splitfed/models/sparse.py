@@ -8,8 +8,8 @@ The paper names sparsification parameter fine-tuning but gives no algorithm. Our
 2. *Allocate* ``round(density x targeted weights)`` entries to the modules in proportion to their
    sizes (largest remainder), and keep each module's top-scoring entries.
 3. *Train* a value per selected entry (starting at 0) together with LoRA: a forward hook adds
-   ``x D^T`` with ``D = scatter(indices, values)`` to the layer's output, so the base weight itself
-   stays frozen and untouched.
+   ``x D^T`` (``D`` holding the values at the indices) to the layer's output, computed entry by
+   entry, so the base weight itself stays frozen and untouched.
 4. *Store and send* the delta as flat ``indices`` (int64) + ``values``, never as a dense matrix, and
    *merge* it into the base weight on export.
 
@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -49,17 +48,26 @@ class SparseSpec(BaseModel):
 
 
 class SparseDelta(nn.Module):
-    """Trainable values at fixed flat indices of one weight matrix."""
+    """Trainable values at fixed flat indices of one weight matrix.
 
-    def __init__(self, shape: tuple[int, ...], indices: torch.Tensor, dtype: torch.dtype) -> None:
+    Applied without a dense matrix: ``y[..., out_k] += x[..., in_k] * values_k``, so the forward and the
+    values' gradient cost O(tokens x entries), not a second full matmul.
+    """
+
+    def __init__(self, shape: tuple[int, ...], indices: torch.Tensor, dtype: torch.dtype,
+                 transposed: bool = False) -> None:
         super().__init__()
         self.shape = tuple(shape)
-        self.register_buffer("indices", indices.to(torch.int64).flatten().clone(), persistent=False)
-        self.values = nn.Parameter(torch.zeros(self.indices.numel(), dtype=dtype))
+        flat = indices.to(torch.int64).flatten().clone()
+        rows, cols = flat // self.shape[1], flat % self.shape[1]
+        outputs, inputs = (cols, rows) if transposed else (rows, cols)  # Conv1D stores (in, out)
+        self.register_buffer("indices", flat, persistent=False)
+        self.register_buffer("out_index", outputs, persistent=False)
+        self.register_buffer("in_index", inputs, persistent=False)
+        self.values = nn.Parameter(torch.zeros(flat.numel(), dtype=dtype))
 
-    def dense(self) -> torch.Tensor:
-        flat = self.values.new_zeros(int(torch.tensor(self.shape).prod()))
-        return flat.scatter(0, self.indices, self.values).view(self.shape)
+    def add_to(self, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        return output.index_add(-1, self.out_index, inputs[..., self.in_index] * self.values)
 
 
 def _base(module: nn.Module) -> nn.Module:
@@ -68,10 +76,7 @@ def _base(module: nn.Module) -> nn.Module:
 
 
 def _apply_delta(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-    delta = getattr(module, DELTA).dense()
-    if isinstance(module, Conv1D):  # GPT-2 stores (in, out) and computes x @ W
-        return output + inputs[0] @ delta
-    return output + F.linear(inputs[0], delta)
+    return getattr(module, DELTA).add_to(inputs[0], output)
 
 
 def _clean(name: str) -> str:
@@ -134,7 +139,8 @@ def add_sparse(model: nn.Module, indices: dict[str, torch.Tensor]) -> int:
         layer = _base(layers[path])
         if hasattr(layer, DELTA):
             raise ValueError(f"{path} already has a sparse delta")
-        layer.add_module(DELTA, SparseDelta(tuple(layer.weight.shape), flat, layer.weight.dtype))
+        delta = SparseDelta(tuple(layer.weight.shape), flat, layer.weight.dtype, isinstance(layer, Conv1D))
+        layer.add_module(DELTA, delta)
         layer.register_forward_hook(_apply_delta)
     return sum(int(flat.numel()) for flat in indices.values())
 
