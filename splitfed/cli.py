@@ -302,6 +302,9 @@ def serve(
     model: Annotated[str | None, typer.Option(help="Base model (default: smollm2).")] = None,
     head: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep before the trunk.")] = None,
     tail: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep after the trunk.")] = None,
+    layout: Annotated[str | None, typer.Option(help="three-part (clients keep head and tail; default) or "
+                                                    "two-part (clients keep the head only; this server "
+                                                    "runs the LM head and receives their labels).")] = None,
     identity: Annotated[Path | None, typer.Option(help="The server's private key file.")] = None,
     allowlist: Annotated[Path | None, typer.Option(help="File of client public keys or directory of "
                                                         ".pub files.")] = None,
@@ -346,7 +349,8 @@ def serve(
     from splitfed.server.settings import ServerSettings
 
     overrides = {"listen": listen, "model": model, "partition.head": head, "partition.tail": tail,
-                 "identity": identity, "allowlist": allowlist, "tls_cert": tls_cert, "tls_key": tls_key,
+                 "partition.layout": layout, "identity": identity, "allowlist": allowlist,
+                 "tls_cert": tls_cert, "tls_key": tls_key,
                  "insecure_loopback": insecure_loopback, "exit_when_done": exit_when_done,
                  "roster": roster.split(",") if roster else None, "optimizer.lr": lr, "seed": seed,
                  "mode": mode,
@@ -385,6 +389,8 @@ def train(
     model: Annotated[str | None, typer.Option(help="Base model, the server's (default: smollm2).")] = None,
     head: Annotated[int | None, typer.Option(min=0, help="Blocks kept before the trunk.")] = None,
     tail: Annotated[int | None, typer.Option(min=0, help="Blocks kept after the trunk.")] = None,
+    layout: Annotated[str | None, typer.Option(help="three-part (head and tail here; default) or two-part "
+                                                    "(head only here; the labels go to the server).")] = None,
     task: Annotated[str | None, typer.Option(help="Shipped task, or the template of --data-file.")] = None,
     data_file: Annotated[Path | None, typer.Option(help="Your own JSONL training file.")] = None,
     shard: Annotated[int | None, typer.Option(min=0, help="Which data shard this client holds.")] = None,
@@ -407,6 +413,7 @@ def train(
     and logits stay here. The head and tail adapters are saved at the end.
     """
     from splitfed.client.process import run_client
+    from splitfed.client.remote_trunk import TrunkMismatchError
     from splitfed.client.settings import ClientSettings
     from splitfed.config import ConfigError, build_settings
     from splitfed.security import SecurityError
@@ -414,14 +421,15 @@ def train(
 
     overrides = {"name": name, "identity": identity, "server": server, "server_key": server_key,
                  "server_cert": server_cert, "insecure_loopback": insecure_loopback, "model": model,
-                 "partition.head": head, "partition.tail": tail, "data.task": task, "data.file": data_file,
+                 "partition.head": head, "partition.tail": tail, "partition.layout": layout,
+                 "data.task": task, "data.file": data_file,
                  "data.shard": shard, "data.shards": shards, "steps": steps, "batch_size": batch_size,
                  "optimizer.lr": lr, "wire_dtype": wire_dtype, "seed": seed, "data.seed": seed,
                  "output": output, "resume": resume, "checkpoint_every": checkpoint_every}
     try:
         settings = build_settings(ClientSettings, config, _merge(set_, overrides))
         summary = run_client(settings, console)
-    except (ConfigError, ValueError, OSError, RemoteError, SecurityError) as error:
+    except (ConfigError, ValueError, OSError, RemoteError, SecurityError, TrunkMismatchError) as error:
         raise _fail(error) from error
     if summary["interrupted"]:
         console.print(f"{summary['name']}: interrupted after {summary['steps']} steps; checkpoint saved "

@@ -20,6 +20,7 @@ from splitfed.server.service_state import restore_service, service_checkpoint
 from splitfed.server.settings import ServerSettings
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.server.trusted_slice import TrustedSlice
+from splitfed.server.two_part import TwoPartTrunk
 from splitfed.training.replicate import replicate_frozen
 from splitfed.transport.server import serve
 
@@ -51,6 +52,15 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
                            generation_budget_bytes=int(settings.generation_memory_mb * 2**20),
                            generation_ttl_s=settings.generation_ttl_s,
                            generation_streams=settings.generation_streams)
+    if settings.partition.layout == "two-part":
+        if settings.mode != "sequential":
+            raise ValueError(f"the two-part layout runs in sequential mode only, not {settings.mode}")
+        log.warning("two-part layout: this server runs the LM head and the loss, so it receives every "
+                    "client's labels")
+        return TrunkService(TwoPartTrunk(split.trunk, split.tail, settings.optimizer),
+                            ServerHandshake(identity, allowlist), TurnScheduler(settings.roster), limits,
+                            roster=settings.roster, aggregation=settings.aggregation,
+                            secagg_threshold=settings.secagg_threshold)
     if settings.mode == "auto":
         settings = _resolve_auto(settings, split.trunk, len(settings.roster or allowlist.names()))
     subs = []
