@@ -158,7 +158,8 @@ class RemoteTrunk:
     def generate_step(self, stream: int, hidden: torch.Tensor, attention_mask: torch.Tensor, past_length: int,
                       use_cache: bool = True) -> torch.Tensor:
         """One split-inference step of ``stream`` (``splitfed.inference.GenerationEndpoint``): the new
-        tokens' hidden states go up, with the mask as per-row lengths over past and new positions."""
+        tokens' hidden states go up, with the mask as per-row lengths over past and new positions. In the
+        two-part layout the server answers with the last position's logits (B, 1, V) instead."""
         self._step += 1
         request = pb.GenerateRequest(step=self._step, stream=stream,
                                      hidden=encode_tensor(hidden.detach(), self.wire_dtype),
@@ -170,7 +171,9 @@ class RemoteTrunk:
             if error.message.startswith("stale_cache:"):
                 raise StaleCacheError(error.message) from None
             raise
-        return decode_tensor(reply.hidden, self._tensor_limits(), tuple(hidden.shape), hidden.dtype)
+        assert self.limits is not None
+        expected = (hidden.shape[0], 1, None) if self.limits.layout == "two-part" else tuple(hidden.shape)
+        return decode_tensor(reply.hidden, self._tensor_limits(), expected, hidden.dtype)
 
     def release_stream(self, stream: int) -> None:
         """Free ``stream``'s trunk cache on the server."""

@@ -313,7 +313,7 @@ class TrunkService:
                 raise WireFormatError("bad_step", "payload step differs from the sealed step")
             if sealed.kind == "loss":
                 return self._loss(session, request)
-            if self.layout == "two-part" and sealed.kind in ("forward", "backward", "generate"):
+            if self.layout == "two-part" and sealed.kind in ("forward", "backward"):
                 raise WireFormatError("wrong_layout", "this server runs the two-part layout: it takes "
                                       f"'loss' messages, not {sealed.kind!r}")
             if sealed.kind == "forward":
@@ -607,6 +607,9 @@ class TrunkService:
         except GenerationError as error:
             status = "RESOURCE_EXHAUSTED" if error.code == "cache_budget" else "FAILED_PRECONDITION"
             raise ServiceError(status, error.code, error.message) from None
+        if isinstance(sub.trunk, TwoPartTrunk):  # the LM head runs here: return the last position's logits
+            with torch.no_grad():
+                output = sub.trunk.tail(output[:, -1:], None)
         reply = pb.GenerateReply(step=request.step, hidden=encode_tensor(output, request.hidden.dtype),
                                  cached_tokens=cached)
         return session.channel.seal("generate_reply", request.step, reply.SerializeToString())
