@@ -49,9 +49,10 @@ class InProcessFederation:
         init_adapter(server_split.trunk, settings.adapter, settings.seed)
         layout = settings.partition.layout
         if layout == "two-part":
-            self.server: LocalTrunk = TwoPartTrunk(server_split.trunk, server_split.tail, settings.optimizer)
+            self.server: LocalTrunk = TwoPartTrunk(server_split.trunk, server_split.tail, settings.optimizer,
+                                                   settings.sparse)
         else:
-            self.server = LocalTrunk(server_split.trunk, settings.optimizer)
+            self.server = LocalTrunk(server_split.trunk, settings.optimizer, settings.sparse)
         self.shard_sizes = [len(shard) for shard in shards]
         self._batches = []
         self.clients: list[SplitClient] = []

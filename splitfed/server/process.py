@@ -52,12 +52,13 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
                            generation_budget_bytes=int(settings.generation_memory_mb * 2**20),
                            generation_ttl_s=settings.generation_ttl_s,
                            generation_streams=settings.generation_streams)
+    if settings.mode != "sequential" and (settings.partition.layout == "two-part" or settings.sparse):
+        raise ValueError(f"the two-part layout and sparse fine-tuning run in sequential mode only, not "
+                         f"{settings.mode}")
     if settings.partition.layout == "two-part":
-        if settings.mode != "sequential":
-            raise ValueError(f"the two-part layout runs in sequential mode only, not {settings.mode}")
         log.warning("two-part layout: this server runs the LM head and the loss, so it receives every "
                     "client's labels")
-        return TrunkService(TwoPartTrunk(split.trunk, split.tail, settings.optimizer),
+        return TrunkService(TwoPartTrunk(split.trunk, split.tail, settings.optimizer, settings.sparse),
                             ServerHandshake(identity, allowlist), TurnScheduler(settings.roster), limits,
                             roster=settings.roster, aggregation=settings.aggregation,
                             secagg_threshold=settings.secagg_threshold)
@@ -75,7 +76,8 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
                           settings.batch_max_rows, settings.backward_deadline_s)
         log.info("client-batch mode: window %.3fs, up to %d rows, backward deadline %.0fs",
                  settings.batch_window_s, settings.batch_max_rows, settings.backward_deadline_s)
-    return TrunkService(LocalTrunk(split.trunk, settings.optimizer), ServerHandshake(identity, allowlist),
+    return TrunkService(LocalTrunk(split.trunk, settings.optimizer, settings.sparse),
+                        ServerHandshake(identity, allowlist),
                         TurnScheduler(settings.roster), limits, sub_trunks=subs,
                         average_every=settings.average_every, roster=settings.roster, batcher=batcher,
                         aggregation=settings.aggregation, secagg_threshold=settings.secagg_threshold)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from splitfed.checkpoint import Checkpoint, load_optimizer_state, optimizer_state
-from splitfed.models import adapter_state, load_adapter_state, load_sparse_state, sparse_state
+from splitfed.models import adapter_state, load_adapter_state, sparse_state
 
 if TYPE_CHECKING:
     from splitfed.server.trunk_service import TrunkService
@@ -53,7 +53,7 @@ def restore_service(service: TrunkService, checkpoint: Checkpoint) -> None:
         sparse = {k[len(f"sub{index}/sparse/"):]: v for k, v in checkpoint.tensors.items()
                   if k.startswith(f"sub{index}/sparse/")}
         if sparse:
-            load_sparse_state(trunk.trunk, sparse)
+            trunk.restore_sparse(sparse)
         load_optimizer_state(trunk.optimizer, checkpoint.tensors, subs[str(index)]["optimizer"],
                              f"sub{index}/optimizer")
         trunk.steps = int(subs[str(index)]["steps"])

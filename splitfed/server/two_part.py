@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from splitfed.models import TailPart, TrunkPart
+from splitfed.models import SparseSpec, TailPart, TrunkPart
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.training.loss import IGNORE_INDEX, causal_lm_loss
 from splitfed.training.optim import OptimizerSettings
@@ -20,10 +20,11 @@ from splitfed.training.trunk import LossResult
 class TwoPartTrunk(LocalTrunk):
     """``LocalTrunk`` that also runs the model's end and the loss (``LossEndpoint``)."""
 
-    def __init__(self, trunk: TrunkPart, tail: TailPart, optimizer: OptimizerSettings | None = None) -> None:
+    def __init__(self, trunk: TrunkPart, tail: TailPart, optimizer: OptimizerSettings | None = None,
+                 sparse: SparseSpec | None = None) -> None:
         if tail.layer_indices:
             raise ValueError("a two-part server's tail holds only the final norm and LM head (tail=0)")
-        super().__init__(trunk, optimizer)
+        super().__init__(trunk, optimizer, sparse)
         self.tail = tail
         # the LM head (and its tied embedding) stays frozen on the server unless an adapter says otherwise
         self.labels_seen = 0
@@ -46,8 +47,11 @@ class TwoPartTrunk(LocalTrunk):
             total = nll.sum()
             return LossResult(float(total / tokens.sum().clamp(min=1)), None, nll.sum(-1), tokens)
         inputs = hidden.detach().requires_grad_(True)
+        if self._selecting():
+            self.selection.before_forward()  # type: ignore[union-attr]
         loss = causal_lm_loss(self._logits(inputs, attention_mask), labels)
         loss.backward()
+        self._after_backward()
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
