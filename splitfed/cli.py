@@ -227,6 +227,27 @@ def attack(
     console.print(f"results: {save_attack(result, settings.output)} ({result['seconds']:.0f}s)")
 
 
+@app.command("sealing-key")
+def sealing_key(
+    out: Annotated[Path, typer.Argument(help="The key file to create (mode 0600).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing key file (sealed checkpoints "
+                                                 "made with the old key will no longer load).")] = False,
+) -> None:
+    """Create a random 32-byte sealing key for the server's trusted slice.
+
+    Give it to `splitfed serve --seal-key-file FILE` (or keep it in a KMS and use
+    sealing.key_provider=command); checkpoints and the saved trunk adapter are then sealed with AEAD.
+    """
+    from splitfed.security import SecurityError, create_key_file
+
+    try:
+        path = create_key_file(out, overwrite=overwrite)
+    except (OSError, SecurityError) as error:
+        raise _fail(error) from error
+    console.print(f"sealing key: {path} (private, mode 0600; losing it makes the sealed checkpoints "
+                  "unreadable)")
+
+
 @app.command()
 def keygen(
     name: Annotated[str, typer.Argument(help="Identity name: the client's name in the server's allow-list, "
@@ -281,6 +302,9 @@ def serve(
     model: Annotated[str | None, typer.Option(help="Base model (default: smollm2).")] = None,
     head: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep before the trunk.")] = None,
     tail: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep after the trunk.")] = None,
+    layout: Annotated[str | None, typer.Option(help="three-part (clients keep head and tail; default) or "
+                                                    "two-part (clients keep the head only; this server "
+                                                    "runs the LM head and receives their labels).")] = None,
     identity: Annotated[Path | None, typer.Option(help="The server's private key file.")] = None,
     allowlist: Annotated[Path | None, typer.Option(help="File of client public keys or directory of "
                                                         ".pub files.")] = None,
@@ -304,29 +328,51 @@ def serve(
                                                 "checkpoint in output/checkpoints.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(min=0, help="Checkpoint every N trunk steps "
                                                          "(always on SIGTERM/SIGINT).")] = None,
+    seal_key_file: Annotated[Path | None, typer.Option(help="Seal checkpoints and the saved trunk adapter "
+                                                            "with the key in this file (from `splitfed "
+                                                            "sealing-key`).")] = None,
+    seal_key_env: Annotated[str | None, typer.Option(help="Seal with the key (hex/base64) in this "
+                                                          "environment variable.")] = None,
+    seal_key_command: Annotated[str | None, typer.Option(help="Seal with the key printed by this command "
+                                                              "(e.g. a KMS client; split on spaces).")
+                                ] = None,
 ) -> None:
     """Run the trunk server for enrolled clients over authenticated, encrypted sessions.
 
     The server holds the middle blocks of the model (frozen) and a trainable trunk adapter, serves
     until stopped (Ctrl-C, SIGTERM or --exit-when-done) and then saves the adapter.
     """
+    from splitfed.checkpoint import CheckpointError
     from splitfed.config import ConfigError, build_settings
     from splitfed.security import SecurityError
     from splitfed.server.process import run_server
     from splitfed.server.settings import ServerSettings
 
     overrides = {"listen": listen, "model": model, "partition.head": head, "partition.tail": tail,
-                 "identity": identity, "allowlist": allowlist, "tls_cert": tls_cert, "tls_key": tls_key,
+                 "partition.layout": layout, "identity": identity, "allowlist": allowlist,
+                 "tls_cert": tls_cert, "tls_key": tls_key,
                  "insecure_loopback": insecure_loopback, "exit_when_done": exit_when_done,
                  "roster": roster.split(",") if roster else None, "optimizer.lr": lr, "seed": seed,
                  "mode": mode,
                  "port_file": port_file, "output": output, "resume": resume,
-                 "checkpoint_every": checkpoint_every}
+                 "checkpoint_every": checkpoint_every, **_sealing_overrides(seal_key_file, seal_key_env,
+                                                                            seal_key_command)}
     try:
         settings = build_settings(ServerSettings, config, _merge(set_, overrides))
         run_server(settings)
-    except (ConfigError, ValueError, OSError, SecurityError) as error:
+    except (ConfigError, ValueError, OSError, SecurityError, CheckpointError) as error:
         raise _fail(error) from error
+
+
+def _sealing_overrides(key_file: Path | None, key_env: str | None, key_command: str | None) -> dict:
+    given = [name for name, value in (("file", key_file), ("env", key_env), ("command", key_command))
+             if value]
+    if len(given) > 1:
+        raise _fail(ValueError("give at most one of --seal-key-file, --seal-key-env, --seal-key-command"))
+    if not given:
+        return {}
+    return {"sealing.key_provider": given[0], "sealing.key_file": key_file, "sealing.key_env": key_env,
+            "sealing.key_command": key_command.split() if key_command else None}
 
 
 @app.command()
@@ -343,6 +389,8 @@ def train(
     model: Annotated[str | None, typer.Option(help="Base model, the server's (default: smollm2).")] = None,
     head: Annotated[int | None, typer.Option(min=0, help="Blocks kept before the trunk.")] = None,
     tail: Annotated[int | None, typer.Option(min=0, help="Blocks kept after the trunk.")] = None,
+    layout: Annotated[str | None, typer.Option(help="three-part (head and tail here; default) or two-part "
+                                                    "(head only here; the labels go to the server).")] = None,
     task: Annotated[str | None, typer.Option(help="Shipped task, or the template of --data-file.")] = None,
     data_file: Annotated[Path | None, typer.Option(help="Your own JSONL training file.")] = None,
     shard: Annotated[int | None, typer.Option(min=0, help="Which data shard this client holds.")] = None,
@@ -365,6 +413,7 @@ def train(
     and logits stay here. The head and tail adapters are saved at the end.
     """
     from splitfed.client.process import run_client
+    from splitfed.client.remote_trunk import TrunkMismatchError
     from splitfed.client.settings import ClientSettings
     from splitfed.config import ConfigError, build_settings
     from splitfed.privacy import format_epsilon
@@ -373,14 +422,15 @@ def train(
 
     overrides = {"name": name, "identity": identity, "server": server, "server_key": server_key,
                  "server_cert": server_cert, "insecure_loopback": insecure_loopback, "model": model,
-                 "partition.head": head, "partition.tail": tail, "data.task": task, "data.file": data_file,
+                 "partition.head": head, "partition.tail": tail, "partition.layout": layout,
+                 "data.task": task, "data.file": data_file,
                  "data.shard": shard, "data.shards": shards, "steps": steps, "batch_size": batch_size,
                  "optimizer.lr": lr, "wire_dtype": wire_dtype, "seed": seed, "data.seed": seed,
                  "output": output, "resume": resume, "checkpoint_every": checkpoint_every}
     try:
         settings = build_settings(ClientSettings, config, _merge(set_, overrides))
         summary = run_client(settings, console)
-    except (ConfigError, ValueError, OSError, RemoteError, SecurityError) as error:
+    except (ConfigError, ValueError, OSError, RemoteError, SecurityError, TrunkMismatchError) as error:
         raise _fail(error) from error
     if summary["interrupted"]:
         console.print(f"{summary['name']}: interrupted after {summary['steps']} steps; checkpoint saved "

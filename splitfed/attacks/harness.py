@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from splitfed.attacks.data import PUBLIC_TEXT, public_chunks, victim_rows
 from splitfed.attacks.direct import direct_forward
 from splitfed.attacks.inverter import Inverter, fixed_noise, sigma_sampler, train_inverter
+from splitfed.attacks.labels import label_guesses
 from splitfed.attacks.metrics import score
 from splitfed.attacks.nearest import nearest_tokens
 from splitfed.attacks.observe import (
@@ -28,8 +29,8 @@ from splitfed.training.replicate import replicate
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("nn-cosine", "nn-l2", "learned", "learned-mixed", "direct", "gradient")
-Attack = Literal["nn-cosine", "nn-l2", "learned", "learned-mixed", "direct", "gradient"]
+ATTACKS = ("nn-cosine", "nn-l2", "learned", "learned-mixed", "direct", "gradient", "labels")
+Attack = Literal["nn-cosine", "nn-l2", "learned", "learned-mixed", "direct", "gradient", "labels"]
 Progress = Callable[[str], None]
 
 
@@ -76,6 +77,8 @@ class AttackSettings(BaseModel):
     model: str = "smollm2"
     head: int = Field(2, ge=0)
     tail: int = Field(2, ge=0)
+    layout: Literal["three-part", "two-part"] = Field("three-part", description="two-part: the victim "
+                                                      "sends its labels to the server (tail must be 0)")
     task: str = "cb"
     victims: int = Field(32, ge=1, description="private rows attacked (the task's validation rows)")
     max_length: int = Field(128, ge=8)
@@ -92,6 +95,12 @@ class AttackSettings(BaseModel):
                                                            "tail/ adapters (e.g. runs/demo/adapters)")
     seed: int = 0
     output: Path = Path("runs/attack")
+
+    @model_validator(mode="after")
+    def _two_part_has_no_tail(self) -> AttackSettings:
+        if self.layout == "two-part" and self.tail != 0:
+            raise ValueError("the two-part layout has no client tail: set tail: 0")
+        return self
 
 
 class AttackHarness:
@@ -181,11 +190,14 @@ class AttackHarness:
                 inverter = self.inverter("forward", mixed_clip, tuple(settings.mixed_sigmas))
                 record(name, inverter.predict(sent), ids, mask)
         trunk_out = None
-        if "direct" in settings.attacks or "gradient" in settings.attacks:
+        if {"direct", "gradient", "labels"} & set(settings.attacks):
             trunk_out = trunk_outputs(victim.trunk, sent, mask)
         if "direct" in settings.attacks:
             record("direct", *direct_forward(self.public.tail, trunk_out, mask, ids))
-        if "gradient" in settings.attacks:
+        if "labels" in settings.attacks:
+            record("labels", *label_guesses(settings.layout, self.public.tail, trunk_out, mask,
+                                            rows["labels"]))
+        if "gradient" in settings.attacks and settings.layout == "three-part":
             b_clip, b_sigma = settings.backward.resolve(self.backward_median)
             grads = upstream_gradients(victim.tail, trunk_out, mask, rows["labels"])
             sent_grads = defend(grads, b_clip, b_sigma, generator)
@@ -198,7 +210,7 @@ class AttackHarness:
             "attacks": results,
             "forward": {"clip": f_clip, "sigma": f_sigma, "public_median_norm": self.forward_median},
             "backward": {"clip": settings.backward.resolve(self.backward_median)[0]
-                         if "gradient" in settings.attacks else None, "sigma": settings.backward.sigma},
+                         if "gradient" in results else None, "sigma": settings.backward.sigma},
         }
 
 

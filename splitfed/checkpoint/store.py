@@ -6,6 +6,11 @@ fsynced, then renamed into place and the parent fsynced, so a crash leaves eithe
 checkpoint or none. On load, a checkpoint whose manifest, checksums or files do not hold is skipped
 with a warning and the previous one is used. A failed write (a full disk, say) removes its partial
 folder and raises ``CheckpointError``; the previous checkpoints are untouched.
+
+With a ``sealer`` (see ``splitfed.security.sealing``), both files are sealed with AEAD, bound to their
+name and step, and a store with a sealer reads only sealed checkpoints. A sealed checkpoint that does
+not open (tampered, truncated, another key, renamed to another step) is an attack, not a crash: it
+raises ``CheckpointError`` with the reason instead of falling back to an older one.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -35,6 +40,18 @@ MANIFEST = "MANIFEST.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written, or no intact checkpoint could be read."""
+
+
+class BlobSealer(Protocol):
+    """Seals and opens bytes (``splitfed.security.Sealer``); ``open`` raises on any failure."""
+
+    def seal(self, plaintext: bytes, context: bytes = b"") -> bytes: ...
+
+    def open(self, blob: bytes, context: bytes = b"", what: str = "sealed data") -> bytes: ...
+
+
+def _context(name: str, step: int) -> bytes:
+    return f"splitfed checkpoint {name} step {step}".encode()
 
 
 @dataclass
@@ -69,11 +86,12 @@ def _digest(data: bytes) -> str:
 class CheckpointStore:
     """The checkpoints of one process in ``directory``; keeps the newest ``keep``."""
 
-    def __init__(self, directory: str | Path, keep: int = 2) -> None:
+    def __init__(self, directory: str | Path, keep: int = 2, sealer: BlobSealer | None = None) -> None:
         if keep < 1:
             raise ValueError("keep at least one checkpoint")
         self.directory = Path(directory)
         self.keep = keep
+        self.sealer = sealer
 
     def _folders(self) -> list[tuple[int, Path]]:
         if not self.directory.is_dir():
@@ -100,9 +118,12 @@ class CheckpointStore:
                 TENSORS: save_safetensors(tensors or {"_empty": torch.zeros(0)}),
                 META: json.dumps(meta, indent=1, sort_keys=True).encode(),
             }
+            if self.sealer is not None:
+                files = {name: self.sealer.seal(data, _context(name, checkpoint.step))
+                         for name, data in files.items()}
             for name, data in files.items():
                 _write_file(staging / name, data)
-            manifest = {"format": FORMAT, "step": checkpoint.step,
+            manifest = {"format": FORMAT, "step": checkpoint.step, "sealed": self.sealer is not None,
                         "files": {name: {"sha256": _digest(data), "bytes": len(data)}
                                   for name, data in files.items()}}
             _write_file(staging / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -126,6 +147,8 @@ class CheckpointStore:
         manifest = json.loads((path / MANIFEST).read_bytes())
         if manifest.get("format") != FORMAT:
             raise ValueError(f"unknown checkpoint format {manifest.get('format')!r}")
+        if self.sealer is not None or manifest.get("sealed"):
+            return self._read_sealed(path, manifest)
         contents = {}
         for name in (TENSORS, META):
             data = (path / name).read_bytes()
@@ -141,6 +164,25 @@ class CheckpointStore:
             raise ValueError("the manifest and the metadata disagree on the step")
         return Checkpoint(step, tensors, meta, path)
 
+    def _read_sealed(self, path: Path, manifest: dict[str, Any]) -> Checkpoint:
+        if self.sealer is None:
+            raise CheckpointError(f"checkpoint {path} is sealed: configure the sealing key provider "
+                                  "to load it")
+        step = int(path.name[len(PREFIX):])
+        contents = {}
+        for name in (TENSORS, META):
+            try:
+                blob = (path / name).read_bytes()
+                contents[name] = self.sealer.open(blob, _context(name, step), what=f"{path / name}")
+            except Exception as error:  # SealingError or OSError: refuse, never fall back
+                raise CheckpointError(f"refusing sealed checkpoint {path}: {error}") from error
+        tensors = load_safetensors(contents[TENSORS])
+        tensors.pop("_empty", None)
+        meta = json.loads(contents[META])
+        if meta.pop("step") != step:
+            raise CheckpointError(f"refusing sealed checkpoint {path}: its step does not match its name")
+        return Checkpoint(step, tensors, meta, path)
+
     def latest(self) -> Checkpoint | None:
         """The newest intact checkpoint, or None if there is none at all; corrupt ones are skipped (with a
         warning). Raises ``CheckpointError`` if checkpoints exist but none is intact."""
@@ -148,6 +190,8 @@ class CheckpointStore:
         for _, path in reversed(folders):
             try:
                 return self._read(path)
+            except CheckpointError:
+                raise
             except (OSError, ValueError, KeyError, TypeError) as error:
                 log.warning("checkpoint %s is unusable (%s); trying the previous one", path, error)
         if folders:

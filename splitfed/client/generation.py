@@ -9,6 +9,7 @@ from splitfed.client.process import connect
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.settings import ClientSettings
 from splitfed.inference import SplitGenerator
+from splitfed.inference.server_logits import ServerLogits
 from splitfed.models import init_adapter, load_adapter_state, load_model, num_layers, split_model
 from splitfed.models.adapters import WEIGHTS_FILE, read_adapter
 from splitfed.privacy import SplitDefense
@@ -53,5 +54,6 @@ def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int
     defense = None
     if settings.privacy.enabled:
         defense = SplitDefense(settings.privacy, settings.steps, batch_size=settings.batch_size)
-    generator = SplitGenerator(split.head, split.tail, remote, stream, use_cache, defense)
+    tail = ServerLogits() if settings.partition.layout == "two-part" else split.tail
+    generator = SplitGenerator(split.head, tail, remote, stream, use_cache, defense)  # type: ignore[arg-type]
     return RemoteGenerator(generator, tokenizer, remote)

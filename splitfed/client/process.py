@@ -46,7 +46,7 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
     connection = TrunkConnection(settings.server, certificate, settings.insecure_loopback, settings.timeout_s,
                                  client_certificate=mutual)
     remote = RemoteTrunk(connection, identity, server_key, settings.wire_dtype)
-    remote.connect(expected_layers, hidden_size)
+    remote.connect(expected_layers, hidden_size, settings.partition.layout)
     return remote
 
 
@@ -124,7 +124,7 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
     per_round = settings.steps // settings.rounds
     client = SplitClient(settings.name, split.head, split.tail, None,  # type: ignore[arg-type]
-                         settings.optimizer, defense)
+                         settings.optimizer, defense, settings.partition.layout)
     store = CheckpointStore(settings.checkpoint_dir or settings.output / "checkpoints")
     state = RunState()
     if settings.resume:

@@ -9,9 +9,11 @@ import torch
 from splitfed.inference.endpoint import StaleCacheError
 from splitfed.protocol import from_wire, to_wire
 from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
+from splitfed.training.trunk import LossResult
 from splitfed.transport import (
     TensorLimits,
     decode_tensor,
+    encode_int64,
     encode_tensor,
     mask_to_lengths,
     parse_payload,
@@ -52,7 +54,8 @@ class RemoteTrunk:
         self._open_step: int | None = None
         self._shape: tuple[int, ...] = ()
 
-    def connect(self, expected_layers: tuple[int, int] | None = None, hidden_size: int | None = None) -> None:
+    def connect(self, expected_layers: tuple[int, int] | None = None, hidden_size: int | None = None,
+                layout: str | None = None) -> None:
         """Run the signed handshake and check that the server's trunk fits between head and tail."""
         handshake = ClientHandshake(self.identity, self.server_key)
         reply = self.connection.handshake(handshake.hello().to_bytes())
@@ -60,6 +63,10 @@ class RemoteTrunk:
         self.channel = SecureChannel(keys)
         self.limits = reply.limits
         served = (self.limits.trunk_start, self.limits.trunk_end)
+        served_layout = self.limits.layout or "three-part"
+        if layout is not None and served_layout != layout:
+            raise TrunkMismatchError(f"the server runs the {served_layout} layout, this client the {layout} "
+                                     "one: use the same partition.layout")
         if expected_layers is not None and served != tuple(expected_layers):
             raise TrunkMismatchError(f"the server runs blocks [{served[0]}:{served[1]}], this client needs "
                                      f"[{expected_layers[0]}:{expected_layers[1]}]: use the same partition")
@@ -115,6 +122,23 @@ class RemoteTrunk:
         reply = self._exchange("backward", step, request)
         return decode_tensor(reply.grad, self._tensor_limits(), self._shape, grad_output.dtype)
 
+    def loss(self, client_id: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+             labels: torch.Tensor, train: bool = True) -> LossResult:
+        """Two-part layout (``LossEndpoint``): the head's output and the labels go up; the loss (and, when
+        training, the gradient for the head; when scoring, per-row NLL) come back."""
+        self._step += 1
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long)
+        request = pb.LossRequest(step=self._step, hidden=encode_tensor(hidden.detach(), self.wire_dtype),
+                                 lengths=mask_to_lengths(attention_mask), labels=encode_int64(labels.long()),
+                                 train=train)
+        reply = self._exchange("loss", self._step, request)
+        if not train:
+            return LossResult(float(reply.loss), None, torch.tensor(list(reply.row_nll)),
+                              torch.tensor(list(reply.row_tokens)))
+        grad = decode_tensor(reply.grad, self._tensor_limits(), tuple(hidden.shape), hidden.dtype)
+        return LossResult(float(reply.loss), grad)
+
     def aggregate(self, round_index: int, weight: float,
                   state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
         """Submit this client's adapters for FedAvg round ``round_index``; returns the weighted average
@@ -134,7 +158,8 @@ class RemoteTrunk:
     def generate_step(self, stream: int, hidden: torch.Tensor, attention_mask: torch.Tensor, past_length: int,
                       use_cache: bool = True) -> torch.Tensor:
         """One split-inference step of ``stream`` (``splitfed.inference.GenerationEndpoint``): the new
-        tokens' hidden states go up, with the mask as per-row lengths over past and new positions."""
+        tokens' hidden states go up, with the mask as per-row lengths over past and new positions. In the
+        two-part layout the server answers with the last position's logits (B, 1, V) instead."""
         self._step += 1
         request = pb.GenerateRequest(step=self._step, stream=stream,
                                      hidden=encode_tensor(hidden.detach(), self.wire_dtype),
@@ -146,7 +171,9 @@ class RemoteTrunk:
             if error.message.startswith("stale_cache:"):
                 raise StaleCacheError(error.message) from None
             raise
-        return decode_tensor(reply.hidden, self._tensor_limits(), tuple(hidden.shape), hidden.dtype)
+        assert self.limits is not None
+        expected = (hidden.shape[0], 1, None) if self.limits.layout == "two-part" else tuple(hidden.shape)
+        return decode_tensor(reply.hidden, self._tensor_limits(), expected, hidden.dtype)
 
     def release_stream(self, stream: int) -> None:
         """Free ``stream``'s trunk cache on the server."""

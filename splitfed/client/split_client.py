@@ -9,7 +9,7 @@ from splitfed.privacy import SplitDefense
 from splitfed.training.data import Batch
 from splitfed.training.loss import causal_lm_loss
 from splitfed.training.optim import OptimizerSettings
-from splitfed.training.trunk import TrunkEndpoint
+from splitfed.training.trunk import LossEndpoint, TrunkEndpoint
 
 
 class SplitClient:
@@ -29,7 +29,11 @@ class SplitClient:
         trunk: TrunkEndpoint,
         optimizer: OptimizerSettings | None = None,
         defense: SplitDefense | None = None,
+        layout: str = "three-part",
     ) -> None:
+        if layout not in ("three-part", "two-part"):
+            raise ValueError(f"unknown layout {layout!r}")
+        self.layout = layout
         self.client_id = client_id
         self.head = head
         self.tail = tail
@@ -43,6 +47,8 @@ class SplitClient:
     def train_step(self, batch: Batch) -> float:
         """One split training step on ``batch`` (input_ids, attention_mask, labels); returns the loss."""
         input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        if self.layout == "two-part":
+            return self._two_part_step(input_ids, mask, labels)
         self.head.train()
         self.tail.train()
         length = int(input_ids.shape[1])
@@ -66,6 +72,27 @@ class SplitClient:
         self.samples_seen += int(input_ids.shape[0])
         return float(loss.detach())
 
+    def _two_part_step(self, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> float:
+        """Two-part layout: the head's output and the labels go to the server, which returns the loss and
+        the gradient for the head. The labels leave the client."""
+        self.head.train()
+        length = int(input_ids.shape[1])
+        if self.defense is not None:
+            self.defense.before_step(mask, length)
+        hidden_in = self.head(input_ids, mask)
+        endpoint: LossEndpoint = self.trunk  # type: ignore[assignment]
+        result = endpoint.loss(self.client_id, self._send("forward", hidden_in.detach()), mask, labels,
+                               train=True)
+        if self.defense is not None:
+            self.defense.record_step(mask, length)
+        if hidden_in.requires_grad and result.grad is not None:
+            hidden_in.backward(result.grad)
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.samples_seen += int(input_ids.shape[0])
+        return result.loss
+
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Inference through head, trunk and tail (nothing is kept for backward)."""
@@ -74,6 +101,8 @@ class SplitClient:
         hidden = self.head(input_ids, attention_mask)
         if self.defense is not None and self.defense.settings.protect_inference:
             hidden = self.defense.protect("forward", hidden)
+        if self.layout == "two-part":  # in-process only: over the network the server keeps the logits
+            return self.trunk.logits(hidden, attention_mask)  # type: ignore[attr-defined]
         hidden = self.trunk.forward(self.client_id, hidden, attention_mask, train=False)
         return self.tail(hidden, attention_mask)
 

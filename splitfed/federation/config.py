@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from splitfed.models import AdapterSpec, LoraSpec
+from splitfed.models import AdapterSpec, LoraSpec, SparseSpec
 from splitfed.privacy import PrivacySettings
 from splitfed.training.optim import OptimizerSettings
 from splitfed.training.split_settings import PartitionSettings
@@ -23,6 +23,8 @@ class FederationSettings(BaseModel):
     adapter: AdapterSpec = LoraSpec()
     optimizer: OptimizerSettings = OptimizerSettings()
     privacy: PrivacySettings = PrivacySettings()
+    sparse: SparseSpec | None = Field(None, description="sparse fine-tuning of the server trunk's base "
+                                                        "weights next to its adapter")
 
     @property
     def total_steps(self) -> int:

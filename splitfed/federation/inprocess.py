@@ -14,6 +14,7 @@ from splitfed.federation.config import FederationSettings
 from splitfed.models import adapter_state, init_adapter, split_model
 from splitfed.privacy import SplitDefense, format_epsilon
 from splitfed.server import LocalTrunk
+from splitfed.server.two_part import TwoPartTrunk
 from splitfed.training.data import Batch, shuffled_batches
 from splitfed.training.fedavg import weighted_average
 from splitfed.training.replicate import replicate
@@ -46,7 +47,12 @@ class InProcessFederation:
         partition = settings.partition.partition()
         server_split = split_model(replicate(model), partition)
         init_adapter(server_split.trunk, settings.adapter, settings.seed)
-        self.server = LocalTrunk(server_split.trunk, settings.optimizer)
+        layout = settings.partition.layout
+        if layout == "two-part":
+            self.server: LocalTrunk = TwoPartTrunk(server_split.trunk, server_split.tail, settings.optimizer,
+                                                   settings.sparse)
+        else:
+            self.server = LocalTrunk(server_split.trunk, settings.optimizer, settings.sparse)
         self.shard_sizes = [len(shard) for shard in shards]
         self._batches = []
         self.clients: list[SplitClient] = []
@@ -55,7 +61,7 @@ class InProcessFederation:
             init_adapter(split.head, settings.adapter, settings.seed)
             init_adapter(split.tail, settings.adapter, settings.seed)
             client = SplitClient(f"client-{index}", split.head, split.tail, self.server,
-                                 settings.optimizer, self._defense(index))
+                                 settings.optimizer, self._defense(index), layout)
             self.clients.append(client)
             self._batches.append(shuffled_batches(shard, settings.batch_size, settings.seed + index,
                                                   collate))

@@ -22,6 +22,14 @@ from splitfed.models.families import UnsupportedModelError, supported_model_type
 from splitfed.models.generation import generate_greedy, iter_greedy
 from splitfed.models.loading import DEFAULT_MODEL, ModelNotFoundError, accepted_models, load_model
 from splitfed.models.parts import HeadPart, SplitPart, TailPart, TrunkPart, positions_from_mask
+from splitfed.models.sparse import (
+    SparseSpec,
+    add_sparse,
+    load_sparse_state,
+    select_and_add_sparse,
+    sparse_parameter_count,
+    sparse_state,
+)
 from splitfed.models.split import (
     Partition,
     PartitionError,
@@ -42,6 +50,7 @@ __all__ = [
     "PartitionError",
     "PrefixSpec",
     "PrivacyWarning",
+    "SparseSpec",
     "SplitModel",
     "SplitPart",
     "TailPart",
@@ -50,6 +59,11 @@ __all__ = [
     "accepted_models",
     "adapter_state",
     "add_adapter",
+    "add_sparse",
+    "load_sparse_state",
+    "select_and_add_sparse",
+    "sparse_parameter_count",
+    "sparse_state",
     "init_adapter",
     "export_merged",
     "generate_greedy",

@@ -20,6 +20,7 @@ from torch import nn
 
 from splitfed.models.parts import SplitPart
 from splitfed.models.prefix import PrefixAdapter
+from splitfed.models.sparse import SPARSE_FILE, load_sparse_state, sparse_state
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def init_adapter(part: SplitPart, spec: LoraSpec | PrefixSpec | None, seed: int)
 
 def is_adapter_parameter(name: str) -> bool:
     """Whether a parameter name (in a part) belongs to an adapter."""
-    return ".lora_" in name or name.startswith("prefix.")
+    return ".lora_" in name or name.startswith("prefix.") or ".sparse_delta." in name
 
 
 def _add_lora(part: SplitPart, spec: LoraSpec) -> None:
@@ -199,11 +200,15 @@ def save_adapter(part: SplitPart, directory: str | Path, base_model: str = "") -
     if config is not None:
         config.save_pretrained(str(directory))
     save_file(state, str(directory / WEIGHTS_FILE))
+    sparse = sparse_state(part)
+    if sparse:
+        save_file({k: v.contiguous() for k, v in sparse.items()}, str(directory / SPARSE_FILE))
     meta = {
         "role": part.role,
         "kind": kind,
         "layers": list(part.layer_indices),
         "model_type": part.config.model_type,
+        "sparse_entries": sum(int(v.numel()) for k, v in sparse.items() if k.endswith("_values")),
     }
     (directory / SPLITFED_FILE).write_text(json.dumps(meta, indent=2))
     return directory
@@ -240,3 +245,12 @@ def load_adapter(part: SplitPart, directory: str | Path) -> None:
         config = PrefixTuningConfig.from_pretrained(str(directory))
         add_adapter(part, PrefixSpec(num_virtual_tokens=config.num_virtual_tokens))
     load_adapter_state(part, state)
+    sparse = read_sparse(directory)
+    if sparse:
+        load_sparse_state(part, sparse)
+
+
+def read_sparse(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The sparse deltas (indices + values) saved beside a part adapter, or {} if none."""
+    path = Path(directory) / SPARSE_FILE
+    return load_file(str(path)) if path.is_file() else {}

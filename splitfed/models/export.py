@@ -16,8 +16,10 @@ from splitfed.models.adapters import (
     WEIGHTS_FILE,
     AdapterError,
     read_adapter,
+    read_sparse,
 )
 from splitfed.models.loading import load_model
+from splitfed.models.sparse import merge_sparse_into
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,9 @@ def export_merged(
     adapter_dirs: list[str | Path],
     out_dir: str | Path,
 ) -> Path:
-    """Load ``base_model``, merge the LoRA adapters of ``adapter_dirs`` (head, trunk, tail) into its
-    weights and save a plain HF model directory (``transformers`` loads it with no splitfed code).
+    """Load ``base_model``, merge the LoRA adapters and sparse deltas of ``adapter_dirs`` (head, trunk,
+    tail) into its weights and save a plain HF model directory (``transformers`` loads it with no
+    splitfed code).
 
     Prefix adapters cannot be folded into weights: they are concatenated into one whole-model peft
     prefix adapter saved under ``out_dir/prefix_adapter``.
@@ -72,6 +75,9 @@ def export_merged(
         elif meta["kind"] == "prefix":
             config = PrefixTuningConfig.from_pretrained(str(directory))
             prefixes.append((meta["layers"], state[PROMPT_KEY], config))
+        sparse = read_sparse(directory)
+        if sparse:
+            log.info("merged %d sparse entries of the %s", merge_sparse_into(model, sparse), meta["role"])
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -5,14 +5,18 @@ DESIGN.md section 5 and `handshake.py` for the protocol. Only this package impor
 """
 
 from splitfed.security.allowlist import AllowList
+from splitfed.security.attestation import Evidence, SimulatedAttester, SimulatedVerifier, code_measurement
 from splitfed.security.channel import Sealed, SecureChannel
 from splitfed.security.errors import (
+    AttestationError,
     AuthenticationError,
     DecryptionError,
     HandshakeError,
     InsecurePermissionsWarning,
     KeyFileError,
+    KeyProviderError,
     ReplayError,
+    SealingError,
     SecurityError,
     StaleHandshakeError,
     UnknownClientError,
@@ -20,12 +24,21 @@ from splitfed.security.errors import (
 from splitfed.security.handshake import VERSION, ClientHandshake, ServerHandshake
 from splitfed.security.hello import ClientHello, ServerHello
 from splitfed.security.identity import Identity, PublicIdentity
+from splitfed.security.key_providers import (
+    AttestedKeyProvider,
+    CommandKeyProvider,
+    EnvKeyProvider,
+    FileKeyProvider,
+    SealingSettings,
+    create_key_file,
+)
 from splitfed.security.keygen import (
     ServerFiles,
     create_client_tls_files,
     create_identity_files,
     create_server_files,
 )
+from splitfed.security.sealing import Sealer
 from splitfed.security.secagg import (
     MaskingKeys,
     RoundRoster,
@@ -38,6 +51,20 @@ from splitfed.security.session import SessionKeys
 from splitfed.security.tls import certificate_fingerprint, certificate_names, make_self_signed, save_tls
 
 __all__ = [
+    "AttestationError",
+    "AttestedKeyProvider",
+    "CommandKeyProvider",
+    "EnvKeyProvider",
+    "Evidence",
+    "FileKeyProvider",
+    "KeyProviderError",
+    "Sealer",
+    "SealingError",
+    "SealingSettings",
+    "SimulatedAttester",
+    "SimulatedVerifier",
+    "code_measurement",
+    "create_key_file",
     "VERSION",
     "AllowList",
     "AuthenticationError",

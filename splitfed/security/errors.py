@@ -44,3 +44,15 @@ class SecAggError(SecurityError):
 
 
 # ---------------------------------------------------------------------------------------------- fixed point
+
+
+class SealingError(SecurityError):
+    """Sealed data that does not open: tampered, truncated, sealed under another key, or not sealed."""
+
+
+class KeyProviderError(SecurityError):
+    """A sealing key could not be obtained from its provider (missing, malformed, command failed)."""
+
+
+class AttestationError(SecurityError):
+    """Attestation evidence did not verify, so the key is not released."""

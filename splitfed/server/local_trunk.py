@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from splitfed.models import TrunkPart
+from splitfed.models import SparseSpec, TrunkPart, load_sparse_state, sparse_parameter_count
+from splitfed.server.sparse_trunk import SparseSelection, attach_sparse
 from splitfed.training.optim import OptimizerSettings
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,39 @@ class LocalTrunk:
     Implements ``splitfed.training.trunk.TrunkEndpoint``.
     """
 
-    def __init__(self, trunk: TrunkPart, optimizer: OptimizerSettings | None = None) -> None:
+    def __init__(self, trunk: TrunkPart, optimizer: OptimizerSettings | None = None,
+                 sparse: SparseSpec | None = None) -> None:
         self.trunk = trunk
-        self.optimizer = (optimizer or OptimizerSettings()).build(trunk.parameters())
+        self._optimizer_settings = optimizer or OptimizerSettings()
+        self.optimizer = self._optimizer_settings.build(trunk.parameters())
         self._pending: dict[str, _Pending] = {}
         self.steps = 0
+        already = sparse_parameter_count(trunk) > 0  # e.g. a trained trunk adapter with its deltas
+        self.selection = SparseSelection(trunk, sparse) if sparse is not None and not already else None
+
+    def _selecting(self) -> bool:
+        return self.selection is not None and not self.selection.done
+
+    def _after_backward(self) -> None:
+        """The selection phase of sparse fine-tuning: score, then attach the deltas once it is over."""
+        if self._selecting():
+            assert self.selection is not None
+            self.selection.after_backward()
+            if self.selection.done:
+                self.selection.attach(self.optimizer)
+                if self.optimizer is None:  # no adapter but the deltas
+                    self.optimizer = self._optimizer_settings.build(self.trunk.parameters())
+
+    def restore_sparse(self, state: dict[str, torch.Tensor]) -> None:
+        """Resume: attach the checkpoint's deltas (indices + values) and end the selection phase; call
+        before loading the optimizer state (the deltas are its last parameter group)."""
+        indices = {k[: -len(".sparse_indices")]: v for k, v in state.items() if k.endswith(".sparse_indices")}
+        attach_sparse(self.trunk, indices, self.optimizer)
+        if self.optimizer is None:
+            self.optimizer = self._optimizer_settings.build(self.trunk.parameters())
+        load_sparse_state(self.trunk, state)
+        if self.selection is not None:
+            self.selection.batches = self.selection.spec.selection_batches
 
     def forward(
         self,
@@ -48,6 +77,8 @@ class LocalTrunk:
             with torch.no_grad():
                 return self.trunk(hidden, attention_mask)
         inputs = hidden.detach().requires_grad_(True)
+        if self._selecting():
+            self.selection.before_forward()  # type: ignore[union-attr]
         outputs = self.trunk(inputs, attention_mask)
         self._pending[client_id] = _Pending(inputs, outputs)
         return outputs.detach()
@@ -61,6 +92,7 @@ class LocalTrunk:
                 f"gradient shape {tuple(grad_output.shape)} != output shape {tuple(pending.outputs.shape)}"
             )
         pending.outputs.backward(grad_output)
+        self._after_backward()
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

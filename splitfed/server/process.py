@@ -7,15 +7,8 @@ import signal
 import threading
 from pathlib import Path
 
-from splitfed.checkpoint import CheckpointError, CheckpointStore
-from splitfed.models import (
-    init_adapter,
-    load_adapter_state,
-    load_model,
-    save_adapter,
-    split_model,
-)
-from splitfed.models.adapters import read_adapter
+from splitfed.checkpoint import CheckpointError
+from splitfed.models import init_adapter, load_model, split_model
 from splitfed.observability import write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
@@ -26,19 +19,27 @@ from splitfed.server.scheduler import TurnScheduler
 from splitfed.server.service_state import restore_service, service_checkpoint
 from splitfed.server.settings import ServerSettings
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
+from splitfed.server.trusted_slice import TrustedSlice
+from splitfed.server.two_part import TwoPartTrunk
 from splitfed.training.replicate import replicate_frozen
 from splitfed.transport.server import serve
 
 log = logging.getLogger(__name__)
 
 
-def build_service(settings: ServerSettings) -> TrunkService:
+def trusted_slice(settings: ServerSettings) -> TrustedSlice:
+    """The component that holds the sealing key and persists the trunk state (sealed if configured)."""
+    return TrustedSlice(settings.sealing, settings.checkpoint_dir or settings.output / "checkpoints")
+
+
+def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) -> TrunkService:
     """The trunk (frozen base, trainable adapter) behind authenticated, encrypted sessions."""
     model, _ = load_model(settings.model)
     split = split_model(model, settings.partition.partition())
     init_adapter(split.trunk, settings.adapter, settings.seed)
     if settings.trunk_adapter is not None:
-        load_adapter_state(split.trunk, read_adapter(settings.trunk_adapter)[1])
+        slice_ = slice_ or trusted_slice(settings)
+        slice_.load_trunk(split.trunk, settings.trunk_adapter)
         log.info("trunk adapter loaded from %s", settings.trunk_adapter)
     identity = Identity.load(settings.identity)
     allowlist = AllowList.load(settings.allowlist)
@@ -51,6 +52,16 @@ def build_service(settings: ServerSettings) -> TrunkService:
                            generation_budget_bytes=int(settings.generation_memory_mb * 2**20),
                            generation_ttl_s=settings.generation_ttl_s,
                            generation_streams=settings.generation_streams)
+    if settings.mode != "sequential" and (settings.partition.layout == "two-part" or settings.sparse):
+        raise ValueError(f"the two-part layout and sparse fine-tuning run in sequential mode only, not "
+                         f"{settings.mode}")
+    if settings.partition.layout == "two-part":
+        log.warning("two-part layout: this server runs the LM head and the loss, so it receives every "
+                    "client's labels")
+        return TrunkService(TwoPartTrunk(split.trunk, split.tail, settings.optimizer, settings.sparse),
+                            ServerHandshake(identity, allowlist), TurnScheduler(settings.roster), limits,
+                            roster=settings.roster, aggregation=settings.aggregation,
+                            secagg_threshold=settings.secagg_threshold)
     if settings.mode == "auto":
         settings = _resolve_auto(settings, split.trunk, len(settings.roster or allowlist.names()))
     subs = []
@@ -65,7 +76,8 @@ def build_service(settings: ServerSettings) -> TrunkService:
                           settings.batch_max_rows, settings.backward_deadline_s)
         log.info("client-batch mode: window %.3fs, up to %d rows, backward deadline %.0fs",
                  settings.batch_window_s, settings.batch_max_rows, settings.backward_deadline_s)
-    return TrunkService(LocalTrunk(split.trunk, settings.optimizer), ServerHandshake(identity, allowlist),
+    return TrunkService(LocalTrunk(split.trunk, settings.optimizer, settings.sparse),
+                        ServerHandshake(identity, allowlist),
                         TurnScheduler(settings.roster), limits, sub_trunks=subs,
                         average_every=settings.average_every, roster=settings.roster, batcher=batcher,
                         aggregation=settings.aggregation, secagg_threshold=settings.secagg_threshold)
@@ -110,8 +122,9 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
     """Serve until ``stop`` is set, SIGTERM/SIGINT arrives, or (with ``exit_when_done``) every roster
     client has finished; then save the trunk adapter under ``settings.output``."""
     stop = stop or threading.Event()
-    service = build_service(settings)
-    store = CheckpointStore(settings.checkpoint_dir or settings.output / "checkpoints")
+    slice_ = trusted_slice(settings)
+    service = build_service(settings, slice_)
+    store = slice_.checkpoints
     if settings.resume:
         checkpoint = store.latest()
         if checkpoint is None:
@@ -163,7 +176,8 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
         server.stop(grace=2).wait()
         _restore_signal_handlers(previous)
         service.finish()
-        path = save_adapter(service.trunk.trunk, settings.output / "trunk", base_model=settings.model)
+        path = slice_.save_trunk(service.trunk.trunk, settings.output / "trunk", base_model=settings.model,
+                                 step=service.steps)
         log.info("trunk adapter after %d steps saved to %s", service.steps, path)
     return service
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from splitfed.checkpoint import Checkpoint, load_optimizer_state, optimizer_state
-from splitfed.models import adapter_state, load_adapter_state
+from splitfed.models import adapter_state, load_adapter_state, sparse_state
 
 if TYPE_CHECKING:
     from splitfed.server.trunk_service import TrunkService
@@ -22,6 +22,7 @@ def service_checkpoint(service: TrunkService) -> Checkpoint:
     for index, trunk in enumerate(trunks):
         part = trunk.trunk
         tensors.update({f"sub{index}/adapter/{k}": v for k, v in adapter_state(part).items()})
+        tensors.update({f"sub{index}/sparse/{k}": v for k, v in sparse_state(part).items()})
         opt_tensors, opt_meta = optimizer_state(trunk.optimizer, f"sub{index}/optimizer")
         tensors.update(opt_tensors)
         optimizers[str(index)] = {"optimizer": opt_meta, "steps": trunk.steps}
@@ -49,6 +50,10 @@ def restore_service(service: TrunkService, checkpoint: Checkpoint) -> None:
         prefix = f"sub{index}/adapter/"
         load_adapter_state(trunk.trunk, {k[len(prefix):]: v for k, v in checkpoint.tensors.items()
                                          if k.startswith(prefix)})
+        sparse = {k[len(f"sub{index}/sparse/"):]: v for k, v in checkpoint.tensors.items()
+                  if k.startswith(f"sub{index}/sparse/")}
+        if sparse:
+            trunk.restore_sparse(sparse)
         load_optimizer_state(trunk.optimizer, checkpoint.tensors, subs[str(index)]["optimizer"],
                              f"sub{index}/optimizer")
         trunk.steps = int(subs[str(index)]["steps"])

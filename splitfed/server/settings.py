@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
+from splitfed.models import SparseSpec
+from splitfed.security.key_providers import SealingSettings
 from splitfed.training.split_settings import SplitTrainingSettings
 
 
@@ -72,3 +74,9 @@ class ServerSettings(SplitTrainingSettings):
                                                            "(clients retry), never queued")
     port_file: Path | None = Field(None, description="write the bound port here once serving")
     output: Path = Field(Path("runs/server"), description="where the trunk adapter is saved on exit")
+    sparse: SparseSpec | None = Field(None, description="sparse fine-tuning of the trunk's base weights next "
+                                                        "to its adapter, chosen from the clients' gradients "
+                                                        "(sequential mode)")
+    sealing: SealingSettings = Field(SealingSettings(), description="trusted slice: seal checkpoints and the "
+                                                                    "saved trunk adapter with a key from "
+                                                                    "a key provider")

@@ -36,6 +36,7 @@ from splitfed.server.generation import GenerationCaches, GenerationError
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
 from splitfed.server.secure_rounds import ADVERTISE, MASKED, REVEAL, SHARE, SecureRounds
+from splitfed.server.two_part import TwoPartTrunk
 from splitfed.training.fedavg import weighted_average
 from splitfed.transport import (
     WIRE_DTYPES,
@@ -182,7 +183,13 @@ class TrunkService:
             trunk_end=self.layers[-1] + 1,
             model_type=str(self.trunk.trunk.config.model_type),
             aggregation=self.aggregation,
+            layout=self.layout,
         )
+
+    @property
+    def layout(self) -> str:
+        """"two-part" when this server also runs the LM head and the loss, else "three-part"."""
+        return "two-part" if isinstance(self.trunk, TwoPartTrunk) else "three-part"
 
     def open_session(self, client_hello: bytes) -> bytes:
         """Answer a client's signed hello; returns the server hello bytes."""
@@ -304,6 +311,11 @@ class TrunkService:
             request = parse_payload(sealed.kind, plaintext)
             if getattr(request, "step", None) != sealed.step:
                 raise WireFormatError("bad_step", "payload step differs from the sealed step")
+            if sealed.kind == "loss":
+                return self._loss(session, request)
+            if self.layout == "two-part" and sealed.kind in ("forward", "backward"):
+                raise WireFormatError("wrong_layout", "this server runs the two-part layout: it takes "
+                                      f"'loss' messages, not {sealed.kind!r}")
             if sealed.kind == "forward":
                 return self._forward(session, request)
             if sealed.kind == "backward":
@@ -417,6 +429,56 @@ class TrunkService:
             self.after_step(self)  # still holding the turn: no other step is open
         sub.scheduler.release(session.name)
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
+
+    def _loss(self, session: _Session, request: pb.LossRequest) -> Sealed:
+        """Two-part layout: the rest of the model and the loss on the head's output and the labels."""
+        sub = session.sub
+        assert sub is not None
+        trunk = sub.trunk
+        if not isinstance(trunk, TwoPartTrunk):
+            raise WireFormatError("wrong_layout", "this server runs the three-part layout: it takes "
+                                  "forward/backward, not 'loss'")
+        hidden = decode_tensor(request.hidden, self._tensor_limits, (None, None, self.hidden_size))
+        batch, length = hidden.shape[:2]
+        if batch > self.limits.max_batch or length > self.limits.max_length:
+            raise WireFormatError("too_large", f"batch {batch} x length {length} exceeds "
+                                  f"{self.limits.max_batch} x {self.limits.max_length}")
+        mask = lengths_to_mask(request.lengths, length, batch_size=batch, max_batch=self.limits.max_batch,
+                               max_length=self.limits.max_length)
+        labels = decode_int64(request.labels, batch * length, (batch, length))
+        vocab = int(trunk.tail.config.vocab_size)
+        if bool(((labels != -100) & ((labels < 0) | (labels >= vocab))).any()):
+            raise WireFormatError("bad_labels", f"labels must be -100 or token ids below {vocab}")
+        if not request.train:
+            with sub.compute:
+                result = trunk.loss(session.key, hidden, mask, labels, train=False)
+            assert result.row_nll is not None and result.row_tokens is not None
+            reply = pb.LossReply(step=request.step, loss=result.loss, row_nll=result.row_nll.tolist(),
+                                 row_tokens=result.row_tokens.tolist())
+            return session.channel.seal("loss_reply", request.step, reply.SerializeToString())
+        if self.draining:
+            raise _shutting_down()
+        try:
+            sub.scheduler.acquire(session.name, self.limits.turn_timeout_s)
+        except TurnTimeout as error:
+            raise ServiceError("UNAVAILABLE", "busy", str(error)) from None
+        try:
+            if self.draining:
+                raise _shutting_down()
+            with sub.compute:
+                result = trunk.loss(session.key, hidden, mask, labels, train=True)
+            with self._average_condition:
+                sub.steps_since += 1
+                sub.samples_since += batch
+                self.progress[session.name] = self.progress.get(session.name, 0) + 1
+            if self.after_step is not None and len(self._subs) == 1:
+                self.after_step(self)  # still holding the turn: no other step is open
+        finally:
+            sub.scheduler.release(session.name)
+        assert result.grad is not None
+        reply = pb.LossReply(step=request.step, loss=result.loss,
+                             grad=encode_tensor(result.grad, request.hidden.dtype))
+        return session.channel.seal("loss_reply", request.step, reply.SerializeToString())
 
     @property
     def sub_servers(self) -> list[LocalTrunk]:
@@ -545,6 +607,9 @@ class TrunkService:
         except GenerationError as error:
             status = "RESOURCE_EXHAUSTED" if error.code == "cache_budget" else "FAILED_PRECONDITION"
             raise ServiceError(status, error.code, error.message) from None
+        if isinstance(sub.trunk, TwoPartTrunk):  # the LM head runs here: return the last position's logits
+            with torch.no_grad():
+                output = sub.trunk.tail(output[:, -1:], None)
         reply = pb.GenerateReply(step=request.step, hidden=encode_tensor(output, request.hidden.dtype),
                                  cached_tokens=cached)
         return session.channel.seal("generate_reply", request.step, reply.SerializeToString())

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitfed.models import DEFAULT_MODEL, AdapterSpec, LoraSpec, Partition
 from splitfed.training.optim import OptimizerSettings
 
+Layout = Literal["three-part", "two-part"]
+
 
 class PartitionSettings(BaseModel):
-    """Blocks kept by the client before (head) and after (tail) the server's trunk."""
+    """Blocks kept by the client before (head) and after (tail) the server's trunk, and the layout.
+
+    three-part (default): the client keeps the head and the tail; labels and logits never leave it.
+    two-part: the client keeps only the head; the server runs every later block, the final norm and
+    the LM head, and receives the labels (it sees what the client trains the model to predict).
+    """
 
     model_config = ConfigDict(extra="forbid")
     head: int = Field(2, ge=0)
     tail: int = Field(2, ge=0)
+    layout: Layout = Field("three-part", description="three-part (client head + tail) or two-part (client "
+                                                     "head only; labels go to the server)")
+
+    @model_validator(mode="after")
+    def _two_part_has_no_tail(self) -> PartitionSettings:
+        if self.layout == "two-part":
+            if "tail" in self.model_fields_set and self.tail != 0:
+                raise ValueError("the two-part layout has no client tail: leave tail unset or 0")
+            self.tail = 0
+        return self
 
     def partition(self) -> Partition:
         return Partition(self.head, self.tail)

@@ -20,6 +20,8 @@ PAYLOAD_KINDS: dict[str, type[Message]] = {
     "secagg_reply": pb.SecAggReply,
     "generate": pb.GenerateRequest,
     "generate_reply": pb.GenerateReply,
+    "loss": pb.LossRequest,
+    "loss_reply": pb.LossReply,
     "error": pb.ErrorInfo,
 }
 """``Sealed.kind`` -> the payload message inside it (``"close"`` carries an empty payload)."""

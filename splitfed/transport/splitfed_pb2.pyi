@@ -179,6 +179,34 @@ class GenerateReply(_message.Message):
     cached_tokens: int
     def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
+class LossRequest(_message.Message):
+    __slots__ = ("step", "hidden", "lengths", "labels", "train")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    hidden: Tensor
+    lengths: Lengths
+    labels: Tensor
+    train: bool
+    def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., train: _Optional[bool] = ...) -> None: ...
+
+class LossReply(_message.Message):
+    __slots__ = ("step", "loss", "grad", "row_nll", "row_tokens")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    GRAD_FIELD_NUMBER: _ClassVar[int]
+    ROW_NLL_FIELD_NUMBER: _ClassVar[int]
+    ROW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    loss: float
+    grad: Tensor
+    row_nll: _containers.RepeatedScalarFieldContainer[float]
+    row_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ..., grad: _Optional[_Union[Tensor, _Mapping]] = ..., row_nll: _Optional[_Iterable[float]] = ..., row_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class ErrorInfo(_message.Message):
     __slots__ = ("code", "message")
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -194,7 +222,7 @@ class Hello(_message.Message):
     def __init__(self, client_hello: _Optional[bytes] = ...) -> None: ...
 
 class SessionLimits(_message.Message):
-    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type", "aggregation")
+    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type", "aggregation", "layout")
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +232,7 @@ class SessionLimits(_message.Message):
     TRUNK_END_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     hidden_size: int
     max_batch: int
     max_length: int
@@ -213,7 +242,8 @@ class SessionLimits(_message.Message):
     trunk_end: int
     model_type: str
     aggregation: str
-    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ..., aggregation: _Optional[str] = ...) -> None: ...
+    layout: str
+    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ..., aggregation: _Optional[str] = ..., layout: _Optional[str] = ...) -> None: ...
 
 class HelloReply(_message.Message):
     __slots__ = ("server_hello", "limits")
