@@ -114,11 +114,14 @@ def merge(paths: list[Path], stem: Path) -> None:
         result.total_seconds += run.total_seconds
     per_task = {}
     for run, path in zip(runs, paths, strict=True):
-        for task in run.tasks:
-            per_task[task] = {"from": str(path), **{k: run.settings[k] for k in
-                              ("steps", "rounds", "clients", "batch_size", "lr", "lora_rank",
-                               "eval_examples", "max_new_tokens", "max_words", "max_length")}}
+        for task in run.tasks:  # a task's first run (a later one may add rows, e.g. the noise row)
+            per_task.setdefault(task, {"from": str(path), **{k: run.settings[k] for k in
+                                ("steps", "rounds", "clients", "batch_size", "lr", "lora_rank",
+                                 "eval_examples", "max_new_tokens", "max_words", "max_length")}})
     result.settings = {**result.settings, "per_task": per_task}
+    privacy = [run.settings["privacy"] for run in runs if run.settings.get("privacy")]
+    if privacy:  # the federated + noise row's label names its defense
+        result.settings["privacy"] = privacy[0]
     note = "\n".join(f"- {task}: " + ", ".join(f"{k} {v}" for k, v in s.items() if k != "from")
                      for task, s in per_task.items())
     save(result, stem, "\n".join(commands), plot=True, note=f"\nSettings per task:\n\n{note}\n")
