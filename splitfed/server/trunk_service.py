@@ -332,14 +332,20 @@ class TrunkService:
             log.warning("refused a %s from %s: %s", sealed.kind[:32], session.name, error)
             raise ServiceError(status, error.code, error.message) from None
 
-    def _forward(self, session: _Session, request: pb.ForwardRequest) -> Sealed:
+    def _hidden_and_mask(self, request, past: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The request's hidden states (B, T, H) and attention mask, within the session limits
+        (``past`` cached positions count towards the length)."""
         hidden = decode_tensor(request.hidden, self._tensor_limits, (None, None, self.hidden_size))
         batch, length = hidden.shape[:2]
-        if batch > self.limits.max_batch or length > self.limits.max_length:
-            raise WireFormatError("too_large", f"batch {batch} x length {length} exceeds "
+        if batch > self.limits.max_batch or past + length > self.limits.max_length:
+            raise WireFormatError("too_large", f"batch {batch} x length {past + length} exceeds "
                                   f"{self.limits.max_batch} x {self.limits.max_length}")
         mask = lengths_to_mask(request.lengths, length, batch_size=batch, max_batch=self.limits.max_batch,
                                max_length=self.limits.max_length)
+        return hidden, mask
+
+    def _forward(self, session: _Session, request: pb.ForwardRequest) -> Sealed:
+        hidden, mask = self._hidden_and_mask(request)
         sub = session.sub
         assert sub is not None
         if self.batcher is not None:
@@ -438,13 +444,8 @@ class TrunkService:
         if not isinstance(trunk, TwoPartTrunk):
             raise WireFormatError("wrong_layout", "this server runs the three-part layout: it takes "
                                   "forward/backward, not 'loss'")
-        hidden = decode_tensor(request.hidden, self._tensor_limits, (None, None, self.hidden_size))
+        hidden, mask = self._hidden_and_mask(request)
         batch, length = hidden.shape[:2]
-        if batch > self.limits.max_batch or length > self.limits.max_length:
-            raise WireFormatError("too_large", f"batch {batch} x length {length} exceeds "
-                                  f"{self.limits.max_batch} x {self.limits.max_length}")
-        mask = lengths_to_mask(request.lengths, length, batch_size=batch, max_batch=self.limits.max_batch,
-                               max_length=self.limits.max_length)
         labels = decode_int64(request.labels, batch * length, (batch, length))
         vocab = int(trunk.tail.config.vocab_size)
         if bool(((labels != -100) & ((labels < 0) | (labels >= vocab))).any()):
@@ -593,14 +594,8 @@ class TrunkService:
             return session.channel.seal("generate_reply", request.step, reply.SerializeToString())
         if request.stream >= 1 << 16:
             raise WireFormatError("bad_stream", "stream numbers go up to 65535")
-        hidden = decode_tensor(request.hidden, self._tensor_limits, (None, None, self.hidden_size))
-        batch, length = hidden.shape[:2]
         past = int(request.lengths.past_length)
-        if batch > self.limits.max_batch or past + length > self.limits.max_length:
-            raise WireFormatError("too_large", f"batch {batch} x length {past + length} exceeds "
-                                  f"{self.limits.max_batch} x {self.limits.max_length}")
-        mask = lengths_to_mask(request.lengths, length, batch_size=batch, max_batch=self.limits.max_batch,
-                               max_length=self.limits.max_length)
+        hidden, mask = self._hidden_and_mask(request, past)
         try:
             output, cached = sub.generation.step(session.key, request.stream, hidden, mask, past,
                                                  use_cache=request.use_cache)
