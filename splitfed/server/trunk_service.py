@@ -8,11 +8,9 @@ precise status; the service and the other sessions are unaffected.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
@@ -34,12 +32,19 @@ from splitfed.server.batcher import Batcher, DroppedFromStep
 from splitfed.server.client_batch import ForwardItem
 from splitfed.server.generation import GenerationCaches, GenerationError
 from splitfed.server.local_trunk import LocalTrunk
+from splitfed.server.round_requests import (
+    adapter_tensors,
+    add_average,
+    check_weight,
+    secagg_reply,
+    secagg_value,
+)
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
-from splitfed.server.secure_rounds import ADVERTISE, MASKED, REVEAL, SHARE, SecureRounds
+from splitfed.server.secure_rounds import SecureRounds
+from splitfed.server.service_parts import ServiceLimits, Session, SubServer, shutting_down
 from splitfed.server.two_part import TwoPartTrunk
 from splitfed.training.fedavg import weighted_average
 from splitfed.transport import (
-    WIRE_DTYPES,
     TensorLimits,
     WireFormatError,
     decode_int64,
@@ -52,61 +57,11 @@ from splitfed.transport import (
 from splitfed.transport.errors import ServiceError
 from splitfed.transport.messages import CLOSE_INTERRUPTED
 
+__all__ = ["ServiceLimits", "TrunkService"]
+
 log = logging.getLogger(__name__)
 
-MAX_ADAPTER_TENSORS = 10_000
-MAX_SECAGG_BLOB = 1 << 16
 AGGREGATIONS = ("secure", "plain")
-
-
-def _shutting_down() -> ServiceError:
-    return ServiceError("UNAVAILABLE", "shutting_down",
-                        "the server is checkpointing and stopping; retry after it is back")
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    """What one session may send, and how long anything may wait."""
-
-    max_batch: int = 64
-    max_length: int = 2048
-    max_message_bytes: int = 512 * 1024 * 1024
-    dtypes: tuple[str, ...] = tuple(WIRE_DTYPES)
-    turn_timeout_s: float = 120.0
-    step_timeout_s: float = 60.0
-    session_ttl_s: float = 600.0
-    generation_budget_bytes: int = 1 << 30
-    generation_ttl_s: float = 300.0
-    generation_streams: int = 8
-
-
-@dataclass
-class _Sub:
-    """One sub-server: a trunk adapter with its optimizer, its turn scheduler and its compute lock."""
-
-    trunk: LocalTrunk
-    scheduler: TurnScheduler
-    compute: threading.Lock = field(default_factory=threading.Lock)
-    steps_since: int = 0
-    samples_since: int = 0
-    sessions: int = 0
-    generation: GenerationCaches | None = None
-
-
-@dataclass
-class _Session:
-    name: str
-    channel: SecureChannel
-    sub: _Sub | None = None
-    last_seen: float = field(default_factory=time.monotonic)
-    open_step: int | None = None
-    step_started: float = 0.0
-    output_shape: tuple[int, ...] = ()
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def key(self) -> str:
-        return self.channel.session_id.hex()
 
 
 class TrunkService:
@@ -141,9 +96,9 @@ class TrunkService:
         trunks = [trunk, *(sub_trunks or [])]
         self._roster = roster
         if len(trunks) == 1:
-            self._subs = [_Sub(trunk, self.scheduler)]
+            self._subs = [SubServer(trunk, self.scheduler)]
         else:
-            self._subs = [_Sub(t, TurnScheduler([n for i, n in enumerate(roster) if i % len(trunks) == k]
+            self._subs = [SubServer(t, TurnScheduler([n for i, n in enumerate(roster) if i % len(trunks) == k]
                                                 if roster else None)) for k, t in enumerate(trunks)]
         for sub in self._subs:
             sub.generation = GenerationCaches(
@@ -159,7 +114,7 @@ class TrunkService:
         config = trunk.trunk.config
         self.hidden_size = int(getattr(config, "hidden_size", None) or config.n_embd)
         self.layers = trunk.trunk.layer_indices
-        self._sessions: dict[bytes, _Session] = {}
+        self._sessions: dict[bytes, Session] = {}
         self._sessions_lock = threading.Lock()
         self.aggregator = RoundAggregator(self._round_members, self.limits.turn_timeout_s)
         self.secure_rounds = SecureRounds(self._round_members, self.limits.turn_timeout_s, secagg_threshold)
@@ -202,7 +157,7 @@ class TrunkService:
             raise ServiceError("UNAUTHENTICATED", "bad_handshake", str(error)) from None
         except SecurityError as error:
             raise ServiceError("UNAUTHENTICATED", "bad_handshake", str(error)) from None
-        session = _Session(hello.client_name, SecureChannel(keys))
+        session = Session(hello.client_name, SecureChannel(keys))
         with self._sessions_lock:
             for old_id, old in list(self._sessions.items()):
                 if old.name == hello.client_name:
@@ -216,7 +171,7 @@ class TrunkService:
         log.info("session %s opened for %s", session.key[:8], hello.client_name)
         return server_hello.to_bytes()
 
-    def _assign(self, name: str) -> _Sub:
+    def _assign(self, name: str) -> SubServer:
         if len(self._subs) == 1:
             return self._subs[0]
         if self._roster and name in self._roster:
@@ -250,7 +205,7 @@ class TrunkService:
             self._average_condition.notify_all()
         log.info("session %s of %s closed: %s", session.key[:8], session.name, reason)
 
-    def _abandon_step(self, session: _Session, reason: str) -> None:
+    def _abandon_step(self, session: Session, reason: str) -> None:
         if session.open_step is not None and self.batcher is not None:
             session.open_step = None  # the batch's backward deadline leaves it out
         if session.open_step is not None:
@@ -306,7 +261,7 @@ class TrunkService:
                               "interrupted by the client (it will resume)", finished=finished)
         return reply
 
-    def _serve(self, session: _Session, sealed: Sealed, plaintext: bytes) -> Sealed:
+    def _serve(self, session: Session, sealed: Sealed, plaintext: bytes) -> Sealed:
         try:
             request = parse_payload(sealed.kind, plaintext)
             if getattr(request, "step", None) != sealed.step:
@@ -344,20 +299,20 @@ class TrunkService:
                                max_length=self.limits.max_length)
         return hidden, mask
 
-    def _forward(self, session: _Session, request: pb.ForwardRequest) -> Sealed:
+    def _forward(self, session: Session, request: pb.ForwardRequest) -> Sealed:
         hidden, mask = self._hidden_and_mask(request)
         sub = session.sub
         assert sub is not None
         if self.batcher is not None:
             if self.draining and request.train:
-                raise _shutting_down()
+                raise shutting_down()
             return self._batched_forward(session, request, hidden, mask)
         if not request.train:
             with sub.compute:
                 output = sub.trunk.forward(session.key, hidden, mask, train=False)
             return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
         if self.draining:
-            raise _shutting_down()
+            raise shutting_down()
         if session.open_step is not None:
             raise WireFormatError("step_open", f"step {session.open_step} is still waiting for its backward")
         try:
@@ -366,7 +321,7 @@ class TrunkService:
             raise ServiceError("UNAVAILABLE", "busy", str(error)) from None
         if self.draining:  # it waited for its turn while the server began to stop
             sub.scheduler.release(session.name)
-            raise _shutting_down()
+            raise shutting_down()
         try:
             self._wait_for_average(sub)  # holding the turn: no step of this sub-server is open
             with sub.compute:
@@ -379,7 +334,7 @@ class TrunkService:
         session.output_shape = tuple(output.shape)
         return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
 
-    def _batched_forward(self, session: _Session, request: pb.ForwardRequest, hidden: torch.Tensor,
+    def _batched_forward(self, session: Session, request: pb.ForwardRequest, hidden: torch.Tensor,
                          mask: torch.Tensor) -> Sealed:
         assert self.batcher is not None
         if not request.train:
@@ -399,7 +354,7 @@ class TrunkService:
         session.output_shape = tuple(output.shape)
         return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
 
-    def _batched_backward(self, session: _Session, request: pb.BackwardRequest) -> Sealed:
+    def _batched_backward(self, session: Session, request: pb.BackwardRequest) -> Sealed:
         assert self.batcher is not None
         grad = decode_tensor(request.grad, self._tensor_limits, session.output_shape)
         session.open_step = None
@@ -411,7 +366,7 @@ class TrunkService:
             self.progress[session.name] = self.progress.get(session.name, 0) + 1
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
 
-    def _backward(self, session: _Session, request: pb.BackwardRequest) -> Sealed:
+    def _backward(self, session: Session, request: pb.BackwardRequest) -> Sealed:
         if session.open_step != request.step:
             raise WireFormatError("no_open_step", f"no forward of step {request.step} awaits a backward")
         if self.batcher is not None:
@@ -436,7 +391,7 @@ class TrunkService:
         sub.scheduler.release(session.name)
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
 
-    def _loss(self, session: _Session, request: pb.LossRequest) -> Sealed:
+    def _loss(self, session: Session, request: pb.LossRequest) -> Sealed:
         """Two-part layout: the rest of the model and the loss on the head's output and the labels."""
         sub = session.sub
         assert sub is not None
@@ -458,14 +413,14 @@ class TrunkService:
                                  row_tokens=result.row_tokens.tolist())
             return session.channel.seal("loss_reply", request.step, reply.SerializeToString())
         if self.draining:
-            raise _shutting_down()
+            raise shutting_down()
         try:
             sub.scheduler.acquire(session.name, self.limits.turn_timeout_s)
         except TurnTimeout as error:
             raise ServiceError("UNAVAILABLE", "busy", str(error)) from None
         try:
             if self.draining:
-                raise _shutting_down()
+                raise shutting_down()
             with sub.compute:
                 result = trunk.loss(session.key, hidden, mask, labels, train=True)
             with self._average_condition:
@@ -493,7 +448,7 @@ class TrunkService:
             return self.batcher.trunk.steps
         return sum(sub.trunk.steps for sub in self._subs)
 
-    def _wait_for_average(self, sub: _Sub) -> None:
+    def _wait_for_average(self, sub: SubServer) -> None:
         """Hierarchical mode: a sub-server that has done ``average_every`` steps waits (its next
         client holding its turn, so none of its steps is open) until every sub-server with clients
         has too; then their adapters are averaged, weighted by samples. A sub-server still short of
@@ -547,7 +502,7 @@ class TrunkService:
             with self._average_condition:
                 self._average_locked(self._subs)
 
-    def _average_locked(self, subs: list[_Sub]) -> None:
+    def _average_locked(self, subs: list[SubServer]) -> None:
         """FedAvg over ``subs`` (none of which has an open step), loaded into each of them."""
         contributing = [s for s in subs if s.samples_since > 0]
         if contributing:
@@ -563,29 +518,21 @@ class TrunkService:
             sub.steps_since = sub.samples_since = 0
         self._average_condition.notify_all()
 
-    def _aggregate(self, session: _Session, request: pb.AggregateRequest) -> Sealed:
+    def _aggregate(self, session: Session, request: pb.AggregateRequest) -> Sealed:
         if self.aggregation != "plain":
             raise WireFormatError("secure_aggregation_required", "this server aggregates only under secure "
                                   "aggregation (kind 'secagg'); plain adapters are refused")
-        if not (math.isfinite(request.weight) and request.weight > 0):
-            raise WireFormatError("bad_weight", "the FedAvg weight must be a positive number")
-        if len(request.tensors) > MAX_ADAPTER_TENSORS:
-            raise WireFormatError("too_large", f"more than {MAX_ADAPTER_TENSORS} adapter tensors")
-        state: dict[str, torch.Tensor] = {}
-        for item in request.tensors:
-            if not item.name or len(item.name) > 512 or item.name in state:
-                raise WireFormatError("bad_name", "adapter tensor names must be unique, 1-512 characters")
-            state[item.name] = decode_tensor(item.tensor, self._adapter_limits)
+        check_weight(request.weight)
+        state = adapter_tensors(request.tensors, lambda wire: decode_tensor(wire, self._adapter_limits))
         try:
             average, contributors = self.aggregator.submit(session.name, request.round, request.weight, state)
         except AggregationError as error:
             raise WireFormatError("bad_round", str(error)) from None
         reply = pb.AggregateReply(step=request.step, round=request.round, contributors=contributors)
-        for name in sorted(average):
-            reply.tensors.add(name=name, tensor=encode_tensor(average[name], "float32"))
+        add_average(reply, average)
         return session.channel.seal("aggregate_reply", request.step, reply.SerializeToString())
 
-    def _generate(self, session: _Session, request: pb.GenerateRequest) -> Sealed:
+    def _generate(self, session: Session, request: pb.GenerateRequest) -> Sealed:
         sub = session.sub
         assert sub is not None and sub.generation is not None
         if request.release:
@@ -609,54 +556,20 @@ class TrunkService:
                                  cached_tokens=cached)
         return session.channel.seal("generate_reply", request.step, reply.SerializeToString())
 
-    def _secagg(self, session: _Session, request: pb.SecAggRequest) -> Sealed:
+    def _secagg(self, session: Session, request: pb.SecAggRequest) -> Sealed:
         if self.aggregation != "secure":
             raise WireFormatError("plain_aggregation", "this server runs plain FedAvg rounds (kind "
                                   "'aggregate'), not secure aggregation")
-        phase = request.phase
-        shares = request.shares.items()
-        if len(shares) > MAX_ADAPTER_TENSORS or any(
-                len(blob) > MAX_SECAGG_BLOB or not 0 < len(name) <= 256 for name, blob in shares):
-            raise WireFormatError("too_large", "too many or too large secure-aggregation shares")
-        value: object
-        if phase == ADVERTISE:
-            value = bytes(request.keys)
-        elif phase in (SHARE, REVEAL):
-            value = {name: bytes(blob) for name, blob in request.shares.items()}
-        elif phase == MASKED:
-            if not (math.isfinite(request.weight) and request.weight > 0):
-                raise WireFormatError("bad_weight", "the FedAvg weight must be a positive number")
-            if len(request.tensors) > MAX_ADAPTER_TENSORS:
-                raise WireFormatError("too_large", f"more than {MAX_ADAPTER_TENSORS} adapter tensors")
-            tensors: dict[str, torch.Tensor] = {}
-            for item in request.tensors:
-                if not item.name or len(item.name) > 512 or item.name in tensors:
-                    raise WireFormatError("bad_name", "adapter tensor names must be unique, 1-512 characters")
-                tensors[item.name] = decode_int64(item.tensor, self._adapter_limits.max_elements)
-            value = (tensors, request.weight)
-        else:
-            raise WireFormatError("bad_phase", f"unknown secure-aggregation phase {phase}")
+        value = secagg_value(request, self._adapter_limits.max_elements)
         try:
-            result = self.secure_rounds.submit(session.name, request.round, phase, value)
+            result = self.secure_rounds.submit(session.name, request.round, request.phase, value)
         except AggregationError as error:
             raise WireFormatError("bad_round", str(error)) from None
-        reply = pb.SecAggReply(step=request.step, round=request.round, phase=phase)
-        if phase == ADVERTISE:
-            reply.roster, reply.threshold = result
-            reply.contributors = 0 if result[0] else 1
-        elif phase == SHARE:
-            reply.shares.update(result)
-        elif phase == MASKED:
-            reply.survivors.extend(result[0])
-            reply.dropped.extend(result[1])
-        else:
-            average, reply.contributors = result
-            for name in sorted(average):
-                reply.tensors.add(name=name, tensor=encode_tensor(average[name], "float32"))
+        reply = secagg_reply(request, result)
         return session.channel.seal("secagg_reply", request.step, reply.SerializeToString())
 
     @staticmethod
-    def _reply(session: _Session, kind: str, step: int, tensor: torch.Tensor, dtype: str) -> Sealed:
+    def _reply(session: Session, kind: str, step: int, tensor: torch.Tensor, dtype: str) -> Sealed:
         message_type = pb.ForwardReply if kind == "forward_reply" else pb.BackwardReply
         field_name = "hidden" if kind == "forward_reply" else "grad"
         message = message_type(step=step, **{field_name: encode_tensor(tensor, dtype)})

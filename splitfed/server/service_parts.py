@@ -1,0 +1,67 @@
+"""The state the trunk service keeps: its limits, its sub-servers and its clients' sessions."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from splitfed.security import SecureChannel
+from splitfed.server.generation import GenerationCaches
+from splitfed.server.local_trunk import LocalTrunk
+from splitfed.server.scheduler import TurnScheduler
+from splitfed.transport import WIRE_DTYPES
+from splitfed.transport.errors import ServiceError
+
+
+def shutting_down() -> ServiceError:
+    """The refusal of new work while the server drains."""
+    return ServiceError("UNAVAILABLE", "shutting_down",
+                        "the server is checkpointing and stopping; retry after it is back")
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What one session may send, and how long anything may wait."""
+
+    max_batch: int = 64
+    max_length: int = 2048
+    max_message_bytes: int = 512 * 1024 * 1024
+    dtypes: tuple[str, ...] = tuple(WIRE_DTYPES)
+    turn_timeout_s: float = 120.0
+    step_timeout_s: float = 60.0
+    session_ttl_s: float = 600.0
+    generation_budget_bytes: int = 1 << 30
+    generation_ttl_s: float = 300.0
+    generation_streams: int = 8
+
+
+@dataclass
+class SubServer:
+    """One sub-server: a trunk adapter with its optimizer, its turn scheduler and its compute lock."""
+
+    trunk: LocalTrunk
+    scheduler: TurnScheduler
+    compute: threading.Lock = field(default_factory=threading.Lock)
+    steps_since: int = 0
+    samples_since: int = 0
+    sessions: int = 0
+    generation: GenerationCaches | None = None
+
+
+@dataclass
+class Session:
+    """One client's authenticated session: its channel, sub-server and open step."""
+
+    name: str
+    channel: SecureChannel
+    sub: SubServer | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    open_step: int | None = None
+    step_started: float = 0.0
+    output_shape: tuple[int, ...] = ()
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def key(self) -> str:
+        return self.channel.session_id.hex()
