@@ -1,0 +1,155 @@
+"""``splitfed attack``, ``splitfed eval`` and ``splitfed status``: commands that measure and observe."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from splitfed.cli_app import ConfigOption, SetOption, _fail, _merge, app, console
+
+
+@app.command()
+def attack(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model: Annotated[str | None, typer.Option(help="Public base model (default: smollm2).")] = None,
+    head: Annotated[int | None, typer.Option(min=0, help="Blocks the victim keeps before the trunk.")] = None,
+    tail: Annotated[int | None, typer.Option(min=0, help="Blocks the victim keeps after the trunk.")] = None,
+    task: Annotated[str | None, typer.Option(help="Task whose validation rows are the private text.")] = None,
+    victims: Annotated[int | None, typer.Option(min=1, help="Private rows attacked.")] = None,
+    forward_clip: Annotated[str | None, typer.Option(help="Victim's per-token clip norm of the "
+                                                          "hidden state: a number or 'median'.")] = None,
+    forward_sigma: Annotated[float | None, typer.Option(min=0.0, help="Victim's noise multiplier on "
+                                                                      "the hidden state.")] = None,
+    backward_clip: Annotated[str | None, typer.Option(help="Clip norm of the upstream gradient: a number "
+                                                           "or 'median'.")] = None,
+    backward_sigma: Annotated[float | None, typer.Option(min=0.0, help="Noise multiplier on the "
+                                                                       "upstream gradient.")] = None,
+    attacks: Annotated[str | None, typer.Option(help="Comma-separated: nn-cosine, nn-l2, learned, "
+                                                     "learned-mixed, direct, gradient (all).")] = None,
+    victim_adapters: Annotated[Path | None, typer.Option(help="The victim's adapters: a directory with "
+                                                              "head/, trunk/, tail/.")] = None,
+    inverter_steps: Annotated[int | None, typer.Option(min=1, help="Training steps of each learned "
+                                                                   "inverter.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Where attack.json and attack.md go.")] = None,
+) -> None:
+    """Attack split-learning traffic as an honest-but-curious server; report what it recovers.
+
+    The attacker has what the server sees (the head's output, possibly clipped and noised; its own
+    trunk output; the upstream gradient), the public pretrained weights without the victim's
+    adapters, and public text (wikitext-2). Attacks: nearest-neighbour inversion against the token
+    embeddings (cosine, L2); learned inverters trained on public text at the victim's noise level and
+    at mixed levels; direct forward (the public tail run on the trunk output, scored against the next
+    private token); a learned inverter of the upstream gradient. Metrics: token accuracy (padding
+    excluded), ROUGE-L F1 and the rate of rows recovered exactly.
+    """
+    from splitfed.attacks.harness import AttackSettings
+    from splitfed.attacks.run import attack_table, run_attack, save_attack
+    from splitfed.config import ConfigError, build_settings
+
+    def clip(value: str | None) -> float | str | None:
+        return value if value in (None, "median") else float(value)
+
+    overrides = {"model": model, "head": head, "tail": tail, "task": task, "victims": victims,
+                 "forward.sigma": forward_sigma, "backward.sigma": backward_sigma,
+                 "attacks": attacks.split(",") if attacks else None, "victim_adapters": victim_adapters,
+                 "inverter.steps": inverter_steps, "output": output}
+    try:
+        overrides["forward.clip"] = clip(forward_clip)
+        overrides["backward.clip"] = clip(backward_clip)
+        settings = build_settings(AttackSettings, config, _merge(set_, overrides))
+        result = run_attack(settings, console)
+    except (ConfigError, ValueError, OSError) as error:
+        raise _fail(error) from error
+    console.print(attack_table(result))
+    console.print(f"results: {save_attack(result, settings.output)} ({result['seconds']:.0f}s)")
+
+
+@app.command()
+def status(
+    output: Annotated[Path, typer.Argument(help="The server's output folder (where it writes status.json).")
+                      ] = Path("runs/server"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw status as JSON.")] = False,
+) -> None:
+    """Show what a trunk server is doing: connected clients, mode, steps, rounds and progress per client."""
+    import json
+
+    from rich.table import Table
+
+    from splitfed.observability import read_status
+
+    try:
+        state = read_status(output)
+    except (OSError, ValueError) as error:
+        raise _fail(error) from error
+    if as_json:
+        console.print_json(json.dumps(state))
+        return
+    age = time.time() - state.get("updated", 0)
+    running = "stopped" if state.get("stopped") else ("running" if age < 10 else f"silent for {age:.0f}s")
+    rounds = state["secure_rounds"] or state["plain_rounds"]
+    console.print(f"[bold]{state.get('model', '?')}[/bold] trunk on port {state.get('port', '?')}: "
+                  f"{running}; "
+                  f"mode {state['mode']} ({state['sub_servers']} sub-server(s)), {state['aggregation']} "
+                  f"aggregation; {state['steps']} trunk steps; {rounds} FedAvg round(s); generation: "
+                  f"{state['generation_streams']} stream(s), {state['generation_cache_mib']:.1f} MiB")
+    table = Table("client", "connected", "steps done")
+    for name in sorted(set(state["progress"]) | set(state["sessions"])):
+        table.add_row(name, "yes" if name in state["sessions"] else "no", str(state["progress"].get(name, 0)))
+    console.print(table)
+
+
+@app.command("eval")
+def eval_(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model: Annotated[str | None, typer.Option(help="Model (default: smollm2).")] = None,
+    task: Annotated[list[str] | None, typer.Option(help="Shipped task (repeatable): rte, cb, copa, boolq, "
+                                                       "wic, wsc, multirc, xsum, coqa. Your own data: "
+                                                       "describe it under `tasks:` in --config.")] = None,
+    method: Annotated[list[str] | None, typer.Option(help="Methods to run (repeatable; default all): "
+                                                         "zero-shot, centralized, split, federated-iid, "
+                                                         "federated-noniid, federated-noise.")] = None,
+    clients: Annotated[int | None, typer.Option(min=2, help="Clients of the federated methods.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps of every trainer; a multiple "
+                                                          "of rounds x clients.")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="FedAvg rounds.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the LoRA adapters.")] = None,
+    train_examples: Annotated[int | None, typer.Option(min=1, help="Training examples per task.")] = None,
+    eval_examples: Annotated[int | None, typer.Option(min=1, help="Held-out examples per task.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Generation tasks: new tokens per "
+                                                                   "answer.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of data order, shards and adapter init.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Where results.json, results.md and losses.png "
+                                                     "go (default runs/eval).")] = None,
+) -> None:
+    """Zero-shot, centralized, split (1 client) and federated (N clients, IID / non-IID / + noise)
+    fine-tuning on the same tasks with the same seeds, steps and hyper-parameters.
+
+    Classification tasks are scored by the log-likelihood of each answer option; generation tasks
+    (XSum: ROUGE-1/2/L, CoQA: SQuAD F1) by greedy decoding through the split model. Writes a table
+    shaped like the papers' main table (results.md), results.json and the loss curves (losses.png).
+    """
+    from splitfed.config import ConfigError, build_settings
+    from splitfed.evaluation import EvalSettings, markdown_report, plot_losses, run_eval, save_result
+
+    overrides = {"model": model, "tasks": task or None, "methods": method or None, "clients": clients,
+                 "steps": steps, "rounds": rounds, "batch_size": batch_size, "lr": lr,
+                 "train_examples": train_examples, "eval_examples": eval_examples,
+                 "max_new_tokens": max_new_tokens, "seed": seed, "output": output}
+    try:
+        settings = build_settings(EvalSettings, config, _merge(set_, overrides))
+        result = run_eval(settings, console)
+    except (ConfigError, ValueError, OSError, ImportError) as error:
+        raise _fail(error) from error
+    saved = save_result(result, settings.output)
+    report = markdown_report(result)
+    (settings.output / "results.md").write_text(report)
+    plot = plot_losses(result, settings.output / "losses.png")
+    console.print(report)
+    console.print(f"results: {saved}, {settings.output / 'results.md'}; loss curves: {plot}; "
+                  f"total {result.total_seconds:.0f}s")
