@@ -7,6 +7,13 @@ total batch as the centralized baseline (the unsplit model, trained in this proc
 ``--batch-size``), measured right before each run (``--repeats`` alternations, best of each, for a
 shared machine). Prints and saves JSON and a PNG of tokens/s per mode with the ratios.
 
+Threads: an OpenMP runtime with more than one thread team in a process (every thread that computes
+gets one) slows every operation by about a third, so this process computes only on fresh threads
+that end after each measurement: the centralized baseline on one thread with all torch threads, the
+clients on one thread each (torch threads: ``--client-threads``), as the server process keeps its
+compute on one thread. For sequential mode the same client steps are also run in one thread without
+network or processes (``floor``): what the smaller per-client batches alone cost.
+
     .venv/bin/python benchmarks/modes.py --model tiny-llama
     .venv/bin/python benchmarks/modes.py --model smollm2 --steps 8 --repeats 3
 """
@@ -33,6 +40,8 @@ from splitfed.models import LoraSpec, init_adapter, load_model, num_layers, spli
 from splitfed.models.split import Partition
 from splitfed.models.whole import WholeModel
 from splitfed.security import Identity, PublicIdentity, create_identity_files, create_server_files
+from splitfed.server.compute import single_threaded_torch, use_torch_threads
+from splitfed.server.local_trunk import LocalTrunk
 from splitfed.training.loss import causal_lm_loss
 from splitfed.training.optim import OptimizerSettings
 from splitfed.training.replicate import replicate
@@ -44,6 +53,26 @@ MODES = ("sequential", "client-batch", "hierarchical")
 def _batch(rows: int, length: int, vocab: int, seed: int) -> dict:
     ids = torch.randint(10, vocab, (rows, length), generator=torch.Generator().manual_seed(seed))
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+
+def _on_fresh_thread(function, threads: int, *args):
+    """``function(*args)`` on a new thread with ``threads`` torch threads; its result."""
+    result: list = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            use_torch_threads(threads)
+            result.append(function(*args))
+        except BaseException as error:  # noqa: BLE001 - raised below
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
 
 
 def _centralized(model, args) -> float:
@@ -81,6 +110,37 @@ def _serve(args, keys: Path, mode: str, clients: int) -> tuple[subprocess.Popen,
     return server, int(port_file.read_text())
 
 
+def _client_threads(args, mode: str, clients: int) -> int:
+    """Torch threads of each client thread. ``auto``: in sequential mode the client holding the turn
+    runs its tail while the others wait, so it gets every core; in the batched modes the clients
+    compute at once, so they share the cores."""
+    if args.client_threads != "auto":
+        return int(args.client_threads)
+    return args.threads if mode == "sequential" else max(1, args.threads // clients)
+
+
+def _sequential_floor(model, args, clients: int) -> float:
+    """Tokens/s of the same sequential client steps in this thread without network, processes or
+    concurrency: what the smaller per-client batches alone cost against the centralized batch."""
+    rows = args.batch_size // clients
+    split = split_model(replicate(model), Partition(args.head, args.tail))
+    init_adapter(split.trunk, LoraSpec(r=8, alpha=16), 0)
+    trunk = LocalTrunk(split.trunk)
+    runners = []
+    for index in range(clients):
+        own = split_model(replicate(model), Partition(args.head, args.tail))
+        init_adapter(own.head, LoraSpec(r=8, alpha=16), 0)
+        init_adapter(own.tail, LoraSpec(r=8, alpha=16), 0)
+        runners.append(SplitClient(f"c{index}", own.head, own.tail, trunk))
+    started = 0.0
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            started = time.perf_counter()
+        for index, client in enumerate(runners):
+            client.train_step(_batch(rows, args.length, model.config.vocab_size, 1000 * index + step))
+    return args.steps * clients * rows * args.length / (time.perf_counter() - started)
+
+
 def _federated(model, args, keys: Path, mode: str, clients: int) -> float:
     rows = args.batch_size // clients
     server, port = _serve(args, keys, mode, clients)
@@ -100,9 +160,12 @@ def _federated(model, args, keys: Path, mode: str, clients: int) -> float:
         barrier = threading.Barrier(clients + 1)
         errors: list[BaseException] = []
 
+        torch_threads = _client_threads(args, mode, clients)
+
         def work(index: int) -> None:
             client, _ = runners[index]
             try:
+                use_torch_threads(torch_threads)
                 for step in range(args.warmup + args.steps):
                     if step == args.warmup:
                         barrier.wait()
@@ -115,7 +178,12 @@ def _federated(model, args, keys: Path, mode: str, clients: int) -> float:
         threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
         for thread in threads:
             thread.start()
-        barrier.wait()
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            for thread in threads:
+                thread.join()
+            raise errors[0] from None
         started = time.perf_counter()
         for thread in threads:
             thread.join()
@@ -143,15 +211,21 @@ def main() -> None:
     parser.add_argument("--tail", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="alternating centralized / federated "
                         "measurements per configuration; the best of each is compared")
+    parser.add_argument("--client-threads", default="auto", help="torch threads of each client thread, or "
+                        "auto: every core in sequential mode, cores / clients in the batched modes")
+    parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the in-process "
+                        "sequential floor (the per-client batches' cost without network or processes)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    args.threads = torch.get_num_threads()
+    single_threaded_torch()  # this thread prepares; fresh threads compute (see the module docstring)
     output = args.output or Path(f"benchmarks/results/modes_{args.model}.json")
     model, _ = load_model(args.model)
     if args.head + args.tail >= num_layers(model):
         args.head = args.tail = 1
     results = {"model": args.model, "batch_size": args.batch_size, "length": args.length,
                "steps": args.steps, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                                "torch_threads": torch.get_num_threads()}, "runs": []}
+                                                "torch_threads": args.threads}, "runs": []}
     results["repeats"] = args.repeats
     with tempfile.TemporaryDirectory() as tmp:
         keys = Path(tmp)
@@ -171,12 +245,17 @@ def main() -> None:
                 # on a shared machine a baseline taken once at the start drifts from the runs
                 centrals, speeds = [], []
                 for _ in range(args.repeats):
-                    centrals.append(_centralized(model, args))
+                    centrals.append(_on_fresh_thread(_centralized, args.threads, model, args))
                     speeds.append(_federated(model, args, keys, mode, clients))
                 speed, central = max(speeds), max(centrals)
                 run = {"mode": mode, "clients": clients, "tokens_per_s": speed,
                        "centralized_tokens_per_s": central, "over_centralized": speed / central,
+                       "client_torch_threads": _client_threads(args, mode, clients),
                        "tokens_per_s_each": speeds, "centralized_tokens_per_s_each": centrals}
+                if mode == "sequential" and args.floor:
+                    floor = _on_fresh_thread(_sequential_floor, args.threads, model, args, clients)
+                    run.update(floor_tokens_per_s=floor, floor_over_centralized=floor / central,
+                               over_floor=speed / floor)
                 results["runs"].append(run)
                 print(json.dumps(run), flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,7 @@ class SplitGenerator:
         if self.defense is not None and self.defense.settings.protect_inference:
             hidden = self.defense.protect("forward", hidden)
         hidden = self.endpoint.generate_step(self.stream, hidden, mask, past, use_cache=cached)
-        return self.tail(hidden, mask, past_key_values=tail_cache)
+        return self.tail(hidden, mask, past_key_values=tail_cache, last_only=True)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  sampling: SamplingSettings | None = None, eos_token_id: int | list[int] | None = None,

@@ -14,5 +14,6 @@ class ServerLogits(nn.Module):
         return None
 
     def forward(self, logits: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, past_key_values: object = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, past_key_values: object = None,
+                last_only: bool = True) -> torch.Tensor:
         return logits

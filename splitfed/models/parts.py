@@ -201,6 +201,11 @@ class TailPart(SplitPart):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         past_key_values: DynamicCache | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
+        """``last_only``: the logits of the last position alone (B, 1, V), as generation needs; the
+        LM head of a long prompt's other positions is skipped (norm and head act per position)."""
         hidden = self._run_blocks(hidden, attention_mask, position_ids, past_key_values)
+        if last_only:
+            hidden = hidden[:, -1:]
         return self.family.finalize(self, hidden)

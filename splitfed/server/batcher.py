@@ -10,6 +10,7 @@ import time
 import torch
 
 from splitfed.server.client_batch import BatchedTrunk, ForwardItem
+from splitfed.server.compute import ComputeThread
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,9 @@ class Batcher:
     """Coordinates the request threads of the clients of one batch at a time."""
 
     def __init__(self, trunk: BatchedTrunk, window_s: float = 0.05, max_rows: int = 64,
-                 backward_deadline_s: float = 30.0) -> None:
+                 backward_deadline_s: float = 30.0, compute: ComputeThread | None = None) -> None:
         self.trunk = trunk
+        self.compute = compute or ComputeThread()  # the batch's tensor work runs on it
         self.window_s = window_s
         self.max_rows = max_rows
         self.backward_deadline_s = backward_deadline_s
@@ -64,9 +66,13 @@ class Batcher:
 
     def evaluate(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """An inference forward, never interleaved with the batch's training computation."""
-        with self._condition, torch.no_grad():
-            self.trunk.trunk.eval()
-            return self.trunk.trunk(hidden, attention_mask)
+        with self._condition:
+            return self.compute.run(self._evaluate, hidden, attention_mask)
+
+    @torch.no_grad()
+    def _evaluate(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        self.trunk.trunk.eval()
+        return self.trunk.trunk(hidden, attention_mask)
 
     def backward(self, client_id: str, grad: torch.Tensor) -> torch.Tensor:
         """Hand in this client's gradient; the batch's one backward and optimizer step run when
@@ -97,7 +103,7 @@ class Batcher:
 
     def _run_forward(self) -> None:
         items, self._items = self._items, []
-        self._outputs = self.trunk.forward(items)
+        self._outputs = self.compute.run(self.trunk.forward, items)
         self._members = {i.client_id for i in items}
         self._grads, self._grads_in = {}, {}
         self._phase = "backward"
@@ -109,7 +115,7 @@ class Batcher:
     def _run_backward(self) -> None:
         missing = sorted(self._members - set(self._grads))
         if self._grads:
-            self._grads_in = self.trunk.backward(self._grads)
+            self._grads_in = self.compute.run(self.trunk.backward, self._grads)
         else:
             self.trunk.abandon()
         if missing:

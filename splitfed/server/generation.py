@@ -14,7 +14,6 @@ import ctypes
 import logging
 import threading
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from splitfed.models.kv_cache import (
     cache_bytes,
     merge_caches,
 )
+from splitfed.server.compute import ComputeThread
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ class GenerationCaches:
     """The trunk's generation streams: ``step`` runs one prefill or decode step of one stream."""
 
     def __init__(self, trunk: TrunkPart, budget_bytes: int = 1 << 30, ttl_s: float = 300.0,
-                 max_streams_per_owner: int = 8, compute: AbstractContextManager | None = None,
+                 max_streams_per_owner: int = 8, compute: ComputeThread | None = None,
                  batch_decodes: bool = True) -> None:
         self.trunk = trunk
         self.budget_bytes = budget_bytes
         self.ttl_s = ttl_s
         self.max_streams_per_owner = max_streams_per_owner
         self.batch_decodes = batch_decodes
-        self._compute = compute if compute is not None else threading.Lock()
+        self._compute = compute if compute is not None else ComputeThread("generation-compute")
         self._lock = threading.Condition()
         self._streams: dict[tuple[str, int], _Stream] = {}
         self._reserved = 0
@@ -169,9 +169,7 @@ class GenerationCaches:
         if not use_cache:
             if past_length:
                 raise StaleStream("a step without cache carries the whole context (past_length 0)")
-            with self._compute:
-                self.trunk.eval()
-                return self.trunk(hidden, mask), 0
+            return self._compute.run(self._run_trunk, hidden, mask, None), 0
         key = (owner, stream_id)
         with self._lock:
             stream = self._streams.get(key)
@@ -198,9 +196,7 @@ class GenerationCaches:
             if new == 1 and self.batch_decodes and batchable(stream.cache, self.trunk):
                 output = self._decode_together(_Decode(stream, hidden, mask))
             else:
-                with self._compute:
-                    self.trunk.eval()
-                    output = self.trunk(hidden, mask, past_key_values=stream.cache)
+                output = self._compute.run(self._run_trunk, hidden, mask, stream.cache)
         except BaseException:
             with self._lock:
                 self._reserved -= need
@@ -241,18 +237,25 @@ class GenerationCaches:
         assert item.output is not None
         return item.output
 
+    @torch.no_grad()
+    def _run_trunk(self, hidden: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The trunk in inference mode (on the compute thread: grad mode is per thread)."""
+        self.trunk.eval()
+        return self.trunk(hidden, mask) if cache is None else self.trunk(hidden, mask, past_key_values=cache)
+
     def _run_decodes(self, batch: list[_Decode]) -> None:
-        with self._compute:
-            self.trunk.eval()
-            if len(batch) == 1:
-                (item,) = batch
-                item.output = self.trunk(item.hidden, item.mask, past_key_values=item.stream.cache)
-                return
-            merged, pads = merge_caches([item.stream.cache for item in batch], self.trunk)
-            masks = [torch.nn.functional.pad(item.mask, (pad, 0))
-                     for item, pad in zip(batch, pads, strict=True)]
-            output = self.trunk(torch.cat([item.hidden for item in batch]), torch.cat(masks),
-                                past_key_values=merged)
+        if len(batch) == 1:
+            (item,) = batch
+            item.output = self._compute.run(self._run_trunk, item.hidden, item.mask, item.stream.cache)
+            return
+        self._compute.run(self._decode_merged, batch)
+
+    @torch.no_grad()
+    def _decode_merged(self, batch: list[_Decode]) -> None:
+        """Several streams' decode steps as one trunk call over their merged caches (compute thread)."""
+        merged, pads = merge_caches([item.stream.cache for item in batch], self.trunk)
+        masks = [torch.nn.functional.pad(item.mask, (pad, 0)) for item, pad in zip(batch, pads, strict=True)]
+        output = self._run_trunk(torch.cat([item.hidden for item in batch]), torch.cat(masks), merged)
         start = 0
         for item in batch:
             rows = slice(start, start + item.hidden.shape[0])

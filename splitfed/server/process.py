@@ -14,6 +14,7 @@ from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
 from splitfed.server.batcher import Batcher
 from splitfed.server.client_batch import BatchedTrunk
+from splitfed.server.compute import single_threaded_torch
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler
 from splitfed.server.service_state import restore_service, service_checkpoint
@@ -150,7 +151,8 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
     log.info("%d request threads", workers)
     server, port = serve(service, settings.listen, _tls(settings), settings.insecure_loopback,
                          max_message_bytes=service.limits.max_message_bytes, workers=workers,
-                         client_certificates=_client_certificates(settings.tls_client_certs))
+                         client_certificates=_client_certificates(settings.tls_client_certs),
+                         thread_initializer=single_threaded_torch)
     if settings.port_file is not None:
         _write_atomically(settings.port_file, f"{port}\n")
     previous = _install_signal_handlers(stop)
@@ -179,6 +181,7 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
         path = slice_.save_trunk(service.trunk.trunk, settings.output / "trunk", base_model=settings.model,
                                  step=service.steps)
         log.info("trunk adapter after %d steps saved to %s", service.steps, path)
+        service.close()
     return service
 
 

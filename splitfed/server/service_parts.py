@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from splitfed.security import SecureChannel
+from splitfed.server.compute import ComputeThread
 from splitfed.server.generation import GenerationCaches
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler
@@ -38,11 +39,12 @@ class ServiceLimits:
 
 @dataclass
 class SubServer:
-    """One sub-server: a trunk adapter with its optimizer, its turn scheduler and its compute lock."""
+    """One sub-server: a trunk adapter with its optimizer, its turn scheduler and the one thread that runs
+    its tensor work."""
 
     trunk: LocalTrunk
     scheduler: TurnScheduler
-    compute: threading.Lock = field(default_factory=threading.Lock)
+    compute: ComputeThread = field(default_factory=ComputeThread)
     steps_since: int = 0
     samples_since: int = 0
     sessions: int = 0

@@ -30,6 +30,7 @@ from splitfed.security import (
 from splitfed.server.aggregator import AggregationError, RoundAggregator
 from splitfed.server.batcher import Batcher, DroppedFromStep
 from splitfed.server.client_batch import ForwardItem
+from splitfed.server.compute import ComputeThread
 from splitfed.server.generation import GenerationCaches, GenerationError
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.round_requests import (
@@ -96,10 +97,15 @@ class TrunkService:
         trunks = [trunk, *(sub_trunks or [])]
         self._roster = roster
         if len(trunks) == 1:
-            self._subs = [SubServer(trunk, self.scheduler)]
-        else:
-            self._subs = [SubServer(t, TurnScheduler([n for i, n in enumerate(roster) if i % len(trunks) == k]
-                                                if roster else None)) for k, t in enumerate(trunks)]
+            compute = batcher.compute if batcher is not None else ComputeThread()
+            self._subs = [SubServer(trunk, self.scheduler, compute)]
+        else:  # parallel sub-servers share the cores: each gets its part of the torch threads
+            threads = max(1, torch.get_num_threads() // len(trunks))
+            rosters = [[n for i, n in enumerate(roster) if i % len(trunks) == k] if roster else None
+                       for k in range(len(trunks))]
+            self._subs = [SubServer(t, TurnScheduler(rosters[k]), ComputeThread(f"trunk-compute-{k}",
+                                                                                 threads))
+                          for k, t in enumerate(trunks)]
         for sub in self._subs:
             sub.generation = GenerationCaches(
                 sub.trunk.trunk, self.limits.generation_budget_bytes // len(self._subs),
@@ -308,8 +314,7 @@ class TrunkService:
                 raise shutting_down()
             return self._batched_forward(session, request, hidden, mask)
         if not request.train:
-            with sub.compute:
-                output = sub.trunk.forward(session.key, hidden, mask, train=False)
+            output = sub.compute.run(sub.trunk.forward, session.key, hidden, mask, train=False)
             return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
         if self.draining:
             raise shutting_down()
@@ -324,8 +329,7 @@ class TrunkService:
             raise shutting_down()
         try:
             self._wait_for_average(sub)  # holding the turn: no step of this sub-server is open
-            with sub.compute:
-                output = sub.trunk.forward(session.key, hidden, mask, train=True)
+            output = sub.compute.run(sub.trunk.forward, session.key, hidden, mask, train=True)
         except BaseException:
             sub.scheduler.release(session.name)
             raise
@@ -375,8 +379,7 @@ class TrunkService:
         assert sub is not None
         try:
             grad = decode_tensor(request.grad, self._tensor_limits, session.output_shape)
-            with sub.compute:
-                grad_in = sub.trunk.backward(session.key, grad)
+            grad_in = sub.compute.run(sub.trunk.backward, session.key, grad)
         except BaseException:
             self._abandon_step(session, "its backward was refused")
             raise
@@ -406,8 +409,7 @@ class TrunkService:
         if bool(((labels != -100) & ((labels < 0) | (labels >= vocab))).any()):
             raise WireFormatError("bad_labels", f"labels must be -100 or token ids below {vocab}")
         if not request.train:
-            with sub.compute:
-                result = trunk.loss(session.key, hidden, mask, labels, train=False)
+            result = sub.compute.run(trunk.loss, session.key, hidden, mask, labels, train=False)
             assert result.row_nll is not None and result.row_tokens is not None
             reply = pb.LossReply(step=request.step, loss=result.loss, row_nll=result.row_nll.tolist(),
                                  row_tokens=result.row_tokens.tolist())
@@ -421,8 +423,7 @@ class TrunkService:
         try:
             if self.draining:
                 raise shutting_down()
-            with sub.compute:
-                result = trunk.loss(session.key, hidden, mask, labels, train=True)
+            result = sub.compute.run(trunk.loss, session.key, hidden, mask, labels, train=True)
             with self._average_condition:
                 sub.steps_since += 1
                 sub.samples_since += batch
@@ -496,6 +497,11 @@ class TrunkService:
                 "generation_cache_mib": sum(c.bytes_in_use for c in caches) / 2**20,
                 "draining": self.draining}
 
+    def close(self) -> None:
+        """Stop the sub-servers' compute threads (after the last request)."""
+        for sub in self._subs:
+            sub.compute.close()
+
     def finish(self) -> None:
         """At the end: average the sub-servers' adapters once more if they trained since the last."""
         if len(self._subs) > 1:
@@ -509,8 +515,7 @@ class TrunkService:
             average = weighted_average([adapter_state(s.trunk.trunk) for s in contributing],
                                        [s.samples_since for s in contributing])
             for sub in subs:
-                with sub.compute:
-                    load_adapter_state(sub.trunk.trunk, average)
+                sub.compute.run(load_adapter_state, sub.trunk.trunk, average)
             self.averages += 1
             log.info("averaged the trunk adapters of %d sub-server(s) (samples %s)", len(contributing),
                      [s.samples_since for s in contributing])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Protocol
 
@@ -107,19 +107,22 @@ def serve(
     max_message_bytes: int = 512 * 1024 * 1024,
     workers: int = 16,
     client_certificates: bytes | None = None,
+    thread_initializer: Callable[[], None] | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving ``handler`` at ``address`` with TLS (certificate, key) or, on loopback only and
     when asked explicitly, in plaintext. With ``client_certificates`` (PEM, concatenated) TLS is
     mutual: only clients presenting one of those certificates connect. Returns the started server and
     the bound port. At most ``workers`` requests run at once; more are refused at once with
     ``RESOURCE_EXHAUSTED`` (which clients read as busy and retry) rather than queued, where a
-    handshake would age past its clock-skew window and a waiting backward would miss its step."""
+    handshake would age past its clock-skew window and a waiting backward would miss its step.
+    ``thread_initializer`` runs once in each request thread as it starts."""
     if client_certificates is not None and tls is None:
         raise ValueError("mutual TLS needs the server's own TLS certificate and key")
     if tls is None:
         check_plaintext_allowed(address, allow_insecure_loopback)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trunk-rpc"),
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trunk-rpc",
+                                   initializer=thread_initializer),
         maximum_concurrent_rpcs=workers,
         options=[("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
                  ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT)],

@@ -111,3 +111,16 @@ def test_sliding_window_is_active_in_tiny_qwen2():
     model.config.layer_types = ["full_attention"] * model.config.num_hidden_layers
     full = model(input_ids=batch["input_ids"]).logits
     assert (windowed - full).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tail_last_only_gives_the_last_positions_logits(name):
+    base, _ = load_model(name)
+    split = split_model(base, Partition(1, 1))
+    batch = make_batch(batch=2, length=9, left_pad=True)
+    with torch.no_grad():
+        hidden = split.trunk(split.head(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"])
+        full = split.tail(hidden, batch["attention_mask"])
+        last = split.tail(hidden, batch["attention_mask"], last_only=True)
+    assert last.shape == (2, 1, base.config.vocab_size)
+    torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-6)
