@@ -37,6 +37,7 @@ from splitfed.inference import SamplingSettings, SplitGenerator
 from splitfed.models import LoraSpec, init_adapter, load_model, num_layers, split_model
 from splitfed.models.split import Partition
 from splitfed.security import Identity, PublicIdentity, create_identity_files, create_server_files
+from splitfed.server.compute import use_torch_threads
 from splitfed.tasks import load_task
 from splitfed.transport.connection import TrunkConnection
 
@@ -176,7 +177,12 @@ def _concurrency(args, model, tokenizer, keys: Path, port: int, server_pid: int,
     results: dict[int, tuple[torch.Tensor, float]] = {}
     peak = [baseline]
 
+    share = max(1, torch.get_num_threads() // CLIENTS)
+
     def run(index: int) -> None:
+        # the clients share this machine's cores, each on its own share (several threads computing with
+        # all the cores each would slow all of them: see benchmarks/modes.py)
+        use_torch_threads(share)
         results[index] = clients[index].generate(prompts[index], args.concurrent_tokens)
         peak.append(_rss_mib(server_pid))
 
