@@ -61,7 +61,8 @@ def _start_server(args: argparse.Namespace, keys: Path) -> tuple[subprocess.Pope
                "--tls-cert", str(keys / "tls-cert.pem"), "--tls-key", str(keys / "tls-key.pem"),
                "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--output", str(keys / "out"),
                "--set", f"max_length={_longest(args) + 8}"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    environment = {**os.environ, **dict(item.split("=", 1) for item in args.server_env)}
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
     deadline = time.monotonic() + 240
     while not port_file.is_file():
         if server.poll() is not None or time.monotonic() > deadline:
@@ -227,6 +228,8 @@ def main() -> None:
     parser.add_argument("--concurrent-tokens", type=int, default=32)
     parser.add_argument("--head", type=int, default=2)
     parser.add_argument("--tail", type=int, default=2)
+    parser.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="environment of the server process, e.g. OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     output = args.output or Path(f"benchmarks/results/generation_speed_{args.model}.json")

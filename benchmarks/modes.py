@@ -270,7 +270,7 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = plt.subplots(figsize=(8, 5))
     clients = sorted({run["clients"] for run in results["runs"]})
     width = 0.25
     for offset, mode in enumerate(MODES):
@@ -281,12 +281,18 @@ def _plot(results: dict, path: Path) -> None:
                     xs.append(position + (offset - 1) * width)
                     ys.append(run["over_centralized"])
         axis.bar(xs, ys, width, label=mode)
+        floors = [(position + (offset - 1) * width, run["floor_over_centralized"])
+                  for position, count in enumerate(clients) for run in results["runs"]
+                  if run["mode"] == mode and run["clients"] == count and "floor_over_centralized" in run]
+        if floors:
+            axis.scatter(*zip(*floors, strict=True), marker="_", s=400, color="black", zorder=3,
+                         label=f"{mode}, same steps in-process (floor)")
     axis.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="centralized")
     axis.set_xticks(range(len(clients)), [f"{c} client(s)" for c in clients])
     axis.set_ylabel("tokens/s / centralized tokens/s")
     axis.set_title(f"{results['model']}: server modes at total batch {results['batch_size']} "
                    f"({results['machine']['cpus']} CPU cores)")
-    axis.legend()
+    axis.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

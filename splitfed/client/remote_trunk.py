@@ -25,6 +25,8 @@ from splitfed.transport.messages import CLOSE_INTERRUPTED
 
 log = logging.getLogger(__name__)
 
+SAME_SIZE_REPLY = frozenset({"forward", "backward", "generate", "loss"})  # replies no larger than requests
+
 
 class TrunkMismatchError(RuntimeError):
     """The server's trunk does not fit this client's head and tail."""
@@ -80,12 +82,17 @@ class RemoteTrunk:
         if self.channel is None:
             raise RuntimeError("call connect() first")
         sealed = self.channel.seal(kind, step, message.SerializeToString())
-        reply = from_wire(self.connection.exchange(to_wire(sealed)))
+        # two-part generation answers with logits (B, 1, V), which can be far larger than the request
+        same_size = kind in SAME_SIZE_REPLY and not (kind == "generate" and self._layout() == "two-part")
+        reply = from_wire(self.connection.exchange(to_wire(sealed), same_size_reply=same_size))
         expected = f"{kind}_reply"
         plaintext = self.channel.open(reply)
         if reply.kind != expected or reply.step != step:
             raise RuntimeError(f"server answered {reply.kind!r} step {reply.step} to {kind} step {step}")
         return parse_payload(expected, plaintext)
+
+    def _layout(self) -> str:
+        return (self.limits.layout if self.limits is not None else "") or "three-part"
 
     def _tensor_limits(self) -> TensorLimits:
         assert self.limits is not None

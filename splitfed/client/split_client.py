@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from splitfed.models import HeadPart, TailPart, adapter_state, load_adapter_state
+from splitfed.models import HeadPart, TailPart, adapter_state, load_adapter_state, set_training
 from splitfed.privacy import SplitDefense
 from splitfed.training.data import Batch
 from splitfed.training.loss import causal_lm_loss
@@ -49,8 +49,8 @@ class SplitClient:
         input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         if self.layout == "two-part":
             return self._two_part_step(input_ids, mask, labels)
-        self.head.train()
-        self.tail.train()
+        set_training(self.head, True)
+        set_training(self.tail, True)
         length = int(input_ids.shape[1])
         if self.defense is not None:
             self.defense.before_step(mask, length)
@@ -96,8 +96,8 @@ class SplitClient:
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Inference through head, trunk and tail (nothing is kept for backward)."""
-        self.head.eval()
-        self.tail.eval()
+        set_training(self.head, False)
+        set_training(self.tail, False)
         hidden = self.head(input_ids, attention_mask)
         if self.defense is not None and self.defense.settings.protect_inference:
             hidden = self.defense.protect("forward", hidden)

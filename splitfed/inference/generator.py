@@ -14,7 +14,7 @@ import torch
 
 from splitfed.inference.endpoint import GenerationEndpoint, StaleCacheError
 from splitfed.inference.sampling import SamplingSettings, TokenChooser
-from splitfed.models import HeadPart, TailPart
+from splitfed.models import HeadPart, TailPart, set_training
 from splitfed.privacy import SplitDefense
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ class SplitGenerator:
         return logits[:, -1, :]
 
     def _run(self, input_ids: torch.Tensor, mask: torch.Tensor, past: int, cached: bool) -> torch.Tensor:
-        self.head.eval()
-        self.tail.eval()
+        set_training(self.head, False)
+        set_training(self.tail, False)
         head_cache = self._head_cache if cached else None
         tail_cache = self._tail_cache if cached else None
         hidden = self.head(input_ids, mask, past_key_values=head_cache)

@@ -21,7 +21,14 @@ from splitfed.models.export import export_merged
 from splitfed.models.families import UnsupportedModelError, supported_model_types
 from splitfed.models.generation import generate_greedy, iter_greedy
 from splitfed.models.loading import DEFAULT_MODEL, ModelNotFoundError, accepted_models, load_model
-from splitfed.models.parts import HeadPart, SplitPart, TailPart, TrunkPart, positions_from_mask
+from splitfed.models.parts import (
+    HeadPart,
+    SplitPart,
+    TailPart,
+    TrunkPart,
+    positions_from_mask,
+    set_training,
+)
 from splitfed.models.sparse import (
     SparseSpec,
     add_sparse,
@@ -73,6 +80,7 @@ __all__ = [
     "load_model",
     "num_layers",
     "positions_from_mask",
+    "set_training",
     "save_adapter",
     "split_model",
     "supported_model_types",

@@ -83,6 +83,7 @@ def add_adapter(part: SplitPart, spec: LoraSpec | PrefixSpec | None) -> None:
         raise AdapterError(f"unknown adapter spec {spec!r}")
     for name, parameter in part.named_parameters():
         parameter.requires_grad_(is_adapter_parameter(name))
+    part.train(part.training)  # the new modules follow the part's mode (see set_training)
 
 
 ROLE_SEED_OFFSETS = {"head": 1, "trunk": 2, "tail": 3}

@@ -142,6 +142,7 @@ def add_sparse(model: nn.Module, indices: dict[str, torch.Tensor]) -> int:
         delta = SparseDelta(tuple(layer.weight.shape), flat, layer.weight.dtype, isinstance(layer, Conv1D))
         layer.add_module(DELTA, delta)
         layer.register_forward_hook(_apply_delta)
+    model.train(model.training)  # the new deltas follow the model's mode (see parts.set_training)
     return sum(int(flat.numel()) for flat in indices.values())
 
 

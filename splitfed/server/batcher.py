@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from splitfed.models import set_training
 from splitfed.server.client_batch import BatchedTrunk, ForwardItem
 from splitfed.server.compute import ComputeThread
 
@@ -71,7 +72,7 @@ class Batcher:
 
     @torch.no_grad()
     def _evaluate(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        self.trunk.trunk.eval()
+        set_training(self.trunk.trunk, False)
         return self.trunk.trunk(hidden, attention_mask)
 
     def backward(self, client_id: str, grad: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from splitfed.models import TrunkPart
+from splitfed.models import TrunkPart, set_training
 from splitfed.models.kv_cache import (
     append_rows,
     batchable,
@@ -240,7 +240,7 @@ class GenerationCaches:
     @torch.no_grad()
     def _run_trunk(self, hidden: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
         """The trunk in inference mode (on the compute thread: grad mode is per thread)."""
-        self.trunk.eval()
+        set_training(self.trunk, False)
         return self.trunk(hidden, mask) if cache is None else self.trunk(hidden, mask, past_key_values=cache)
 
     def _run_decodes(self, batch: list[_Decode]) -> None:

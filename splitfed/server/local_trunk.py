@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from splitfed.models import SparseSpec, TrunkPart, load_sparse_state, sparse_parameter_count
+from splitfed.models import SparseSpec, TrunkPart, load_sparse_state, set_training, sparse_parameter_count
 from splitfed.server.sparse_trunk import SparseSelection, attach_sparse
 from splitfed.training.optim import OptimizerSettings
 
@@ -72,7 +72,7 @@ class LocalTrunk:
         train: bool = True,
         labelled_tokens: int = 0,
     ) -> torch.Tensor:
-        self.trunk.train(train)
+        set_training(self.trunk, train)
         if not train:
             with torch.no_grad():
                 return self.trunk(hidden, attention_mask)

@@ -47,9 +47,22 @@ class TrunkConnection:
         except grpc.RpcError as error:
             raise _remote_error(error, self.address) from None
 
-    def exchange(self, message: pb.Sealed) -> pb.Sealed:
-        """Send one sealed message (chunked as needed) and return the server's sealed reply."""
-        return self.exchange_chunks(chunk_message(message))
+    def exchange(self, message: pb.Sealed, same_size_reply: bool = False) -> pb.Sealed:
+        """Send one sealed message and return the server's sealed reply. ``same_size_reply``: the reply
+        is about as large as the message (a tensor step), so one that fits a single gRPC message goes
+        as one unary call, cheaper than a stream; anything else is chunked over the stream."""
+        chunks = chunk_message(message)
+        if not same_size_reply or len(chunks) != 1:
+            return self.exchange_chunks(chunks)
+        self.bytes_sent += chunks[0].ByteSize()
+        try:
+            reply = self._stub.Exchange(chunks[0], timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise _remote_error(error, self.address) from None
+        self.bytes_received += reply.ByteSize()
+        if len(reply.ciphertext) > self.max_message_bytes:
+            raise RemoteError("RESOURCE_EXHAUSTED", "the server's reply exceeds this client's limit")
+        return reply
 
     def exchange_chunks(self, chunks: list[pb.Sealed]) -> pb.Sealed:
         """Send prepared chunks of one message as they are (no checks: for tests and tools)."""

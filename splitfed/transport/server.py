@@ -72,9 +72,27 @@ class TrunkServicer(pb_grpc.TrunkServicer):
         return pb.HelloReply(server_hello=server_hello, limits=self.handler.session_limits())
 
     def Step(self, request_iterator: Iterator[pb.Sealed], context: grpc.ServicerContext):  # noqa: N802
+        reply = self._serve(lambda: reassemble(request_iterator, self.max_message_bytes), context)
+        yield from chunk_message(reply)
+
+    def Exchange(self, request: pb.Sealed, context: grpc.ServicerContext) -> pb.Sealed:  # noqa: N802
+        def whole() -> pb.Sealed:
+            if request.chunk_count != 1 or request.chunk_index != 0:
+                raise WireFormatError("bad_chunk", "Exchange carries one whole message (chunk 0 of 1)")
+            if len(request.ciphertext) > self.max_message_bytes:
+                raise WireFormatError("too_large", "message exceeds the session's byte limit")
+            return request
+
+        reply = self._serve(whole, context)
+        if reply.ByteSize() > GRPC_MESSAGE_LIMIT:  # the client sends here only what has a same-size reply
+            self._abort(context, ServiceError("INTERNAL", "reply_too_large",
+                                              "the reply does not fit one message; use Step"), "step")
+        return reply
+
+    def _serve(self, receive: Callable[[], pb.Sealed], context: grpc.ServicerContext) -> pb.Sealed:
+        """Receive one sealed request and handle it; every failure becomes a precise status."""
         try:
-            request = reassemble(request_iterator, self.max_message_bytes)
-            reply = self.handler.handle(request)
+            return self.handler.handle(receive())
         except WireFormatError as error:
             status = "RESOURCE_EXHAUSTED" if error.code == "too_large" else "INVALID_ARGUMENT"
             self._abort(context, ServiceError(status, error.code, error.message), "step")
@@ -83,7 +101,7 @@ class TrunkServicer(pb_grpc.TrunkServicer):
         except Exception:  # a bug must not take the server down, and must be visible
             log.exception("internal error while serving a step")
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        yield from chunk_message(reply)
+        raise AssertionError("unreachable: context.abort raises")
 
     def Close(self, request: pb.Sealed, context: grpc.ServicerContext) -> pb.Sealed:  # noqa: N802
         try:

@@ -46,6 +46,11 @@ class TrunkStub:
                 request_serializer=splitfed_dot_transport_dot_splitfed__pb2.Sealed.SerializeToString,
                 response_deserializer=splitfed_dot_transport_dot_splitfed__pb2.Sealed.FromString,
                 _registered_method=True)
+        self.Exchange = channel.unary_unary(
+                '/splitfed.v1.Trunk/Exchange',
+                request_serializer=splitfed_dot_transport_dot_splitfed__pb2.Sealed.SerializeToString,
+                response_deserializer=splitfed_dot_transport_dot_splitfed__pb2.Sealed.FromString,
+                _registered_method=True)
         self.Close = channel.unary_unary(
                 '/splitfed.v1.Trunk/Close',
                 request_serializer=splitfed_dot_transport_dot_splitfed__pb2.Sealed.SerializeToString,
@@ -72,6 +77,14 @@ class TrunkServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request, context):
+        """One sealed request that fits a single gRPC message (chunk_count 1) and its reply, which must too:
+        the common case (a decode step, a training step of a small batch) without a stream's overhead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Close(self, request, context):
         """Ends the session (kind "close"); the server forgets its keys and state.
         """
@@ -89,6 +102,11 @@ def add_TrunkServicer_to_server(servicer, server):
             ),
             'Step': grpc.stream_stream_rpc_method_handler(
                     servicer.Step,
+                    request_deserializer=splitfed_dot_transport_dot_splitfed__pb2.Sealed.FromString,
+                    response_serializer=splitfed_dot_transport_dot_splitfed__pb2.Sealed.SerializeToString,
+            ),
+            'Exchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.Exchange,
                     request_deserializer=splitfed_dot_transport_dot_splitfed__pb2.Sealed.FromString,
                     response_serializer=splitfed_dot_transport_dot_splitfed__pb2.Sealed.SerializeToString,
             ),
@@ -151,6 +169,33 @@ class Trunk:
             request_iterator,
             target,
             '/splitfed.v1.Trunk/Step',
+            splitfed_dot_transport_dot_splitfed__pb2.Sealed.SerializeToString,
+            splitfed_dot_transport_dot_splitfed__pb2.Sealed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitfed.v1.Trunk/Exchange',
             splitfed_dot_transport_dot_splitfed__pb2.Sealed.SerializeToString,
             splitfed_dot_transport_dot_splitfed__pb2.Sealed.FromString,
             options,

@@ -14,6 +14,7 @@ from splitfed.models import (
     adapter_state,
     add_adapter,
     load_model,
+    set_training,
     split_model,
 )
 from splitfed.models.whole import WholeModel
@@ -124,3 +125,17 @@ def test_tail_last_only_gives_the_last_positions_logits(name):
         last = split.tail(hidden, batch["attention_mask"], last_only=True)
     assert last.shape == (2, 1, base.config.vocab_size)
     torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-6)
+
+
+def test_adapters_attached_after_eval_follow_the_part_so_set_training_can_skip_the_walk():
+    base, _ = load_model("tiny-llama")
+    split = split_model(base, Partition(1, 1))
+    split.trunk.eval()
+    add_adapter(split.trunk, LoraSpec(r=4, alpha=8, dropout=0.5))  # dropout: train mode would show
+    assert not any(module.training for module in split.trunk.modules())
+    set_training(split.trunk, True)
+    assert all(module.training for module in split.trunk.modules())
+    set_training(split.trunk, False)
+    hidden = torch.randn(2, 5, base.config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(split.trunk(hidden), split.trunk(hidden))  # no dropout at inference

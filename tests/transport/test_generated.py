@@ -47,7 +47,8 @@ def test_schema_shape():
     assert [f.name for f in pb.Tensor.DESCRIPTOR.fields] == ["dtype", "shape", "data"]
     service = pb.DESCRIPTOR.services_by_name["Trunk"]
     methods = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
-    assert methods == {"Handshake": (False, False), "Step": (True, True), "Close": (False, False)}
+    assert methods == {"Handshake": (False, False), "Step": (True, True), "Exchange": (False, False),
+                       "Close": (False, False)}
     assert service.methods_by_name["Handshake"].output_type.name == "HelloReply"
 
 

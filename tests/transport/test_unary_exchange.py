@@ -1,0 +1,75 @@
+"""A message that fits one gRPC message goes as one unary Exchange call; larger ones stream in chunks.
+Both reach the same handler and return the same reply; Exchange refuses what is not one whole message."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from splitfed.transport import pb
+from splitfed.transport import splitfed_pb2_grpc as pb_grpc
+from splitfed.transport.chunking import DEFAULT_CHUNK_BYTES
+from splitfed.transport.connection import TrunkConnection
+from splitfed.transport.server import serve
+
+
+class EchoHandler:
+    """Replies with the request's ciphertext reversed; records every request it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def open_session(self, client_hello: bytes) -> bytes:
+        return client_hello
+
+    def session_limits(self) -> pb.SessionLimits:
+        return pb.SessionLimits()
+
+    def handle(self, sealed: pb.Sealed) -> pb.Sealed:
+        self.seen.append(len(sealed.ciphertext))
+        return pb.Sealed(session_id=sealed.session_id, kind=sealed.kind + "_reply", step=sealed.step,
+                         counter=sealed.counter, ciphertext=bytes(reversed(sealed.ciphertext)),
+                         chunk_index=0, chunk_count=1)
+
+
+@pytest.fixture
+def server():
+    handler = EchoHandler()
+    grpc_server, port = serve(handler, "127.0.0.1:0", allow_insecure_loopback=True, workers=4)
+    yield handler, f"127.0.0.1:{port}"
+    grpc_server.stop(0)
+
+
+def _message(size: int) -> pb.Sealed:
+    return pb.Sealed(session_id=b"s" * 16, kind="forward", step=3, counter=5,
+                     ciphertext=bytes(i % 251 for i in range(size)), chunk_index=0, chunk_count=1)
+
+
+@pytest.mark.parametrize("size", [10, DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_BYTES + 1, 3 * DEFAULT_CHUNK_BYTES])
+@pytest.mark.parametrize("same_size_reply", [True, False])
+def test_unary_and_streamed_exchanges_give_the_same_reply(server, size, same_size_reply, monkeypatch):
+    handler, address = server
+    connection = TrunkConnection(address, allow_insecure_loopback=True, timeout_s=30)
+    streamed = []
+    original = connection.exchange_chunks
+    monkeypatch.setattr(connection, "exchange_chunks", lambda chunks: streamed.append(1) or original(chunks))
+    message = _message(size)
+    reply = connection.exchange(message, same_size_reply=same_size_reply)
+    connection.close()
+    assert reply.ciphertext == bytes(reversed(message.ciphertext))
+    assert (reply.kind, reply.step, reply.counter) == ("forward_reply", 3, 5)
+    assert handler.seen == [size]
+    assert bool(streamed) == (not same_size_reply or size > DEFAULT_CHUNK_BYTES)
+
+
+def test_exchange_refuses_a_chunk_of_a_larger_message(server):
+    handler, address = server
+    channel = grpc.insecure_channel(address)
+    part = _message(10)
+    part.chunk_count = 2
+    with pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.TrunkStub(channel).Exchange(part, timeout=10)
+    channel.close()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bad_chunk" in refused.value.details()
+    assert handler.seen == []
