@@ -11,7 +11,9 @@ of a fixed number of new tokens with:
 tokens/s = new tokens / wall time of the whole generation (prefill included), the best of
 ``--repeats`` interleaved runs of local and split with cache (each run's time is saved too). Then 8
 clients generate at once (their decode steps are batched on the server) against one client alone, and
-the server process's resident memory is read before, during and after their sessions.
+the server process's resident memory is read before, during and after their sessions, for
+``--concurrent-rounds`` rounds of 8 new sessions each (the first round also grows the server's pool of
+request threads, which stays).
 
     .venv/bin/python benchmarks/generation_speed.py --model smollm2
 """
@@ -173,44 +175,52 @@ def _concurrency(args, model, tokenizer, keys: Path, port: int, server_pid: int,
     prompts = [_prompt_ids(tokenizer, args.concurrent_context + 7 * index) for index in range(CLIENTS)]
     expected = [_local(model, ids, args.concurrent_tokens)[0] for ids in prompts]
     alone_tokens, alone_s = first.generate(prompts[0], args.concurrent_tokens)
-    baseline = _rss_mib(server_pid)
-    clients = [first] + [Client(args, model, keys, port, index) for index in range(1, CLIENTS)]
-    results: dict[int, tuple[torch.Tensor, float]] = {}
-    peak = [baseline]
-
+    first.close()
     share = max(1, torch.get_num_threads() // CLIENTS)
+    rounds = []
+    for _ in range(args.concurrent_rounds):  # the first round also grows the server's thread pool
+        time.sleep(1.0)
+        baseline = _rss_mib(server_pid)
+        clients = [Client(args, model, keys, port, index) for index in range(CLIENTS)]
+        results: dict[int, tuple[torch.Tensor, float]] = {}
+        peak = [baseline]
 
-    def run(index: int) -> None:
-        # the clients share this machine's cores, each on its own share (several threads computing with
-        # all the cores each would slow all of them: see benchmarks/modes.py)
-        use_torch_threads(share)
-        results[index] = clients[index].generate(prompts[index], args.concurrent_tokens)
-        peak.append(_rss_mib(server_pid))
+        def run(index: int, clients=clients, results=results, peak=peak) -> None:
+            # the clients share this machine's cores, each on its own share (several threads computing
+            # with all the cores each would slow all of them: see benchmarks/modes.py)
+            use_torch_threads(share)
+            results[index] = clients[index].generate(prompts[index], args.concurrent_tokens)
+            peak.append(_rss_mib(server_pid))
 
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(CLIENTS)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    for client in clients:
-        client.close()
-    time.sleep(1.0)
-    after = _rss_mib(server_pid)
-    correct = [bool(torch.equal(results[i][0], expected[i])) for i in range(CLIENTS)]
+        threads = [threading.Thread(target=run, args=(index,)) for index in range(CLIENTS)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
+        for client in clients:
+            client.close()
+        time.sleep(1.0)
+        after = _rss_mib(server_pid)
+        correct = [bool(torch.equal(results[i][0], expected[i])) for i in range(CLIENTS)]
+        rounds.append({
+            "aggregate_tokens_per_s": CLIENTS * args.concurrent_tokens / wall,
+            "aggregate_over_alone": CLIENTS * alone_s / wall,
+            "every_output_correct": all(correct),
+            "server_rss_mib_before": baseline,
+            "server_rss_mib_peak": max(peak),
+            "server_rss_mib_after_sessions_closed": after,
+        })
+        print(json.dumps(rounds[-1]), flush=True)
     return {
         "clients": CLIENTS,
         "context": args.concurrent_context,
         "new_tokens_each": args.concurrent_tokens,
         "one_client_alone_tokens_per_s": args.concurrent_tokens / alone_s,
         "one_client_alone_correct": bool(torch.equal(alone_tokens, expected[0])),
-        "aggregate_tokens_per_s": CLIENTS * args.concurrent_tokens / wall,
-        "aggregate_over_alone": CLIENTS * alone_s / wall,
-        "every_output_correct": all(correct),
-        "server_rss_mib_before": baseline,
-        "server_rss_mib_peak": max(peak),
-        "server_rss_mib_after_sessions_closed": after,
+        "rounds": rounds,
+        **rounds[0],
     }
 
 
@@ -226,6 +236,8 @@ def main() -> None:
                         "context, interleaved; the best of them is reported (the machine is shared)")
     parser.add_argument("--concurrent-context", type=int, default=64)
     parser.add_argument("--concurrent-tokens", type=int, default=32)
+    parser.add_argument("--concurrent-rounds", type=int, default=2, help="rounds of the concurrent clients; "
+                        "memory before and after each (the first also grows the server's thread pool)")
     parser.add_argument("--head", type=int, default=2)
     parser.add_argument("--tail", type=int, default=2)
     parser.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
