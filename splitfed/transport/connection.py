@@ -86,6 +86,10 @@ def _remote_error(error: grpc.RpcError, address: str) -> RemoteError:
         # every server thread is busy: transient, so reported like an unreachable server (retried)
         return RemoteError("UNAVAILABLE", f"busy: the trunk at {address} is serving as many requests "
                                           "as it has threads; retry")
+    if name == "CANCELLED":
+        # this client never cancels its calls: the server cancelled it while stopping (its grace period
+        # ended with the call in flight), which is as transient as an unreachable server (retried)
+        return RemoteError("UNAVAILABLE", f"the trunk at {address} cancelled the call while stopping; retry")
     if name == "UNAVAILABLE":
         details = f"cannot reach the trunk at {address}: {details}"
     return RemoteError(name, details or name)

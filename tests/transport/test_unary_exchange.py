@@ -73,3 +73,17 @@ def test_exchange_refuses_a_chunk_of_a_larger_message(server):
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "bad_chunk" in refused.value.details()
     assert handler.seen == []
+
+
+def test_a_call_the_stopping_server_cancelled_is_reported_as_retryable():
+    from splitfed.transport.connection import _remote_error
+
+    class Cancelled(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.CANCELLED
+
+        def details(self):
+            return "CANCELLED"
+
+    error = _remote_error(Cancelled(), "127.0.0.1:1")
+    assert error.status == "UNAVAILABLE" and "retry" in str(error)
