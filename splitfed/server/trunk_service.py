@@ -113,6 +113,7 @@ class TrunkService:
         self.average_every = average_every
         self.progress: dict[str, int] = {}  # completed training steps per client
         self.draining = False
+        self._drain_lock = threading.Lock()
         self.after_step: Callable[[TrunkService], None] | None = None  # e.g. periodic checkpoints
         self._average_condition = threading.Condition()
         self._arrivals = 0
@@ -310,8 +311,6 @@ class TrunkService:
         sub = session.sub
         assert sub is not None
         if self.batcher is not None:
-            if self.draining and request.train:
-                raise shutting_down()
             return self._batched_forward(session, request, hidden, mask)
         if not request.train:
             output = sub.compute.run(sub.trunk.forward, session.key, hidden, mask, train=False)
@@ -324,17 +323,16 @@ class TrunkService:
             sub.scheduler.acquire(session.name, self.limits.turn_timeout_s)
         except TurnTimeout as error:
             raise ServiceError("UNAVAILABLE", "busy", str(error)) from None
-        if self.draining:  # it waited for its turn while the server began to stop
-            sub.scheduler.release(session.name)
-            raise shutting_down()
         try:
+            if self.draining:  # it waited for its turn while the server began to stop
+                raise shutting_down()
             self._wait_for_average(sub)  # holding the turn: no step of this sub-server is open
+            self._open_step(session, request.step)
             output = sub.compute.run(sub.trunk.forward, session.key, hidden, mask, train=True)
         except BaseException:
+            session.open_step = None
             sub.scheduler.release(session.name)
             raise
-        session.open_step = request.step
-        session.step_started = time.monotonic()
         session.output_shape = tuple(output.shape)
         return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
 
@@ -349,25 +347,32 @@ class TrunkService:
         if session.open_step is not None:
             raise WireFormatError("step_open", f"step {session.open_step} is still waiting for its backward")
         item = ForwardItem(session.key, hidden, mask, int(request.labelled_tokens))
+        self._open_step(session, request.step)
         try:
             output = self.batcher.forward(item, self.limits.turn_timeout_s)
         except TimeoutError as error:
+            session.open_step = None
             raise ServiceError("UNAVAILABLE", "busy", str(error)) from None
-        session.open_step = request.step
-        session.step_started = time.monotonic()
+        except BaseException:
+            session.open_step = None
+            raise
         session.output_shape = tuple(output.shape)
         return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
 
     def _batched_backward(self, session: Session, request: pb.BackwardRequest) -> Sealed:
         assert self.batcher is not None
-        grad = decode_tensor(request.grad, self._tensor_limits, session.output_shape)
-        session.open_step = None
         try:
+            grad = decode_tensor(request.grad, self._tensor_limits, session.output_shape)
             grad_in = self.batcher.backward(session.key, grad)
         except DroppedFromStep as error:
+            session.open_step = None
             raise ServiceError("FAILED_PRECONDITION", "dropped_from_step", str(error)) from None
+        except BaseException:
+            session.open_step = None
+            raise
         with self._average_condition:
             self.progress[session.name] = self.progress.get(session.name, 0) + 1
+            session.open_step = None  # only now: drain waits for the step to be counted
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
 
     def _backward(self, session: Session, request: pb.BackwardRequest) -> Sealed:
@@ -383,11 +388,11 @@ class TrunkService:
         except BaseException:
             self._abandon_step(session, "its backward was refused")
             raise
-        session.open_step = None
         with self._average_condition:
             sub.steps_since += 1
             sub.samples_since += int(grad.shape[0])
             self.progress[session.name] = self.progress.get(session.name, 0) + 1
+            session.open_step = None  # only now: drain waits for the step to be counted
             self._average_condition.notify_all()
         if self.after_step is not None and len(self._subs) == 1:
             self.after_step(self)  # still holding the turn: no other step is open
@@ -421,16 +426,17 @@ class TrunkService:
         except TurnTimeout as error:
             raise ServiceError("UNAVAILABLE", "busy", str(error)) from None
         try:
-            if self.draining:
-                raise shutting_down()
+            self._open_step(session, request.step)
             result = sub.compute.run(trunk.loss, session.key, hidden, mask, labels, train=True)
             with self._average_condition:
                 sub.steps_since += 1
                 sub.samples_since += batch
                 self.progress[session.name] = self.progress.get(session.name, 0) + 1
+                session.open_step = None
             if self.after_step is not None and len(self._subs) == 1:
                 self.after_step(self)  # still holding the turn: no other step is open
         finally:
+            session.open_step = None
             sub.scheduler.release(session.name)
         assert result.grad is not None
         reply = pb.LossReply(step=request.step, loss=result.loss,
@@ -470,10 +476,20 @@ class TrunkService:
                 else:
                     self._average_condition.wait(0.2)
 
+    def _open_step(self, session: Session, step: int) -> None:
+        """Mark a training step open before its trunk work starts, or refuse it if the server drains:
+        atomic with ``drain``, so that a checkpoint never misses a step that began before it."""
+        with self._drain_lock:
+            if self.draining:
+                raise shutting_down()
+            session.open_step = step
+            session.step_started = time.monotonic()
+
     def drain(self, timeout_s: float = 60.0) -> bool:
         """Stop admitting training steps and wait until none is open; True when the service is quiet
         (the state is then consistent for a checkpoint), False if steps were still open at the timeout."""
-        self.draining = True
+        with self._drain_lock:
+            self.draining = True
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._sessions_lock:
