@@ -64,6 +64,17 @@ class RemoteTrunk:
         keys = handshake.finish(ServerHello.from_bytes(reply.server_hello))
         self.channel = SecureChannel(keys)
         self.limits = reply.limits
+        try:
+            self._check_served(expected_layers, hidden_size, layout)
+        except TrunkMismatchError:
+            self._close_quietly()  # the server frees the session now, not when it times out
+            raise
+        log.info("connected to the trunk (blocks [%d:%d], session %s)", self.limits.trunk_start,
+                 self.limits.trunk_end, keys.session_id.hex()[:8])
+
+    def _check_served(self, expected_layers: tuple[int, int] | None, hidden_size: int | None,
+                      layout: str | None) -> None:
+        assert self.limits is not None
         served = (self.limits.trunk_start, self.limits.trunk_end)
         served_layout = self.limits.layout or "three-part"
         if layout is not None and served_layout != layout:
@@ -76,7 +87,12 @@ class RemoteTrunk:
             raise TrunkMismatchError(f"server hidden size {self.limits.hidden_size} != {hidden_size}")
         if self.wire_dtype not in self.limits.dtypes:
             raise TrunkMismatchError(f"the server does not accept {self.wire_dtype} on the wire")
-        log.info("connected to the trunk (blocks [%d:%d], session %s)", *served, keys.session_id.hex()[:8])
+
+    def _close_quietly(self) -> None:
+        try:
+            self.close(interrupted=True)  # not finished: it may come back with the right settings
+        except RemoteError as error:
+            log.debug("could not close the session: %s", error)
 
     def _exchange(self, kind: str, step: int, message: pb.Message) -> pb.Message:
         if self.channel is None:

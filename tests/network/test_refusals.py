@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from splitfed.client import SplitClient
-from splitfed.client.remote_trunk import RemoteTrunk
+from splitfed.client.remote_trunk import RemoteTrunk, TrunkMismatchError
 from splitfed.models import LoraSpec, init_adapter, load_model, split_model
 from splitfed.models.split import Partition
 from splitfed.protocol import from_wire, to_wire
@@ -203,3 +203,14 @@ def test_a_client_that_vanishes_mid_step_is_freed(lab):
     time.sleep(2.2)  # step_timeout_s = 2
     lab.service.reap()
     assert key not in lab.service.trunk.pending() and lab.service.scheduler.holder is None
+
+
+def test_a_client_refusing_the_served_trunk_closes_its_session(lab):
+    remote = RemoteTrunk(lab.connection(), lab.people["mallory"], lab.server_identity.public)
+    with pytest.raises(TrunkMismatchError, match="blocks"):
+        remote.connect((2, 3), HIDDEN)
+    assert "mallory" not in lab.service.sessions()  # freed now, not after the session's time-to-live
+    remote = RemoteTrunk(lab.connection(), lab.people["mallory"], lab.server_identity.public)
+    with pytest.raises(TrunkMismatchError, match="layout"):
+        remote.connect((1, 3), HIDDEN, layout="two-part")
+    assert "mallory" not in lab.service.sessions()
