@@ -1,18 +1,27 @@
 """Parallel server modes vs centralized training at the same total batch, in one run.
 
 For 1, 2 and 4 clients: a real `splitfed serve --mode M` process (TLS + AES-GCM payloads on
-loopback) and the clients as threads of this process, each with its own head and tail, together
-training ``--steps`` steps of ``--batch-size / clients`` rows each, so every trunk step sees the same
-total batch as the centralized baseline (the unsplit model, trained in this process on batches of
-``--batch-size``), measured right before each run (``--repeats`` alternations, best of each, for a
-shared machine). Prints and saves JSON and a PNG of tokens/s per mode with the ratios.
+loopback) and the clients as threads of this process, each with its own head and tail, each training
+``--steps`` steps, against the centralized baseline (the unsplit model, trained in this process on
+batches of ``--batch-size``), measured right before each run (``--repeats`` alternations, best of
+each, for a shared machine). Prints and saves JSON and a PNG of tokens/s per mode with the ratios.
+
+A trunk step sees the centralized batch in every mode but the last:
+
+* ``sequential``: the trunk serves one client step at a time, so each client trains on batches of
+  ``--batch-size`` (FedSEA-LLaMA's Table 7 setting: batch 1 for every client and for centralized);
+* ``client-batch``: ``--batch-size / clients`` rows per client, concatenated into one trunk step;
+* ``hierarchical``: ``--batch-size / clients`` rows per client, one client per sub-server, the
+  sub-servers' parallel steps together one centralized batch;
+* ``sequential-split``: sequential mode with ``--batch-size / clients`` rows per client, to show what
+  the smaller per-client batches alone cost (each trunk step then sees less than a centralized one).
 
 Threads: an OpenMP runtime with more than one thread team in a process (every thread that computes
 gets one) slows every operation by about a third, so this process computes only on fresh threads
 that end after each measurement: the centralized baseline on one thread with all torch threads, the
 clients on one thread each (torch threads: ``--client-threads``), as the server process keeps its
-compute on one thread. For sequential mode the same client steps are also run in one thread without
-network or processes (``floor``): what the smaller per-client batches alone cost.
+compute on one thread. For the sequential modes the same client steps are also run in one thread
+without network or processes (``floor``): what the split costs apart from the network and processes.
 
     .venv/bin/python benchmarks/modes.py --model tiny-llama
     .venv/bin/python benchmarks/modes.py --model smollm2 --steps 8 --repeats 3
@@ -47,7 +56,12 @@ from splitfed.training.optim import OptimizerSettings
 from splitfed.training.replicate import replicate
 from splitfed.transport.connection import TrunkConnection
 
-MODES = ("sequential", "client-batch", "hierarchical")
+MODES = ("sequential", "client-batch", "hierarchical", "sequential-split")
+
+
+def _rows(args, mode: str, clients: int) -> int:
+    """Rows of each client's batch (see the module docstring)."""
+    return args.batch_size if mode == "sequential" else args.batch_size // clients
 
 
 def _batch(rows: int, length: int, vocab: int, seed: int) -> dict:
@@ -91,8 +105,9 @@ def _centralized(model, args) -> float:
 
 def _serve(args, keys: Path, mode: str, clients: int) -> tuple[subprocess.Popen, int]:
     port_file = keys / f"port-{mode}-{clients}"
+    server_mode = "sequential" if mode == "sequential-split" else mode
     port_file.unlink(missing_ok=True)  # a repeat's server writes it anew
-    extra = {"sequential": [],
+    extra = {"sequential": [], "sequential-split": [],
              "hierarchical": ["--set", f"sub_servers={clients}", "--set", "average_every=1"],
              "client-batch": ["--set", f"batch_max_rows={args.batch_size}", "--set", "batch_window_s=5"],
              }[mode]
@@ -100,7 +115,7 @@ def _serve(args, keys: Path, mode: str, clients: int) -> tuple[subprocess.Popen,
                "--head", str(args.head), "--tail", str(args.tail), "--identity", str(keys / "server.key"),
                "--allowlist", str(keys / "allow"), "--tls-cert", str(keys / "tls-cert.pem"), "--tls-key",
                str(keys / "tls-key.pem"), "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-               "--mode", mode, "--output", str(keys / "out"), *extra]
+               "--mode", server_mode, "--output", str(keys / "out"), *extra]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while not port_file.is_file():
@@ -116,13 +131,13 @@ def _client_threads(args, mode: str, clients: int) -> int:
     compute at once, so they share the cores."""
     if args.client_threads != "auto":
         return int(args.client_threads)
-    return args.threads if mode == "sequential" else max(1, args.threads // clients)
+    return args.threads if mode.startswith("sequential") else max(1, args.threads // clients)
 
 
-def _sequential_floor(model, args, clients: int) -> float:
+def _sequential_floor(model, args, mode: str, clients: int) -> float:
     """Tokens/s of the same sequential client steps in this thread without network, processes or
-    concurrency: what the smaller per-client batches alone cost against the centralized batch."""
-    rows = args.batch_size // clients
+    concurrency: what the split and the per-client batches alone cost against the centralized batch."""
+    rows = _rows(args, mode, clients)
     split = split_model(replicate(model), Partition(args.head, args.tail))
     init_adapter(split.trunk, LoraSpec(r=8, alpha=16), 0)
     trunk = LocalTrunk(split.trunk)
@@ -142,7 +157,7 @@ def _sequential_floor(model, args, clients: int) -> float:
 
 
 def _federated(model, args, keys: Path, mode: str, clients: int) -> float:
-    rows = args.batch_size // clients
+    rows = _rows(args, mode, clients)
     server, port = _serve(args, keys, mode, clients)
     try:
         runners = []
@@ -214,7 +229,8 @@ def main() -> None:
     parser.add_argument("--client-threads", default="auto", help="torch threads of each client thread, or "
                         "auto: every core in sequential mode, cores / clients in the batched modes")
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the in-process "
-                        "sequential floor (the per-client batches' cost without network or processes)")
+                        "sequential floor (the split's cost without network or processes)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     args.threads = torch.get_num_threads()
@@ -238,9 +254,9 @@ def main() -> None:
                 (keys / f"c{index}.{suffix}").write_bytes(source.read_bytes())
             (keys / "allow" / f"c{index}.key").unlink()
         for clients in args.clients:
-            for mode in MODES:
-                if mode == "client-batch" and clients == 1:
-                    continue
+            for mode in args.modes:
+                if mode in ("client-batch", "sequential-split") and clients == 1:
+                    continue  # the same as sequential
                 # the baseline is measured next to each run, alternating, best of --repeats each:
                 # on a shared machine a baseline taken once at the start drifts from the runs
                 centrals, speeds = [], []
@@ -250,10 +266,11 @@ def main() -> None:
                 speed, central = max(speeds), max(centrals)
                 run = {"mode": mode, "clients": clients, "tokens_per_s": speed,
                        "centralized_tokens_per_s": central, "over_centralized": speed / central,
+                       "rows_per_client": _rows(args, mode, clients),
                        "client_torch_threads": _client_threads(args, mode, clients),
                        "tokens_per_s_each": speeds, "centralized_tokens_per_s_each": centrals}
-                if mode == "sequential" and args.floor:
-                    floor = _on_fresh_thread(_sequential_floor, args.threads, model, args, clients)
+                if mode.startswith("sequential") and args.floor:
+                    floor = _on_fresh_thread(_sequential_floor, args.threads, model, args, mode, clients)
                     run.update(floor_tokens_per_s=floor, floor_over_centralized=floor / central,
                                over_floor=speed / floor)
                 results["runs"].append(run)
@@ -272,21 +289,21 @@ def _plot(results: dict, path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(8, 5))
     clients = sorted({run["clients"] for run in results["runs"]})
-    width = 0.25
+    width = 0.2
     for offset, mode in enumerate(MODES):
         xs, ys = [], []
         for position, count in enumerate(clients):
             for run in results["runs"]:
                 if run["mode"] == mode and run["clients"] == count:
-                    xs.append(position + (offset - 1) * width)
+                    xs.append(position + (offset - 1.5) * width)
                     ys.append(run["over_centralized"])
         axis.bar(xs, ys, width, label=mode)
-        floors = [(position + (offset - 1) * width, run["floor_over_centralized"])
+        floors = [(position + (offset - 1.5) * width, run["floor_over_centralized"])
                   for position, count in enumerate(clients) for run in results["runs"]
                   if run["mode"] == mode and run["clients"] == count and "floor_over_centralized" in run]
         if floors:
-            axis.scatter(*zip(*floors, strict=True), marker="_", s=400, color="black", zorder=3,
-                         label=f"{mode}, same steps in-process (floor)")
+            axis.scatter(*zip(*floors, strict=True), marker="_", s=300, color="black", zorder=3,
+                         label="same steps in-process (floor)" if mode == "sequential" else None)
     axis.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="centralized")
     axis.set_xticks(range(len(clients)), [f"{c} client(s)" for c in clients])
     axis.set_ylabel("tokens/s / centralized tokens/s")
