@@ -61,4 +61,4 @@ def restore_service(service: TrunkService, checkpoint: Checkpoint) -> None:
     service.aggregator.completed_round = int(checkpoint.meta["plain_rounds"])
     service.secure_rounds.last_round = int(checkpoint.meta["secure_rounds"])
     service.scheduler.position = int(checkpoint.meta["turn"])
-    service.averages = int(checkpoint.meta["averages"])
+    service.averaging.averages = int(checkpoint.meta["averages"])

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import torch
 
-from splitfed.models import adapter_state, load_adapter_state
 from splitfed.protocol import from_wire, to_wire
 from splitfed.security import (
     ClientHello,
@@ -43,8 +42,8 @@ from splitfed.server.round_requests import (
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
 from splitfed.server.secure_rounds import SecureRounds
 from splitfed.server.service_parts import ServiceLimits, Session, SubServer, shutting_down
+from splitfed.server.sub_averaging import SubServerAveraging
 from splitfed.server.two_part import TwoPartTrunk
-from splitfed.training.fedavg import weighted_average
 from splitfed.transport import (
     TensorLimits,
     WireFormatError,
@@ -110,14 +109,12 @@ class TrunkService:
             sub.generation = GenerationCaches(
                 sub.trunk.trunk, self.limits.generation_budget_bytes // len(self._subs),
                 self.limits.generation_ttl_s, self.limits.generation_streams, compute=sub.compute)
-        self.average_every = average_every
         self.progress: dict[str, int] = {}  # completed training steps per client
         self.draining = False
         self._drain_lock = threading.Lock()
         self.after_step: Callable[[TrunkService], None] | None = None  # e.g. periodic checkpoints
-        self._average_condition = threading.Condition()
         self._arrivals = 0
-        self.averages = 0
+        self.averaging = SubServerAveraging(self._subs, average_every, self.limits.turn_timeout_s)
         config = trunk.trunk.config
         self.hidden_size = int(getattr(config, "hidden_size", None) or config.n_embd)
         self.layers = trunk.trunk.layer_indices
@@ -208,8 +205,7 @@ class TrunkService:
         session.sub.scheduler.leave(session.name, finished)
         if session.sub.scheduler is not self.scheduler:
             self.scheduler.leave(session.name, finished)
-        with self._average_condition:
-            self._average_condition.notify_all()
+        self.averaging.notify()
         log.info("session %s of %s closed: %s", session.key[:8], session.name, reason)
 
     def _abandon_step(self, session: Session, reason: str) -> None:
@@ -326,7 +322,7 @@ class TrunkService:
         try:
             if self.draining:  # it waited for its turn while the server began to stop
                 raise shutting_down()
-            self._wait_for_average(sub)  # holding the turn: no step of this sub-server is open
+            self.averaging.wait_for_average(sub)  # holding the turn: no step of this sub-server is open
             self._open_step(session, request.step)
             output = sub.compute.run(sub.trunk.forward, session.key, hidden, mask, train=True)
         except BaseException:
@@ -370,9 +366,7 @@ class TrunkService:
         except BaseException:
             session.open_step = None
             raise
-        with self._average_condition:
-            self.progress[session.name] = self.progress.get(session.name, 0) + 1
-            session.open_step = None  # only now: drain waits for the step to be counted
+        self._count_step(session, int(grad.shape[0]))
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
 
     def _backward(self, session: Session, request: pb.BackwardRequest) -> Sealed:
@@ -388,12 +382,7 @@ class TrunkService:
         except BaseException:
             self._abandon_step(session, "its backward was refused")
             raise
-        with self._average_condition:
-            sub.steps_since += 1
-            sub.samples_since += int(grad.shape[0])
-            self.progress[session.name] = self.progress.get(session.name, 0) + 1
-            session.open_step = None  # only now: drain waits for the step to be counted
-            self._average_condition.notify_all()
+        self._count_step(session, int(grad.shape[0]))
         if self.after_step is not None and len(self._subs) == 1:
             self.after_step(self)  # still holding the turn: no other step is open
         sub.scheduler.release(session.name)
@@ -428,11 +417,7 @@ class TrunkService:
         try:
             self._open_step(session, request.step)
             result = sub.compute.run(trunk.loss, session.key, hidden, mask, labels, train=True)
-            with self._average_condition:
-                sub.steps_since += 1
-                sub.samples_since += batch
-                self.progress[session.name] = self.progress.get(session.name, 0) + 1
-                session.open_step = None
+            self._count_step(session, batch)
             if self.after_step is not None and len(self._subs) == 1:
                 self.after_step(self)  # still holding the turn: no other step is open
         finally:
@@ -455,26 +440,20 @@ class TrunkService:
             return self.batcher.trunk.steps
         return sum(sub.trunk.steps for sub in self._subs)
 
-    def _wait_for_average(self, sub: SubServer) -> None:
-        """Hierarchical mode: a sub-server that has done ``average_every`` steps waits (its next
-        client holding its turn, so none of its steps is open) until every sub-server with clients
-        has too; then their adapters are averaged, weighted by samples. A sub-server still short of
-        the steps at the deadline is left out of that average."""
-        if len(self._subs) == 1:
-            return
-        deadline = time.monotonic() + self.limits.turn_timeout_s
-        with self._average_condition:
-            while sub.steps_since >= self.average_every:
-                active = [s for s in self._subs if s.sessions > 0 or s is sub]
-                waiting = [s for s in active if s.steps_since >= self.average_every]
-                if len(waiting) == len(active):
-                    self._average_locked(waiting)
-                elif time.monotonic() > deadline:
-                    log.warning("averaging without %d sub-server(s) that missed the deadline",
-                                len(active) - len(waiting))
-                    self._average_locked(waiting)
-                else:
-                    self._average_condition.wait(0.2)
+    @property
+    def averages(self) -> int:
+        """Averages of the sub-servers' trunk adapters so far (hierarchical mode)."""
+        return self.averaging.averages
+
+    def _count_step(self, session: Session, samples: int) -> None:
+        """Count a finished training step; only then is it closed, so that ``drain`` waits for it."""
+        assert session.sub is not None
+
+        def progress() -> None:
+            self.progress[session.name] = self.progress.get(session.name, 0) + 1
+            session.open_step = None
+
+        self.averaging.count_step(session.sub, samples, progress)
 
     def _open_step(self, session: Session, step: int) -> None:
         """Mark a training step open before its trunk work starts, or refuse it if the server drains:
@@ -520,24 +499,7 @@ class TrunkService:
 
     def finish(self) -> None:
         """At the end: average the sub-servers' adapters once more if they trained since the last."""
-        if len(self._subs) > 1:
-            with self._average_condition:
-                self._average_locked(self._subs)
-
-    def _average_locked(self, subs: list[SubServer]) -> None:
-        """FedAvg over ``subs`` (none of which has an open step), loaded into each of them."""
-        contributing = [s for s in subs if s.samples_since > 0]
-        if contributing:
-            average = weighted_average([adapter_state(s.trunk.trunk) for s in contributing],
-                                       [s.samples_since for s in contributing])
-            for sub in subs:
-                sub.compute.run(load_adapter_state, sub.trunk.trunk, average)
-            self.averages += 1
-            log.info("averaged the trunk adapters of %d sub-server(s) (samples %s)", len(contributing),
-                     [s.samples_since for s in contributing])
-        for sub in subs:
-            sub.steps_since = sub.samples_since = 0
-        self._average_condition.notify_all()
+        self.averaging.average_all()
 
     def _aggregate(self, session: Session, request: pb.AggregateRequest) -> Sealed:
         if self.aggregation != "plain":
