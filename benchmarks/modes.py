@@ -1,10 +1,16 @@
 """Parallel server modes vs centralized training at the same total batch, in one run.
 
 For 1, 2 and 4 clients: a real `splitfed serve --mode M` process (TLS + AES-GCM payloads on
-loopback) and the clients as threads of this process, each with its own head and tail, each training
-``--steps`` steps, against the centralized baseline (the unsplit model, trained in this process on
-batches of ``--batch-size``), measured right before each run (``--repeats`` alternations, best of
-each, for a shared machine). Prints and saves JSON and a PNG of tokens/s per mode with the ratios.
+loopback) and each client a process of its own with its own head and tail, against the centralized
+baseline (the unsplit model with LoRA, on batches of ``--batch-size``). Prints and saves JSON and a
+PNG of the ratios to centralized. Everything shares this machine's cores.
+
+Paired blocks: the machines this runs on are shared, and their speed drifts by 10-20 % from one
+minute to the next, more than the differences measured. So the federation and the baseline run
+alternately, in ``--blocks`` blocks of about the same tokens (``--block-steps`` steps per client; the
+baseline as many centralized steps as that is rows), the server and the clients staying connected
+in between; each block pair gives a ratio, and a mode's ratio is the median of its pairs. The
+baseline computes in a process of its own too (``benchmarks/mode_workers.py`` says why).
 
 A trunk step sees the centralized batch in every mode but the last:
 
@@ -16,47 +22,42 @@ A trunk step sees the centralized batch in every mode but the last:
 * ``sequential-split``: sequential mode with ``--batch-size / clients`` rows per client, to show what
   the smaller per-client batches alone cost (each trunk step then sees less than a centralized one).
 
-Threads: an OpenMP runtime with more than one thread team in a process (every thread that computes
-gets one) slows every operation by about a third, so this process computes only on fresh threads
-that end after each measurement: the centralized baseline on one thread with all torch threads, the
-clients on one thread each (torch threads: ``--client-threads``), as the server process keeps its
-compute on one thread. For the sequential modes the same client steps are also run in one thread
-without network or processes (``floor``): what the split costs apart from the network and processes.
+For the sequential modes a third block runs the same client steps in the baseline's process, with the
+trunk in-process (``floor``): what the split costs apart from the network and the processes.
+
+Torch threads of each client (``--client-threads auto``): every core in the sequential modes, where
+the client holding the turn computes while the others wait; cores / clients in the batched modes,
+where they compute at once. The server keeps its compute on one thread per sub-server. The client
+processes spin-wait briefly between operations, as the demo's co-located clients do
+(``--client-spin``; ``splitfed/client/colocation.py`` says why).
 
     .venv/bin/python benchmarks/modes.py --model tiny-llama
-    .venv/bin/python benchmarks/modes.py --model smollm2 --steps 8 --repeats 3
+    .venv/bin/python benchmarks/modes.py --model smollm2 --blocks 5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
-from splitfed.client import SplitClient
-from splitfed.client.remote_trunk import RemoteTrunk
-from splitfed.models import LoraSpec, init_adapter, load_model, num_layers, split_model
-from splitfed.models.split import Partition
-from splitfed.models.whole import WholeModel
-from splitfed.security import Identity, PublicIdentity, create_identity_files, create_server_files
-from splitfed.server.compute import single_threaded_torch, use_torch_threads
-from splitfed.server.local_trunk import LocalTrunk
-from splitfed.training.loss import causal_lm_loss
-from splitfed.training.optim import OptimizerSettings
-from splitfed.training.replicate import replicate
-from splitfed.transport.connection import TrunkConnection
+from splitfed.client.colocation import colocated_environment
+from splitfed.models import load_model, num_layers
+from splitfed.security import create_identity_files, create_server_files
 
 MODES = ("sequential", "client-batch", "hierarchical", "sequential-split")
+WORKER = Path(__file__).with_name("mode_workers.py")
 
 
 def _rows(args, mode: str, clients: int) -> int:
@@ -64,43 +65,79 @@ def _rows(args, mode: str, clients: int) -> int:
     return args.batch_size if mode == "sequential" else args.batch_size // clients
 
 
-def _batch(rows: int, length: int, vocab: int, seed: int) -> dict:
-    ids = torch.randint(10, vocab, (rows, length), generator=torch.Generator().manual_seed(seed))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+class Worker:
+    """One ``benchmarks/mode_workers.py`` process: blocks of steps on command, each answered with its
+    tokens and seconds."""
 
+    def __init__(self, role: str, args, environment: dict[str, str] | None = None, **options) -> None:
+        command = [sys.executable, str(WORKER), "--role", role, "--model", args.model, "--length",
+                   str(args.length), "--head", str(args.head), "--tail", str(args.tail)]
+        for name, value in options.items():
+            command += [f"--{name.replace('_', '-')}", str(value)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True, env=environment)
 
-def _on_fresh_thread(function, threads: int, *args):
-    """``function(*args)`` on a new thread with ``threads`` torch threads; its result."""
-    result: list = []
-    errors: list[BaseException] = []
+    def wait_ready(self) -> None:
+        self._read("ready")
 
-    def run() -> None:
+    def _read(self, prefix: str) -> str:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        raise RuntimeError(f"a benchmark worker ended (exit {self.process.wait()})")
+
+    def send(self, **command) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+
+    def result(self) -> dict:
+        return json.loads(self._read("result "))
+
+    def block(self, **command) -> float:
+        """Tokens/s of one block."""
+        self.send(**command)
+        result = self.result()
+        return result["tokens"] / result["seconds"]
+
+    def close(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
         try:
-            use_torch_threads(threads)
-            result.append(function(*args))
-        except BaseException as error:  # noqa: BLE001 - raised below
-            errors.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
-def _centralized(model, args) -> float:
-    whole = WholeModel(replicate(model), LoraSpec(r=8, alpha=16))
-    optimizer = OptimizerSettings().build(whole.parameters())
-    started = None
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            started = time.perf_counter()
-        batch = _batch(args.batch_size, args.length, model.config.vocab_size, step)
-        causal_lm_loss(whole(batch["input_ids"], batch["attention_mask"]), batch["labels"]).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return args.steps * args.batch_size * args.length / (time.perf_counter() - started)
+class ClientFleet:
+    """The federated clients, one process each, training in blocks on command: the baseline runs
+    between blocks while the server and the clients stay connected."""
+
+    def __init__(self, args, keys: Path, port: int, clients: int, rows: int, threads: int) -> None:
+        environment = colocated_environment() if args.client_spin == "short" else None
+        self.workers = [Worker("client", args, environment, rows=rows, port=port, keys=keys, index=index,
+                               threads=threads) for index in range(clients)]
+        try:
+            for worker in self.workers:
+                worker.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def block(self, steps: int) -> float:
+        """Tokens/s of ``steps`` steps of every client at once: from the first command sent to the
+        last client done."""
+        started = time.perf_counter()
+        for worker in self.workers:
+            worker.send(steps=steps)
+        tokens = sum(worker.result()["tokens"] for worker in self.workers)
+        return tokens / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
 
 
 def _serve(args, keys: Path, mode: str, clients: int) -> tuple[subprocess.Popen, int]:
@@ -134,147 +171,116 @@ def _client_threads(args, mode: str, clients: int) -> int:
     return args.threads if mode.startswith("sequential") else max(1, args.threads // clients)
 
 
-def _sequential_floor(model, args, mode: str, clients: int) -> float:
-    """Tokens/s of the same sequential client steps in this thread without network, processes or
-    concurrency: what the split and the per-client batches alone cost against the centralized batch."""
+def _measure(args, keys: Path, baseline: Worker, mode: str, clients: int) -> dict:
+    """Paired blocks of one mode at ``clients`` clients: federation, centralized and (sequential modes)
+    the in-process floor, alternating; medians of the per-block ratios."""
     rows = _rows(args, mode, clients)
-    split = split_model(replicate(model), Partition(args.head, args.tail))
-    init_adapter(split.trunk, LoraSpec(r=8, alpha=16), 0)
-    trunk = LocalTrunk(split.trunk)
-    runners = []
-    for index in range(clients):
-        own = split_model(replicate(model), Partition(args.head, args.tail))
-        init_adapter(own.head, LoraSpec(r=8, alpha=16), 0)
-        init_adapter(own.tail, LoraSpec(r=8, alpha=16), 0)
-        runners.append(SplitClient(f"c{index}", own.head, own.tail, trunk))
-    started = 0.0
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            started = time.perf_counter()
-        for index, client in enumerate(runners):
-            client.train_step(_batch(rows, args.length, model.config.vocab_size, 1000 * index + step))
-    return args.steps * clients * rows * args.length / (time.perf_counter() - started)
-
-
-def _federated(model, args, keys: Path, mode: str, clients: int) -> float:
-    rows = _rows(args, mode, clients)
+    central_steps = max(1, math.ceil(clients * args.block_steps * rows / args.batch_size))
+    floor = mode.startswith("sequential") and args.floor
     server, port = _serve(args, keys, mode, clients)
     try:
-        runners = []
-        for index in range(clients):
-            split = split_model(replicate(model), Partition(args.head, args.tail))
-            init_adapter(split.head, LoraSpec(r=8, alpha=16), 0)
-            init_adapter(split.tail, LoraSpec(r=8, alpha=16), 0)
-            certificate = (keys / "tls-cert.pem").read_bytes()
-            connection = TrunkConnection(f"127.0.0.1:{port}", certificate, timeout_s=600)
-            remote = RemoteTrunk(connection, Identity.load(keys / f"c{index}.key"),
-                                 PublicIdentity.from_text((keys / "server.pub").read_text()))
-            hidden = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
-            remote.connect((args.head, num_layers(model) - args.tail), hidden)
-            runners.append((SplitClient(f"c{index}", split.head, split.tail, remote), remote))
-        barrier = threading.Barrier(clients + 1)
-        errors: list[BaseException] = []
-
-        torch_threads = _client_threads(args, mode, clients)
-
-        def work(index: int) -> None:
-            client, _ = runners[index]
-            try:
-                use_torch_threads(torch_threads)
-                for step in range(args.warmup + args.steps):
-                    if step == args.warmup:
-                        barrier.wait()
-                    batch = _batch(rows, args.length, model.config.vocab_size, 1000 * index + step)
-                    client.train_step(batch)
-            except BaseException as error:  # noqa: BLE001 - reported below
-                errors.append(error)
-                barrier.abort()
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-        for thread in threads:
-            thread.start()
+        fleet = ClientFleet(args, keys, port, clients, rows, _client_threads(args, mode, clients))
         try:
-            barrier.wait()
-        except threading.BrokenBarrierError:
-            for thread in threads:
-                thread.join()
-            raise errors[0] from None
-        started = time.perf_counter()
-        for thread in threads:
-            thread.join()
-        seconds = time.perf_counter() - started
-        if errors:
-            raise errors[0]
-        for _, remote in runners:
-            remote.close()
-            remote.connection.close()
-        return args.steps * clients * rows * args.length / seconds
+            fleet.block(args.warmup)  # each side's first block warms it up and is not counted
+            baseline.block(kind="centralized", steps=args.warmup)
+            if floor:
+                baseline.block(kind="floor", rows=rows, clients=clients, steps=args.warmup)
+            speeds: dict[str, list[float]] = {"federated": [], "centralized": [], "floor": []}
+            for index in range(args.blocks):
+                if index % 2 == 0:  # alternate who goes first: drift within a pair cancels over pairs
+                    speeds["centralized"].append(baseline.block(kind="centralized", steps=central_steps))
+                    speeds["federated"].append(fleet.block(args.block_steps))
+                else:
+                    speeds["federated"].append(fleet.block(args.block_steps))
+                    speeds["centralized"].append(baseline.block(kind="centralized", steps=central_steps))
+                if floor:
+                    speeds["floor"].append(baseline.block(kind="floor", rows=rows, clients=clients,
+                                                          steps=args.block_steps))
+        finally:
+            fleet.close()  # each client closes its session
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
+    run = _summary(speeds, mode, clients)
+    run.update(rows_per_client=rows, client_torch_threads=_client_threads(args, mode, clients))
+    return run
+
+
+def _summary(speeds: dict[str, list[float]], mode: str, clients: int) -> dict:
+    def ratios(top: str, bottom: str) -> list[float]:
+        return [a / b for a, b in zip(speeds[top], speeds[bottom], strict=True)]
+
+    run = {"mode": mode, "clients": clients, "tokens_per_s": statistics.median(speeds["federated"]),
+           "centralized_tokens_per_s": statistics.median(speeds["centralized"]),
+           "over_centralized": statistics.median(ratios("federated", "centralized")),
+           "over_centralized_each": ratios("federated", "centralized"),
+           "tokens_per_s_each": speeds["federated"], "centralized_tokens_per_s_each": speeds["centralized"]}
+    if speeds["floor"]:
+        run.update(floor_tokens_per_s=statistics.median(speeds["floor"]),
+                   floor_over_centralized=statistics.median(ratios("floor", "centralized")),
+                   over_floor=statistics.median(ratios("federated", "floor")),
+                   floor_tokens_per_s_each=speeds["floor"])
+    return run
+
+
+def _key_files(keys: Path, clients: int) -> None:
+    create_server_files(keys, ["localhost"], ["127.0.0.1"])
+    for index in range(clients):
+        create_identity_files(keys, f"c{index}")
+        create_identity_files(keys / "allow", f"c{index}")
+        for suffix in ("key", "pub"):
+            source = keys / "allow" / f"c{index}.{suffix}"
+            (keys / f"c{index}.{suffix}").write_bytes(source.read_bytes())
+        (keys / "allow" / f"c{index}.key").unlink()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-llama")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per client")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--blocks", type=int, default=5, help="measured block pairs per mode and count")
+    parser.add_argument("--block-steps", type=int, default=2, help="steps per client in a block")
+    parser.add_argument("--warmup", type=int, default=2, help="steps per client before the first block")
     parser.add_argument("--batch-size", type=int, default=8, help="total rows per trunk step")
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--head", type=int, default=2)
     parser.add_argument("--tail", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1, help="alternating centralized / federated "
-                        "measurements per configuration; the best of each is compared")
     parser.add_argument("--client-threads", default="auto", help="torch threads of each client thread, or "
                         "auto: every core in sequential mode, cores / clients in the batched modes")
+    parser.add_argument("--client-spin", choices=("short", "default"), default="short", help="OpenMP "
+                        "spin-wait of the client processes: short, as splitfed sets for clients sharing a "
+                        "machine (splitfed.client.colocation), or the runtime's default")
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the in-process "
                         "sequential floor (the split's cost without network or processes)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    if args.blocks < 1 or args.block_steps < 1:
+        parser.error("--blocks and --block-steps must be at least 1")
     args.threads = torch.get_num_threads()
-    single_threaded_torch()  # this thread prepares; fresh threads compute (see the module docstring)
     output = args.output or Path(f"benchmarks/results/modes_{args.model}.json")
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model)  # for its depth: the workers load their own
     if args.head + args.tail >= num_layers(model):
         args.head = args.tail = 1
     results = {"model": args.model, "batch_size": args.batch_size, "length": args.length,
-               "steps": args.steps, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                                "torch_threads": args.threads}, "runs": []}
-    results["repeats"] = args.repeats
-    with tempfile.TemporaryDirectory() as tmp:
-        keys = Path(tmp)
-        create_server_files(keys, ["localhost"], ["127.0.0.1"])
-        for index in range(max(args.clients)):
-            create_identity_files(keys, f"c{index}")
-            create_identity_files(keys / "allow", f"c{index}")
-            for suffix in ("key", "pub"):
-                source = keys / "allow" / f"c{index}.{suffix}"
-                (keys / f"c{index}.{suffix}").write_bytes(source.read_bytes())
-            (keys / "allow" / f"c{index}.key").unlink()
-        for clients in args.clients:
-            for mode in args.modes:
-                if mode in ("client-batch", "sequential-split") and clients == 1:
-                    continue  # the same as sequential
-                # the baseline is measured next to each run, alternating, best of --repeats each:
-                # on a shared machine a baseline taken once at the start drifts from the runs
-                centrals, speeds = [], []
-                for _ in range(args.repeats):
-                    centrals.append(_on_fresh_thread(_centralized, args.threads, model, args))
-                    speeds.append(_federated(model, args, keys, mode, clients))
-                speed, central = max(speeds), max(centrals)
-                run = {"mode": mode, "clients": clients, "tokens_per_s": speed,
-                       "centralized_tokens_per_s": central, "over_centralized": speed / central,
-                       "rows_per_client": _rows(args, mode, clients),
-                       "client_torch_threads": _client_threads(args, mode, clients),
-                       "tokens_per_s_each": speeds, "centralized_tokens_per_s_each": centrals}
-                if mode.startswith("sequential") and args.floor:
-                    floor = _on_fresh_thread(_sequential_floor, args.threads, model, args, mode, clients)
-                    run.update(floor_tokens_per_s=floor, floor_over_centralized=floor / central,
-                               over_floor=speed / floor)
-                results["runs"].append(run)
-                print(json.dumps(run), flush=True)
+               "blocks": args.blocks, "block_steps": args.block_steps, "client_spin": args.client_spin,
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                           "torch_threads": args.threads}, "runs": []}
+    baseline = Worker("baseline", args, batch_size=args.batch_size)
+    baseline.wait_ready()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            keys = Path(tmp)
+            _key_files(keys, max(args.clients))
+            for clients in args.clients:
+                for mode in args.modes:
+                    if mode in ("client-batch", "sequential-split") and clients == 1:
+                        continue  # the same as sequential
+                    run = _measure(args, keys, baseline, mode, clients)
+                    results["runs"].append(run)
+                    print(json.dumps(run), flush=True)
+    finally:
+        baseline.close()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
     _plot(results, output.with_suffix(".png"))
@@ -291,13 +297,16 @@ def _plot(results: dict, path: Path) -> None:
     clients = sorted({run["clients"] for run in results["runs"]})
     width = 0.2
     for offset, mode in enumerate(MODES):
-        xs, ys = [], []
+        xs, ys, spreads = [], [], [[], []]
         for position, count in enumerate(clients):
             for run in results["runs"]:
                 if run["mode"] == mode and run["clients"] == count:
                     xs.append(position + (offset - 1.5) * width)
                     ys.append(run["over_centralized"])
-        axis.bar(xs, ys, width, label=mode)
+                    pairs = run["over_centralized_each"]  # the bar: median; the whisker: range of pairs
+                    spreads[0].append(run["over_centralized"] - min(pairs))
+                    spreads[1].append(max(pairs) - run["over_centralized"])
+        axis.bar(xs, ys, width, yerr=spreads, capsize=3, label=mode)
         floors = [(position + (offset - 1.5) * width, run["floor_over_centralized"])
                   for position, count in enumerate(clients) for run in results["runs"]
                   if run["mode"] == mode and run["clients"] == count and "floor_over_centralized" in run]
@@ -306,7 +315,8 @@ def _plot(results: dict, path: Path) -> None:
                          label="same steps in-process (floor)" if mode == "sequential" else None)
     axis.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="centralized")
     axis.set_xticks(range(len(clients)), [f"{c} client(s)" for c in clients])
-    axis.set_ylabel("tokens/s / centralized tokens/s")
+    axis.axhline(1 / 1.1, color="gray", linewidth=0.8, linestyle=":", label="1.1x centralized time")
+    axis.set_ylabel("throughput / centralized (median of pairs, range)")
     axis.set_title(f"{results['model']}: server modes at total batch {results['batch_size']} "
                    f"({results['machine']['cpus']} CPU cores)")
     axis.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from rich.progress import Progress
 
+from splitfed.client.colocation import colocated_environment
 from splitfed.federation import FederationSettings
 from splitfed.security import create_identity_files, create_server_files
 from splitfed.training.task_data import DataSettings
@@ -37,8 +38,8 @@ def _write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, COLUMNS="100")
+def _spawn(args: list[str], log: Path, client: bool = False) -> subprocess.Popen:
+    env = dict(colocated_environment() if client else os.environ, COLUMNS="100")
     handle = log.open("w")
     return subprocess.Popen([sys.executable, "-m", "splitfed.cli", *args], stdout=handle,
                             stderr=subprocess.STDOUT, env=env)
@@ -89,7 +90,8 @@ def run_network_federation(
                 "steps": steps_per_client, "rounds": settings.rounds, "batch_size": settings.batch_size,
                 "data": {**data.model_dump(), "shard": index, "shards": settings.clients},
                 "output": directory / name})
-            clients.append(_spawn(["train", "--config", str(config)], directory / f"{name}.log"))
+            # the clients share this machine's cores with the server and each other
+            clients.append(_spawn(["train", "--config", str(config)], directory / f"{name}.log", client=True))
         started = time.perf_counter()
         task = progress.add_task(f"federated ({settings.clients} client processes)",
                                  total=settings.total_steps, status="")

@@ -1,0 +1,36 @@
+"""The modes benchmark end to end on the tiny model: real server, client and baseline processes, paired
+blocks, the JSON and the plot it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_modes_benchmark_pairs_each_mode_with_the_baseline(tmp_path):
+    output = tmp_path / "modes.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "modes.py"), "--model", "tiny-llama",
+               "--clients", "2", "--modes", "sequential", "client-batch", "--blocks", "2",
+               "--block-steps", "1", "--warmup", "1", "--batch-size", "4", "--length", "16",
+               "--output", str(output)]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert output.with_suffix(".png").stat().st_size > 0
+    runs = {run["mode"]: run for run in results["runs"]}
+    assert set(runs) == {"sequential", "client-batch"}
+    assert runs["sequential"]["rows_per_client"] == 4 and runs["client-batch"]["rows_per_client"] == 2
+    for run in runs.values():
+        assert run["clients"] == 2
+        assert len(run["over_centralized_each"]) == len(run["tokens_per_s_each"]) == 2
+        speeds = zip(run["tokens_per_s_each"], run["centralized_tokens_per_s_each"], strict=True)
+        pairs = [federated / centralized for federated, centralized in speeds]
+        assert run["over_centralized_each"] == pairs
+        assert min(pairs) <= run["over_centralized"] <= max(pairs)
+        assert all(speed > 0 for speed in run["tokens_per_s_each"] + run["centralized_tokens_per_s_each"])
+    assert len(runs["sequential"]["floor_tokens_per_s_each"]) == 2  # the in-process floor, paired too
+    assert "floor_tokens_per_s_each" not in runs["client-batch"]

@@ -1,0 +1,25 @@
+"""Client processes that share the machine's cores get a short OpenMP spin-wait, unless told otherwise."""
+
+from __future__ import annotations
+
+from splitfed.client.colocation import SPIN_COUNT, colocated_environment
+
+
+def test_a_colocated_client_spins_briefly_and_keeps_the_rest_of_the_environment():
+    environment = colocated_environment({"PATH": "/bin", "OMP_NUM_THREADS": "2"})
+    assert environment == {"PATH": "/bin", "OMP_NUM_THREADS": "2", "GOMP_SPINCOUNT": str(SPIN_COUNT)}
+
+
+def test_an_explicit_spin_count_or_wait_policy_is_kept():
+    assert colocated_environment({"GOMP_SPINCOUNT": "0"})["GOMP_SPINCOUNT"] == "0"
+    environment = colocated_environment({"OMP_WAIT_POLICY": "ACTIVE"})
+    assert environment == {"OMP_WAIT_POLICY": "ACTIVE"}  # a chosen policy sets its own spin
+
+
+def test_the_base_is_not_modified(monkeypatch):
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    base = {"HOME": "/home/x"}
+    colocated_environment(base)
+    assert base == {"HOME": "/home/x"}
+    assert colocated_environment()["GOMP_SPINCOUNT"] == str(SPIN_COUNT)  # defaults to os.environ
