@@ -13,7 +13,9 @@ tokens/s = new tokens / wall time of the whole generation (prefill included), th
 clients generate at once (their decode steps are batched on the server) against one client alone, and
 the server process's resident memory is read before, during and after their sessions, for
 ``--concurrent-rounds`` rounds of 8 new sessions each (the first round also grows the server's pool of
-request threads, which stays).
+request threads, which stays). The processes spin-wait briefly between OpenMP operations
+(``--client-spin``), as splitfed's co-located clients do: a client waiting for the server would
+otherwise spin on the cores the server needs (``splitfed/client/colocation.py``).
 
     .venv/bin/python benchmarks/generation_speed.py --model smollm2
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from splitfed.client.colocation import colocated_environment
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.inference import SamplingSettings, SplitGenerator
 from splitfed.models import LoraSpec, init_adapter, load_model, num_layers, split_model
@@ -242,9 +245,17 @@ def main() -> None:
     parser.add_argument("--tail", type=int, default=2)
     parser.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
                         help="environment of the server process, e.g. OMP_WAIT_POLICY=PASSIVE")
+    parser.add_argument("--client-spin", choices=("short", "default"), default="short", help="OpenMP "
+                        "spin-wait of this process (the client, and local generate) and of the server it "
+                        "starts: short, as splitfed sets for clients sharing a machine "
+                        "(splitfed.client.colocation), or the runtime's default")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     output = args.output or Path(f"benchmarks/results/generation_speed_{args.model}.json")
+    environment = colocated_environment()
+    if args.client_spin == "short" and environment != dict(os.environ):
+        # the OpenMP runtime reads its spin count when it is loaded: start again with it set
+        os.execve(sys.executable, [sys.executable, *sys.argv], environment)
 
     model, tokenizer = load_model(args.model)
     model.eval()
@@ -269,6 +280,9 @@ def main() -> None:
         "transport": "gRPC over TLS (pinned, loopback) + AES-256-GCM payloads; server in its own process",
         "contexts": rows,
         "concurrent": concurrency,
+        "client_spin": args.client_spin,
+        "client_omp_environment": {name: os.environ[name] for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+                                   if name in os.environ},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
     }
