@@ -69,13 +69,16 @@ class Worker:
     """One ``benchmarks/mode_workers.py`` process: blocks of steps on command, each answered with its
     tokens and seconds."""
 
-    def __init__(self, role: str, args, environment: dict[str, str] | None = None, **options) -> None:
+    def __init__(self, role: str, args, log: Path, environment: dict[str, str] | None = None,
+                 **options) -> None:
         command = [sys.executable, str(WORKER), "--role", role, "--model", args.model, "--length",
                    str(args.length), "--head", str(args.head), "--tail", str(args.tail)]
         for name, value in options.items():
             command += [f"--{name.replace('_', '-')}", str(value)]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True, env=environment)
+        self.log = log
+        with log.open("w") as errors:  # the child keeps its own copy of the file descriptor
+            self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=errors, text=True, env=environment)
 
     def wait_ready(self) -> None:
         self._read("ready")
@@ -85,7 +88,7 @@ class Worker:
         for line in self.process.stdout:
             if line.startswith(prefix):
                 return line[len(prefix):].strip()
-        raise RuntimeError(f"a benchmark worker ended (exit {self.process.wait()})")
+        raise RuntimeError(f"a benchmark worker ended (exit {self.process.wait()}):\n{_tail(self.log)}")
 
     def send(self, **command) -> None:
         assert self.process.stdin is not None
@@ -111,14 +114,22 @@ class Worker:
             self.process.wait()
 
 
+def _tail(log: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a child process's log, to say why it failed."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"(no log: {error})"
+
+
 class ClientFleet:
     """The federated clients, one process each, training in blocks on command: the baseline runs
     between blocks while the server and the clients stay connected."""
 
     def __init__(self, args, keys: Path, port: int, clients: int, rows: int, threads: int) -> None:
         environment = colocated_environment() if args.client_spin == "short" else None
-        self.workers = [Worker("client", args, environment, rows=rows, port=port, keys=keys, index=index,
-                               threads=threads) for index in range(clients)]
+        self.workers = [Worker("client", args, keys / f"client{index}.log", environment, rows=rows, port=port,
+                               keys=keys, index=index, threads=threads) for index in range(clients)]
         try:
             for worker in self.workers:
                 worker.wait_ready()
@@ -153,11 +164,14 @@ def _serve(args, keys: Path, mode: str, clients: int) -> tuple[subprocess.Popen,
                "--allowlist", str(keys / "allow"), "--tls-cert", str(keys / "tls-cert.pem"), "--tls-key",
                str(keys / "tls-key.pem"), "--listen", "127.0.0.1:0", "--port-file", str(port_file),
                "--mode", server_mode, "--output", str(keys / "out"), *extra]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = keys / f"server-{mode}-{clients}.log"
+    with log.open("w") as output:  # the child keeps its own copy of the file descriptor
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while not port_file.is_file():
         if server.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the {mode} server did not start")
+            server.kill()
+            raise RuntimeError(f"the {mode} server did not start:\n{_tail(log)}")
         time.sleep(0.2)
     return server, int(port_file.read_text())
 
@@ -257,6 +271,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.blocks < 1 or args.block_steps < 1:
         parser.error("--blocks and --block-steps must be at least 1")
+    split_modes = [mode for mode in args.modes if mode != "sequential"]
+    uneven = [count for count in args.clients if count > 1 and split_modes and args.batch_size % count]
+    if uneven:
+        parser.error(f"--batch-size {args.batch_size} does not split evenly across {uneven[0]} clients "
+                     f"(the modes {', '.join(split_modes)} give each client batch-size / clients rows)")
     args.threads = torch.get_num_threads()
     output = args.output or Path(f"benchmarks/results/modes_{args.model}.json")
     model, _ = load_model(args.model)  # for its depth: the workers load their own
@@ -266,12 +285,12 @@ def main() -> None:
                "blocks": args.blocks, "block_steps": args.block_steps, "client_spin": args.client_spin,
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "torch_threads": args.threads}, "runs": []}
-    baseline = Worker("baseline", args, batch_size=args.batch_size)
-    baseline.wait_ready()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            keys = Path(tmp)
-            _key_files(keys, max(args.clients))
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = Path(tmp)
+        _key_files(keys, max(args.clients))
+        baseline = Worker("baseline", args, keys / "baseline.log", batch_size=args.batch_size)
+        try:
+            baseline.wait_ready()
             for clients in args.clients:
                 for mode in args.modes:
                     if mode in ("client-batch", "sequential-split") and clients == 1:
@@ -279,8 +298,8 @@ def main() -> None:
                     run = _measure(args, keys, baseline, mode, clients)
                     results["runs"].append(run)
                     print(json.dumps(run), flush=True)
-    finally:
-        baseline.close()
+        finally:
+            baseline.close()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
     _plot(results, output.with_suffix(".png"))
