@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from splitfed.transport.addresses import is_loopback
+
 SPIN_COUNT = 10_000
 
 
@@ -23,3 +25,13 @@ def colocated_environment(base: Mapping[str, str] | None = None) -> dict[str, st
     if "OMP_WAIT_POLICY" not in environment:
         environment.setdefault("GOMP_SPINCOUNT", str(SPIN_COUNT))
     return environment
+
+
+def spin_wait_hint(server: str, environment: Mapping[str, str] | None = None) -> str | None:
+    """A hint to log when this client's server (``host:port``) is on this machine and the OpenMP spin-wait
+    is the runtime's default; None otherwise."""
+    environment = os.environ if environment is None else environment
+    if "GOMP_SPINCOUNT" in environment or "OMP_WAIT_POLICY" in environment or not is_loopback(server):
+        return None
+    return (f"the server ({server}) is on this machine: a client started with GOMP_SPINCOUNT={SPIN_COUNT} "
+            "(as `splitfed demo` starts its clients) does not spin-wait on the cores the server computes on")

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from splitfed.checkpoint import CheckpointError, CheckpointStore
 from splitfed.client.checkpointing import RunState, client_checkpoint, restore_client
+from splitfed.client.colocation import spin_wait_hint
 from splitfed.client.link import ServerLink
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.secure_aggregation import secure_average
@@ -110,6 +111,9 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     step in flight); ``resume`` continues from the newest intact one. While the server is unavailable
     the client reconnects with backoff and repeats the interrupted step."""
     console = console or Console(stderr=True)
+    hint = spin_wait_hint(settings.server)
+    if hint is not None:
+        log.info(hint)
     model, tokenizer = load_model(settings.model)
     split = split_model(model, settings.partition.partition())
     init_adapter(split.head, settings.adapter, settings.seed)
