@@ -13,10 +13,11 @@ session first).
   ``--batch-size`` rows; ``{"kind": "floor", "rows": r, "clients": c, "steps": n}``: ``n`` rounds of
   sequential split steps, one per client of ``r`` rows, the trunk in this process.
 
-Why processes: each thread that computes gets an OpenMP team, and a process with more OpenMP threads
-than cores makes the runtime stop spin-waiting between operations, slowing every operation by about
-a third. Clients as threads of one process, or a baseline computed among them, would measure that,
-not the federation. Here each process computes on its main thread alone, as a client machine would.
+Why processes: a real client is a process of its own, with an OpenMP runtime of its own. Clients as
+threads of one process share one runtime, whose behaviour changes with the number of threads in it
+(more OpenMP threads than cores: it stops spin-waiting between operations, slowing each by about a
+third), and a baseline computed among them would share it too. Here each process computes on its main
+thread alone.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from splitfed.client import SplitClient
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.models import LoraSpec, init_adapter, load_model, num_layers, split_model
-from splitfed.models.split import Partition
+from splitfed.models.split import Partition, SplitModel
 from splitfed.models.whole import WholeModel
 from splitfed.security import Identity, PublicIdentity
 from splitfed.server.local_trunk import LocalTrunk
@@ -50,7 +51,7 @@ def batch(rows: int, length: int, vocab: int, seed: int) -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
 
-def own_parts(model, args) -> tuple:
+def own_parts(model, args) -> SplitModel:
     """A copy of ``model`` split at ``--head`` / ``--tail`` with fresh LoRA adapters on head and tail."""
     split = split_model(replicate(model), Partition(args.head, args.tail))
     init_adapter(split.head, ADAPTER, 0)
@@ -125,7 +126,8 @@ def serve(args) -> None:
     """Answer block commands from stdin until it closes."""
     model, _ = load_model(args.model)
     session = None
-    trainers: dict = {}
+    trainers: dict[str, Centralized | Clients] = {}
+    floor_shape: tuple[int, int] | None = None
     if args.role == "client":
         trainers["client"], session = remote_client(model, args)
     print("ready", flush=True)
@@ -134,9 +136,9 @@ def serve(args) -> None:
         kind = command.get("kind", "client")
         if kind == "floor":
             shape = (int(command["rows"]), int(command["clients"]))
-            if trainers.get("floor_shape") != shape:
+            if floor_shape != shape:
                 trainers.pop("floor", None)  # free the previous shape's copies first
-                trainers["floor"], trainers["floor_shape"] = sequential_floor(model, args, *shape), shape
+                trainers["floor"], floor_shape = sequential_floor(model, args, *shape), shape
         elif kind == "centralized" and kind not in trainers:
             trainers[kind] = Centralized(model, args)
         if kind not in trainers:

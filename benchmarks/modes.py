@@ -189,7 +189,7 @@ def _measure(args, keys: Path, baseline: Worker, mode: str, clients: int) -> dic
     """Paired blocks of one mode at ``clients`` clients: federation, centralized and (sequential modes)
     the in-process floor, alternating; medians of the per-block ratios."""
     rows = _rows(args, mode, clients)
-    central_steps = max(1, math.ceil(clients * args.block_steps * rows / args.batch_size))
+    central_steps = math.ceil(clients * args.block_steps * rows / args.batch_size)
     floor = mode.startswith("sequential") and args.floor
     server, port = _serve(args, keys, mode, clients)
     try:
