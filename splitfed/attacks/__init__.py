@@ -3,6 +3,7 @@
 The attacker has what the server sees, the public pretrained weights and public text only.
 """
 
+from splitfed.attacks.adaptive import AdaptiveAttacker, simulated_defense, training_send
 from splitfed.attacks.data import PUBLIC_TEXT, clean_wikitext, public_chunks, victim_rows
 from splitfed.attacks.direct import direct_forward
 from splitfed.attacks.harness import (
@@ -23,8 +24,16 @@ from splitfed.attacks.observe import (
     trunk_outputs,
     upstream_gradients,
 )
+from splitfed.attacks.suite import Traffic, TrafficAttacks, strongest, victim_traffic
 
 __all__ = [
+    "AdaptiveAttacker",
+    "Traffic",
+    "TrafficAttacks",
+    "simulated_defense",
+    "strongest",
+    "training_send",
+    "victim_traffic",
     "ATTACKS",
     "PUBLIC_TEXT",
     "AttackHarness",

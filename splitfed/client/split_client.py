@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from splitfed.models import HeadPart, TailPart, adapter_state, load_adapter_state, set_training
-from splitfed.privacy import SplitDefense
+from splitfed.privacy import SplitDefense, inference_send
 from splitfed.training.data import Batch
 from splitfed.training.loss import causal_lm_loss
 from splitfed.training.optim import OptimizerSettings
@@ -43,6 +43,14 @@ class SplitClient:
         self.optimizer = settings.build(dict.fromkeys(params))  # tied weights once
         self.samples_seen = 0
         self.defense = defense
+        self.cut = None if defense is None else defense.cut
+        if self.cut is not None and self.cut.bypass is not None and layout == "two-part":
+            raise ValueError("privacy.learned.bypass feeds the client's tail, and the two-part layout has "
+                             "none: set bypass: false or use the three-part layout")
+        self.cut_optimizer = None
+        if self.cut is not None:  # the learned defense trains with the client, at its own lr if set
+            lr = self.cut.settings.lr or settings.lr
+            self.cut_optimizer = settings.model_copy(update={"lr": lr}).build(self.cut.parameters())
 
     def train_step(self, batch: Batch) -> float:
         """One split training step on ``batch`` (input_ids, attention_mask, labels); returns the loss."""
@@ -55,20 +63,23 @@ class SplitClient:
         if self.defense is not None:
             self.defense.before_step(mask, length)
         hidden_in = self.head(input_ids, mask)
+        cut_out, extra_loss = hidden_in, None
+        if self.cut is not None:
+            self.cut.train()
+            cut_out, extra_loss = self.cut.send(hidden_in, mask, self.head, input_ids, training=True)
         labelled = int((labels[:, 1:] != -100).sum())
-        hidden_out = self.trunk.forward(self.client_id, self._send("forward", hidden_in.detach()), mask,
+        hidden_out = self.trunk.forward(self.client_id, self._send("forward", cut_out.detach()), mask,
                                         train=True, labelled_tokens=labelled)
         hidden_out = hidden_out.detach().requires_grad_(True)
-        loss = causal_lm_loss(self.tail(hidden_out, mask), labels)
-        loss.backward()
+        bypass = None if self.cut is None else self.cut.bypass_output(hidden_in)
+        tail_in = hidden_out if bypass is None else hidden_out + bypass
+        loss = causal_lm_loss(self.tail(tail_in, mask), labels)
+        loss.backward(retain_graph=bypass is not None)  # the bypass shares the head's graph
         grad_in = self.trunk.backward(self.client_id, self._send("backward", hidden_out.grad))
         if self.defense is not None:
             self.defense.record_step(mask, length)
-        if hidden_in.requires_grad:
-            hidden_in.backward(grad_in)
-        if self.optimizer is not None:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        self._backward_into_client(cut_out, grad_in, extra_loss)
+        self._optimizer_step()
         self.samples_seen += int(input_ids.shape[0])
         return float(loss.detach())
 
@@ -80,35 +91,70 @@ class SplitClient:
         if self.defense is not None:
             self.defense.before_step(mask, length)
         hidden_in = self.head(input_ids, mask)
+        cut_out, extra_loss = hidden_in, None
+        if self.cut is not None:
+            self.cut.train()
+            cut_out, extra_loss = self.cut.send(hidden_in, mask, self.head, input_ids, training=True)
         endpoint: LossEndpoint = self.trunk  # type: ignore[assignment]
-        result = endpoint.loss(self.client_id, self._send("forward", hidden_in.detach()), mask, labels,
+        result = endpoint.loss(self.client_id, self._send("forward", cut_out.detach()), mask, labels,
                                train=True)
         if self.defense is not None:
             self.defense.record_step(mask, length)
-        if hidden_in.requires_grad and result.grad is not None:
-            hidden_in.backward(result.grad)
-        if self.optimizer is not None:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        self._backward_into_client(cut_out, result.grad, extra_loss)
+        self._optimizer_step()
         self.samples_seen += int(input_ids.shape[0])
         return result.loss
+
+    @staticmethod
+    def _backward_into_client(sent: torch.Tensor, grad: torch.Tensor | None,
+                              extra_loss: torch.Tensor | None) -> None:
+        """Backpropagate the server's gradient for what was sent (and the defense's own loss) through the
+        learned cut, if any, and the head."""
+        pairs = []
+        if grad is not None and sent.requires_grad:
+            pairs.append((sent, grad))
+        if extra_loss is not None and extra_loss.requires_grad:
+            pairs.append((extra_loss, torch.ones_like(extra_loss)))
+        if pairs:
+            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+
+    def _optimizer_step(self) -> None:
+        for optimizer in (self.optimizer, self.cut_optimizer):
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Inference through head, trunk and tail (nothing is kept for backward)."""
         set_training(self.head, False)
         set_training(self.tail, False)
-        hidden = self.head(input_ids, attention_mask)
-        if self.defense is not None and self.defense.settings.protect_inference:
-            hidden = self.defense.protect("forward", hidden)
+        clean = self.head(input_ids, attention_mask)
+        hidden = self.inference_send(clean, attention_mask)
         if self.layout == "two-part":  # in-process only: over the network the server keeps the logits
             return self.trunk.logits(hidden, attention_mask)  # type: ignore[attr-defined]
         hidden = self.trunk.forward(self.client_id, hidden, attention_mask, train=False)
-        return self.tail(hidden, attention_mask)
+        return self.tail(self.tail_input(hidden, clean), attention_mask)
+
+    @torch.no_grad()
+    def inference_send(self, clean: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """What inference sends for the head's output ``clean``: through the learned cut, if any, then
+        clipped and noised when ``protect_inference`` is set."""
+        return inference_send(self.defense, clean, attention_mask)
+
+    def tail_input(self, trunk_output: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """The trunk's output plus the learned defense's local bypass of the clean head output, if any."""
+        bypass = None if self.cut is None else self.cut.bypass_output(clean)
+        return trunk_output if bypass is None else trunk_output + bypass
 
     def _send(self, channel: str, tensor: torch.Tensor) -> torch.Tensor:
         """What goes to the trunk on ``channel``: the defense's clipped, noised copy, if any."""
         return tensor if self.defense is None else self.defense.protect(channel, tensor)
+
+    def zeroed_server(self) -> None:
+        """Sanity check of a defense: from now on the tail gets zeros instead of the trunk's output
+        (only the local bypass, if any, carries information), in inference only."""
+        self.trunk = _ZeroTrunk(self.trunk)
 
     def adapter_states(self) -> dict[str, dict[str, torch.Tensor]]:
         """The client's head and tail adapter weights (peft keys)."""
@@ -117,3 +163,19 @@ class SplitClient:
     def load_adapter_states(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
         load_adapter_state(self.head, states["head"])
         load_adapter_state(self.tail, states["tail"])
+
+
+class _ZeroTrunk:
+    """A trunk endpoint whose inference output is all zeros (the zeroed-server sanity check)."""
+
+    def __init__(self, trunk: TrunkEndpoint) -> None:
+        self.inner = trunk
+
+    def forward(self, client_id: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                train: bool = True, labelled_tokens: int = 0) -> torch.Tensor:
+        if train:
+            raise RuntimeError("the zeroed server is for evaluation only")
+        return torch.zeros_like(hidden)
+
+    def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the zeroed server is for evaluation only")

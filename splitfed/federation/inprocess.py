@@ -11,8 +11,8 @@ from torch import nn
 
 from splitfed.client import SplitClient
 from splitfed.federation.config import FederationSettings
-from splitfed.models import adapter_state, init_adapter, split_model
-from splitfed.privacy import SplitDefense, format_epsilon
+from splitfed.models import adapter_state, init_adapter, split_model, token_embedding_matrix
+from splitfed.privacy import SplitDefense, format_epsilon, warm_up
 from splitfed.server import LocalTrunk
 from splitfed.server.two_part import TwoPartTrunk
 from splitfed.training.data import Batch, shuffled_batches
@@ -38,7 +38,10 @@ class InProcessFederation:
         shards: Sequence[Sequence[Any]],
         collate: Callable[[list[Any]], Batch],
         settings: FederationSettings,
+        public_text: Batch | None = None,
     ) -> None:
+        """``public_text`` (input_ids, attention_mask; e.g. ``public_chunks(tokenizer)``) is what a
+        learned defense warms up on; it is needed only then."""
         if len(shards) != settings.clients:
             raise ValueError(f"{settings.clients} clients but {len(shards)} data shards")
         if any(len(shard) == 0 for shard in shards):
@@ -56,18 +59,25 @@ class InProcessFederation:
         self.shard_sizes = [len(shard) for shard in shards]
         self._batches = []
         self.clients: list[SplitClient] = []
+        if settings.privacy.learned is not None and public_text is None:
+            raise ValueError("privacy.learned: the defense warms up on public text; pass public_text")
+        hidden_size = int(token_embedding_matrix(model).shape[1])
         for index, shard in enumerate(shards):
             split = split_model(replicate(model), partition)
             init_adapter(split.head, settings.adapter, settings.seed)
             init_adapter(split.tail, settings.adapter, settings.seed)
+            defense = self._defense(index, hidden_size)
+            if defense is not None and defense.cut is not None and public_text is not None:
+                warm_up(defense.cut, split.head, split.trunk, split.tail, public_text["input_ids"],
+                        public_text["attention_mask"], seed=settings.seed + index)
             client = SplitClient(f"client-{index}", split.head, split.tail, self.server,
-                                 settings.optimizer, self._defense(index), layout)
+                                 settings.optimizer, defense, layout)
             self.clients.append(client)
             self._batches.append(shuffled_batches(shard, settings.batch_size, settings.seed + index,
                                                   collate))
         self.rounds_done = 0
 
-    def _defense(self, index: int) -> SplitDefense | None:
+    def _defense(self, index: int, hidden_size: int) -> SplitDefense | None:
         privacy = self.settings.privacy
         if not privacy.enabled:
             return None
@@ -75,7 +85,8 @@ class InProcessFederation:
         size = min(self.settings.batch_size, self.shard_sizes[index])
         return SplitDefense(privacy.model_copy(update={"seed": seed}),
                             planned_steps=self.settings.rounds * self.settings.local_steps,
-                            steps_per_epoch=self.shard_sizes[index] // size, batch_size=size)
+                            steps_per_epoch=self.shard_sizes[index] // size, batch_size=size,
+                            hidden_size=hidden_size)
 
     def privacy_reports(self) -> list[dict[str, Any]]:
         """Each client's privacy spent so far (empty without a defense)."""

@@ -15,7 +15,7 @@ import torch
 from splitfed.inference.endpoint import GenerationEndpoint, StaleCacheError
 from splitfed.inference.sampling import SamplingSettings, TokenChooser
 from splitfed.models import HeadPart, TailPart, set_training
-from splitfed.privacy import SplitDefense
+from splitfed.privacy import SplitDefense, inference_send
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,13 @@ class SplitGenerator:
         set_training(self.tail, False)
         head_cache = self._head_cache if cached else None
         tail_cache = self._tail_cache if cached else None
-        hidden = self.head(input_ids, mask, past_key_values=head_cache)
-        if self.defense is not None and self.defense.settings.protect_inference:
-            hidden = self.defense.protect("forward", hidden)
-        hidden = self.endpoint.generate_step(self.stream, hidden, mask, past, use_cache=cached)
+        clean = self.head(input_ids, mask, past_key_values=head_cache)
+        sent = inference_send(self.defense, clean, mask)
+        hidden = self.endpoint.generate_step(self.stream, sent, mask, past, use_cache=cached)
+        bypass = None if self.defense is None or self.defense.cut is None else \
+            self.defense.cut.bypass_output(clean)
+        if bypass is not None:
+            hidden = hidden + bypass
         return self.tail(hidden, mask, past_key_values=tail_cache, last_only=True)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -16,7 +16,7 @@ from splitfed.models.adapters import (
     save_adapter,
     trainable_parameters,
 )
-from splitfed.models.embeddings import token_embedding_matrix
+from splitfed.models.embeddings import head_token_embeddings, token_embedding_matrix
 from splitfed.models.export import export_merged
 from splitfed.models.families import UnsupportedModelError, supported_model_types
 from splitfed.models.generation import generate_greedy, iter_greedy
@@ -84,6 +84,7 @@ __all__ = [
     "save_adapter",
     "split_model",
     "supported_model_types",
+    "head_token_embeddings",
     "token_embedding_matrix",
     "trainable_parameters",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from splitfed.privacy.accountant import PrivacyAccountant, noise_multiplier_for
+from splitfed.privacy.learned import LearnedCut
 from splitfed.privacy.mechanism import ClippedGaussian
 from splitfed.privacy.settings import PrivacySettings
 
@@ -23,7 +24,8 @@ class PrivacyBudgetExhausted(RuntimeError):
 
 
 class SplitDefense:
-    """Clipped Gaussian mechanisms on the forward and backward channels, with an opacus accountant.
+    """Clipped Gaussian mechanisms on the forward and backward channels, with an opacus accountant,
+    and optionally a learned defense at the cut (``cut``) applied before them.
 
     Accounting (adjacency: one example replaced; no subsampling amplification):
 
@@ -40,7 +42,8 @@ class SplitDefense:
     """
 
     def __init__(self, settings: PrivacySettings, planned_steps: int | None = None,
-                 steps_per_epoch: int | None = None, batch_size: int = 1) -> None:
+                 steps_per_epoch: int | None = None, batch_size: int = 1,
+                 hidden_size: int | None = None) -> None:
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         self.settings = settings
@@ -65,6 +68,11 @@ class SplitDefense:
                 continue
             sigma = channel.sigma if channel.sigma is not None else z * self._scale(planned_tokens[name])
             self.mechanisms[name] = ClippedGaussian(channel.clip, float(sigma), self.generator)
+        self.cut: LearnedCut | None = None
+        if settings.learned is not None:
+            if hidden_size is None:
+                raise ValueError("privacy.learned needs the model's hidden size")
+            self.cut = LearnedCut(settings.learned, hidden_size, seed)
         self.steps = 0
         self._pending: dict[str, float] = {}  # smallest multiplier per channel in the open epoch
         self._warned = False
@@ -134,8 +142,11 @@ class SplitDefense:
 
     # -- reporting and checkpoints ------------------------------------------------------------------
     def describe(self) -> str:
-        return ", ".join(f"{name}: clear" if m is None else f"{name}: C={m.clip:g} sigma={m.sigma:.4g}"
+        text = ", ".join(f"{name}: clear" if m is None else f"{name}: C={m.clip:g} sigma={m.sigma:.4g}"
                          for name, m in self.mechanisms.items())
+        if self.cut is not None:
+            text = f"learned {self.cut.kind} at the cut, then {text}"
+        return text
 
     def report(self) -> dict[str, Any]:
         """Plain numbers for progress files, logs and results (epsilon ``"inf"`` when unbounded)."""
@@ -151,6 +162,7 @@ class SplitDefense:
             "unprotected_channels": [n for n, m in self.mechanisms.items() if m is None],
             **{f"{n}_sigma": self.sigma(n) for n in CHANNELS},
             **{f"{n}_clip": None if m is None else m.clip for n, m in self.mechanisms.items()},
+            "learned": None if self.settings.learned is None else self.settings.learned.model_dump(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -164,6 +176,21 @@ class SplitDefense:
         self.accountant.load_state_dict(state["accountant"])
         self.steps = int(state["steps"])
         self._pending = {str(k): float(v) for k, v in state.get("pending", {}).items()}
+
+
+@torch.no_grad()
+def inference_send(defense: SplitDefense | None, clean: torch.Tensor,
+                   attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """What a client's inference (scoring, generation) sends for the head output ``clean``."""
+    if defense is None:
+        return clean
+    hidden = clean
+    if defense.cut is not None:
+        defense.cut.eval()
+        hidden, _ = defense.cut.send(clean, attention_mask, training=False)
+    if defense.settings.protect_inference:
+        hidden = defense.protect("forward", hidden)
+    return hidden
 
 
 def format_epsilon(report: dict[str, Any]) -> str:

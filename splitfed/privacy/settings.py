@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,6 +21,56 @@ class ChannelSettings(BaseModel):
     @property
     def protected(self) -> bool:
         return self.clip is not None
+
+
+class LearnedCutSettings(BaseModel):
+    """What every learned defense at the cut shares: a trainable transform between the head and the
+    wire (``width``-dimensional code, decoded back to the model's hidden size), a warm-up on public
+    text before federation, and an optional local bypass that feeds the clean head output to the tail.
+    The transform and the bypass never leave the client: they are neither sent nor averaged."""
+
+    model_config = ConfigDict(extra="forbid")
+    width: int | None = Field(None, ge=1, description="dimensions of the code at the cut; unset: the "
+                                                      "model's hidden size (it may not be wider)")
+    warmup_steps: int = Field(40, ge=0, description="local warm-up steps of the cut on public text, "
+                                                    "through the public (frozen) model, before training")
+    warmup_batch_size: int = Field(8, ge=1)
+    warmup_lr: float = Field(1e-3, gt=0)
+    warmup_tokens: int = Field(64, ge=8, description="tokens per public row in the warm-up")
+    lr: float | None = Field(None, gt=0, description="learning rate of the cut (and bypass) during "
+                                                     "training; unset: the client's optimizer lr")
+    bypass: bool = Field(False, description="a local low-rank adapter from the clean head output to "
+                                            "the tail's input (the tail gets trunk output + bypass)")
+    bypass_rank: int = Field(16, ge=1)
+
+
+class BottleneckSettings(LearnedCutSettings):
+    """Per-token variational information bottleneck (VIB; as in MID / ADMI): the encoder gives a mean
+    and a scale per token, a sample z ~ N(mean, scale^2) is decoded into what crosses the wire, and
+    ``kl_weight`` x KL(N(mean, scale^2) || N(0, I)) (nats per code dimension, mean over tokens) is
+    added to the task loss."""
+
+    kind: Literal["bottleneck"] = "bottleneck"
+    kl_weight: float = Field(0.01, ge=0, description="weight of the KL term (0: a plain noisy autoencoder)")
+    initial_scale: float = Field(0.1, gt=0, description="the encoder's scale at initialisation, in units "
+                                                        "of the code's RMS")
+    sample_at_inference: bool = Field(True, description="inference and generation send a sample too "
+                                                        "(false: the mean, which leaks more)")
+
+
+class DistanceCorrelationSettings(LearnedCutSettings):
+    """NoPeek-style decorrelation: ``weight`` x distance correlation between the tokens' input
+    embeddings and what is sent, per batch, added to the task loss; the cut is deterministic."""
+
+    kind: Literal["dcor"] = "dcor"
+    weight: float = Field(1.0, ge=0, description="weight of the distance-correlation term")
+    max_tokens: int = Field(256, ge=8, description="tokens sampled per batch for the (quadratic) "
+                                                   "distance matrices")
+
+
+LearnedDefenseSettings = Annotated[BottleneckSettings | DistanceCorrelationSettings,
+                                   Field(discriminator="kind")]
+LEARNED_DEFENSES = ("bottleneck", "dcor")
 
 
 class PrivacySettings(BaseModel):
@@ -44,6 +94,9 @@ class PrivacySettings(BaseModel):
     max_tokens: int = Field(256, ge=1, description="tokens per example assumed when calibrating sigma "
                                                    "(unit=example); longer batches spend more")
     on_budget_exhausted: Literal["stop", "warn"] = "stop"
+    learned: LearnedDefenseSettings | None = Field(
+        None, description="a learned defense at the cut (kind: bottleneck or dcor), applied before "
+                          "clipping and noise; unset: none")
     protect_inference: bool = Field(True, description="also clip and noise the hidden states of "
                                                       "inference (not counted in the training epsilon)")
     seed: int | None = Field(None, description="seed of the noise (tests, experiments); unset: random")
@@ -64,4 +117,4 @@ class PrivacySettings(BaseModel):
 
     @property
     def enabled(self) -> bool:
-        return self.forward.protected or self.backward.protected
+        return self.forward.protected or self.backward.protected or self.learned is not None

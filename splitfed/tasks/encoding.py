@@ -107,3 +107,22 @@ def collate(batch: list[Encoded], pad_token_id: int, padding_side: str = "left")
         attention_mask[i, cols] = 1
         labels[i, cols] = torch.tensor(row["labels"], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def private_token_mask(tokenizer: Any, example: ClozeExample, max_length: int | None = None) -> list[bool]:
+    """Per token of ``encode_example(tokenizer, example, max_length)``: does it carry the row's own text?
+
+    A token is private when its characters overlap one of ``example.private_spans`` (a token that
+    straddles the template and the text counts as private); special tokens and the answer are not.
+    Without spans every non-special prompt token counts as private."""
+    encoded = tokenizer(example.prompt, add_special_tokens=True, return_offsets_mapping=True)
+    offsets = [tuple(pair) for pair in encoded["offset_mapping"]]
+    spans = example.private_spans or ((0, len(example.prompt)),)
+    flags = [end > start and any(start < b and end > a for a, b in spans) for start, end in offsets]
+    prompt_ids = list(encoded["input_ids"])
+    option_ids = option_token_ids(tokenizer, example.prompt, prompt_ids, example.answer)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    has_bos = bos is not None and bool(prompt_ids) and prompt_ids[0] == bos
+    kept = join_prompt_option(list(range(len(prompt_ids))), option_ids, max_length, 0 if has_bos else None)
+    n_prompt = len(kept["input_ids"]) - len(option_ids)
+    return [flags[i] for i in kept["input_ids"][:n_prompt]] + [False] * len(option_ids)

@@ -11,11 +11,14 @@ class ClozeExample:
 
     ``options`` are the answer texts exactly as they are appended to ``prompt``
     (e.g. ``" yes"``, with its leading space); ``label`` indexes the correct one.
+    ``private_spans`` are the character ranges of ``prompt`` that come from the row's own text (not
+    the template); empty when the template does not say (then the whole prompt counts as private).
     """
 
     prompt: str
     options: list[str]
     label: int
+    private_spans: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.label, bool) or not isinstance(self.label, int):

@@ -82,16 +82,22 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+def _quoted_pair(first: str, second: str) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """``"{first}" "{second}"?`` and the character spans of the two texts in it."""
+    start = len(first) + 4
+    return f'"{first}" "{second}"?', ((1, 1 + len(first)), (start, start + len(second)))
+
+
 def rte_example(row: Row) -> ClozeExample:
     """RTE: entailment -> " yes", not_entailment -> " no"."""
-    prompt = f'"{_field(row, "premise")}" "{_field(row, "hypothesis")}"?'
-    return ClozeExample(prompt, list(YES_NO), _class_index(row.get("label"), RTE_LABELS))
+    prompt, spans = _quoted_pair(_field(row, "premise"), _field(row, "hypothesis"))
+    return ClozeExample(prompt, list(YES_NO), _class_index(row.get("label"), RTE_LABELS), spans)
 
 
 def cb_example(row: Row) -> ClozeExample:
     """CB: entailment -> " yes", contradiction -> " no", neutral -> " maybe"."""
-    prompt = f'"{_field(row, "premise")}" "{_field(row, "hypothesis")}"?'
-    return ClozeExample(prompt, list(YES_NO_MAYBE), _class_index(row.get("label"), CB_LABELS))
+    prompt, spans = _quoted_pair(_field(row, "premise"), _field(row, "hypothesis"))
+    return ClozeExample(prompt, list(YES_NO_MAYBE), _class_index(row.get("label"), CB_LABELS), spans)
 
 
 def boolq_example(row: Row) -> ClozeExample:

@@ -1,0 +1,290 @@
+"""Privacy frontier: task accuracy against the strongest attack, for noise and learned defenses.
+
+For every task, defense row and seed, in one run:
+
+* fine-tune federated in process (3 clients, FedAvg; the demo's budget by default) with the
+  client-side defense; a learned defense warms up on public text first (each client its own);
+* accuracy on the task's validation rows, and the sanity check: accuracy with the server's output
+  zeroed (if it barely drops, the privacy comes from ignoring the server);
+* attack client 0's own traffic for the first ``--victims`` validation rows, right after the warm-up
+  (the earliest checkpoint) and after training, as the server: nearest neighbour, the learned
+  inverter (noise-aware but not adaptive), direct forward, and the adaptive, known-plaintext,
+  averaging (K transmissions) and generation-traffic attacks (``splitfed.attacks.adaptive``);
+  scores count private positions only (the row's own text; template tokens and answers excluded);
+* epsilon at delta=1e-5 where noise is used.
+
+Rows: ``none``, ``noise:SIGMA`` (per-token clip at the public median norm on both channels),
+``vib:KL`` and ``vib-bypass:KL`` (information bottleneck, KL weight; with the local bypass),
+``dcor:W`` and ``dcor-bypass:W`` (distance correlation weight). Saves JSON after every cell, a
+Markdown table and a PNG (x: strongest attack ROUGE-L, y: accuracy).
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/privacy_frontier.py --tasks cb --seeds 0 \\
+        --rows none,noise:0.05,vib:0.1,vib-bypass:0.1,dcor:1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from splitfed.attacks import AttackHarness, AttackSettings, TrafficAttacks, victim_traffic
+from splitfed.attacks.data import victim_rows
+from splitfed.federation import FederationSettings, InProcessFederation, PartitionSettings
+from splitfed.models import LoraSpec, Partition, load_model, positions_from_mask
+from splitfed.privacy import (
+    BottleneckSettings,
+    ChannelSettings,
+    DistanceCorrelationSettings,
+    PrivacySettings,
+)
+from splitfed.tasks import collate, encode_example, evaluate_cloze, load_task
+from splitfed.tasks.public_text import public_chunks
+from splitfed.training.data import iid_shards
+from splitfed.training.optim import OptimizerSettings
+
+log = logging.getLogger("privacy_frontier")
+GOAL_ROUGE, GOAL_POINTS = 0.2, 0.03
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--tasks", default="cb,rte")
+    parser.add_argument("--rows", default="none,noise:0.05,noise:0.2,vib:0.01,vib:0.1,vib-bypass:0.1,"
+                                          "dcor:1,dcor-bypass:1")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--head", type=int, default=2)
+    parser.add_argument("--tail", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-steps", type=int, default=4, help="steps per client per round")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train-examples", type=int, default=480)
+    parser.add_argument("--eval-examples", type=int, default=None, help="default: all validation rows")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--victims", type=int, default=32)
+    parser.add_argument("--average-times", type=int, default=4, help="K of the averaging attack")
+    parser.add_argument("--warmup-steps", type=int, default=30)
+    parser.add_argument("--inverter-steps", type=int, default=200)
+    parser.add_argument("--public-tokens", type=int, default=8192)
+    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--output", type=Path, default=None)
+    return parser.parse_args()
+
+
+def row_privacy(row: str, forward_clip: float, backward_clip: float, seed: int, args) -> PrivacySettings:
+    """The client's ``privacy:`` block for a row name such as ``vib-bypass:0.1``."""
+    kind, _, value = row.partition(":")
+    if kind == "none":
+        return PrivacySettings()
+    strength = float(value)
+    if kind == "noise":
+        return PrivacySettings(forward=ChannelSettings(clip=forward_clip, sigma=strength),
+                               backward=ChannelSettings(clip=backward_clip, sigma=strength),
+                               delta=args.delta, seed=seed)
+    common = {"warmup_steps": args.warmup_steps, "bypass": kind.endswith("-bypass"),
+              "warmup_batch_size": 4}
+    if kind.startswith("vib"):
+        learned = BottleneckSettings(kl_weight=strength, **common)
+    elif kind.startswith("dcor"):
+        learned = DistanceCorrelationSettings(weight=strength, **common)
+    else:
+        raise ValueError(f"unknown row {row!r}: none, noise:S, vib:KL, vib-bypass:KL, dcor:W, dcor-bypass:W")
+    return PrivacySettings(learned=learned, seed=seed)
+
+
+def _whole_logits(model):
+    @torch.no_grad()
+    def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = positions_from_mask(attention_mask, input_ids.shape[1], 0, input_ids.device)
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+
+    return logits
+
+
+def _worst(*checkpoints: dict[str, Any]) -> dict[str, Any]:
+    best = max(checkpoints, key=lambda c: (c["strongest"]["rouge_l"], c["strongest"]["token_accuracy"]))
+    return {**best["strongest"], "checkpoint": best["checkpoint"]}
+
+
+def run_cell(model, tokenizer, task: str, row: str, seed: int, shards, evaluation, public, harness,
+             rows, args) -> dict[str, Any]:
+    started = time.perf_counter()
+    privacy = row_privacy(row, harness.forward_median, harness.backward_median, seed, args)
+    pad = int(tokenizer.pad_token_id)
+    settings = FederationSettings(
+        clients=args.clients, rounds=args.rounds, local_steps=args.local_steps, batch_size=args.batch_size,
+        seed=seed, partition=PartitionSettings(head=args.head, tail=args.tail),
+        adapter=LoraSpec(r=8, alpha=16.0), optimizer=OptimizerSettings(lr=args.lr), privacy=privacy)
+    federation = InProcessFederation(model, shards, lambda batch: collate(batch, pad_token_id=pad), settings,
+                                     public_text=public if privacy.learned is not None else None)
+    warmup_seconds = time.perf_counter() - started
+    victim = federation.clients[0]
+    attacks = TrafficAttacks(harness, privacy, seed=10_000 + seed,
+                             planned_steps=args.rounds * args.local_steps)
+    trunk = federation.server.trunk
+    earliest = attacks.run(victim_traffic(victim.head, victim.defense, rows, args.average_times), trunk, rows)
+    train_started = time.perf_counter()
+    losses: list[float] = []
+    for _ in range(args.rounds):
+        losses += federation.train_round()
+    train_seconds = time.perf_counter() - train_started
+    metrics = evaluate_cloze(federation.logits, tokenizer, evaluation, batch_size=8,
+                             max_length=args.max_length)
+    final = attacks.run(victim_traffic(victim.head, victim.defense, rows, args.average_times), trunk, rows)
+    victim.zeroed_server()
+    zeroed = evaluate_cloze(victim.logits, tokenizer, evaluation, batch_size=8, max_length=args.max_length)
+    reports = federation.privacy_reports()
+    epsilons = [float(r["epsilon"]) for r in reports if r["epsilon"] != "inf"]
+    earliest["checkpoint"], final["checkpoint"] = "after warm-up", "after training"
+    return {"task": task, "row": row, "seed": seed, "privacy": privacy.model_dump(mode="json"),
+            "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "eval_loss": metrics["loss"],
+            "zeroed_accuracy": zeroed["accuracy"], "train_losses": losses,
+            "epsilon": max(epsilons) if epsilons and privacy.forward.protected else math.inf,
+            "strongest": _worst(earliest, final), "earliest": earliest, "final": final,
+            "warmup_seconds": warmup_seconds, "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - started}
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per task and row: accuracy mean and spread over seeds, worst attack over seeds."""
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in records):
+        for row in dict.fromkeys(r["row"] for r in records if r["task"] == task):
+            cell = [r for r in records if r["task"] == task and r["row"] == row]
+            acc = [r["accuracy"] for r in cell]
+            worst = max(cell, key=lambda r: r["strongest"]["rouge_l"])
+            lines.append({
+                "task": task, "row": row, "seeds": len(cell), "accuracy_mean": statistics.fmean(acc),
+                "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                "accuracy_min": min(acc), "accuracy_max": max(acc),
+                "zeroed_accuracy_mean": statistics.fmean(r["zeroed_accuracy"] for r in cell),
+                "strongest": worst["strongest"], "epsilon": max(r["epsilon"] for r in cell),
+                "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in cell),
+                "warmup_seconds_mean": statistics.fmean(r["warmup_seconds"] for r in cell)})
+    return lines
+
+
+def goal_check(lines: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per task, the rows meeting the goal: strongest ROUGE-L <= 0.2 and mean accuracy within 3 points
+    of the undefended row."""
+    met: dict[str, list[str]] = {}
+    for task in dict.fromkeys(line["task"] for line in lines):
+        base = next((line for line in lines if line["task"] == task and line["row"] == "none"), None)
+        met[task] = [] if base is None else [
+            line["row"] for line in lines if line["task"] == task and line["row"] != "none"
+            and line["strongest"]["rouge_l"] <= GOAL_ROUGE
+            and line["accuracy_mean"] >= base["accuracy_mean"] - GOAL_POINTS]
+    return met
+
+
+def markdown(lines: list[dict[str, Any]], zero_shot: dict[str, float]) -> str:
+    out = ["| task | defense | seeds | accuracy (mean ± sd) | server zeroed | strongest attack (ROUGE-L / "
+           "token acc, private positions) | epsilon | train s |", "|---|---|---:|---|---:|---|---:|---:|"]
+    for line in lines:
+        s = line["strongest"]
+        eps = "inf" if math.isinf(line["epsilon"]) else f"{line['epsilon']:.3g}"
+        out.append(f"| {line['task']} | {line['row']} | {line['seeds']} | {line['accuracy_mean']:.3f} ± "
+                   f"{line['accuracy_sd']:.3f} | {line['zeroed_accuracy_mean']:.3f} | {s['attack']} "
+                   f"{s['rouge_l']:.2f} / {s['token_accuracy']:.2f} ({s['checkpoint']}) | {eps} | "
+                   f"{line['train_seconds_mean']:.0f} |")
+    out.append("")
+    out.append("Zero-shot accuracy: " + ", ".join(f"{t} {a:.3f}" for t, a in zero_shot.items()))
+    return "\n".join(out) + "\n"
+
+
+def plot(lines: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(line["task"] for line in lines))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        rows = [line for line in lines if line["task"] == task]
+        base = next((line for line in rows if line["row"] == "none"), None)
+        if base is not None:
+            ax.axhspan(base["accuracy_mean"] - GOAL_POINTS, 1.0, xmin=0, xmax=GOAL_ROUGE / 1.05,
+                       color="tab:green", alpha=0.12, label="goal")
+        for line in rows:
+            x = line["strongest"]["rouge_l"]
+            ax.errorbar(x, line["accuracy_mean"], yerr=line["accuracy_sd"], fmt="o", capsize=3)
+            ax.annotate(line["row"], (x, line["accuracy_mean"]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+            ax.plot([x], [line["zeroed_accuracy_mean"]], "x", color="grey")
+        ax.set(xlim=(0, 1.05), ylim=(0, 1), xlabel="strongest attack ROUGE-L on private positions",
+               ylabel="accuracy (x: server output zeroed)", title=f"{task}: privacy frontier")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    args = _args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    output = args.output or Path("benchmarks/results") / f"privacy_frontier_{args.model}"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows_spec = args.rows.split(",")
+    for row in rows_spec:  # refuse a bad row before anything runs
+        row_privacy(row, 1.0, 1.0, 0, args)
+    result: dict[str, Any] = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "platform": {"python": platform.python_version(), "torch": torch.__version__,
+                     "machine": platform.machine(), "threads": torch.get_num_threads()},
+        "zero_shot": {}, "records": []}
+    attack_settings = AttackSettings(model=args.model, head=args.head, tail=args.tail,
+                                     public_tokens=args.public_tokens,
+                                     inverter={"steps": args.inverter_steps})
+    harness = AttackHarness(model, tokenizer, Partition(args.head, args.tail), attack_settings)
+    public = public_chunks(tokenizer, tokens=max(2048, args.warmup_steps * 4 * 64), length=64, skip_rows=512)
+    for task in args.tasks.split(","):
+        train = load_task(task, "train", limit=args.train_examples)
+        evaluation = load_task(task, "val", limit=args.eval_examples)
+        encoded = [encode_example(tokenizer, e, args.max_length) for e in train]
+        rows = victim_rows(tokenizer, task, "val", args.victims, args.max_length)
+        zero = evaluate_cloze(_whole_logits(model), tokenizer, evaluation, batch_size=8,
+                              max_length=args.max_length)
+        result["zero_shot"][task] = zero["accuracy"]
+        log.info("%s: zero-shot accuracy %.3f on %d rows", task, zero["accuracy"], len(evaluation))
+        for row in rows_spec:
+            for seed in seeds:
+                shards = iid_shards(encoded, args.clients, seed)
+                record = run_cell(model, tokenizer, task, row, seed, shards, evaluation, public, harness,
+                                  rows, args)
+                record["eval_examples"] = len(evaluation)
+                result["records"].append(record)
+                s = record["strongest"]
+                log.info("%s %s seed %d: acc %.3f (zeroed %.3f), strongest %s R-L %.3f (%s), %.0fs", task,
+                         row, seed, record["accuracy"], record["zeroed_accuracy"], s["attack"],
+                         s["rouge_l"], s["checkpoint"], record["seconds"])
+                lines = summarise(result["records"])
+                result.update(summary=lines, goal_met=goal_check(lines),
+                              seconds=time.perf_counter() - started)
+                output.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+                output.with_suffix(".md").write_text(markdown(lines, result["zero_shot"]))
+                plot(lines, output.with_suffix(".png"))
+    print(markdown(result["summary"], result["zero_shot"]))
+    print("goal met by:", result["goal_met"])
+    print(f"saved {output}.json/.md/.png in {result['seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

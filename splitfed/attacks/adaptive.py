@@ -1,0 +1,147 @@
+"""Attacks that know the defense: adaptive, known-plaintext, averaging, and on generation traffic.
+
+The attacker is the server. It has the public weights, public text, the defense's algorithm and
+settings (never the victim's trained weights, seeds or noise), and what the victim sent. Every
+attack predicts a token per received vector; scores count the victim's private positions only.
+
+* ``adaptive``: run the same defense code with the attacker's own seed (its own warm-up on public
+  text through the public model), then train an inverter on that simulated traffic.
+* ``known-plaintext``: fine-tune the adaptive inverter on the victim's own traffic at the template's
+  positions (the server knows the prompt template, so it knows those tokens), then invert the rest.
+* ``averaging``: a row sent in K epochs arrives K times with fresh randomness; average the K
+  transmissions, and invert with an inverter trained on K-averaged simulated traffic.
+* ``generation``: the adaptive inverter on what inference sends for the prompts (``splitfed
+  generate``), which may differ from training traffic (e.g. a bottleneck's mean instead of a sample).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from splitfed.attacks.inverter import Inverter, train_inverter
+from splitfed.attacks.metrics import score
+from splitfed.models import SplitModel
+from splitfed.privacy import PrivacySettings, SplitDefense, warm_up
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[torch.Tensor], torch.Tensor]
+
+
+def simulated_defense(privacy: PrivacySettings, public: SplitModel, public_ids: torch.Tensor,
+                      public_mask: torch.Tensor, hidden_size: int, seed: int,
+                      planned_steps: int | None = None) -> SplitDefense:
+    """The victim's defense as the attacker rebuilds it: the same settings (``planned_steps`` as the
+    victim's, where sigma is calibrated from a target epsilon), the attacker's seed, warmed up (for a
+    learned defense) on public text through the public model."""
+    defense = SplitDefense(privacy.model_copy(update={"seed": seed}), planned_steps=planned_steps,
+                           hidden_size=hidden_size)
+    if defense.cut is not None:
+        warm_up(defense.cut, public.head, public.trunk, public.tail, public_ids, public_mask, seed=seed)
+        defense.cut.eval()
+    return defense
+
+
+@torch.no_grad()
+def training_send(defense: SplitDefense, hidden: torch.Tensor) -> torch.Tensor:
+    """What a client with ``defense`` sends in training for head outputs ``hidden`` (any shape ending
+    in the hidden size): a fresh sample of the learned cut, then clipping and noise."""
+    sent = hidden
+    if defense.cut is not None:
+        sent, _ = defense.cut.send(hidden, None, training=True, with_loss=False)
+        sent = sent.detach()
+    return defense.protect("forward", sent)
+
+
+def averaged(send: Send, times: int) -> Send:
+    """``send`` applied ``times`` times with fresh randomness, averaged."""
+    if times < 1:
+        raise ValueError(f"times must be >= 1, got {times}")
+    return lambda x: torch.stack([send(x) for _ in range(times)]).mean(0)
+
+
+def fine_tune(inverter: Inverter, features: torch.Tensor, targets: torch.Tensor, steps: int, lr: float,
+              batch_size: int = 128, seed: int = 0) -> Inverter:
+    """Fine-tune ``inverter`` (in place) on labelled vectors with a full-vocabulary softmax."""
+    if features.shape[0] == 0:
+        return inverter
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW([p for p in inverter.parameters() if p.requires_grad], lr=lr)
+    inverter.train()
+    for _ in range(steps):
+        index = torch.randint(features.shape[0], (min(batch_size, features.shape[0]),), generator=generator)
+        loss = nn.functional.cross_entropy(inverter(features[index]), targets[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return inverter
+
+
+class AdaptiveAttacker:
+    """Inverters trained on the attacker's simulation of a known defense, and the attacks using them.
+
+    ``public_hidden``/``public_ids``/``public_mask``: the public head's outputs on public text and
+    their tokens; ``embeddings``: the public token embedding matrix."""
+
+    def __init__(self, defense: SplitDefense, public_hidden: torch.Tensor, public_ids: torch.Tensor,
+                 public_mask: torch.Tensor, embeddings: torch.Tensor, inverter_steps: int = 200,
+                 batch_size: int = 256, lr: float = 2e-3, hidden: int = 1024, negatives: int = 4096,
+                 seed: int = 0) -> None:
+        keep = public_mask.bool()
+        self.defense = defense
+        self.features, self.targets = public_hidden[keep], public_ids[keep]
+        self.embeddings = embeddings
+        self.spec = dict(steps=inverter_steps, batch_size=batch_size, lr=lr, hidden=hidden,
+                         negatives=negatives, seed=seed)
+        self._inverters: dict[int, Inverter] = {}
+
+    def inverter(self, times: int = 1) -> Inverter:
+        """The inverter of (``times``-averaged) simulated traffic."""
+        if times not in self._inverters:
+            send = averaged(lambda x: training_send(self.defense, x), times)
+            log.info("training the adaptive inverter (traffic averaged over %d)", times)
+            self._inverters[times] = train_inverter(self.features, self.targets, self.embeddings,
+                                                    lambda x, _generator: send(x), **self.spec)
+        return self._inverters[times]
+
+    def known_plaintext(self, sent: torch.Tensor, ids: torch.Tensor, known: torch.Tensor,
+                        steps: int = 150, lr: float = 5e-4) -> Inverter:
+        """A copy of the adaptive inverter fine-tuned on the victim's vectors at ``known`` positions."""
+        copy = Inverter(self.features.shape[-1], self.embeddings, self.spec["hidden"])
+        copy.load_state_dict(self.inverter().state_dict())
+        keep = known.bool()
+        return fine_tune(copy, sent[keep].float(), ids[keep], steps, lr, seed=self.spec["seed"])
+
+
+def evaluate_traffic(attacker: AdaptiveAttacker, rows: dict[str, torch.Tensor],
+                     training_sends: list[torch.Tensor], inference_sent: torch.Tensor | None,
+                     tokenizer: Any) -> dict[str, dict[str, Any]]:
+    """Every adaptive attack on one victim's traffic for ``rows``, scored on private positions.
+
+    ``training_sends``: what the victim sent for the rows in training, one tensor per transmission
+    (K >= 1; the first is used by the single-transmission attacks); ``inference_sent``: what its
+    inference sends for the same rows (None: not attacked)."""
+    ids, private = rows["input_ids"], rows["private"]
+    known = rows["attention_mask"] * (1 - private)
+    first = training_sends[0]
+    results: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, predicted: torch.Tensor, keep: torch.Tensor) -> None:
+        results[name] = score(predicted, ids, keep, tokenizer).as_dict()
+        log.info("%s: private token accuracy %.3f, ROUGE-L %.3f", name, results[name]["token_accuracy"],
+                 results[name]["rouge_l"])
+
+    record("adaptive", attacker.inverter().predict(first), private)
+    record("known-plaintext", attacker.known_plaintext(first, ids, known).predict(first), private)
+    if len(training_sends) > 1:
+        mean = torch.stack(training_sends).mean(0)
+        results_name = f"averaging-{len(training_sends)}"
+        record(results_name, attacker.inverter(len(training_sends)).predict(mean), private)
+    if inference_sent is not None:
+        record("generation", attacker.inverter().predict(inference_sent), private * rows["prompt"])
+    return results
