@@ -46,8 +46,8 @@ from splitfed.privacy import (
     DistanceCorrelationSettings,
     PrivacySettings,
 )
+from splitfed.privacy.public import warm_up_text
 from splitfed.tasks import collate, encode_example, evaluate_cloze, load_task
-from splitfed.tasks.public_text import public_chunks
 from splitfed.training.data import iid_shards
 from splitfed.training.optim import OptimizerSettings
 
@@ -117,8 +117,8 @@ def _worst(*checkpoints: dict[str, Any]) -> dict[str, Any]:
     return {**best["strongest"], "checkpoint": best["checkpoint"]}
 
 
-def run_cell(model, tokenizer, task: str, row: str, seed: int, shards, evaluation, public, harness,
-             rows, args) -> dict[str, Any]:
+def run_cell(model, tokenizer, task: str, row: str, seed: int, shards, evaluation, harness, rows,
+             args) -> dict[str, Any]:
     started = time.perf_counter()
     privacy = row_privacy(row, harness.forward_median, harness.backward_median, seed, args)
     pad = int(tokenizer.pad_token_id)
@@ -126,8 +126,9 @@ def run_cell(model, tokenizer, task: str, row: str, seed: int, shards, evaluatio
         clients=args.clients, rounds=args.rounds, local_steps=args.local_steps, batch_size=args.batch_size,
         seed=seed, partition=PartitionSettings(head=args.head, tail=args.tail),
         adapter=LoraSpec(r=8, alpha=16.0), optimizer=OptimizerSettings(lr=args.lr), privacy=privacy)
+    public = None if privacy.learned is None else warm_up_text(privacy.learned, tokenizer)
     federation = InProcessFederation(model, shards, lambda batch: collate(batch, pad_token_id=pad), settings,
-                                     public_text=public if privacy.learned is not None else None)
+                                     public_text=public)
     warmup_seconds = time.perf_counter() - started
     victim = federation.clients[0]
     attacks = TrafficAttacks(harness, privacy, seed=10_000 + seed,
@@ -254,7 +255,6 @@ def main() -> None:
                                      public_tokens=args.public_tokens,
                                      inverter={"steps": args.inverter_steps})
     harness = AttackHarness(model, tokenizer, Partition(args.head, args.tail), attack_settings)
-    public = public_chunks(tokenizer, tokens=max(2048, args.warmup_steps * 4 * 64), length=64, skip_rows=512)
     for task in args.tasks.split(","):
         train = load_task(task, "train", limit=args.train_examples)
         evaluation = load_task(task, "val", limit=args.eval_examples)
@@ -267,8 +267,7 @@ def main() -> None:
         for row in rows_spec:
             for seed in seeds:
                 shards = iid_shards(encoded, args.clients, seed)
-                record = run_cell(model, tokenizer, task, row, seed, shards, evaluation, public, harness,
-                                  rows, args)
+                record = run_cell(model, tokenizer, task, row, seed, shards, evaluation, harness, rows, args)
                 record["eval_examples"] = len(evaluation)
                 result["records"].append(record)
                 s = record["strongest"]

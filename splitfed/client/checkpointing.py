@@ -17,7 +17,7 @@ from splitfed.client.settings import ClientSettings
 from splitfed.client.split_client import SplitClient
 
 FINGERPRINT_FIELDS = ("model", "seed", "partition", "adapter", "optimizer", "data", "batch_size", "steps",
-                      "rounds", "fedavg")
+                      "rounds", "fedavg", "privacy")
 
 
 @dataclass
@@ -40,8 +40,14 @@ def client_checkpoint(client: SplitClient, state: RunState, settings: ClientSett
     optimizer_tensors, optimizer_meta = optimizer_state(client.optimizer, "optimizer")
     tensors.update(optimizer_tensors)
     tensors.update(rng_state())
+    cut_meta = None
+    if client.cut is not None:  # the learned defense: weights, optimizer and sampling state
+        tensors.update({f"cut/{key}": value.detach() for key, value in client.cut.state_dict().items()})
+        cut_tensors, cut_meta = optimizer_state(client.cut_optimizer, "cut_optimizer")
+        tensors.update(cut_tensors)
+        tensors["cut_generator"] = client.cut.generator.get_state()
     meta = {"name": settings.name, "losses": state.losses, "tokens": state.tokens,
-            "samples_seen": client.samples_seen, "optimizer": optimizer_meta,
+            "samples_seen": client.samples_seen, "optimizer": optimizer_meta, "cut_optimizer": cut_meta,
             "settings": fingerprint(settings),
             "privacy": None if client.defense is None else client.defense.state_dict()}
     return Checkpoint(state.steps_done, tensors, meta)
@@ -60,6 +66,15 @@ def restore_client(client: SplitClient, checkpoint: Checkpoint, settings: Client
                      if key.startswith(f"{part}/")} for part in ("head", "tail")}
     client.load_adapter_states(states)
     load_optimizer_state(client.optimizer, checkpoint.tensors, checkpoint.meta["optimizer"], "optimizer")
+    if client.cut is not None:
+        if "cut_generator" not in checkpoint.tensors:
+            raise ValueError(f"checkpoint {checkpoint.path} has no learned defense: resume with the same "
+                             "privacy settings, or start afresh")
+        client.cut.load_state_dict({key[4:]: value for key, value in checkpoint.tensors.items()
+                                    if key.startswith("cut/")})
+        load_optimizer_state(client.cut_optimizer, checkpoint.tensors, checkpoint.meta["cut_optimizer"],
+                             "cut_optimizer")
+        client.cut.generator.set_state(checkpoint.tensors["cut_generator"])
     load_rng_state(checkpoint.tensors)
     client.samples_seen = int(checkpoint.meta.get("samples_seen", 0))
     if client.defense is not None and checkpoint.meta.get("privacy") is not None:

@@ -12,7 +12,7 @@ from splitfed.inference import SplitGenerator
 from splitfed.inference.server_logits import ServerLogits
 from splitfed.models import init_adapter, load_adapter_state, load_model, num_layers, split_model
 from splitfed.models.adapters import WEIGHTS_FILE, read_adapter
-from splitfed.privacy import SplitDefense
+from splitfed.privacy import SplitDefense, load_cut
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,11 @@ def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int
     remote = connect(settings, expected, hidden_size)
     defense = None
     if settings.privacy.enabled:
-        defense = SplitDefense(settings.privacy, settings.steps, batch_size=settings.batch_size)
+        defense = SplitDefense(settings.privacy, settings.steps, batch_size=settings.batch_size,
+                               hidden_size=hidden_size)
+        if defense.cut is not None and not load_cut(defense.cut, settings.output / "cut"):
+            log.warning("no trained learned defense in %s: generating through an untrained one",
+                        settings.output / "cut")
     tail = ServerLogits() if settings.partition.layout == "two-part" else split.tail
     generator = SplitGenerator(split.head, tail, remote, stream, use_cache, defense)  # type: ignore[arg-type]
     return RemoteGenerator(generator, tokenizer, remote)

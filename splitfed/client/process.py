@@ -21,9 +21,17 @@ from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.secure_aggregation import secure_average
 from splitfed.client.settings import ClientSettings
 from splitfed.client.split_client import SplitClient
-from splitfed.models import init_adapter, load_model, num_layers, save_adapter, split_model
+from splitfed.models import (
+    init_adapter,
+    load_model,
+    num_layers,
+    save_adapter,
+    split_model,
+    token_embedding_matrix,
+)
 from splitfed.observability import MetricsWriter, plot_metrics
-from splitfed.privacy import PrivacyBudgetExhausted, SplitDefense, format_epsilon
+from splitfed.privacy import PrivacyBudgetExhausted, SplitDefense, format_epsilon, save_cut
+from splitfed.privacy.public import warm_up_on_public_text
 from splitfed.security import Identity, PublicIdentity
 from splitfed.tasks import collate
 from splitfed.training.data import shuffled_batches
@@ -119,11 +127,12 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     init_adapter(split.head, settings.adapter, settings.seed)
     init_adapter(split.tail, settings.adapter, settings.seed)
     examples = load_client_examples(settings.data, tokenizer)
+    hidden_size = int(token_embedding_matrix(model).shape[1])
     defense = None
     if settings.privacy.enabled:
         size = min(settings.batch_size, len(examples))
         defense = SplitDefense(settings.privacy, settings.steps, steps_per_epoch=len(examples) // size,
-                               batch_size=size)
+                               batch_size=size, hidden_size=hidden_size)
     if settings.steps % settings.rounds:
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
     per_round = settings.steps // settings.rounds
@@ -138,12 +147,13 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
             log.info("resuming from %s at step %d", checkpoint.path, state.steps_done)
         else:
             log.info("no checkpoint in %s: starting from the beginning", store.directory)
+    if defense is not None and defense.cut is not None and state.steps_done == 0:
+        warm_up_on_public_text(defense.cut, split, tokenizer, settings.seed)
     pad = int(tokenizer.pad_token_id)
     batches = shuffled_batches(examples, settings.batch_size, settings.seed + settings.data.shard,
                                lambda rows: collate(rows, pad_token_id=pad), skip=state.steps_done)
     blocks = num_layers(model)
     expected = (settings.partition.head, blocks - settings.partition.tail)
-    hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
 
     def open_session() -> RemoteTrunk:
         remote = connect(settings, expected, hidden_size)
@@ -229,6 +239,8 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     if not interrupted:
         for part in (split.head, split.tail):
             save_adapter(part, settings.output / part.role, base_model=settings.model)
+        if defense is not None and defense.cut is not None:
+            save_cut(defense.cut, settings.output / "cut")
     if metrics.csv_path.is_file():
         plot_metrics(metrics.csv_path, settings.output / "curves.png", title=f"client {settings.name}")
     summary = {

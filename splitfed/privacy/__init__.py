@@ -3,7 +3,7 @@
 from splitfed.privacy.accountant import PrivacyAccountant, epsilon_of, noise_multiplier_for
 from splitfed.privacy.cut import distance_correlation
 from splitfed.privacy.defense import PrivacyBudgetExhausted, SplitDefense, format_epsilon, inference_send
-from splitfed.privacy.learned import LearnedCut, warm_up
+from splitfed.privacy.learned import LearnedCut, load_cut, save_cut, warm_up
 from splitfed.privacy.mechanism import ClippedGaussian, clip_per_token
 from splitfed.privacy.settings import (
     LEARNED_DEFENSES,
@@ -29,6 +29,8 @@ __all__ = [
     "distance_correlation",
     "format_epsilon",
     "inference_send",
+    "load_cut",
     "noise_multiplier_for",
+    "save_cut",
     "warm_up",
 ]

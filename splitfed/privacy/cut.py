@@ -77,10 +77,12 @@ class Bypass(nn.Module):
     """A local low-rank path from the clean (standardised) head output to the tail's input; zero at
     initialisation, so the model starts as without it."""
 
-    def __init__(self, hidden: int, rank: int) -> None:
+    def __init__(self, hidden: int, rank: int, seed: int = 0) -> None:
         super().__init__()
         self.down = nn.Linear(hidden, rank, bias=False)
         self.up = nn.Linear(rank, hidden, bias=False)
+        generator = torch.Generator().manual_seed(seed)  # not the global RNG: every process inits alike
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, standardised: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,13 @@ local bypass from the clean head output to the tail. None of it leaves the clien
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from splitfed.models import HeadPart, TailPart, TrunkPart, head_token_embeddings, set_training
@@ -42,7 +45,7 @@ class LearnedCut(nn.Module):
         stochastic = isinstance(settings, BottleneckSettings)
         scale = settings.initial_scale if isinstance(settings, BottleneckSettings) else 1.0
         self.transform = CutTransform(hidden, width, stochastic, scale, seed)
-        self.bypass = Bypass(hidden, settings.bypass_rank) if settings.bypass else None
+        self.bypass = Bypass(hidden, settings.bypass_rank, seed + 2) if settings.bypass else None
         self.generator = torch.Generator().manual_seed(seed + 1)
 
     @property
@@ -129,3 +132,30 @@ def warm_up(cut: LearnedCut, head: HeadPart, trunk: TrunkPart, tail: TailPart,
     log.info("learned defense (%s): warm-up of %d steps on public text, LM loss %.3f -> %.3f", cut.kind,
              settings.warmup_steps, losses[0], losses[-1])
     return losses
+
+
+CUT_FILE = "cut.safetensors"
+
+
+def save_cut(cut: LearnedCut, directory: Path) -> Path:
+    """Write the cut's weights (safetensors) and its settings (JSON) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().contiguous() for name, tensor in cut.state_dict().items()}
+    save_file(state, directory / CUT_FILE)
+    (directory / "settings.json").write_text(json.dumps(cut.settings.model_dump(mode="json"), indent=2))
+    return directory / CUT_FILE
+
+
+def load_cut(cut: LearnedCut, directory: Path) -> bool:
+    """Load weights written by :func:`save_cut`; False when ``directory`` has none. Refuses weights of
+    another kind or shape with a message naming the file."""
+    path = directory / CUT_FILE
+    if not path.is_file():
+        return False
+    state = load_file(path)
+    expected = cut.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+        raise ValueError(f"{path} holds another learned defense than privacy.learned configures "
+                         f"({cut.kind}, width {cut.transform.encode.out_features})")
+    cut.load_state_dict(state)
+    return True

@@ -52,3 +52,34 @@ def test_a_defended_client_process_trains_like_one_process_and_reports_epsilon(d
     assert f"privacy spent eps={epsilons[-1]:.3g} (delta=1e-05)" in (root / "alice.log").read_text()
     # the same seeded noise in one process gives the same adapters: the defense ran where it should
     _assert_matches_reference(deployment, config)
+
+
+LEARNED = """privacy:
+  learned: {kind: bottleneck, kl_weight: 0.1, bypass: true, warmup_steps: 3, warmup_batch_size: 2}
+  seed: 5
+"""
+
+
+def test_a_client_process_with_a_learned_defense_trains_like_one_process_and_keeps_the_cut(deployment,
+                                                                                         monkeypatch):
+    monkeypatch.setattr("tests.network.test_processes.STEPS", STEPS)
+    monkeypatch.setattr("tests.network.test_processes.ROUNDS", ROUNDS)
+    root = deployment.root
+    server = splitfed("serve", "--config", str(deployment.server_config()), "--roster", "alice",
+                      "--exit-when-done", log=root / "server.log")
+    client = None
+    try:
+        port = wait_for_port(root / "port", server)
+        config = deployment.client_config("alice", 0, STEPS, f"rounds: {ROUNDS}\n" + LEARNED)
+        client = splitfed("train", "--config", str(config), "--server", f"127.0.0.1:{port}",
+                          log=root / "alice.log")
+        assert client.wait(timeout=300) == 0, (root / "alice.log").read_text()[-3000:]
+        assert server.wait(timeout=60) == 0, (root / "server.log").read_text()[-3000:]
+    finally:
+        for process in (server, client):
+            if process is not None and process.poll() is None:
+                process.kill()
+    log = (root / "alice.log").read_text()
+    assert "learned defense (bottleneck): warm-up of 3 steps" in log
+    assert (root / "out" / "alice" / "cut" / "cut.safetensors").is_file()  # what `generate` loads
+    _assert_matches_reference(deployment, config)

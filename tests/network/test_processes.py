@@ -10,6 +10,7 @@ from splitfed.config import build_settings
 from splitfed.federation import FederationSettings, InProcessFederation
 from splitfed.models import adapter_state, init_adapter, load_adapter_state, load_model, split_model
 from splitfed.models.adapters import read_adapter
+from splitfed.privacy.public import warm_up_text
 from splitfed.tasks import collate
 from splitfed.training.task_data import load_client_examples
 from tests.network.conftest import CLIENTS, splitfed, wait_for_port
@@ -23,11 +24,13 @@ def _reference(configs) -> dict[str, dict]:
     first = settings[0]
     model, tokenizer = load_model(first.model)
     shards = [load_client_examples(s.data, tokenizer) for s in settings]
+    learned = first.privacy.learned
     federation = InProcessFederation(
         model, shards, lambda rows: collate(rows, pad_token_id=int(tokenizer.pad_token_id)),
         FederationSettings(clients=len(settings), rounds=ROUNDS, local_steps=STEPS // ROUNDS,
                            batch_size=first.batch_size, seed=first.seed, partition=first.partition,
-                           adapter=first.adapter, optimizer=first.optimizer, privacy=first.privacy))
+                           adapter=first.adapter, optimizer=first.optimizer, privacy=first.privacy),
+        public_text=None if learned is None else warm_up_text(learned, tokenizer))
     initial = adapter_state(federation.server.trunk)
     for _ in range(ROUNDS):
         federation.train_round()
