@@ -29,7 +29,9 @@ def attack(
     backward_sigma: Annotated[float | None, typer.Option(min=0.0, help="Noise multiplier on the "
                                                                        "upstream gradient.")] = None,
     attacks: Annotated[str | None, typer.Option(help="Comma-separated: nn-cosine, nn-l2, learned, "
-                                                     "learned-mixed, direct, gradient (all).")] = None,
+                                                     "learned-mixed, direct, gradient (default: these), "
+                                                     "labels, and the defense-aware adaptive, "
+                                                     "known-plaintext, averaging, generation.")] = None,
     victim_adapters: Annotated[Path | None, typer.Option(help="The victim's adapters: a directory with "
                                                               "head/, trunk/, tail/.")] = None,
     inverter_steps: Annotated[int | None, typer.Option(min=1, help="Training steps of each learned "
@@ -45,6 +47,12 @@ def attack(
     at mixed levels; direct forward (the public tail run on the trunk output, scored against the next
     private token); a learned inverter of the upstream gradient. Metrics: token accuracy (padding
     excluded), ROUGE-L F1 and the rate of rows recovered exactly.
+
+    The defense-aware attacks know the victim's `privacy:` block (give it with --config or
+    --set privacy.learned.kind=bottleneck ...): adaptive (the attacker runs the same defense with its
+    own seed on public text and trains on that), known-plaintext (then fine-tunes on the template's
+    tokens in the victim's own traffic), averaging (K transmissions of a row averaged) and generation
+    (what inference sends). They are scored on the rows' private positions only.
     """
     from splitfed.attacks.harness import AttackSettings
     from splitfed.attacks.run import attack_table, run_attack, save_attack

@@ -25,12 +25,15 @@ from splitfed.attacks.observe import (
     upstream_gradients,
 )
 from splitfed.models import Partition, SplitModel, split_model, token_embedding_matrix
+from splitfed.privacy import PrivacySettings
 from splitfed.training.replicate import replicate
 
 log = logging.getLogger(__name__)
 
 ATTACKS = ("nn-cosine", "nn-l2", "learned", "learned-mixed", "direct", "gradient", "labels")
-Attack = Literal["nn-cosine", "nn-l2", "learned", "learned-mixed", "direct", "gradient", "labels"]
+DEFENSE_AWARE = ("adaptive", "known-plaintext", "averaging", "generation")
+Attack = Literal["nn-cosine", "nn-l2", "learned", "learned-mixed", "direct", "gradient", "labels", "adaptive",
+                 "known-plaintext", "averaging", "generation"]
 Progress = Callable[[str], None]
 
 
@@ -92,7 +95,12 @@ class AttackSettings(BaseModel):
     attacks: list[Attack] = Field(list(ATTACKS), min_length=1)
     inverter: InverterSettings = InverterSettings()
     victim_adapters: Path | None = Field(None, description="directory with the victim's head/, trunk/, "
-                                                           "tail/ adapters (e.g. runs/demo/adapters)")
+                                                           "tail/ adapters (e.g. runs/demo/adapters) and, "
+                                                           "with a learned defense, its cut/")
+    privacy: PrivacySettings = Field(PrivacySettings(), description="the victim's `privacy:` block, which "
+                                     "the defense-aware attacks (adaptive, known-plaintext, averaging, "
+                                     "generation) know and simulate; scored on private positions only")
+    average_times: int = Field(4, ge=2, description="transmissions of a row the averaging attack averages")
     seed: int = 0
     output: Path = Path("runs/attack")
 

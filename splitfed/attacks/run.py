@@ -12,8 +12,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from splitfed.attacks.harness import AttackHarness, AttackSettings, load_victim_rows
-from splitfed.models import Partition, load_adapter, load_model, split_model
+from splitfed.attacks.harness import DEFENSE_AWARE, AttackHarness, AttackSettings, load_victim_rows
+from splitfed.attacks.suite import TrafficAttacks, victim_traffic
+from splitfed.models import Partition, SplitModel, load_adapter, load_model, split_model
+from splitfed.privacy import SplitDefense, load_cut, warm_up
 from splitfed.training.replicate import replicate
 
 
@@ -36,6 +38,9 @@ def run_attack(settings: AttackSettings, console: Console | None = None) -> dict
         harness = AttackHarness(model, tokenizer, partition, settings,
                                 progress=lambda message: (status.update(message), console.log(message)))
         evaluation = harness.evaluate(victim, rows)
+        if set(DEFENSE_AWARE) & set(settings.attacks):
+            status.update("defense-aware attacks (private positions) ...")
+            evaluation["private_positions"] = defense_aware(harness, victim, rows, settings)
     result = {
         "settings": json.loads(settings.model_dump_json()),
         **evaluation,
@@ -48,6 +53,26 @@ def run_attack(settings: AttackSettings, console: Console | None = None) -> dict
     return result
 
 
+def defense_aware(harness: AttackHarness, victim: SplitModel, rows: dict[str, torch.Tensor],
+                  settings: AttackSettings) -> dict[str, Any]:
+    """The victim's own traffic under its ``privacy`` block (its trained cut from
+    ``victim_adapters/cut`` when there is one, else warmed up with a seed the attacker does not use),
+    and every attack on it, scored on the rows' private positions."""
+    hidden_size = int(harness.embeddings.shape[1])
+    defense = None
+    if settings.privacy.enabled:
+        defense = SplitDefense(settings.privacy.model_copy(update={"seed": settings.privacy.seed or 1}),
+                               planned_steps=1, hidden_size=hidden_size)
+        if defense.cut is not None:
+            trained = settings.victim_adapters is not None and load_cut(defense.cut,
+                                                                        settings.victim_adapters / "cut")
+            if not trained:
+                warm_up(defense.cut, victim.head, victim.trunk, victim.tail, harness.public_ids,
+                        harness.public_mask, seed=1)
+    attacks = TrafficAttacks(harness, settings.privacy, seed=10_000 + settings.seed, planned_steps=1)
+    return attacks.run(victim_traffic(victim.head, defense, rows, settings.average_times), victim.trunk, rows)
+
+
 def attack_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"attacks on head={result['settings']['head']} "
                         f"(forward sigma {result['forward']['sigma']:g}, clip {result['forward']['clip']})")
@@ -56,6 +81,9 @@ def attack_table(result: dict[str, Any]) -> Table:
     for name, metrics in result["attacks"].items():
         table.add_row(name, f"{metrics['token_accuracy']:.3f}", f"{metrics['rouge_l']:.3f}",
                       f"{metrics['exact_sequence']:.3f}", str(metrics["tokens"]))
+    for name, metrics in result.get("private_positions", {}).get("attacks", {}).items():
+        table.add_row(f"{name} (private positions)", f"{metrics['token_accuracy']:.3f}",
+                      f"{metrics['rouge_l']:.3f}", f"{metrics['exact_sequence']:.3f}", str(metrics["tokens"]))
     return table
 
 
@@ -66,5 +94,8 @@ def save_attack(result: dict[str, Any], output: Path) -> Path:
     lines = ["| attack | token accuracy | ROUGE-L F1 | exact rows |", "|---|---|---|---|"]
     lines += [f"| {name} | {m['token_accuracy']:.3f} | {m['rouge_l']:.3f} | {m['exact_sequence']:.3f} |"
               for name, m in result["attacks"].items()]
+    lines += [f"| {name} (private positions) | {m['token_accuracy']:.3f} | {m['rouge_l']:.3f} | "
+              f"{m['exact_sequence']:.3f} |"
+              for name, m in result.get("private_positions", {}).get("attacks", {}).items()]
     (output / "attack.md").write_text("\n".join(lines) + "\n")
     return path
