@@ -66,8 +66,12 @@ def averaged(send: Send, times: int) -> Send:
 
 
 def fine_tune(inverter: Inverter, features: torch.Tensor, targets: torch.Tensor, steps: int, lr: float,
-              batch_size: int = 128, seed: int = 0) -> Inverter:
-    """Fine-tune ``inverter`` (in place) on labelled vectors with a full-vocabulary softmax."""
+              batch_size: int = 128, seed: int = 0,
+              replay: tuple[torch.Tensor, torch.Tensor, Send] | None = None) -> Inverter:
+    """Fine-tune ``inverter`` (in place) on labelled vectors with a full-vocabulary softmax.
+
+    ``replay`` (features, targets, send): every batch also holds as many of these, passed through
+    ``send``, so that a few known pairs of a handful of tokens do not make it forget the rest."""
     if features.shape[0] == 0:
         return inverter
     generator = torch.Generator().manual_seed(seed)
@@ -75,7 +79,12 @@ def fine_tune(inverter: Inverter, features: torch.Tensor, targets: torch.Tensor,
     inverter.train()
     for _ in range(steps):
         index = torch.randint(features.shape[0], (min(batch_size, features.shape[0]),), generator=generator)
-        loss = nn.functional.cross_entropy(inverter(features[index]), targets[index])
+        x, y = features[index], targets[index]
+        if replay is not None:
+            old_x, old_y, send = replay
+            pick = torch.randint(old_x.shape[0], (batch_size,), generator=generator)
+            x, y = torch.cat([x, send(old_x[pick])]), torch.cat([y, old_y[pick]])
+        loss = nn.functional.cross_entropy(inverter(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -110,12 +119,15 @@ class AdaptiveAttacker:
         return self._inverters[times]
 
     def known_plaintext(self, sent: torch.Tensor, ids: torch.Tensor, known: torch.Tensor,
-                        steps: int = 150, lr: float = 5e-4) -> Inverter:
-        """A copy of the adaptive inverter fine-tuned on the victim's vectors at ``known`` positions."""
+                        steps: int = 150, lr: float = 3e-4) -> Inverter:
+        """A copy of the adaptive inverter fine-tuned on the victim's vectors at ``known`` positions,
+        with simulated public traffic replayed beside them."""
         copy = Inverter(self.features.shape[-1], self.embeddings, self.spec["hidden"])
         copy.load_state_dict(self.inverter().state_dict())
         keep = known.bool()
-        return fine_tune(copy, sent[keep].float(), ids[keep], steps, lr, seed=self.spec["seed"])
+        replay = (self.features, self.targets, lambda x: training_send(self.defense, x))
+        return fine_tune(copy, sent[keep].float(), ids[keep], steps, lr, seed=self.spec["seed"],
+                         replay=replay)
 
 
 def evaluate_traffic(attacker: AdaptiveAttacker, rows: dict[str, torch.Tensor],
