@@ -14,7 +14,8 @@ For every task, defense row and seed, in one run:
 * epsilon at delta=1e-5 where noise is used.
 
 Rows: ``none``, ``noise:SIGMA`` (per-token clip at the public median norm on both channels),
-``vib:KL`` and ``vib-bypass:KL`` (information bottleneck, KL weight; with the local bypass),
+``vib:KL[:SCALE]`` and ``vib-bypass:KL[:SCALE]`` (information bottleneck, KL weight and the code's
+initial noise scale, default 0.1; with the local bypass),
 ``dcor:W`` and ``dcor-bypass:W`` (distance correlation weight). Saves JSON after every cell, a
 Markdown table and a PNG (x: strongest attack ROUGE-L, y: accuracy).
 
@@ -75,6 +76,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--victims", type=int, default=32)
     parser.add_argument("--average-times", type=int, default=4, help="K of the averaging attack")
     parser.add_argument("--warmup-steps", type=int, default=30)
+    parser.add_argument("--cut-lr", type=float, default=1e-2, help="lr of a learned defense and its warm-up")
     parser.add_argument("--inverter-steps", type=int, default=200)
     parser.add_argument("--public-tokens", type=int, default=8192)
     parser.add_argument("--delta", type=float, default=1e-5)
@@ -87,19 +89,21 @@ def row_privacy(row: str, forward_clip: float, backward_clip: float, seed: int, 
     kind, _, value = row.partition(":")
     if kind == "none":
         return PrivacySettings()
-    strength = float(value)
+    strength = float(value.partition(":")[0])
     if kind == "noise":
         return PrivacySettings(forward=ChannelSettings(clip=forward_clip, sigma=strength),
                                backward=ChannelSettings(clip=backward_clip, sigma=strength),
                                delta=args.delta, seed=seed)
-    common = {"warmup_steps": args.warmup_steps, "bypass": kind.endswith("-bypass"),
-              "warmup_batch_size": 4}
+    common = {"warmup_steps": args.warmup_steps, "bypass": kind.endswith("-bypass"), "warmup_batch_size": 4,
+              "warmup_lr": args.cut_lr, "lr": args.cut_lr}
     if kind.startswith("vib"):
-        learned = BottleneckSettings(kl_weight=strength, **common)
+        scale = float(rest) if (rest := value.partition(":")[2]) else 0.1
+        learned = BottleneckSettings(kl_weight=strength, initial_scale=scale, **common)
     elif kind.startswith("dcor"):
         learned = DistanceCorrelationSettings(weight=strength, **common)
     else:
-        raise ValueError(f"unknown row {row!r}: none, noise:S, vib:KL, vib-bypass:KL, dcor:W, dcor-bypass:W")
+        raise ValueError(f"unknown row {row!r}: none, noise:S, vib:KL[:SCALE], vib-bypass:KL[:SCALE], "
+                         "dcor:W, dcor-bypass:W")
     return PrivacySettings(learned=learned, seed=seed)
 
 
@@ -264,9 +268,9 @@ def main() -> None:
                               max_length=args.max_length)
         result["zero_shot"][task] = zero["accuracy"]
         log.info("%s: zero-shot accuracy %.3f on %d rows", task, zero["accuracy"], len(evaluation))
-        for row in rows_spec:
-            for seed in seeds:
-                shards = iid_shards(encoded, args.clients, seed)
+        for seed in seeds:  # every row at one seed before the next seed: partial runs stay comparable
+            shards = iid_shards(encoded, args.clients, seed)
+            for row in rows_spec:
                 record = run_cell(model, tokenizer, task, row, seed, shards, evaluation, harness, rows, args)
                 record["eval_examples"] = len(evaluation)
                 result["records"].append(record)

@@ -38,6 +38,11 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of data order, shards and adapter init.")] = 0,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run the federation in this process, "
                                              "not as server and client processes over TLS.")] = False,
+    defense: Annotated[str, typer.Option(help="Train with a privacy defense: none, noise (clip + "
+                                              "Gaussian noise), bottleneck (learned information "
+                                              "bottleneck + local bypass) or dcor (distance correlation "
+                                              "+ bypass); then attack the run's own traffic and report "
+                                              "what the server could read with and without it.")] = "none",
     output: Annotated[Path, typer.Option(help="Where results.json, the loss plot and adapters go.")] = Path(
         "runs/demo"),
 ) -> None:
@@ -47,12 +52,16 @@ def demo(
     model centralized with the same data, steps and seeds.
     """
     from splitfed.demo import DemoSettings, run_demo, save_result
+    from splitfed.demo_privacy import DEFENSES
     from splitfed.reporting import markdown_table, plot_losses, results_table
 
+    if defense not in DEFENSES:
+        console.print(f"[red]error:[/] --defense {defense!r}: choose one of {', '.join(DEFENSES)}")
+        raise typer.Exit(2)
     settings = DemoSettings(model=model, task=task, clients=clients, steps=steps, rounds=rounds,
                             batch_size=batch_size, lr=lr, lora_rank=lora_rank, head=head, tail=tail,
                             train_examples=train_examples, eval_examples=eval_examples, seed=seed,
-                            in_process=in_process, output=output)
+                            in_process=in_process, defense=defense, output=output)
     from splitfed.demo_network import FederationFailed
 
     try:

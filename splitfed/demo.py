@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from splitfed.client import SplitClient
 from splitfed.demo_network import run_network_federation
+from splitfed.demo_privacy import DemoDefense, demo_privacy, exposure, trained_defense
 from splitfed.federation import (
     CentralizedTrainer,
     FederationSettings,
@@ -32,6 +34,9 @@ from splitfed.models import (
     save_adapter,
     split_model,
 )
+from splitfed.privacy import PrivacySettings, save_cut
+from splitfed.privacy.public import warm_up_text
+from splitfed.server import LocalTrunk
 from splitfed.tasks import available_tasks, collate, encode_example, evaluate_cloze, load_task
 from splitfed.training.data import iid_shards
 from splitfed.training.optim import OptimizerSettings
@@ -61,6 +66,9 @@ class DemoSettings(BaseModel):
     seed: int = 0
     in_process: bool = Field(False, description="run the federation in this process instead of as a "
                                                 "server and client processes over the network")
+    defense: DemoDefense = Field("none", description="train with a privacy defense (noise, bottleneck, "
+                                                     "dcor) and measure what the server could read of the "
+                                                     "run's own traffic with and without it")
     output: Path = Path("runs/demo")
 
 
@@ -89,6 +97,7 @@ class DemoResult:
     centralized: TrainerResult
     load_seconds: float
     total_seconds: float
+    exposure: dict[str, Any] | None = None  # with --defense: the strongest attack, with and without it
 
 
 def progress_bar(console: Console) -> Progress:
@@ -103,7 +112,8 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def _federation_settings(settings: DemoSettings, model: Any) -> FederationSettings:
+def _federation_settings(settings: DemoSettings, model: Any,
+                         privacy: PrivacySettings | None = None) -> FederationSettings:
     per_round = settings.rounds * settings.clients
     per_client = -(-settings.steps // per_round)
     rounds = settings.rounds
@@ -123,6 +133,7 @@ def _federation_settings(settings: DemoSettings, model: Any) -> FederationSettin
         partition=PartitionSettings(head=head, tail=tail),
         adapter=LoraSpec(r=settings.lora_rank, alpha=2.0 * settings.lora_rank),
         optimizer=OptimizerSettings(lr=settings.lr),
+        privacy=privacy or PrivacySettings(),
     )
 
 
@@ -160,6 +171,11 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
         return collate(rows, pad_token_id=pad)
 
     fed_settings = _federation_settings(settings, model)
+    if settings.defense != "none":
+        public_head = split_model(replicate(model), fed_settings.partition.partition()).head
+        privacy = demo_privacy(settings.defense, public_head, tokenizer, settings.seed)
+        fed_settings = fed_settings.model_copy(update={"privacy": privacy})
+        console.print(f"defense [bold]{settings.defense}[/]: {privacy.model_dump(exclude_defaults=True)}")
     shards = iid_shards(encoded, settings.clients, settings.seed)
     console.print(f"task [bold]{settings.task}[/]: {len(train)} training examples in {settings.clients} "
                   f"shards of {', '.join(str(len(s)) for s in shards)}; {len(evaluation)} held-out "
@@ -175,18 +191,29 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
         pooled = [row for shard in shards for row in shard]
         central = CentralizedTrainer(model, pooled, collate_rows, fed_settings,
                                      seeded_initial_states(model, fed_settings))
+        learned = fed_settings.privacy.learned
         if settings.in_process:
-            federation = InProcessFederation(model, shards, collate_rows, fed_settings)
+            federation = InProcessFederation(model, shards, collate_rows, fed_settings,
+                                             public_text=None if learned is None else warm_up_text(learned,
+                                                                                                   tokenizer))
             federated = _train_federation(federation, fed_settings, progress, before)
             federated.after = _evaluate(federation.logits, tokenizer, evaluation, settings)
             save_federated_adapters(federation, settings.output / "adapters", settings.model)
         else:
             federated = _network_federation(model, settings, fed_settings, progress, before)
-            federated.after = _evaluate(_split_logits(model, fed_settings, settings.output / "adapters"),
-                                        tokenizer, evaluation, settings)
+        victim = _trained_client(model, fed_settings, settings.output / "adapters")
+        if not settings.in_process:
+            federated.after = _evaluate(victim.logits, tokenizer, evaluation, settings)
 
         centralized = _train_centralized(central, fed_settings, progress, before)
         centralized.after = _evaluate(central.logits, tokenizer, evaluation, settings)
+
+    exposed = None
+    if settings.defense != "none":
+        with console.status("attacking the run's own traffic (what the server could read) ..."):
+            exposed = exposure(model, tokenizer, settings.task, fed_settings.partition.partition(),
+                               victim.head, victim.trunk.trunk, fed_settings.privacy, victim.defense,
+                               settings.seed)
 
     result = DemoResult(
         settings=json.loads(settings.model_dump_json()),
@@ -194,6 +221,7 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
         centralized=centralized,
         load_seconds=load_seconds,
         total_seconds=time.perf_counter() - started,
+        exposure=exposed,
     )
     return result
 
@@ -211,17 +239,13 @@ def _network_federation(model: Any, settings: DemoSettings, fed_settings: Federa
     return result
 
 
-def _split_logits(model: Any, fed_settings: FederationSettings, adapters: Path):
+def _trained_client(model: Any, fed_settings: FederationSettings, adapters: Path) -> SplitClient:
+    """Client 0 as training left it (its adapters, its defense's cut) in front of the trained trunk."""
     split = split_model(replicate(model), fed_settings.partition.partition())
     for role, part in split.parts.items():
         load_adapter(part, adapters / role)
-
-    @torch.no_grad()
-    def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        split.eval()
-        return split(input_ids, attention_mask)
-
-    return logits
+    defense = trained_defense(fed_settings.privacy, model, adapters / "cut")
+    return SplitClient("client-0", split.head, split.tail, LocalTrunk(split.trunk), defense=defense)
 
 
 def whole_logits(model: Any):
@@ -268,10 +292,13 @@ def _train_centralized(
 
 
 def save_federated_adapters(federation: InProcessFederation, directory: Path, base_model: str) -> None:
-    """Save the federated head, trunk and tail adapters (peft format) under ``directory``."""
+    """Save the federated head, trunk and tail adapters (peft format) under ``directory``, and client
+    0's learned defense, if any, under ``directory/cut``."""
     client = federation.clients[0]
     for part in (client.head, federation.server.trunk, client.tail):
         save_adapter(part, directory / part.role, base_model=base_model)
+    if client.cut is not None:
+        save_cut(client.cut, directory / "cut")
 
 
 def save_result(result: DemoResult, directory: Path) -> Path:

@@ -89,7 +89,7 @@ def run_network_federation(
                 "server_key": keys / "server.pub", "server_cert": keys / "tls-cert.pem",
                 "steps": steps_per_client, "rounds": settings.rounds, "batch_size": settings.batch_size,
                 "data": {**data.model_dump(), "shard": index, "shards": settings.clients},
-                "output": directory / name})
+                "output": directory / name, **_privacy_block(settings, index)})
             # the clients share this machine's cores with the server and each other
             clients.append(_spawn(["train", "--config", str(config)], directory / f"{name}.log", client=True))
         started = time.perf_counter()
@@ -118,7 +118,18 @@ def run_network_federation(
     losses = [loss for step in zip(*(s["losses"] for s in summaries), strict=True) for loss in step]
     adapters = {"head": directory / names[0] / "head", "trunk": directory / "server" / "trunk",
                 "tail": directory / names[0] / "tail"}
+    if (directory / names[0] / "cut").is_dir():  # client 0's learned defense
+        adapters["cut"] = directory / names[0] / "cut"
     return NetworkRun(losses, seconds, adapters, sum(s["bytes_sent"] for s in summaries))
+
+
+def _privacy_block(settings: FederationSettings, index: int) -> dict:
+    """A client's ``privacy:`` block: the federation's, its seed (if any) offset per client as in process."""
+    privacy = settings.privacy
+    if not privacy.enabled:
+        return {}
+    seed = None if privacy.seed is None else privacy.seed + index
+    return {"privacy": privacy.model_copy(update={"seed": seed}).model_dump(mode="json")}
 
 
 def _progress_of(client_dir: Path) -> int:

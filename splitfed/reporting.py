@@ -23,11 +23,30 @@ def _rows(result: DemoResult) -> list[tuple[str, ...]]:
 COLUMNS = ("model", "eval loss", "accuracy", "macro-F1", "train loss", "train time")
 
 
+def exposure_line(result: DemoResult) -> str | None:
+    """With ``--defense``: what the server could read of the run's own traffic (strongest attack,
+    token accuracy on private positions), without and with the defense."""
+    exposed = result.exposure
+    if not exposed:
+        return None
+    without, with_ = exposed["without_defense"], exposed["with_defense"]
+    text = (f"server reads {without['token_accuracy']:.0%} of the private tokens without the defense "
+            f"({without['attack']})")
+    if with_ is not None:
+        text += (f", {with_['token_accuracy']:.0%} with {result.settings['defense']} ({with_['attack']}, "
+                 f"ROUGE-L {with_['rouge_l']:.2f})")
+    return text + f"; {exposed['victims']} validation rows, {exposed['private_tokens']} private tokens"
+
+
 def results_table(result: DemoResult) -> Table:
     """Loss and accuracy before and after fine-tuning, federated vs centralized."""
     settings = result.settings
+    caption = "train loss: mean of the first 4 -> last 4 steps"
+    exposed = exposure_line(result)
+    if exposed is not None:
+        caption += f"\n{exposed}"
     table = Table(title=f"{settings['model']} on {settings['task']}, {settings['clients']} clients",
-                  caption="train loss: mean of the first 4 -> last 4 steps")
+                  caption=caption)
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in _rows(result):
@@ -48,6 +67,9 @@ def markdown_table(result: DemoResult) -> str:
     """The same table as Markdown (for closing notes and READMEs)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(result)]
+    exposed = exposure_line(result)
+    if exposed is not None:
+        lines += ["", exposed]
     return "\n".join(lines) + "\n"
 
 

@@ -97,9 +97,10 @@ def _head_outputs(head: HeadPart, ids: torch.Tensor, mask: torch.Tensor, batch: 
 def warm_up(cut: LearnedCut, head: HeadPart, trunk: TrunkPart, tail: TailPart,
             public_ids: torch.Tensor, public_mask: torch.Tensor, seed: int = 0,
             on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """Calibrate the cut's standardisation on the public head outputs, then train the transform alone
-    (``warmup_steps`` AdamW steps) on next-token loss over public text through head, cut, trunk and
-    tail as they are (the public model: nothing else changes), plus the defense's loss.
+    """Calibrate the cut's standardisation on the public head outputs, then train the transform and the
+    bypass, if any (``warmup_steps`` AdamW steps), on next-token loss over public text through head,
+    cut, trunk (+ bypass) and tail as they are (the public model: nothing else changes), plus the
+    defense's loss. With a bypass, the warm-up already learns what the client can carry itself.
 
     Returns the losses. Every other parameter is left untouched, gradients included."""
     settings = cut.settings
@@ -107,7 +108,7 @@ def warm_up(cut: LearnedCut, head: HeadPart, trunk: TrunkPart, tail: TailPart,
     cut.transform.calibrate(hidden, public_mask)
     if settings.warmup_steps == 0:
         return []
-    params = [p for p in cut.transform.parameters() if p.requires_grad]
+    params = [p for p in cut.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.warmup_lr)
     generator = torch.Generator().manual_seed(seed)
     for part in (trunk, tail):
@@ -119,7 +120,11 @@ def warm_up(cut: LearnedCut, head: HeadPart, trunk: TrunkPart, tail: TailPart,
                              generator=generator)
         mask = public_mask[rows]
         sent, extra = cut.send(hidden[rows], mask, head, public_ids[rows], training=True)
-        loss = causal_lm_loss(tail(trunk(sent, mask), mask), labels[rows])
+        tail_in = trunk(sent, mask)
+        bypass = cut.bypass_output(hidden[rows])
+        if bypass is not None:
+            tail_in = tail_in + bypass
+        loss = causal_lm_loss(tail(tail_in, mask), labels[rows])
         total = loss if extra is None else loss + extra
         grads = torch.autograd.grad(total, params, allow_unused=True)
         for param, grad in zip(params, grads, strict=True):
