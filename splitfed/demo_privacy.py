@@ -69,8 +69,10 @@ def exposure(model: torch.nn.Module, tokenizer: Any, task: str, partition: Parti
     """The strongest attack on the run's own traffic for ``victims`` validation rows (private
     positions): what the head's output would have given the server without the defense, and what
     the defense actually sent."""
+    hidden = int(token_embedding_matrix(model).shape[1])
     settings = AttackSettings(model="given", head=partition.head, tail=partition.tail, task=task,
-                              victims=victims, public_tokens=8192, seed=seed)
+                              victims=victims, public_tokens=8192, seed=seed,
+                              inverter={"hidden": min(1024, 4 * hidden)})  # 1024 from hidden 256 up
     harness = AttackHarness(model, tokenizer, partition, settings)
     rows = load_victim_rows(settings, tokenizer)
     without = TrafficAttacks(harness, PrivacySettings()).run(victim_traffic(head, None, rows), trunk, rows)

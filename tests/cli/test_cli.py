@@ -82,3 +82,22 @@ def test_networked_demo_equals_the_in_process_federation(tmp_path):
     assert a["federated"]["losses"] == pytest.approx(b["federated"]["losses"], abs=1e-5)
     assert a["federated"]["after"]["loss"] == pytest.approx(b["federated"]["after"]["loss"], abs=1e-5)
     assert (tmp_path / "net" / "federation" / "server.log").is_file()
+
+
+def test_demo_with_a_defense_reports_what_the_server_could_read(tmp_path):
+    result = runner.invoke(app, ["demo", "--model", "tiny-llama", "--in-process", "--defense", "bottleneck",
+                                 "--steps", "3", "--rounds", "1", "--clients", "3", "--train-examples", "12",
+                                 "--eval-examples", "6", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "results.json").read_text())
+    exposed = saved["exposure"]
+    assert exposed["victims"] == 32 and exposed["private_tokens"] > 0
+    without, with_ = exposed["without_defense"], exposed["with_defense"]
+    assert without["token_accuracy"] >= 0.95  # a tiny random head=1 model is read entirely
+    assert 0.0 <= with_["token_accuracy"] <= 1.0 and with_["attack"]
+    assert (tmp_path / "adapters" / "cut" / "cut.safetensors").is_file()
+    markdown = (tmp_path / "results.md").read_text()
+    assert "without the defense" in markdown and "with bottleneck" in markdown
+    bad = runner.invoke(app, ["demo", "--model", "tiny-llama", "--defense", "mixup", "--output",
+                              str(tmp_path)])
+    assert bad.exit_code == 2 and "mixup" in bad.output
