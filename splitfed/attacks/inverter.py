@@ -34,6 +34,15 @@ class Inverter(nn.Module):
         return self.log_scale.exp() * direction @ table.T
 
     @torch.no_grad()
+    def top_k(self, x: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+        """The ``k`` most likely token ids of every vector of ``x`` (``..., dim`` -> ``..., k``)."""
+        self.eval()
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.cat([self(flat[i:i + chunk]).topk(k, dim=-1).indices
+                         for i in range(0, flat.shape[0], chunk)])
+        return out.reshape(*x.shape[:-1], k)
+
+    @torch.no_grad()
     def predict(self, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """The most likely token id of every vector of ``x`` (``..., dim``), over the whole vocabulary."""
         self.eval()

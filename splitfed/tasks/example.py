@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class ClozeExample:
     prompt: str
     options: list[str]
     label: int
-    private_spans: tuple[tuple[int, int], ...] = ()
+    private_spans: tuple[tuple[int, int], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.label, bool) or not isinstance(self.label, int):

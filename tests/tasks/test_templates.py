@@ -160,3 +160,10 @@ def test_cloze_example_validates_label() -> None:
         ClozeExample("p", [" yes", " no"], 2)
     with pytest.raises(TypeError):
         ClozeExample("p", [" yes", " no"], True)
+
+
+@pytest.mark.parametrize("builder", [rte_example, cb_example])
+def test_the_private_spans_are_exactly_the_rows_own_texts(builder) -> None:
+    row = {"premise": "  The cat sat.  ", "hypothesis": "A cat sat?", "label": 0}
+    example = builder(row)
+    assert [example.prompt[a:b] for a, b in example.private_spans] == ["The cat sat.", "A cat sat?"]
