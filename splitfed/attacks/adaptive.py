@@ -12,6 +12,9 @@ attack predicts a token per received vector; scores count the victim's private p
   transmissions, and invert with an inverter trained on K-averaged simulated traffic.
 * ``generation``: the adaptive inverter on what inference sends for the prompts (``splitfed
   generate``), which may differ from training traffic (e.g. a bottleneck's mean instead of a sample).
+* ``optimisation`` (BiSR / PIDI style, by search): start from the best inverter's guess and, left to
+  right, keep at each position the candidate token whose public head output, passed through the
+  attacker's own (noise-free) copy of the defense, is closest to what was received.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 
 from splitfed.attacks.inverter import Inverter, train_inverter
 from splitfed.attacks.metrics import score
-from splitfed.models import SplitModel
+from splitfed.models import HeadPart, SplitModel
 from splitfed.privacy import PrivacySettings, SplitDefense, warm_up
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,38 @@ def fine_tune(inverter: Inverter, features: torch.Tensor, targets: torch.Tensor,
         loss.backward()
         optimizer.step()
     return inverter
+
+
+@torch.no_grad()
+def search_refine(head: HeadPart, to_wire: Callable[[torch.Tensor], torch.Tensor], received: torch.Tensor,
+                  guess: torch.Tensor, attention_mask: torch.Tensor,
+                  candidates: torch.Tensor) -> torch.Tensor:
+    """Refine ``guess`` (B, T) position by position, left to right over each row's real tokens: try
+    every token of ``candidates`` (B, T, k) at that position with the rest of the row as guessed, run
+    the public ``head`` on the prefix and ``to_wire`` on its last vector, and keep the candidate whose
+    result has the highest cosine similarity to ``received`` there. Causal attention makes the prefix
+    enough, and a position's choice final once the later ones are searched."""
+    head.eval()
+    out = guess.clone()
+    k = candidates.shape[-1]
+    for row in range(out.shape[0]):
+        for t in attention_mask[row].nonzero().flatten().tolist():
+            variants = out[row, :t + 1].repeat(k, 1)
+            variants[:, t] = candidates[row, t]
+            mask = attention_mask[row, :t + 1].repeat(k, 1)
+            sent = to_wire(head(variants, mask)[:, t])
+            similarity = nn.functional.cosine_similarity(sent.float(), received[row, t].float()[None], dim=-1)
+            out[row, t] = candidates[row, t, int(similarity.argmax())]
+    return out
+
+
+def noise_free_wire(defense: SplitDefense | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the attacker expects on the wire for a head output, without the defense's randomness: its
+    own transform's mean (a learned defense); clipping does not change a vector's direction."""
+    if defense is None or defense.cut is None:
+        return lambda h: h
+    cut = defense.cut
+    return lambda h: cut.transform(h, sample=False)[0]
 
 
 class AdaptiveAttacker:

@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-from splitfed.attacks.adaptive import AdaptiveAttacker, evaluate_traffic, simulated_defense, training_send
+from splitfed.attacks.adaptive import (
+    AdaptiveAttacker,
+    evaluate_traffic,
+    noise_free_wire,
+    search_refine,
+    simulated_defense,
+    training_send,
+)
 from splitfed.attacks.direct import direct_forward
 from splitfed.attacks.harness import AttackHarness
 from splitfed.attacks.metrics import score
@@ -58,8 +65,10 @@ class TrafficAttacks:
     plus, for a defended victim, the adaptive attacker (trained once, reused for every checkpoint)."""
 
     def __init__(self, harness: AttackHarness, privacy: PrivacySettings, seed: int = 10_000,
-                 planned_steps: int | None = None) -> None:
+                 planned_steps: int | None = None, search_candidates: int = 4) -> None:
+        """``search_candidates``: tokens the optimisation attack tries per position (0: not run)."""
         self.harness = harness
+        self.search_candidates = search_candidates
         self.privacy = privacy
         self.defended = privacy.enabled
         self.forward_clip = privacy.forward.clip
@@ -92,7 +101,14 @@ class TrafficAttacks:
         if self.adaptive is not None:
             results.update(evaluate_traffic(self.adaptive, rows, traffic.training, traffic.inference,
                                             tokenizer))
+            inverter = self.adaptive.inverter()
         else:  # undefended: generation sends what training sends
             results["generation"] = score(inverter.predict(traffic.inference), ids, private * rows["prompt"],
                                           tokenizer).as_dict()
+        if self.search_candidates > 0:
+            defense = None if self.adaptive is None else self.adaptive.defense
+            candidates = inverter.top_k(sent, self.search_candidates)
+            refined = search_refine(self.harness.public.head, noise_free_wire(defense), sent,
+                                    inverter.predict(sent), mask, candidates)
+            results["optimisation"] = score(refined, ids, private, tokenizer).as_dict()
         return {"attacks": results, "strongest": strongest(results)}

@@ -111,7 +111,7 @@ def test_the_suite_scores_private_positions_and_names_the_strongest(llama):
     result = defended.run(victim_traffic(victim.head, defense, rows, 3), victim.trunk, rows)
     names = set(result["attacks"])
     assert {"nn-cosine", "learned", "direct", "adaptive", "known-plaintext", "averaging-3",
-            "generation"} <= names
+            "generation", "optimisation"} <= names
     assert result["attacks"]["generation"]["tokens"] == int((rows["private"] * rows["prompt"]).sum())
     assert result["strongest"] == strongest(result["attacks"])
     best = max(m["rouge_l"] for m in result["attacks"].values())
@@ -132,3 +132,21 @@ def test_the_attack_command_runs_the_defense_aware_attacks(tmp_path):
     private = saved["private_positions"]["attacks"]
     assert {"adaptive", "known-plaintext", "averaging-4", "generation"} <= set(private)
     assert "(private positions)" in (out / "attack.md").read_text()
+
+
+def test_the_search_attack_recovers_a_row_from_a_weak_guess(llama):
+    from splitfed.attacks.adaptive import noise_free_wire, search_refine
+
+    model, tokenizer = llama
+    head = split_model(replicate(model), Partition(1, 1)).head
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 259, (2, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    received = head(ids, mask).detach()
+    wrong = torch.randint(3, 259, (2, 12, 3), generator=generator)
+    candidates = torch.cat([wrong, ids[..., None]], dim=-1)  # the truth is among 4 candidates
+    guess = wrong[..., 0]
+    refined = search_refine(head, noise_free_wire(None), received, guess, mask, candidates)
+    assert torch.equal(refined[mask.bool()], ids[mask.bool()])
+    assert not torch.equal(guess[mask.bool()], ids[mask.bool()])
