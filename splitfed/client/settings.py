@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from splitfed.inference.sampling import SamplingSettings
 from splitfed.privacy import PrivacySettings
@@ -50,3 +50,11 @@ class ClientSettings(SplitTrainingSettings):
                                        description="`splitfed generate`: how tokens are chosen")
     chat_template: bool = Field(True, description="`splitfed generate`: wrap prompts in the model's chat "
                                                   "template when it has one")
+
+    @model_validator(mode="after")
+    def _defense_fits_the_layout(self) -> ClientSettings:
+        learned = self.privacy.learned
+        if learned is not None and learned.bypass and self.partition.layout == "two-part":
+            raise ValueError("privacy.learned.bypass feeds the client's tail, and partition.layout "
+                             "two-part has none: set bypass: false or use the three-part layout")
+        return self

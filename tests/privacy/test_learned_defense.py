@@ -202,3 +202,11 @@ def test_a_client_config_takes_a_learned_defense():
         "name": "a", "identity": "a.key", "server_key": "s.pub",
         "privacy": {"learned": {"kind": "bottleneck", "kl_weight": 0.1, "bypass": True}}})
     assert settings.privacy.enabled and settings.privacy.learned.kl_weight == 0.1
+
+
+def test_a_client_config_refuses_a_bypass_in_the_two_part_layout():
+    with pytest.raises(ValidationError, match="privacy.learned.bypass"):
+        ClientSettings.model_validate({
+            "name": "a", "identity": "a.key", "server_key": "s.pub",
+            "partition": {"head": 1, "tail": 0, "layout": "two-part"},
+            "privacy": {"learned": {"kind": "dcor", "bypass": True}}})
