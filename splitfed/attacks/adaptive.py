@@ -29,6 +29,7 @@ from torch import nn
 from splitfed.attacks.inverter import Inverter, train_inverter
 from splitfed.attacks.metrics import score
 from splitfed.models import HeadPart, SplitModel
+from splitfed.models.kv_cache import repeated_cache
 from splitfed.privacy import PrivacySettings, SplitDefense, warm_up
 
 log = logging.getLogger(__name__)
@@ -98,22 +99,25 @@ def fine_tune(inverter: Inverter, features: torch.Tensor, targets: torch.Tensor,
 def search_refine(head: HeadPart, to_wire: Callable[[torch.Tensor], torch.Tensor], received: torch.Tensor,
                   guess: torch.Tensor, attention_mask: torch.Tensor,
                   candidates: torch.Tensor) -> torch.Tensor:
-    """Refine ``guess`` (B, T) position by position, left to right over each row's real tokens: try
-    every token of ``candidates`` (B, T, k) at that position with the rest of the row as guessed, run
-    the public ``head`` on the prefix and ``to_wire`` on its last vector, and keep the candidate whose
-    result has the highest cosine similarity to ``received`` there. Causal attention makes the prefix
-    enough, and a position's choice final once the later ones are searched."""
+    """Refine ``guess`` (B, T) position by position, left to right: at each position try every token
+    of ``candidates`` (B, T, k) after the prefix chosen so far (its KV cache, repeated k times), run
+    the public ``head`` on it and ``to_wire`` on the result, and keep the candidate closest in cosine
+    similarity to ``received`` there. Causal attention makes the prefix enough; padding is kept."""
     head.eval()
+    rows, width, k = candidates.shape
     out = guess.clone()
-    k = candidates.shape[-1]
-    for row in range(out.shape[0]):
-        for t in attention_mask[row].nonzero().flatten().tolist():
-            variants = out[row, :t + 1].repeat(k, 1)
-            variants[:, t] = candidates[row, t]
-            mask = attention_mask[row, :t + 1].repeat(k, 1)
-            sent = to_wire(head(variants, mask)[:, t])
-            similarity = nn.functional.cosine_similarity(sent.float(), received[row, t].float()[None], dim=-1)
-            out[row, t] = candidates[row, t, int(similarity.argmax())]
+    cache = head.new_cache()
+    for t in range(width):
+        mask = attention_mask[:, :t + 1]
+        real = attention_mask[:, t].bool()
+        if bool(real.any()):
+            tried = head(candidates[:, t].reshape(rows * k, 1), mask.repeat_interleave(k, 0),
+                         past_key_values=repeated_cache(cache, k))[:, -1]
+            similarity = nn.functional.cosine_similarity(
+                to_wire(tried).float().reshape(rows, k, -1), received[:, t].float()[:, None], dim=-1)
+            best = candidates[:, t].gather(1, similarity.argmax(-1, keepdim=True)).squeeze(1)
+            out[:, t] = torch.where(real, best, out[:, t])
+        head(out[:, t:t + 1], mask, past_key_values=cache)  # the chosen token joins the prefix
     return out
 
 

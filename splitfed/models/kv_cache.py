@@ -10,6 +10,8 @@ floating-point summation order.
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import torch
 from transformers.cache_utils import DynamicCache
 
@@ -78,3 +80,10 @@ def append_rows(merged: DynamicCache, rows: slice, cache: DynamicCache, part: Sp
     for index in part.layer_indices:
         layer = merged.layers[index]
         cache.update(layer.keys[rows, :, -new:].clone(), layer.values[rows, :, -new:].clone(), index)
+
+
+def repeated_cache(cache: DynamicCache, repeats: int) -> DynamicCache:
+    """A copy of ``cache`` with each row repeated ``repeats`` times in place (row i -> rows i*r..i*r+r-1)."""
+    copy = deepcopy(cache)
+    copy.batch_repeat_interleave(repeats)
+    return copy

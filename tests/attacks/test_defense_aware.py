@@ -134,10 +134,11 @@ def test_the_attack_command_runs_the_defense_aware_attacks(tmp_path):
     assert "(private positions)" in (out / "attack.md").read_text()
 
 
-def test_the_search_attack_recovers_a_row_from_a_weak_guess(llama):
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-qwen2"])
+def test_the_search_attack_recovers_a_row_from_a_weak_guess(name):
     from splitfed.attacks.adaptive import noise_free_wire, search_refine
 
-    model, tokenizer = llama
+    model, _ = load_model(name)
     head = split_model(replicate(model), Partition(1, 1)).head
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 259, (2, 12), generator=generator)
