@@ -23,6 +23,7 @@ from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.server.trusted_slice import TrustedSlice
 from splitfed.server.two_part import TwoPartTrunk
 from splitfed.training.replicate import replicate_frozen
+from splitfed.transport.admission import FrontDoorLimits
 from splitfed.transport.server import serve
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
                            session_ttl_s=settings.session_ttl_s,
                            generation_budget_bytes=int(settings.generation_memory_mb * 2**20),
                            generation_ttl_s=settings.generation_ttl_s,
-                           generation_streams=settings.generation_streams)
+                           generation_streams=settings.generation_streams,
+                           requests_in_flight=settings.front_door.requests_in_flight,
+                           requests_per_s=settings.front_door.requests_per_s,
+                           request_burst=settings.front_door.request_burst)
     if settings.mode != "sequential" and (settings.partition.layout == "two-part" or settings.sparse):
         raise ValueError(f"the two-part layout and sparse fine-tuning run in sequential mode only, not "
                          f"{settings.mode}")
@@ -62,7 +66,8 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
         return TrunkService(TwoPartTrunk(split.trunk, split.tail, settings.optimizer, settings.sparse),
                             ServerHandshake(identity, allowlist), TurnScheduler(settings.roster), limits,
                             roster=settings.roster, aggregation=settings.aggregation,
-                            secagg_threshold=settings.secagg_threshold)
+                            secagg_threshold=settings.secagg_threshold,
+                            max_norm_ratio=settings.aggregation_max_norm_ratio)
     if settings.mode == "auto":
         settings = _resolve_auto(settings, split.trunk, len(settings.roster or allowlist.names()))
     subs = []
@@ -81,7 +86,8 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
                         ServerHandshake(identity, allowlist),
                         TurnScheduler(settings.roster), limits, sub_trunks=subs,
                         average_every=settings.average_every, roster=settings.roster, batcher=batcher,
-                        aggregation=settings.aggregation, secagg_threshold=settings.secagg_threshold)
+                        aggregation=settings.aggregation, secagg_threshold=settings.secagg_threshold,
+                        max_norm_ratio=settings.aggregation_max_norm_ratio)
 
 
 def rpc_workers(settings: ServerSettings) -> int:
@@ -99,6 +105,14 @@ def _resolve_auto(settings: ServerSettings, trunk, clients: int) -> ServerSettin
                          batch_bytes_per_client=estimate_batch_bytes(hidden, len(trunk.layer_indices)))
     log.info("mode auto -> %s: %s", choice.mode, choice.reason)
     return settings.model_copy(update={"mode": choice.mode, "sub_servers": choice.sub_servers})
+
+
+def _front_door(settings: ServerSettings) -> FrontDoorLimits:
+    door = settings.front_door
+    return FrontDoorLimits(unauthenticated_streams=door.unauthenticated_streams,
+                           unauthenticated_per_peer=door.unauthenticated_per_peer,
+                           first_message_s=door.first_message_timeout_s, idle_s=door.stream_idle_timeout_s,
+                           handshakes_per_s=door.handshakes_per_s, handshake_burst=door.handshake_burst)
 
 
 def _tls(settings: ServerSettings) -> tuple[bytes, bytes] | None:
@@ -152,7 +166,7 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
     server, port = serve(service, settings.listen, _tls(settings), settings.insecure_loopback,
                          max_message_bytes=service.limits.max_message_bytes, workers=workers,
                          client_certificates=_client_certificates(settings.tls_client_certs),
-                         thread_initializer=single_threaded_torch)
+                         thread_initializer=single_threaded_torch, front_door=_front_door(settings))
     if settings.port_file is not None:
         _write_atomically(settings.port_file, f"{port}\n")
     previous = _install_signal_handlers(stop)

@@ -47,8 +47,12 @@ class SecureRounds:
     """Runs the server side of secure-aggregation rounds for the clients of ``members()``."""
 
     def __init__(self, members: Callable[[], set[str]], timeout_s: float = 300.0,
-                 threshold: int | None = None) -> None:
+                 threshold: int | None = None, max_norm_ratio: float | None = 2.0) -> None:
+        """``max_norm_ratio``: a round's average whose L2 norm exceeds this times the previous round's
+        is rejected (as is a non-finite one); every client then keeps its own adapters."""
         self._members = members
+        self.max_norm_ratio = max_norm_ratio
+        self.previous_norm: float | None = None
         self._timeout_s = timeout_s
         self._threshold = threshold
         self._condition = threading.Condition()
@@ -158,6 +162,18 @@ class SecureRounds:
             current.deadline = time.monotonic() + self._timeout_s
         self._condition.notify_all()
 
+    def _check_average(self, average: dict[str, torch.Tensor]) -> None:
+        """Refuse garbage the server can see without seeing anyone's update: a non-finite average, or
+        one whose norm jumped past ``max_norm_ratio`` times the previous round's."""
+        if not all(bool(torch.isfinite(t).all()) for t in average.values()):
+            raise SecAggError("the average is not finite: rejected, every client keeps its adapters")
+        norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in average.values())))
+        if (self.max_norm_ratio is not None and self.previous_norm is not None
+                and norm > self.max_norm_ratio * self.previous_norm):
+            raise SecAggError(f"the average's norm {norm:.4g} exceeds {self.max_norm_ratio:g} x the previous "
+                              f"round's {self.previous_norm:.4g}: rejected, every client keeps its adapters")
+        self.previous_norm = norm
+
     def _run_phase(self, current: _Round) -> tuple[dict[str, Any], set[str] | None]:
         subs = current.submissions
         if current.phase == ADVERTISE:
@@ -178,6 +194,7 @@ class SecureRounds:
             survivors, dropped = current.server.unmask_request()
             return {client: (survivors, dropped) for client in survivors}, set(survivors)
         average, contributors = current.server.finish(subs)
+        self._check_average(average)
         log.info("round %d securely averaged over %s (the server saw only the sum)", current.index,
                  ", ".join(contributors))
         return {client: (average, len(contributors)) for client in subs}, None

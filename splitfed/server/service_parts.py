@@ -35,6 +35,9 @@ class ServiceLimits:
     generation_budget_bytes: int = 1 << 30
     generation_ttl_s: float = 300.0
     generation_streams: int = 8
+    requests_in_flight: int = 4  # per client, at once
+    requests_per_s: float = 200.0  # per client, sustained (token bucket)
+    request_burst: int = 400
 
 
 @dataclass

@@ -5,11 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from splitfed.models import SparseSpec
 from splitfed.security.key_providers import SealingSettings
 from splitfed.training.split_settings import SplitTrainingSettings
+
+
+class FrontDoorSettings(BaseModel):
+    """What a peer may hold before and after it authenticates (see ``splitfed.transport.admission``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    first_message_timeout_s: float = Field(5.0, gt=0, description="a stream's first chunk must arrive "
+                                                                  "within this, or it is cancelled")
+    stream_idle_timeout_s: float = Field(15.0, gt=0, description="the longest gap between two chunks")
+    unauthenticated_streams: int = Field(8, ge=1, description="streams waiting for their first chunk "
+                                                              "at once; beyond, the oldest is cancelled")
+    unauthenticated_per_peer: int = Field(4, ge=1, description="the same, per peer address")
+    handshakes_per_s: float = Field(20.0, gt=0, description="handshakes a second per peer address "
+                                                            "(burst: handshake_burst); more are refused")
+    handshake_burst: int = Field(40, ge=1)
+    requests_in_flight: int = Field(4, ge=1, description="requests of one client served at once")
+    requests_per_s: float = Field(200.0, gt=0, description="requests a second per client (burst: "
+                                                           "request_burst); more are refused as busy")
+    request_burst: int = Field(400, ge=1)
 
 
 class ServerSettings(SplitTrainingSettings):
@@ -43,6 +62,10 @@ class ServerSettings(SplitTrainingSettings):
                               "secure aggregation: the server learns only the weighted average; a client "
                               "dropping out mid-round is unmasked from the others' shares) or plain (the "
                               "server sees each client's adapters)")
+    aggregation_max_norm_ratio: float | None = Field(
+        2.0, gt=1, description="secure aggregation: reject a round whose average's L2 norm exceeds this "
+                               "times the previous round's (or is not finite); every client keeps its "
+                               "adapters. Unset: only finiteness is checked")
     secagg_threshold: int | None = Field(None, ge=2, description="secure aggregation: clients that must stay "
                                                                  "to the end of a round (default and "
                                                                  "minimum: a strict majority)")
@@ -77,6 +100,8 @@ class ServerSettings(SplitTrainingSettings):
     sparse: SparseSpec | None = Field(None, description="sparse fine-tuning of the trunk's base weights next "
                                                         "to its adapter, chosen from the clients' gradients "
                                                         "(sequential mode)")
+    front_door: FrontDoorSettings = Field(FrontDoorSettings(), description="bounds on peers before and "
+                                                                           "after authentication")
     sealing: SealingSettings = Field(SealingSettings(), description="trusted slice: seal checkpoints and the "
                                                                     "saved trunk adapter with a key from "
                                                                     "a key provider")

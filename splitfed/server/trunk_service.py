@@ -26,6 +26,7 @@ from splitfed.security import (
     ServerHandshake,
     UnknownClientError,
 )
+from splitfed.server.admission import SessionGate, Ticket
 from splitfed.server.aggregator import AggregationError, RoundAggregator
 from splitfed.server.batcher import Batcher, DroppedFromStep
 from splitfed.server.client_batch import ForwardItem
@@ -79,6 +80,7 @@ class TrunkService:
         batcher: Batcher | None = None,
         aggregation: str = "secure",
         secagg_threshold: int | None = None,
+        max_norm_ratio: float | None = 2.0,
     ) -> None:
         """``sub_trunks`` (hierarchical mode): more trunks over the same frozen base, one per extra
         sub-server; clients are spread over the sub-servers (roster position, else arrival order, modulo
@@ -121,7 +123,8 @@ class TrunkService:
         self._sessions: dict[bytes, Session] = {}
         self._sessions_lock = threading.Lock()
         self.aggregator = RoundAggregator(self._round_members, self.limits.turn_timeout_s)
-        self.secure_rounds = SecureRounds(self._round_members, self.limits.turn_timeout_s, secagg_threshold)
+        self.secure_rounds = SecureRounds(self._round_members, self.limits.turn_timeout_s, secagg_threshold,
+                                          max_norm_ratio)
         self._adapter_limits = TensorLimits(dtypes=frozenset(self.limits.dtypes), max_elements=1 << 26,
                                             max_bytes=1 << 28)
         self._tensor_limits = TensorLimits(
@@ -129,6 +132,12 @@ class TrunkService:
             max_elements=self.limits.max_batch * self.limits.max_length * self.hidden_size,
             max_bytes=self.limits.max_message_bytes,
         )
+        tokens = self.limits.max_batch * self.limits.max_length
+        self.gate = SessionGate(tensor_bytes=tokens * (self.hidden_size * 4 + 8),  # fp32 states + labels
+                                adapter_bytes=self._adapter_limits.max_bytes,
+                                max_message_bytes=self.limits.max_message_bytes,
+                                in_flight=self.limits.requests_in_flight, rate=self.limits.requests_per_s,
+                                burst=self.limits.request_burst)
 
     # -- sessions ------------------------------------------------------------------------------------
     def session_limits(self) -> pb.SessionLimits:
@@ -237,6 +246,15 @@ class TrunkService:
                         session.lock.release()
 
     # -- messages ------------------------------------------------------------------------------------
+    def admit(self, session_id: bytes, kind: str) -> Ticket:
+        """Let one request in before any of it is buffered: a known session, a kind a client may send,
+        within the client's requests in flight and rate; the ticket bounds the message's bytes."""
+        with self._sessions_lock:
+            session = self._sessions.get(session_id)
+        if session is None:
+            raise ServiceError("UNAUTHENTICATED", "unknown_session", "no open session with this id")
+        return self.gate.admit(session.name, kind)
+
     def handle(self, message: pb.Sealed) -> pb.Sealed:
         """Decrypt, validate and serve one request; returns the sealed reply."""
         return to_wire(self._handle(from_wire(message)))

@@ -12,12 +12,44 @@ import grpc
 from splitfed.transport import splitfed_pb2 as pb
 from splitfed.transport import splitfed_pb2_grpc as pb_grpc
 from splitfed.transport.addresses import check_plaintext_allowed
+from splitfed.transport.admission import (
+    Deadlines,
+    FrontDoorLimits,
+    RefusalLog,
+    TokenBuckets,
+    WaitingStreams,
+    peer_host,
+)
 from splitfed.transport.chunking import DEFAULT_CHUNK_BYTES, Reassembler, split_bytes
 from splitfed.transport.errors import ServiceError, WireFormatError
 
 log = logging.getLogger(__name__)
 
 GRPC_MESSAGE_LIMIT = 4 * 1024 * 1024 + 64 * 1024  # one chunk plus headroom
+
+# gRPC's own limits, set deliberately (grpc core enforces them before any of our code runs):
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),  # one chunk: a peer buffers at most this
+    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+    # an honest client has a handful of calls in flight; more streams on one connection are a flood
+    ("grpc.max_concurrent_streams", 32),
+    # keepalive enforcement: pings without calls at most every 10 s, two strikes and the peer is cut off
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    # a connection with no call for 10 minutes is closed (clients reconnect transparently); no
+    # max_connection_age: a training session legitimately holds one connection for hours
+    ("grpc.max_connection_idle_ms", 600_000),
+    # a TLS handshake (before any call) must finish within 10 s
+    ("grpc.server_handshake_timeout_ms", 10_000),
+]
+
+
+class Admitted(Protocol):
+    """A request let in under a session: the most bytes it may carry; ``release`` when served."""
+
+    max_bytes: int
+
+    def release(self) -> None: ...
 
 
 class TrunkHandler(Protocol):
@@ -26,6 +58,11 @@ class TrunkHandler(Protocol):
     def open_session(self, client_hello: bytes) -> bytes: ...
 
     def session_limits(self) -> pb.SessionLimits: ...
+
+    def admit(self, session_id: bytes, kind: str) -> Admitted:
+        """Let one request of ``kind`` in under ``session_id`` before anything of it is buffered, or
+        raise ``ServiceError`` (unknown session, a kind it may not send, too many in flight)."""
+        ...
 
     def handle(self, sealed: pb.Sealed) -> pb.Sealed: ...
 
@@ -58,13 +95,29 @@ def reassemble(chunks: Iterator[pb.Sealed], max_total_bytes: int) -> pb.Sealed:
 
 
 class TrunkServicer(pb_grpc.TrunkServicer):
-    """Maps RPCs to the handler; every refusal becomes a precise status and one log line."""
+    """Maps RPCs to the handler; every refusal becomes a precise status and one (rate-limited) log line.
 
-    def __init__(self, handler: TrunkHandler, max_message_bytes: int) -> None:
+    Authenticate before allocating: a stream's first chunk names its session and kind, which the
+    handler admits (or refuses) before a second chunk is read; the declared chunk count is checked
+    against what that session may send. Streams waiting for their first chunk, chunk gaps and
+    handshakes per peer are bounded by ``splitfed.transport.admission``."""
+
+    def __init__(self, handler: TrunkHandler, max_message_bytes: int,
+                 front_door: FrontDoorLimits | None = None) -> None:
         self.handler = handler
         self.max_message_bytes = max_message_bytes
+        self.front_door = front_door or FrontDoorLimits()
+        self.waiting = WaitingStreams(self.front_door.unauthenticated_streams,
+                                      self.front_door.unauthenticated_per_peer)
+        self.deadlines = Deadlines()
+        self.handshakes = TokenBuckets(self.front_door.handshakes_per_s, self.front_door.handshake_burst)
+        self.refusals = RefusalLog(log)
 
     def Handshake(self, request: pb.Hello, context: grpc.ServicerContext) -> pb.HelloReply:  # noqa: N802
+        if not self.handshakes.take(peer_host(context.peer())):
+            self._abort(context, ServiceError("RESOURCE_EXHAUSTED", "handshake_rate",
+                                              "too many handshakes from this address; retry later"),
+                        "handshake")
         try:
             server_hello = self.handler.open_session(bytes(request.client_hello))
         except ServiceError as error:
@@ -72,18 +125,74 @@ class TrunkServicer(pb_grpc.TrunkServicer):
         return pb.HelloReply(server_hello=server_hello, limits=self.handler.session_limits())
 
     def Step(self, request_iterator: Iterator[pb.Sealed], context: grpc.ServicerContext):  # noqa: N802
-        reply = self._serve(lambda: reassemble(request_iterator, self.max_message_bytes), context)
+        first = self._first_chunk(request_iterator, context)
+        admitted = self._admit(first, context)
+        try:
+            chunks = self._paced(first, request_iterator, context)
+            reply = self._serve(lambda: reassemble(chunks, admitted.max_bytes), context)
+        finally:
+            admitted.release()
         yield from chunk_message(reply)
 
+    def _first_chunk(self, request_iterator: Iterator[pb.Sealed], context: grpc.ServicerContext) -> pb.Sealed:
+        """The stream's first chunk within ``first_message_s``, as one of the bounded waiting streams."""
+        waiting = self.waiting.enter(peer_host(context.peer()), context.cancel)
+        deadline = self.deadlines.watch(self.front_door.first_message_s, context.cancel)
+        try:
+            return next(request_iterator)
+        except StopIteration:
+            self._abort(context, ServiceError("INVALID_ARGUMENT", "empty_stream", "the stream carried no "
+                                              "message"), "step")
+        except grpc.RpcError:  # cancelled: past its deadline, evicted, or the peer went away
+            self.refusals.warning("stream from %s cancelled before its first chunk (deadline %.0fs or "
+                                  "evicted)", peer_host(context.peer()), self.front_door.first_message_s)
+            raise
+        finally:
+            self.deadlines.done(deadline)
+            self.waiting.leave(waiting)
+        raise AssertionError("unreachable: context.abort raises")
+
+    def _admit(self, first: pb.Sealed, context: grpc.ServicerContext) -> Admitted:
+        """The session's admission of the message ``first`` begins, with its declared size checked."""
+        try:
+            admitted = self.handler.admit(bytes(first.session_id), first.kind)
+        except ServiceError as error:
+            self._abort(context, error, "step")
+        limit = min(admitted.max_bytes, self.max_message_bytes)
+        if first.chunk_count > max(1, -(-limit // DEFAULT_CHUNK_BYTES)):
+            admitted.release()
+            self._abort(context, ServiceError("RESOURCE_EXHAUSTED", "too_large", f"{first.chunk_count} "
+                                              f"chunks exceed what this session may send ({limit} bytes)"),
+                        "step")
+        admitted.max_bytes = limit
+        return admitted
+
+    def _paced(self, first: pb.Sealed, rest: Iterator[pb.Sealed],
+               context: grpc.ServicerContext) -> Iterator[pb.Sealed]:
+        """``first`` then the rest of the stream, each chunk within ``idle_s`` of the one before."""
+        yield first
+        deadline = self.deadlines.watch(self.front_door.idle_s, context.cancel)
+        try:
+            for chunk in rest:
+                self.deadlines.extend(deadline, self.front_door.idle_s)
+                yield chunk
+        finally:
+            self.deadlines.done(deadline)
+
     def Exchange(self, request: pb.Sealed, context: grpc.ServicerContext) -> pb.Sealed:  # noqa: N802
+        admitted = self._admit(request, context)
+
         def whole() -> pb.Sealed:
             if request.chunk_count != 1 or request.chunk_index != 0:
                 raise WireFormatError("bad_chunk", "Exchange carries one whole message (chunk 0 of 1)")
-            if len(request.ciphertext) > self.max_message_bytes:
+            if len(request.ciphertext) > admitted.max_bytes:
                 raise WireFormatError("too_large", "message exceeds the session's byte limit")
             return request
 
-        reply = self._serve(whole, context)
+        try:
+            reply = self._serve(whole, context)
+        finally:
+            admitted.release()
         if reply.ByteSize() > GRPC_MESSAGE_LIMIT:  # the client sends here only what has a same-size reply
             self._abort(context, ServiceError("INTERNAL", "reply_too_large",
                                               "the reply does not fit one message; use Step"), "step")
@@ -98,6 +207,10 @@ class TrunkServicer(pb_grpc.TrunkServicer):
             self._abort(context, ServiceError(status, error.code, error.message), "step")
         except ServiceError as error:
             self._abort(context, error, "step")
+        except grpc.RpcError:  # the stream was cancelled mid-message (deadline) or the peer went away
+            self.refusals.warning("stream from %s cancelled mid-message (a gap over %.0fs, or gone)",
+                                  peer_host(context.peer()), self.front_door.idle_s)
+            raise
         except Exception:  # a bug must not take the server down, and must be visible
             log.exception("internal error while serving a step")
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -109,10 +222,10 @@ class TrunkServicer(pb_grpc.TrunkServicer):
         except ServiceError as error:
             self._abort(context, error, "close")
 
-    @staticmethod
-    def _abort(context: grpc.ServicerContext, error: ServiceError, what: str) -> None:
+    def _abort(self, context: grpc.ServicerContext, error: ServiceError, what: str) -> None:
         peer = context.peer() if hasattr(context, "peer") else "?"
-        log.warning("refused %s from %s: %s %s: %s", what, peer, error.status, error.code, error.message)
+        self.refusals.warning("refused %s from %s: %s %s: %s", what, peer, error.status, error.code,
+                              error.message)
         context.abort(getattr(grpc.StatusCode, error.status, grpc.StatusCode.UNKNOWN),
                       f"{error.code}: {error.message}")
 
@@ -126,6 +239,7 @@ def serve(
     workers: int = 16,
     client_certificates: bytes | None = None,
     thread_initializer: Callable[[], None] | None = None,
+    front_door: FrontDoorLimits | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving ``handler`` at ``address`` with TLS (certificate, key) or, on loopback only and
     when asked explicitly, in plaintext. With ``client_certificates`` (PEM, concatenated) TLS is
@@ -142,10 +256,9 @@ def serve(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trunk-rpc",
                                    initializer=thread_initializer),
         maximum_concurrent_rpcs=workers,
-        options=[("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
-                 ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT)],
+        options=SERVER_OPTIONS,
     )
-    pb_grpc.add_TrunkServicer_to_server(TrunkServicer(handler, max_message_bytes), server)
+    pb_grpc.add_TrunkServicer_to_server(TrunkServicer(handler, max_message_bytes, front_door), server)
     if tls is None:
         port = server.add_insecure_port(address)
     else:

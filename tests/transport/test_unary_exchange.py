@@ -13,6 +13,15 @@ from splitfed.transport.connection import TrunkConnection
 from splitfed.transport.server import serve
 
 
+class _Ticket:
+    """Every request admitted, up to the transport's own limit."""
+
+    max_bytes = 1 << 40
+
+    def release(self) -> None:
+        pass
+
+
 class EchoHandler:
     """Replies with the request's ciphertext reversed; records every request it saw."""
 
@@ -24,6 +33,9 @@ class EchoHandler:
 
     def session_limits(self) -> pb.SessionLimits:
         return pb.SessionLimits()
+
+    def admit(self, session_id: bytes, kind: str) -> _Ticket:
+        return _Ticket()
 
     def handle(self, sealed: pb.Sealed) -> pb.Sealed:
         self.seen.append(len(sealed.ciphertext))

@@ -1,0 +1,262 @@
+"""Hostile peers against a live `splitfed serve` on 127.0.0.1, for the regression suite and the abuse
+benchmark: each probe runs in a few threads, every loop bounded in count and time, and records the
+gRPC status of every refusal it gets."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import torch
+
+from splitfed.client import SplitClient
+from splitfed.client.remote_trunk import RemoteTrunk
+from splitfed.models import LoraSpec, Partition, init_adapter, load_model, split_model
+from splitfed.protocol import to_wire
+from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
+from splitfed.transport import encode_tensor, mask_to_lengths, pb
+from splitfed.transport import splitfed_pb2_grpc as pb_grpc
+from splitfed.transport.connection import TrunkConnection
+
+CHUNK = 4 * 1024 * 1024 - 1024
+
+
+@dataclass
+class Probe:
+    """One attack: ``workers`` threads each running ``attempt`` until told to stop."""
+
+    name: str
+    workers: int
+    attempt: Callable[[threading.Event], None]
+    statuses: Counter = field(default_factory=Counter)
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class Attacker:
+    """The probes of issue 22 against ``address``; ``certificate`` is the server's public TLS one."""
+
+    def __init__(self, address: str, certificate: bytes, server_key: PublicIdentity,
+                 enrolled: Identity | None = None) -> None:
+        self.address, self.certificate = address, certificate
+        self.server_key, self.enrolled = server_key, enrolled
+
+    def _stub(self) -> tuple[grpc.Channel, pb_grpc.TrunkStub]:
+        channel = grpc.secure_channel(self.address, grpc.ssl_channel_credentials(self.certificate))
+        return channel, pb_grpc.TrunkStub(channel)
+
+    def _run(self, probe: Probe, call: Callable[[pb_grpc.TrunkStub, threading.Event], None]) -> Callable:
+        def attempt(stop: threading.Event) -> None:
+            channel, stub = self._stub()
+            try:
+                for _ in range(100_000):  # bounded; the time bound is ``stop``
+                    if stop.is_set():
+                        return
+                    try:
+                        call(stub, stop)
+                        probe.statuses["OK"] += 1
+                    except grpc.RpcError as error:
+                        probe.statuses[error.code().name] += 1
+            finally:
+                channel.close()
+        return attempt
+
+    # -- the probes ---------------------------------------------------------------------------------
+    def idle_streams(self, workers: int = 20) -> Probe:
+        """Open ``Step`` streams and send nothing, reopening at once when refused or cancelled."""
+        probe = Probe("idle streams", workers, lambda stop: None)
+
+        def call(stub, stop: threading.Event) -> None:
+            def nothing() -> Iterator[pb.Sealed]:
+                stop.wait(60)
+                return
+                yield  # noqa: B901 - a generator that never yields
+
+            list(stub.Step(nothing(), timeout=30))
+        probe.attempt = self._run(probe, call)
+        return probe
+
+    def big_unknown_session(self, workers: int = 8, chunks: int = 60) -> Probe:
+        """4 MiB chunks under a made-up session id, a chunk count larger than sent."""
+        probe = Probe("4 MiB chunks, unknown session", workers, lambda stop: None)
+        payload = os.urandom(CHUNK)
+
+        def call(stub, stop: threading.Event) -> None:
+            def chunks_of() -> Iterator[pb.Sealed]:
+                for index in range(chunks):
+                    if stop.is_set():
+                        return
+                    yield pb.Sealed(session_id=os.urandom(16), kind="forward", step=1, counter=0,
+                                    ciphertext=payload, chunk_index=index, chunk_count=chunks + 40)
+            list(stub.Step(chunks_of(), timeout=30))
+        probe.attempt = self._run(probe, call)
+        return probe
+
+    def slow_drip(self, workers: int = 6, gap_s: float = 1.0) -> Probe:
+        """Chunks of a message a second apart, under a made-up session id and under a real one."""
+        probe = Probe("slow-drip chunks", workers, lambda stop: None)
+
+        def call(stub, stop: threading.Event) -> None:
+            session = self._session()[1].session_id if self.enrolled is not None else os.urandom(16)
+
+            def drip() -> Iterator[pb.Sealed]:
+                for index in range(100):
+                    if stop.is_set():
+                        return
+                    yield pb.Sealed(session_id=session, kind="forward", step=1, counter=0,
+                                    ciphertext=b"x" * 64, chunk_index=index, chunk_count=100)
+                    stop.wait(gap_s)
+            list(stub.Step(drip(), timeout=120))
+        probe.attempt = self._run(probe, call)
+        return probe
+
+    def huge_chunk_count(self, workers: int = 4) -> Probe:
+        """One small chunk declaring 2**31 chunks, under a real session."""
+        probe = Probe("huge declared chunk count", workers, lambda stop: None)
+
+        def call(stub, stop: threading.Event) -> None:
+            session = self._session()[1].session_id
+            message = pb.Sealed(session_id=session, kind="forward", step=1, counter=0, ciphertext=b"x" * 64,
+                                chunk_index=0, chunk_count=2**31 - 1)
+            list(stub.Step(iter([message]), timeout=10))
+        probe.attempt = self._run(probe, call)
+        return probe
+
+    def handshake_flood(self, workers: int = 8) -> Probe:
+        """Handshakes as fast as they go: from an identity the server does not know."""
+        probe = Probe("handshake flood", workers, lambda stop: None)
+        stranger = Identity.generate("stranger")
+
+        def call(stub, stop: threading.Event) -> None:
+            hello = ClientHandshake(stranger, self.server_key).hello().to_bytes()
+            stub.Handshake(pb.Hello(client_hello=hello), timeout=10)
+        probe.attempt = self._run(probe, call)
+        return probe
+
+    def many_sessions(self, workers: int = 4) -> Probe:
+        """Sessions opened again and again with one enrolled key (each replaces the last)."""
+        probe = Probe("many sessions, one enrolled key", workers, lambda stop: None)
+
+        def call(stub, stop: threading.Event) -> None:
+            hello = ClientHandshake(self.enrolled, self.server_key).hello().to_bytes()
+            stub.Handshake(pb.Hello(client_hello=hello), timeout=10)
+        probe.attempt = self._run(probe, call)
+        return probe
+
+    def step_flood(self, workers: int = 6) -> Probe:
+        """An enrolled client sending inference forwards as fast as it can."""
+        probe = Probe("step flood from an enrolled client", workers, lambda stop: None)
+
+        def call(stub, stop: threading.Event) -> None:
+            connection, channel = self._session()
+            try:
+                for step in range(1, 200):
+                    if stop.is_set():
+                        return
+                    mask = torch.ones(1, 4, dtype=torch.long)
+                    request = pb.ForwardRequest(step=step, hidden=encode_tensor(torch.randn(1, 4, 64)),
+                                                lengths=mask_to_lengths(mask), train=False)
+                    sealed = channel.seal("forward", step, request.SerializeToString())
+                    stub.Exchange(to_wire(sealed), timeout=10)
+                    probe.statuses["OK"] += 1
+            finally:
+                connection.close()
+        probe.attempt = self._run(probe, call)
+        return probe
+
+    def _session(self) -> tuple[TrunkConnection, SecureChannel]:
+        connection = TrunkConnection(self.address, self.certificate, timeout_s=10)
+        handshake = ClientHandshake(self.enrolled, self.server_key)
+        reply = connection.handshake(handshake.hello().to_bytes())
+        return connection, SecureChannel(handshake.finish(ServerHello.from_bytes(reply.server_hello)))
+
+
+def honest_client(address: str, certificate: bytes, identity: Identity, server_key: PublicIdentity,
+                  blocks: int = 4) -> SplitClient:
+    """Alice, training tiny-llama split 1/2/1 against the server."""
+    model, _ = load_model("tiny-llama")
+    split = split_model(model, Partition(1, 1))
+    init_adapter(split.head, LoraSpec(r=4), 0)
+    init_adapter(split.tail, LoraSpec(r=4), 0)
+    remote = RemoteTrunk(TrunkConnection(address, certificate, timeout_s=30), identity, server_key)
+    remote.connect((1, blocks - 1), 64)
+    return SplitClient(identity.name, split.head, split.tail, remote)
+
+
+def steps_per_second(client: SplitClient, batch: dict, seconds: float, max_steps: int = 10_000) -> float:
+    """Honest training steps a second over ``seconds`` (busy refusals are retried after 50 ms)."""
+    from splitfed.transport.errors import RemoteError
+
+    started, steps = time.monotonic(), 0
+    while time.monotonic() - started < seconds and steps < max_steps:
+        try:
+            client.train_step(batch)
+            steps += 1
+        except RemoteError as error:
+            if error.status not in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
+                raise
+            time.sleep(0.05)
+    return steps / (time.monotonic() - started)
+
+
+def _attack(address: str, certificate: bytes, server_key: str, enrolled_key: str, probe: str,
+            seconds: float, results) -> None:
+    """Child process: run one probe for ``seconds`` at low priority (the attacker's CPU is not the
+    server's on a real network; here they share two cores), report its statuses."""
+    os.nice(19)
+    attacker = Attacker(address, certificate, PublicIdentity.from_text(server_key),
+                        Identity.load(Path(enrolled_key), name=Path(enrolled_key).stem))
+    chosen: Probe = getattr(attacker, probe)()
+    stop = threading.Event()
+    threads = [threading.Thread(target=chosen.attempt, args=(stop,), daemon=True)
+               for _ in range(chosen.workers)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=40)
+    results.put(dict(chosen.statuses))
+
+
+def run_probe(probe: str, seconds: float, honest: Callable[[], float], server_pid: int, address: str,
+              certificate: bytes, server_key: str, enrolled_key: Path) -> tuple[float, float, dict]:
+    """Run ``probe`` in a process of its own for ``seconds`` plus the honest measurement ``honest()``;
+    returns (honest rate, peak server RSS MiB, the probe's statuses)."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_attack, args=(address, certificate, server_key, str(enrolled_key), probe,
+                                                  seconds + 1.5, results), daemon=True)
+    peak = [rss_mib(server_pid)]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.1):
+            peak[0] = max(peak[0], rss_mib(server_pid))
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    child.start()
+    try:
+        time.sleep(1.5)  # the attack is under way (the child started) before the honest client is timed
+        rate = honest()
+        statuses = results.get(timeout=90)
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+        sampling.set()
+        sampler.join(timeout=5)
+    return rate, peak[0], statuses

@@ -1,0 +1,78 @@
+"""Hostile peers against a live server while an honest client trains (issue 22's probes): the honest
+client keeps >= 50% of its step rate, the server's RSS grows < 300 MiB and comes back, and every
+refusal has a precise status (never UNKNOWN or INTERNAL)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from splitfed.security import Identity, PublicIdentity
+from tests.conftest import make_batch
+from tests.network.conftest import splitfed, wait_for_port
+from tests.network.hostile import honest_client, rss_mib, run_probe, steps_per_second
+
+WINDOW_S = 3.0
+FRONT_DOOR = """front_door:
+  first_message_timeout_s: 2.0
+  stream_idle_timeout_s: 2.0
+"""
+ACCEPTED = {"OK", "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT",
+            "CANCELLED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    from splitfed.security import create_identity_files, create_server_files
+    from tests.network.conftest import Deployment
+
+    root = tmp_path_factory.mktemp("hostile")
+    keys = root / "keys"
+    create_server_files(keys, ["localhost"], ["127.0.0.1"])
+    (root / "allow").mkdir()
+    for name in ("alice", "mallory"):
+        create_identity_files(keys, name)
+        (root / "allow" / f"{name}.pub").write_bytes((keys / f"{name}.pub").read_bytes())
+    deployment = Deployment(root, keys)
+    server = splitfed("serve", "--config", str(deployment.server_config(FRONT_DOOR)), log=root / "server.log")
+    try:
+        port = wait_for_port(root / "port", server)
+        address = f"127.0.0.1:{port}"
+        certificate = (keys / "tls-cert.pem").read_bytes()
+        server_key = PublicIdentity.from_text((keys / "server.pub").read_text())
+        alice = honest_client(address, certificate, Identity.load(keys / "alice.key", name="alice"),
+                              server_key)
+        batch = make_batch(2, 12)
+        steps_per_second(alice, batch, 1.0)  # warm up
+        alone = steps_per_second(alice, batch, WINDOW_S)
+        yield {"server": server, "alice": alice, "batch": batch, "alone": alone, "address": address,
+               "certificate": certificate, "server_key": (keys / "server.pub").read_text(),
+               "enrolled": keys / "mallory.key", "baseline_rss": rss_mib(server.pid),
+               "log": root / "server.log"}
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
+PROBES = ["idle_streams", "big_unknown_session", "slow_drip", "huge_chunk_count", "handshake_flood",
+          "many_sessions", "step_flood"]
+
+
+@pytest.mark.parametrize("name", PROBES)
+def test_the_honest_client_trains_on_under_attack(live, name):
+    def honest() -> float:
+        return steps_per_second(live["alice"], live["batch"], WINDOW_S)
+
+    rate, peak, statuses = run_probe(name, WINDOW_S, honest, live["server"].pid, live["address"],
+                                     live["certificate"], live["server_key"], live["enrolled"])
+    time.sleep(2.5)  # deadlines pass, buffers are freed
+    after = rss_mib(live["server"].pid)
+    assert live["server"].poll() is None, live["log"].read_text()[-3000:]
+    assert rate >= 0.5 * live["alone"], (name, rate, live["alone"], statuses)
+    assert peak - live["baseline_rss"] < 300, (name, peak, live["baseline_rss"])
+    assert after - live["baseline_rss"] < 150, (name, after, live["baseline_rss"])
+    assert sum(statuses.values()) > 0, "the probe sent nothing"
+    assert set(statuses) <= ACCEPTED, (name, statuses)
+    refusals = {k: v for k, v in statuses.items() if k != "OK"}
+    assert refusals, (name, "the server accepted every hostile request")

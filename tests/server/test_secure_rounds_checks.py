@@ -1,0 +1,38 @@
+"""Secure aggregation against garbage: the server checks the one thing it sees, the round's average."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from splitfed.security import SecAggError
+from splitfed.server.secure_rounds import SecureRounds
+
+
+def _average(norm: float) -> dict[str, torch.Tensor]:
+    return {"a": torch.full((4,), norm / 2.0), "b": torch.zeros(3)}
+
+
+def test_a_finite_average_within_the_ratio_passes_and_becomes_the_reference():
+    rounds = SecureRounds(lambda: set(), max_norm_ratio=2.0)
+    rounds._check_average(_average(1.0))
+    assert rounds.previous_norm == pytest.approx(1.0)
+    rounds._check_average(_average(1.9))
+    assert rounds.previous_norm == pytest.approx(1.9)
+
+
+def test_an_average_that_jumps_past_the_ratio_or_is_not_finite_is_rejected():
+    rounds = SecureRounds(lambda: set(), max_norm_ratio=2.0)
+    rounds._check_average(_average(1.0))
+    with pytest.raises(SecAggError, match="exceeds 2 x the previous"):
+        rounds._check_average(_average(2.5))
+    assert rounds.previous_norm == pytest.approx(1.0)  # a rejected round does not move the reference
+    poisoned = _average(1.0)
+    poisoned["b"][1] = math.nan
+    with pytest.raises(SecAggError, match="not finite"):
+        rounds._check_average(poisoned)
+    unbounded = SecureRounds(lambda: set(), max_norm_ratio=None)
+    unbounded._check_average(_average(1.0))
+    unbounded._check_average(_average(100.0))  # only finiteness without a ratio
