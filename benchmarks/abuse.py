@@ -22,7 +22,7 @@ from pathlib import Path
 from splitfed.security import Identity, PublicIdentity, create_identity_files, create_server_files
 from tests.conftest import make_batch
 from tests.network.conftest import Deployment, splitfed, wait_for_port
-from tests.network.hostile import honest_client, rss_mib, run_probe, steps_per_second
+from tests.network.hostile import AttackProcess, honest_client, rss_mib, run_probe, steps_per_second
 
 PROBES = ["idle_streams", "big_unknown_session", "slow_drip", "huge_chunk_count", "handshake_flood",
           "many_sessions", "step_flood"]
@@ -52,13 +52,13 @@ def main() -> None:
         alice = honest_client(address, certificate, Identity.load(keys / "alice.key", name="alice"),
                               PublicIdentity.from_text(server_key_text))
         batch = make_batch(2, 12)
+        attacker = AttackProcess(address, certificate, server_key_text, keys / "mallory.key")
         steps_per_second(alice, batch, 2.0)  # warm up
         for probe in args.probes.split(","):
             alone = steps_per_second(alice, batch, args.seconds)
             before = rss_mib(server.pid)
-            rate, peak, statuses = run_probe(probe, args.seconds,
-                                             lambda: steps_per_second(alice, batch, args.seconds), server.pid,
-                                             address, certificate, server_key_text, keys / "mallory.key")
+            rate, peak, statuses = run_probe(attacker, probe, args.seconds,
+                                             lambda: steps_per_second(alice, batch, args.seconds), server.pid)
             time.sleep(3.0)
             after = rss_mib(server.pid)
             row = {"probe": probe, "honest_steps_per_s_alone": alone, "honest_steps_per_s_attacked": rate,
@@ -67,6 +67,7 @@ def main() -> None:
             rows.append(row)
             print(f"{probe:22s} honest {alone:6.1f} -> {rate:6.1f} steps/s ({row['ratio']:.2f}); server RSS "
                   f"{before:.0f} / {peak:.0f} / {after:.0f} MiB; attacker got {statuses}", flush=True)
+        attacker.close()
     finally:
         server.kill()
         server.wait(timeout=30)

@@ -2,7 +2,9 @@
 
 A step holds the trunk from its training forward until its backward (or until it is abandoned).
 With a roster the turns go round-robin in roster order among the clients that have joined, so a run
-is reproducible whatever the network timing; without one, steps are served in arrival order.
+is reproducible whatever the network timing; without one, steps are served in arrival order, except
+that a client with several requests waiting does not get two turns in a row while another client
+waits (a flooding client gets at most every other turn).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class TurnScheduler:
         self._ever_joined: set[str] = set()
         self._left: set[str] = set()
         self._holder: str | None = None
+        self._last_holder: str | None = None
         self._next_index = 0
         self._queue: deque[str] = deque()
         self._condition = threading.Condition()
@@ -97,7 +100,7 @@ class TurnScheduler:
                     self._queue.remove(client)
                 raise
             if self._roster is None:
-                self._queue.popleft()
+                self._queue.remove(client)
             self._holder = client
 
     def release(self, client: str) -> None:
@@ -110,6 +113,7 @@ class TurnScheduler:
     # -- internals (call with the condition held) ---------------------------------------------------
     def _release_locked(self, client: str) -> None:
         self._holder = None
+        self._last_holder = client
         if self._roster is not None and client in self._roster:
             self._next_index = (self._roster.index(client) + 1) % len(self._roster)
 
@@ -120,8 +124,9 @@ class TurnScheduler:
     def _may_go(self, client: str) -> bool:
         if self._holder is not None:
             return False
-        if self._roster is None:
-            return bool(self._queue) and self._queue[0] == client
+        if self._roster is None:  # arrival order, but never the same client twice while another waits
+            others = [c for c in self._queue if c != self._last_holder]
+            return bool(self._queue) and (others[0] if others else self._queue[0]) == client
         if client not in self._roster:
             return False
         everyone_joined = all(c in self._joined or c in self._left for c in self._roster)

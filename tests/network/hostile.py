@@ -212,34 +212,55 @@ def steps_per_second(client: SplitClient, batch: dict, seconds: float, max_steps
     return steps / (time.monotonic() - started)
 
 
-def _attack(address: str, certificate: bytes, server_key: str, enrolled_key: str, probe: str,
-            seconds: float, results) -> None:
-    """Child process: run one probe for ``seconds`` at low priority (the attacker's CPU is not the
-    server's on a real network; here they share two cores), report its statuses."""
+def _attack_worker(address: str, certificate: bytes, server_key: str, enrolled_key: str, requests,
+                   results) -> None:
+    """Child process: run the probes it is sent, one at a time, at low priority (on a real network the
+    attacker's CPU is not the server's; here they share two cores), reporting each one's statuses."""
     os.nice(19)
     attacker = Attacker(address, certificate, PublicIdentity.from_text(server_key),
                         Identity.load(Path(enrolled_key), name=Path(enrolled_key).stem))
-    chosen: Probe = getattr(attacker, probe)()
-    stop = threading.Event()
-    threads = [threading.Thread(target=chosen.attempt, args=(stop,), daemon=True)
-               for _ in range(chosen.workers)]
-    for thread in threads:
-        thread.start()
-    time.sleep(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=40)
-    results.put(dict(chosen.statuses))
+    results.put("ready")
+    for _ in range(100):  # bounded: one request per probe, None ends
+        request = requests.get(timeout=600)
+        if request is None:
+            return
+        name, seconds = request
+        chosen: Probe = getattr(attacker, name)()
+        stop = threading.Event()
+        threads = [threading.Thread(target=chosen.attempt, args=(stop,), daemon=True)
+                   for _ in range(chosen.workers)]
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        results.put(dict(chosen.statuses))
 
 
-def run_probe(probe: str, seconds: float, honest: Callable[[], float], server_pid: int, address: str,
-              certificate: bytes, server_key: str, enrolled_key: Path) -> tuple[float, float, dict]:
-    """Run ``probe`` in a process of its own for ``seconds`` plus the honest measurement ``honest()``;
-    returns (honest rate, peak server RSS MiB, the probe's statuses)."""
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    child = context.Process(target=_attack, args=(address, certificate, server_key, str(enrolled_key), probe,
-                                                  seconds + 1.5, results), daemon=True)
+class AttackProcess:
+    """The attacker in a process of its own, started once, running probes on request."""
+
+    def __init__(self, address: str, certificate: bytes, server_key: str, enrolled_key: Path) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.requests, self.results = context.Queue(), context.Queue()
+        self.process = context.Process(target=_attack_worker, daemon=True, args=(
+            address, certificate, server_key, str(enrolled_key), self.requests, self.results))
+        self.process.start()
+        if self.results.get(timeout=120) != "ready":
+            raise RuntimeError("the attacker process did not start")
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def run_probe(attacker: AttackProcess, probe: str, seconds: float, honest: Callable[[], float],
+              server_pid: int) -> tuple[float, float, dict]:
+    """Run ``probe`` for ``seconds`` plus the honest measurement ``honest()``; returns (honest rate,
+    peak server RSS MiB, the probe's statuses)."""
     peak = [rss_mib(server_pid)]
     sampling = threading.Event()
 
@@ -248,15 +269,12 @@ def run_probe(probe: str, seconds: float, honest: Callable[[], float], server_pi
             peak[0] = max(peak[0], rss_mib(server_pid))
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    child.start()
+    attacker.requests.put((probe, seconds + 1.0))
     try:
-        time.sleep(1.5)  # the attack is under way (the child started) before the honest client is timed
+        time.sleep(1.0)  # the attack is under way before the honest client is timed
         rate = honest()
-        statuses = results.get(timeout=90)
+        statuses = attacker.results.get(timeout=90)
     finally:
-        child.join(timeout=60)
-        if child.is_alive():
-            child.kill()
         sampling.set()
         sampler.join(timeout=5)
     return rate, peak[0], statuses

@@ -11,9 +11,9 @@ import pytest
 from splitfed.security import Identity, PublicIdentity
 from tests.conftest import make_batch
 from tests.network.conftest import splitfed, wait_for_port
-from tests.network.hostile import honest_client, rss_mib, run_probe, steps_per_second
+from tests.network.hostile import AttackProcess, honest_client, rss_mib, run_probe, steps_per_second
 
-WINDOW_S = 3.0
+WINDOW_S = 2.5
 FRONT_DOOR = """front_door:
   first_message_timeout_s: 2.0
   stream_idle_timeout_s: 2.0
@@ -44,12 +44,13 @@ def live(tmp_path_factory):
         alice = honest_client(address, certificate, Identity.load(keys / "alice.key", name="alice"),
                               server_key)
         batch = make_batch(2, 12)
+        attacker = AttackProcess(address, certificate, (keys / "server.pub").read_text(),
+                                 keys / "mallory.key")
         steps_per_second(alice, batch, 1.0)  # warm up
         alone = steps_per_second(alice, batch, WINDOW_S)
-        yield {"server": server, "alice": alice, "batch": batch, "alone": alone, "address": address,
-               "certificate": certificate, "server_key": (keys / "server.pub").read_text(),
-               "enrolled": keys / "mallory.key", "baseline_rss": rss_mib(server.pid),
-               "log": root / "server.log"}
+        yield {"server": server, "alice": alice, "batch": batch, "alone": alone, "attacker": attacker,
+               "baseline_rss": rss_mib(server.pid), "log": root / "server.log"}
+        attacker.close()
     finally:
         server.kill()
         server.wait(timeout=30)
@@ -64,9 +65,8 @@ def test_the_honest_client_trains_on_under_attack(live, name):
     def honest() -> float:
         return steps_per_second(live["alice"], live["batch"], WINDOW_S)
 
-    rate, peak, statuses = run_probe(name, WINDOW_S, honest, live["server"].pid, live["address"],
-                                     live["certificate"], live["server_key"], live["enrolled"])
-    time.sleep(2.5)  # deadlines pass, buffers are freed
+    rate, peak, statuses = run_probe(live["attacker"], name, WINDOW_S, honest, live["server"].pid)
+    time.sleep(2.0)  # deadlines pass, buffers are freed
     after = rss_mib(live["server"].pid)
     assert live["server"].poll() is None, live["log"].read_text()[-3000:]
     assert rate >= 0.5 * live["alone"], (name, rate, live["alone"], statuses)

@@ -1,4 +1,4 @@
-"""Secure aggregation against garbage: the server checks the one thing it sees, the round's average."""
+"""Bounds against abuse by enrolled clients: the secure average is checked, turns are shared fairly."""
 
 from __future__ import annotations
 
@@ -36,3 +36,34 @@ def test_an_average_that_jumps_past_the_ratio_or_is_not_finite_is_rejected():
     unbounded = SecureRounds(lambda: set(), max_norm_ratio=None)
     unbounded._check_average(_average(1.0))
     unbounded._check_average(_average(100.0))  # only finiteness without a ratio
+
+
+def test_a_client_with_many_requests_waiting_gets_at_most_every_other_turn():
+    import threading
+
+    from splitfed.server.scheduler import TurnScheduler
+
+    scheduler = TurnScheduler()
+    scheduler.acquire("carol", 1)  # carol holds the trunk; 3 requests of mallory's and 1 of alice's wait
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def take(client: str) -> None:
+        scheduler.acquire(client, 10)
+        with lock:
+            order.append(client)
+        scheduler.release(client)
+
+    threads = [threading.Thread(target=take, args=("mallory",)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    import time
+
+    time.sleep(0.2)
+    alice = threading.Thread(target=take, args=("alice",))
+    alice.start()
+    time.sleep(0.2)
+    scheduler.release("carol")
+    for thread in (*threads, alice):
+        thread.join(timeout=10)
+    assert order[:2] == ["mallory", "alice"], order  # queued after mallory's three, served second
