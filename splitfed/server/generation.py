@@ -118,7 +118,14 @@ class GenerationCaches:
         used = sum(s.bytes for s in self._streams.values()) + self._reserved
         if used + need <= self.budget_bytes:
             return
-        idle = sorted((s.last_used, key) for key, s in self._streams.items() if not s.busy and key != keep)
+        # the owner holding the most goes first, then least recently used: one client filling the cache
+        # loses its own idle streams before another client loses one
+        held: dict[str, int] = {}
+        for key, stream in self._streams.items():
+            held[key[0]] = held.get(key[0], 0) + stream.bytes
+        idle = sorted((-held[key[0]], s.last_used, key) for key, s in self._streams.items()
+                      if not s.busy and key != keep)
+        idle = [(used_at, key) for _, used_at, key in idle]
         evictable = sum(self._streams[key].bytes for _, key in idle)
         if used - evictable + need > self.budget_bytes:  # nothing is evicted for a step that cannot fit
             raise CacheBudgetExceeded(

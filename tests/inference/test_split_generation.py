@@ -176,3 +176,20 @@ def test_generation_sends_clipped_noised_hidden_states_when_the_defense_protects
     handle.remove()
     assert received[0].norm(dim=-1).max() <= 0.5 + 1e-5 < clean.norm(dim=-1).max()  # clipped before sending
     assert torch.equal(split.head(encoded.input_ids).detach(), clean)  # the client's own head is untouched
+
+
+def test_the_client_holding_the_most_cache_loses_its_idle_streams_first():
+    _, tokenizer, split, caches = _setup()
+    encoded = tokenizer(PROMPTS[:1], return_tensors="pt")
+    per_stream = caches.per_token * (encoded.input_ids.shape[1] + 2)
+    caches.budget_bytes = int(per_stream * 3.5)  # room for three streams
+    sampling = SamplingSettings(max_new_tokens=2)
+    honest = SplitGenerator(split.head, split.tail, LocalGeneration(caches, "alice"))
+    list(honest.generate(encoded.input_ids, sampling=sampling))
+    for stream in range(2):  # mallory takes the rest of the cache with two streams
+        list(SplitGenerator(split.head, split.tail, LocalGeneration(caches, "mallory"), stream)
+             .generate(encoded.input_ids, sampling=sampling))
+    list(SplitGenerator(split.head, split.tail, LocalGeneration(caches, "mallory"), 2)
+         .generate(encoded.input_ids, sampling=sampling))  # a third: room is made from mallory's own
+    owners = [owner for owner, _ in caches.streams()]
+    assert owners.count("alice") == 1 and owners.count("mallory") == 2
