@@ -19,10 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from splitfed.security import Identity, PublicIdentity, create_identity_files, create_server_files
+from splitfed.security import Identity, PublicIdentity
 from tests.conftest import make_batch
-from tests.network.conftest import Deployment, splitfed, wait_for_port
-from tests.network.hostile import AttackProcess, honest_client, rss_mib, run_probe, steps_per_second
+from tests.network.conftest import wait_for_port
+from tests.network.hostile import (
+    AttackProcess,
+    honest_client,
+    hostile_deployment,
+    rss_mib,
+    run_probe,
+    steps_per_second,
+)
 
 PROBES = ["idle_streams", "big_unknown_session", "slow_drip", "huge_chunk_count", "handshake_flood",
           "many_sessions", "step_flood"]
@@ -35,14 +42,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/abuse.json"))
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="splitfed-abuse-"))
-    keys = root / "keys"
-    create_server_files(keys, ["localhost"], ["127.0.0.1"])
-    (root / "allow").mkdir()
-    for name in ("alice", "mallory"):
-        create_identity_files(keys, name)
-        (root / "allow" / f"{name}.pub").write_bytes((keys / f"{name}.pub").read_bytes())
-    deployment = Deployment(root, keys)
-    server = splitfed("serve", "--config", str(deployment.server_config()), log=root / "server.log")
+    deployment, server = hostile_deployment(root)
+    keys = deployment.keys
     rows = []
     try:
         port = wait_for_port(root / "port", server)

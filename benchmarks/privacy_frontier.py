@@ -39,8 +39,9 @@ import torch
 
 from splitfed.attacks import AttackHarness, AttackSettings, TrafficAttacks, victim_traffic
 from splitfed.attacks.data import victim_rows
+from splitfed.demo import whole_logits
 from splitfed.federation import FederationSettings, InProcessFederation, PartitionSettings
-from splitfed.models import LoraSpec, Partition, load_model, positions_from_mask
+from splitfed.models import LoraSpec, Partition, load_model
 from splitfed.privacy import (
     BottleneckSettings,
     ChannelSettings,
@@ -105,15 +106,6 @@ def row_privacy(row: str, forward_clip: float, backward_clip: float, seed: int, 
         raise ValueError(f"unknown row {row!r}: none, noise:S, vib:KL[:SCALE], vib-bypass:KL[:SCALE], "
                          "dcor:W, dcor-bypass:W")
     return PrivacySettings(learned=learned, seed=seed)
-
-
-def _whole_logits(model):
-    @torch.no_grad()
-    def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        positions = positions_from_mask(attention_mask, input_ids.shape[1], 0, input_ids.device)
-        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
-
-    return logits
 
 
 def _worst(*checkpoints: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +256,7 @@ def main() -> None:
         evaluation = load_task(task, "val", limit=args.eval_examples)
         encoded = [encode_example(tokenizer, e, args.max_length) for e in train]
         rows = victim_rows(tokenizer, task, "val", args.victims, args.max_length)
-        zero = evaluate_cloze(_whole_logits(model), tokenizer, evaluation, batch_size=8,
+        zero = evaluate_cloze(whole_logits(model), tokenizer, evaluation, batch_size=8,
                               max_length=args.max_length)
         result["zero_shot"][task] = zero["accuracy"]
         log.info("%s: zero-shot accuracy %.3f on %d rows", task, zero["accuracy"], len(evaluation))

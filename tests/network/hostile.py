@@ -278,3 +278,21 @@ def run_probe(attacker: AttackProcess, probe: str, seconds: float, honest: Calla
         sampling.set()
         sampler.join(timeout=5)
     return rate, peak[0], statuses
+
+
+def hostile_deployment(root: Path, server_extra: str = ""):
+    """Keys for the server, honest "alice" and enrolled "mallory" under ``root``, and a started
+    `splitfed serve` (tiny-llama, TLS on 127.0.0.1): (deployment, server process)."""
+    from splitfed.security import create_identity_files, create_server_files
+    from tests.network.conftest import Deployment, splitfed
+
+    keys = root / "keys"
+    create_server_files(keys, ["localhost"], ["127.0.0.1"])
+    (root / "allow").mkdir()
+    for name in ("alice", "mallory"):
+        create_identity_files(keys, name)
+        (root / "allow" / f"{name}.pub").write_bytes((keys / f"{name}.pub").read_bytes())
+    deployment = Deployment(root, keys)
+    server = splitfed("serve", "--config", str(deployment.server_config(server_extra)),
+                      log=root / "server.log")
+    return deployment, server

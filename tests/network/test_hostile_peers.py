@@ -10,8 +10,15 @@ import pytest
 
 from splitfed.security import Identity, PublicIdentity
 from tests.conftest import make_batch
-from tests.network.conftest import splitfed, wait_for_port
-from tests.network.hostile import AttackProcess, honest_client, rss_mib, run_probe, steps_per_second
+from tests.network.conftest import wait_for_port
+from tests.network.hostile import (
+    AttackProcess,
+    honest_client,
+    hostile_deployment,
+    rss_mib,
+    run_probe,
+    steps_per_second,
+)
 
 WINDOW_S = 2.5
 FRONT_DOOR = """front_door:
@@ -24,18 +31,9 @@ ACCEPTED = {"OK", "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    from splitfed.security import create_identity_files, create_server_files
-    from tests.network.conftest import Deployment
-
     root = tmp_path_factory.mktemp("hostile")
-    keys = root / "keys"
-    create_server_files(keys, ["localhost"], ["127.0.0.1"])
-    (root / "allow").mkdir()
-    for name in ("alice", "mallory"):
-        create_identity_files(keys, name)
-        (root / "allow" / f"{name}.pub").write_bytes((keys / f"{name}.pub").read_bytes())
-    deployment = Deployment(root, keys)
-    server = splitfed("serve", "--config", str(deployment.server_config(FRONT_DOOR)), log=root / "server.log")
+    deployment, server = hostile_deployment(root, FRONT_DOOR)
+    keys = deployment.keys
     try:
         port = wait_for_port(root / "port", server)
         address = f"127.0.0.1:{port}"
