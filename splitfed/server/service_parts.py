@@ -66,6 +66,7 @@ class Session:
     step_started: float = 0.0
     output_shape: tuple[int, ...] = ()
     lock: threading.Lock = field(default_factory=threading.Lock)
+    scoring: threading.Lock = field(default_factory=threading.Lock)  # one inference forward computing
 
     @property
     def key(self) -> str:

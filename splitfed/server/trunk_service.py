@@ -326,8 +326,9 @@ class TrunkService:
         assert sub is not None
         if self.batcher is not None:
             return self._batched_forward(session, request, hidden, mask)
-        if not request.train:
-            output = sub.compute.run(sub.trunk.forward, session.key, hidden, mask, train=False)
+        if not request.train:  # one of a client's scoring forwards queued at a time: a flood waits its turn
+            with session.scoring:
+                output = sub.compute.run(sub.trunk.forward, session.key, hidden, mask, train=False)
             return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
         if self.draining:
             raise shutting_down()

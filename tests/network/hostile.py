@@ -24,6 +24,7 @@ from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureC
 from splitfed.transport import encode_tensor, mask_to_lengths, pb
 from splitfed.transport import splitfed_pb2_grpc as pb_grpc
 from splitfed.transport.connection import TrunkConnection
+from splitfed.transport.errors import RemoteError
 
 CHUNK = 4 * 1024 * 1024 - 1024
 
@@ -70,6 +71,8 @@ class Attacker:
                         probe.statuses["OK"] += 1
                     except grpc.RpcError as error:
                         probe.statuses[error.code().name] += 1
+                    except RemoteError as error:  # refused while opening its session
+                        probe.statuses[error.status] += 1
             finally:
                 channel.close()
         return attempt
