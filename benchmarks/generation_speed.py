@@ -240,7 +240,8 @@ def main() -> None:
     parser.add_argument("--concurrent-context", type=int, default=64)
     parser.add_argument("--concurrent-tokens", type=int, default=32)
     parser.add_argument("--concurrent-rounds", type=int, default=2, help="rounds of the concurrent clients; "
-                        "memory before and after each (the first also grows the server's thread pool)")
+                        "memory before and after each (the first also grows the server's thread pool); "
+                        "0 skips the concurrency part")
     parser.add_argument("--head", type=int, default=2)
     parser.add_argument("--tail", type=int, default=2)
     parser.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
@@ -251,6 +252,8 @@ def main() -> None:
                         "(splitfed.client.colocation), or the runtime's default")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    if args.concurrent_rounds < 0:
+        parser.error("--concurrent-rounds must be >= 0")
     output = args.output or Path(f"benchmarks/results/generation_speed_{args.model}.json")
     environment = colocated_environment()
     if args.client_spin == "short" and environment != dict(os.environ):
@@ -270,7 +273,11 @@ def main() -> None:
         try:
             client = Client(args, model, keys, port, 0)
             rows = _contexts(args, model, tokenizer, client)
-            concurrency = _concurrency(args, model, tokenizer, keys, port, server.pid, client)
+            if args.concurrent_rounds > 0:
+                concurrency = _concurrency(args, model, tokenizer, keys, port, server.pid, client)
+            else:
+                client.close()
+                concurrency = {"skipped": "--concurrent-rounds 0"}
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)

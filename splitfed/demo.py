@@ -86,8 +86,9 @@ class TrainerResult:
     before: Evaluation
     after: Evaluation
     losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # training only
     examples_per_second: float = 0.0
+    startup_seconds: float = 0.0  # processes started, models loaded, sessions opened (networked runs)
 
 
 @dataclass
@@ -234,7 +235,7 @@ def _network_federation(model: Any, settings: DemoSettings, fed_settings: Federa
     for role, directory in run.adapters.items():
         shutil.copytree(directory, settings.output / "adapters" / role, dirs_exist_ok=True)
     result = TrainerResult("federated (processes)", before, before, losses=run.losses,
-                           seconds=run.seconds)
+                           seconds=run.seconds, startup_seconds=run.startup_seconds)
     result.examples_per_second = fed_settings.total_steps * fed_settings.batch_size / max(run.seconds, 1e-9)
     return result
 

@@ -28,9 +28,11 @@ class FederationFailed(RuntimeError):
 @dataclass
 class NetworkRun:
     losses: list[float]
-    seconds: float
+    seconds: float  # training: from the first client's first step to the last client's end
     adapters: dict[str, Path]
     bytes_sent: int
+    startup_seconds: float  # from starting the server to the first client's first step
+    wall_seconds: float  # everything: start-up, training, saving, exit
 
 
 def _write_yaml(path: Path, data: dict) -> Path:
@@ -78,6 +80,7 @@ def run_network_federation(
         **common, "listen": "127.0.0.1:0", "identity": keys / "server.key", "allowlist": allow,
         "tls_cert": keys / "tls-cert.pem", "tls_key": keys / "tls-key.pem", "roster": names,
         "exit_when_done": True, "port_file": port_file, "output": directory / "server"})
+    spawned_at = time.time()
     server = _spawn(["serve", "--config", str(server_config)], directory / "server.log")
     clients: list[subprocess.Popen] = []
     try:
@@ -120,7 +123,10 @@ def run_network_federation(
                 "tail": directory / names[0] / "tail"}
     if (directory / names[0] / "cut").is_dir():  # client 0's learned defense
         adapters["cut"] = directory / names[0] / "cut"
-    return NetworkRun(losses, seconds, adapters, sum(s["bytes_sent"] for s in summaries))
+    first_step_at = min(s["training_started_at"] for s in summaries)
+    training = max(s["training_ended_at"] for s in summaries) - first_step_at
+    return NetworkRun(losses, training, adapters, sum(s["bytes_sent"] for s in summaries),
+                      startup_seconds=first_step_at - spawned_at, wall_seconds=seconds)
 
 
 def _privacy_block(settings: FederationSettings, index: int) -> dict:

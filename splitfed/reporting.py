@@ -6,21 +6,42 @@ from pathlib import Path
 
 from rich.table import Table
 
-from splitfed.demo import DemoResult, TrainerResult
+from splitfed.demo import DemoResult, Evaluation, TrainerResult
 
 
 def _rows(result: DemoResult) -> list[tuple[str, ...]]:
     before = result.federated.before
-    rows = [("zero-shot (before)", f"{before.loss:.3f}", f"{before.accuracy:.3f}", f"{before.macro_f1:.3f}",
+    rows = [("zero-shot (before)", f"{before.loss:.3f}", _accuracy(before), f"{before.macro_f1:.3f}",
              "-", "-")]
     for trainer in (result.federated, result.centralized):
         after = trainer.after
-        rows.append((f"{trainer.name} (after)", f"{after.loss:.3f}", f"{after.accuracy:.3f}",
+        rows.append((f"{trainer.name} (after)", f"{after.loss:.3f}", _accuracy(after),
                      f"{after.macro_f1:.3f}", _train_loss(trainer), f"{trainer.seconds:.0f}s"))
     return rows
 
 
-COLUMNS = ("model", "eval loss", "accuracy", "macro-F1", "train loss", "train time")
+def _accuracy(evaluation: Evaluation) -> str:
+    """Accuracy with the count it comes from: on 56 examples one example is 1.8 points."""
+    correct = round(evaluation.accuracy * evaluation.n)
+    return f"{evaluation.accuracy:.3f} ({correct}/{evaluation.n})"
+
+
+COLUMNS = ("model", "eval loss", "accuracy (correct/n)", "macro-F1", "train loss", "train time")
+
+
+def notes(result: DemoResult) -> list[str]:
+    """What the table's figures mean: the loss window, the eval size, start-up outside train time."""
+    n = result.federated.after.n
+    lines = ["train loss: mean of the first 4 -> last 4 steps",
+             f"eval: {n} held-out examples, so one example is {100 / max(n, 1):.1f} accuracy points"]
+    startup = result.federated.startup_seconds
+    if startup:
+        lines.append(f"train time excludes start-up: {startup:.0f}s to start the server and client "
+                     "processes, load the model and open the sessions")
+    exposed = exposure_line(result)
+    if exposed is not None:
+        lines.append(exposed)
+    return lines
 
 
 def exposure_line(result: DemoResult) -> str | None:
@@ -41,12 +62,8 @@ def exposure_line(result: DemoResult) -> str | None:
 def results_table(result: DemoResult) -> Table:
     """Loss and accuracy before and after fine-tuning, federated vs centralized."""
     settings = result.settings
-    caption = "train loss: mean of the first 4 -> last 4 steps"
-    exposed = exposure_line(result)
-    if exposed is not None:
-        caption += f"\n{exposed}"
     table = Table(title=f"{settings['model']} on {settings['task']}, {settings['clients']} clients",
-                  caption=caption)
+                  caption="\n".join(notes(result)))
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in _rows(result):
@@ -67,9 +84,7 @@ def markdown_table(result: DemoResult) -> str:
     """The same table as Markdown (for closing notes and READMEs)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(result)]
-    exposed = exposure_line(result)
-    if exposed is not None:
-        lines += ["", exposed]
+    lines += ["", *(f"* {line}" for line in notes(result))]
     return "\n".join(lines) + "\n"
 
 

@@ -184,6 +184,7 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     interrupted = False
     stopped: str | None = None
     started = time.perf_counter()
+    started_at = time.time()  # wall clock, comparable across processes: start-up ends here
     try:
         with Progress(TextColumn(f"[bold]{settings.name}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
@@ -248,6 +249,8 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
         "steps": state.steps_done,
         "losses": losses,
         "seconds": seconds,
+        "training_started_at": started_at,
+        "training_ended_at": started_at + seconds,
         "tokens_per_second": tokens / seconds if seconds else 0.0,
         "bytes_sent": link.bytes_sent,
         "bytes_received": link.bytes_received,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -20,6 +22,13 @@ def test_help_explains_every_command(command):
     if command == ["demo"]:
         for option in ("--model", "--clients", "--steps", "--task", "--head", "--tail"):
             assert option in result.output
+
+
+def test_python_dash_m_splitfed_is_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "splitfed", "models"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == runner.invoke(app, ["models"]).output
 
 
 def test_demo_on_tiny_model_writes_results(tmp_path):
@@ -82,6 +91,13 @@ def test_networked_demo_equals_the_in_process_federation(tmp_path):
     assert a["federated"]["losses"] == pytest.approx(b["federated"]["losses"], abs=1e-5)
     assert a["federated"]["after"]["loss"] == pytest.approx(b["federated"]["after"]["loss"], abs=1e-5)
     assert (tmp_path / "net" / "federation" / "server.log").is_file()
+    # the train time counts steps, not process start-up (model loads, handshakes), which is reported apart
+    federated = a["federated"]
+    assert federated["startup_seconds"] > 0 and federated["seconds"] > 0
+    assert federated["seconds"] + federated["startup_seconds"] <= a["total_seconds"]
+    markdown = (tmp_path / "net" / "results.md").read_text()
+    assert "excludes start-up" in markdown and "one example is 16.7 accuracy points" in markdown
+    assert f"({round(federated['after']['accuracy'] * 6)}/6)" in markdown
 
 
 def test_demo_with_a_defense_reports_what_the_server_could_read(tmp_path):
