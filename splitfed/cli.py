@@ -48,8 +48,9 @@ def demo(
 ) -> None:
     """Federated split fine-tuning vs centralized, on a real task: loss and accuracy before and after.
 
-    Fine-tunes a model with N clients by federated split learning (in one process), and the same
-    model centralized with the same data, steps and seeds.
+    Fine-tunes a model with N clients by federated split learning (a `splitfed serve` process and one
+    `splitfed train` process per client over TLS on 127.0.0.1, or in this process with --in-process),
+    and the same model centralized with the same data, steps and seeds.
     """
     from splitfed.demo import DemoSettings, run_demo, save_result
     from splitfed.demo_privacy import DEFENSES
@@ -92,6 +93,25 @@ def models() -> None:
 
     console.print(f"accepted: {accepted_models()}")
     console.print(f"supported model types: {', '.join(supported_model_types())}")
+
+
+@app.command("config-reference")
+def config_reference(
+    output: Annotated[Path | None, typer.Option(help="Write the Markdown here, not to the terminal.")] = None,
+) -> None:
+    """Every config field of serve, train/generate and eval: type, default and description (Markdown).
+
+    Generated from the typed settings, so it is always the version you run; the docs site shows the
+    same page.
+    """
+    from splitfed.settings_reference import config_reference as reference
+
+    text = reference()
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text)
+        console.print(f"config reference: {output}")
 
 
 @app.command()

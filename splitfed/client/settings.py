@@ -25,7 +25,7 @@ class ClientSettings(SplitTrainingSettings):
     tls_cert: Path | None = Field(None, description="mutual TLS: this client's certificate")
     tls_key: Path | None = Field(None, description="mutual TLS: this client's TLS private key")
     insecure_loopback: bool = Field(False, description="allow plaintext transport to a loopback address")
-    data: DataSettings = DataSettings()
+    data: DataSettings = Field(DataSettings(), description="this client's private training examples")
     privacy: PrivacySettings = Field(PrivacySettings(), description="clipping, noise and accounting of what "
                                                                     "the client sends (off by default)")
     steps: int = Field(20, ge=1, description="training steps in all")
@@ -34,8 +34,9 @@ class ClientSettings(SplitTrainingSettings):
     require_secure_aggregation: bool = Field(
         True, description="refuse to send adapters to a server that aggregates them in plain (FedAvg "
                           "rounds then need `aggregation: secure` on the server)")
-    batch_size: int = Field(4, ge=1)
-    wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = Field(4, ge=1, description="examples per training step")
+    wire_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the hidden states and gradients on the wire (half: half the bytes)")
     timeout_s: float = Field(300.0, gt=0, description="deadline of every request to the server")
     reconnect_timeout_s: float = Field(300.0, ge=0, description="keep retrying (with backoff) this long "
                                                                 "while the server is unavailable")

@@ -28,30 +28,32 @@ class EvalSettings(BaseModel):
     """Every method trains the same adapters from the same seed for the same steps and batch size."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = DEFAULT_MODEL
+    model: str = Field(DEFAULT_MODEL, description="the model every method fine-tunes (see `splitfed models`)")
     tasks: list[str | TaskSpec] = Field(default_factory=lambda: ["cb"],
                                         description="shipped task names and/or task descriptions")
-    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS), description="rows of the table, "
+                                  "in this order")
     clients: int = Field(3, ge=2, description="clients of the federated methods")
     steps: int = Field(36, ge=1, description="optimizer steps of every trainer")
     rounds: int = Field(3, ge=1, description="FedAvg rounds the steps are spread over")
-    batch_size: int = Field(4, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    lora_rank: int = Field(8, ge=1)
+    batch_size: int = Field(4, ge=1, description="examples per optimizer step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the adapters")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank (alpha = 2 x rank)")
     head: int | None = Field(None, ge=0, description="client blocks before the trunk (default 2; 1 if tiny)")
     tail: int | None = Field(None, ge=0, description="client blocks after the trunk (default 2; 1 if tiny)")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration of the non-IID split")
     privacy: PrivacySettings | None = Field(None, description="the client-side defense of the "
                                             "federated-noise row (clipping and Gaussian noise with "
                                             "accounting), e.g. privacy.forward.clip and .sigma")
-    train_examples: int = Field(480, ge=1)
-    eval_examples: int = Field(100, ge=1)
+    train_examples: int = Field(480, ge=1, description="training examples per task (shared out among "
+                                                        "the clients)")
+    eval_examples: int = Field(100, ge=1, description="held-out examples scored per task")
     max_length: int = Field(256, ge=16, description="tokens per training/scored sequence")
     max_new_tokens: int = Field(48, ge=1, description="generation tasks: tokens generated per answer")
     max_words: int = Field(200, ge=1, description="shipped generation tasks: words of passage kept")
-    eval_batch_size: int = Field(8, ge=1)
-    seed: int = 0
-    output: Path = Path("runs/eval")
+    eval_batch_size: int = Field(8, ge=1, description="rows per scoring forward")
+    seed: int = Field(0, description="seed of data order, shards and adapter initialisation")
+    output: Path = Field(Path("runs/eval"), description="where results.json, results.md and losses.png go")
 
     @field_validator("tasks")
     @classmethod

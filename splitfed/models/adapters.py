@@ -38,10 +38,10 @@ class LoraSpec(BaseModel):
     """LoRA on a part's linear layers."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["lora"] = "lora"
+    kind: Literal["lora"] = Field("lora", description="selects LoRA")
     r: int = Field(8, ge=1, description="rank")
     alpha: float = Field(16.0, gt=0, description="scaling numerator: delta = alpha / r * B @ A")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
     target_modules: list[str] | None = Field(
         None, description="module names to adapt; default: the family's attention projections"
     )
@@ -51,9 +51,9 @@ class PrefixSpec(BaseModel):
     """P-tuning v2 / prefix tuning on a part's own blocks."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["prefix"] = "prefix"
-    num_virtual_tokens: int = Field(8, ge=1)
-    init_std: float = Field(0.02, gt=0)
+    kind: Literal["prefix"] = Field("prefix", description="selects prefix tuning")
+    num_virtual_tokens: int = Field(8, ge=1, description="trainable key/value positions per block")
+    init_std: float = Field(0.02, gt=0, description="standard deviation of their initialisation")
 
 
 def _adapter_kind(value: object) -> str:

@@ -34,14 +34,14 @@ class LearnedCutSettings(BaseModel):
                                                       "model's hidden size (it may not be wider)")
     warmup_steps: int = Field(40, ge=0, description="local warm-up steps of the cut on public text, "
                                                     "through the public (frozen) model, before training")
-    warmup_batch_size: int = Field(8, ge=1)
-    warmup_lr: float = Field(1e-3, gt=0)
+    warmup_batch_size: int = Field(8, ge=1, description="public rows per warm-up step")
+    warmup_lr: float = Field(1e-3, gt=0, description="learning rate of the warm-up")
     warmup_tokens: int = Field(64, ge=8, description="tokens per public row in the warm-up")
     lr: float | None = Field(None, gt=0, description="learning rate of the cut (and bypass) during "
                                                      "training; unset: the client's optimizer lr")
     bypass: bool = Field(False, description="a local low-rank adapter from the clean head output to "
                                             "the tail's input (the tail gets trunk output + bypass)")
-    bypass_rank: int = Field(16, ge=1)
+    bypass_rank: int = Field(16, ge=1, description="rank of the bypass adapter")
 
 
 class BottleneckSettings(LearnedCutSettings):
@@ -50,7 +50,7 @@ class BottleneckSettings(LearnedCutSettings):
     ``kl_weight`` x KL(N(mean, scale^2) || N(0, I)) (nats per code dimension, mean over tokens) is
     added to the task loss."""
 
-    kind: Literal["bottleneck"] = "bottleneck"
+    kind: Literal["bottleneck"] = Field("bottleneck", description="selects the bottleneck")
     kl_weight: float = Field(0.01, ge=0, description="weight of the KL term (0: a plain noisy autoencoder)")
     initial_scale: float = Field(0.1, gt=0, description="the encoder's scale at initialisation, in units "
                                                         "of the code's RMS")
@@ -62,7 +62,7 @@ class DistanceCorrelationSettings(LearnedCutSettings):
     """NoPeek-style decorrelation: ``weight`` x distance correlation between the tokens' input
     embeddings and what is sent, per batch, added to the task loss; the cut is deterministic."""
 
-    kind: Literal["dcor"] = "dcor"
+    kind: Literal["dcor"] = Field("dcor", description="selects distance correlation")
     weight: float = Field(1.0, ge=0, description="weight of the distance-correlation term")
     max_tokens: int = Field(256, ge=8, description="tokens sampled per batch for the (quadratic) "
                                                    "distance matrices")
@@ -84,16 +84,19 @@ class PrivacySettings(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    forward: ChannelSettings = ChannelSettings()
-    backward: ChannelSettings = ChannelSettings()
+    forward: ChannelSettings = Field(ChannelSettings(), description="the head's output, client -> trunk")
+    backward: ChannelSettings = Field(ChannelSettings(), description="the tail's input gradient, client -> "
+                                                                     "trunk")
     target_epsilon: float | None = Field(None, gt=0, description="privacy budget; sigmas left unset "
                                          "are calibrated to spend it over the planned steps")
-    delta: float = Field(1e-5, gt=0, lt=1)
-    accountant: AccountantKind = "rdp"
-    unit: Literal["example", "token"] = "example"
+    delta: float = Field(1e-5, gt=0, lt=1, description="the delta epsilon is reported at")
+    accountant: AccountantKind = Field("rdp", description="opacus accountant: rdp or prv")
+    unit: Literal["example", "token"] = Field("example", description="what one record is: an example, or "
+                                                                    "one token (valid only at head=0)")
     max_tokens: int = Field(256, ge=1, description="tokens per example assumed when calibrating sigma "
                                                    "(unit=example); longer batches spend more")
-    on_budget_exhausted: Literal["stop", "warn"] = "stop"
+    on_budget_exhausted: Literal["stop", "warn"] = Field("stop", description="when target_epsilon is "
+                                                          "spent: stop training, or warn and go on")
     learned: LearnedDefenseSettings | None = Field(
         None, description="a learned defense at the cut (kind: bottleneck or dcor), applied before "
                           "clipping and noise; unset: none")

@@ -118,8 +118,10 @@ class SealingSettings(BaseModel):
     key_env: str = Field(DEFAULT_ENV, description="env: the variable holding the key (hex or base64)")
     key_command: list[str] | None = Field(None, description="command: argv of a program (e.g. a KMS "
                                                             "client) that prints the key")
-    key_command_timeout_s: float = Field(30.0, gt=0)
-    algorithm: Algorithm = "aes-256-gcm"
+    key_command_timeout_s: float = Field(30.0, gt=0, description="command: give up on the key program "
+                                                                 "after this long")
+    algorithm: Algorithm = Field("aes-256-gcm", description="the AEAD that seals (aes-256-gcm or "
+                                                            "chacha20-poly1305)")
 
     @property
     def enabled(self) -> bool:

@@ -24,11 +24,13 @@ class FrontDoorSettings(BaseModel):
     unauthenticated_per_peer: int = Field(4, ge=1, description="the same, per peer address")
     handshakes_per_s: float = Field(20.0, gt=0, description="handshakes a second per peer address "
                                                             "(burst: handshake_burst); more are refused")
-    handshake_burst: int = Field(40, ge=1)
+    handshake_burst: int = Field(40, ge=1, description="handshakes a peer may send at once before the "
+                                                       "rate applies")
     requests_in_flight: int = Field(4, ge=1, description="requests of one client served at once")
     requests_per_s: float = Field(200.0, gt=0, description="requests a second per client (burst: "
                                                            "request_burst); more are refused as busy")
-    request_burst: int = Field(400, ge=1)
+    request_burst: int = Field(400, ge=1, description="requests a client may send at once before the "
+                                                     "rate applies")
 
 
 class ServerSettings(SplitTrainingSettings):
@@ -85,9 +87,12 @@ class ServerSettings(SplitTrainingSettings):
     resume: bool = Field(False, description="continue from the newest intact checkpoint, if there is one")
     drain_timeout_s: float = Field(60.0, gt=0, description="on shutdown, wait this long for open steps")
     exit_when_done: bool = Field(False, description="stop once every roster client has closed its session")
-    max_batch: int = Field(64, ge=1)
-    max_length: int = Field(2048, ge=1)
-    turn_timeout_s: float = Field(120.0, gt=0)
+    max_batch: int = Field(64, ge=1, description="largest batch (rows) a request may carry; larger is "
+                                                  "refused before anything is allocated")
+    max_length: int = Field(2048, ge=1, description="longest sequence (tokens, cache included) a request "
+                                                    "may carry")
+    turn_timeout_s: float = Field(120.0, gt=0, description="longest wait for a turn, a FedAvg round or a "
+                                                         "secure-aggregation phase before it fails")
     step_timeout_s: float = Field(60.0, gt=0, description="free a step whose backward does not come")
     session_ttl_s: float = Field(600.0, gt=0, description="free a session that goes silent")
     rpc_workers: int | None = Field(None, ge=4, description="threads serving requests (default: 2 per "

@@ -46,7 +46,8 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="the task's name in tables")
-    kind: TaskKind = "classification"
+    kind: TaskKind = Field("classification", description="classification (scored by the options' "
+                                                         "likelihoods) or generation")
     builtin: str | None = Field(None, description="read rows with this shipped task's template")
     train_file: Path | None = Field(None, description="training rows (needed by trainers)")
     eval_file: Path | None = Field(None, description="held-out rows (default: the shipped ones of builtin)")
@@ -56,10 +57,12 @@ class TaskSpec(BaseModel):
     eval_split: str = Field("validation", description="split of an hf DatasetDict used for evaluation")
     template: str | None = Field(None, description="prompt with {field} placeholders")
     system: str | None = Field(None, description="generation: the system message")
-    label_field: str = "label"
+    label_field: str = Field("label", description="classification: the field holding the label")
     label_words: dict[str, str] = Field(default_factory=dict, description="label value -> answer text")
-    target_field: str = "target"
-    metric: Literal["accuracy", "rouge", "squad_f1"] | None = None
+    target_field: str = Field("target", description="generation: the field holding the reference "
+                                                    "answer (a list counts as several references)")
+    metric: Literal["accuracy", "rouge", "squad_f1"] | None = Field(
+        None, description="default: accuracy for classification, rouge for generation")
     max_words: int = Field(400, ge=1, description="built-in generation tasks: cut passages to this")
 
     @model_validator(mode="after")

@@ -21,8 +21,10 @@ class PartitionSettings(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    head: int = Field(2, ge=0)
-    tail: int = Field(2, ge=0)
+    head: int = Field(2, ge=0, description="decoder blocks the client runs before the trunk (0: the server "
+                                           "gets raw embeddings, which it can invert)")
+    tail: int = Field(2, ge=0, description="decoder blocks the client runs after the trunk, before the final "
+                                           "norm and LM head (0: logits and labels go to the server)")
     layout: Layout = Field("three-part", description="three-part (client head + tail) or two-part (client "
                                                      "head only; labels go to the server)")
 
@@ -42,8 +44,10 @@ class SplitTrainingSettings(BaseModel):
     """What server and clients must agree on: the model, its partition, the adapters and the seed."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = DEFAULT_MODEL
+    model: str = Field(DEFAULT_MODEL, description="smollm2, a tiny test model, a local Hugging Face "
+                                                 "directory or a .gguf file (`splitfed models` lists them)")
     seed: int = Field(0, description="seed of the adapters' initialisation (and of the client's data)")
-    partition: PartitionSettings = PartitionSettings()
-    adapter: AdapterSpec = LoraSpec()
-    optimizer: OptimizerSettings = OptimizerSettings()
+    partition: PartitionSettings = Field(PartitionSettings(), description="which blocks the client keeps")
+    adapter: AdapterSpec = Field(LoraSpec(), description="the trainable adapter of every part (kind: lora "
+                                                        "or prefix); the base weights stay frozen")
+    optimizer: OptimizerSettings = Field(OptimizerSettings(), description="AdamW of this side's adapters")

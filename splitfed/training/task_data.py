@@ -23,8 +23,8 @@ class DataSettings(BaseModel):
     shards: int = Field(1, ge=1, description="into how many shards the data is split")
     scheme: Literal["iid", "dirichlet"] = Field("iid", description="iid, or dirichlet label skew")
     alpha: float = Field(0.5, gt=0, description="dirichlet: concentration (small = more skewed)")
-    seed: int = 0
-    max_length: int = Field(256, ge=8)
+    seed: int = Field(0, description="seed of the shuffle and of the shards (same on every client)")
+    max_length: int = Field(256, ge=8, description="tokens per example; longer ones are cut")
 
 
 def load_client_examples(settings: DataSettings, tokenizer: Any) -> list[dict]:
