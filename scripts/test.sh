@@ -4,5 +4,5 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 cd "$root"
-.venv/bin/ruff check splitfed tests $([ -d benchmarks ] && echo benchmarks)
+.venv/bin/ruff check splitfed tests scripts $([ -d benchmarks ] && echo benchmarks)
 exec .venv/bin/python -m pytest -q "$@"

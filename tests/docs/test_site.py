@@ -67,3 +67,14 @@ def test_readme_stays_a_landing_page():
     quick_start = "\n".join(lines).split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"^\./scripts/\S+", quick_start, flags=re.MULTILINE)
     assert commands == ["./scripts/demo.sh", "./scripts/test.sh"]
+
+
+def test_the_readme_library_example_runs(capsys):
+    """The ten lines of the README run as written (on the tiny model instead of SmolLM2, for time)."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("## The library in ten lines", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'load_model("smollm2")' in code
+    tiny = code.replace('load_model("smollm2")', 'load_model("tiny-llama")')
+    tiny = tiny.replace("head=2, tail=2", "head=1, tail=1")  # the tiny model has 4 blocks
+    exec(compile(tiny, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip()
