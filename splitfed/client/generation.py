@@ -10,7 +10,7 @@ from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.settings import ClientSettings
 from splitfed.inference import SplitGenerator
 from splitfed.inference.server_logits import ServerLogits
-from splitfed.models import init_adapter, load_adapter_state, load_model, num_layers, split_model
+from splitfed.models import hidden_size, init_adapter, load_adapter_state, load_model, num_layers, split_model
 from splitfed.models.adapters import WEIGHTS_FILE, read_adapter
 from splitfed.privacy import SplitDefense, load_cut
 
@@ -49,12 +49,12 @@ def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int
                         directory)
     blocks = num_layers(model)
     expected = (settings.partition.head, blocks - settings.partition.tail)
-    hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
-    remote = connect(settings, expected, hidden_size)
+    width = hidden_size(model.config)
+    remote = connect(settings, expected, width)
     defense = None
     if settings.privacy.enabled:
         defense = SplitDefense(settings.privacy, settings.steps, batch_size=settings.batch_size,
-                               hidden_size=hidden_size)
+                               hidden_size=width)
         if defense.cut is not None and not load_cut(defense.cut, settings.output / "cut"):
             log.warning("no trained learned defense in %s: generating through an untrained one",
                         settings.output / "cut")

@@ -12,6 +12,7 @@ from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureC
 from splitfed.training.trunk import LossResult
 from splitfed.transport import (
     TensorLimits,
+    adapter_limits,
     decode_tensor,
     encode_int64,
     encode_tensor,
@@ -171,7 +172,7 @@ class RemoteTrunk:
         for name in sorted(state):
             request.tensors.add(name=name, tensor=encode_tensor(state[name], "float32"))
         reply = self._exchange("aggregate", self._step, request)
-        limits = TensorLimits(dtypes=frozenset({"float32"}), max_elements=1 << 26, max_bytes=1 << 28)
+        limits = adapter_limits()
         average = {item.name: decode_tensor(item.tensor, limits, tuple(state[item.name].shape))
                    for item in reply.tensors if item.name in state}
         if set(average) != set(state):

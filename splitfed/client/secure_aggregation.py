@@ -14,7 +14,7 @@ import torch
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.security import RoundRoster, SecAggClient, SecAggError, majority_threshold
 from splitfed.security.fixed_point import DEFAULT_SCALE
-from splitfed.transport import TensorLimits, decode_tensor, encode_int64, pb
+from splitfed.transport import adapter_limits, decode_tensor, encode_int64, pb
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def secure_average(remote: RemoteTrunk, client_id: str, round_index: int, weight
     lists = remote.secagg(request)
     revealed = client.unmask_shares(list(lists.survivors), list(lists.dropped))
     final = remote.secagg(pb.SecAggRequest(round=round_index, phase=REVEAL, shares=revealed))
-    limits = TensorLimits(dtypes=frozenset({"float32"}), max_elements=1 << 26, max_bytes=1 << 28)
+    limits = adapter_limits()
     average = {item.name: decode_tensor(item.tensor, limits, tuple(state[item.name].shape))
                for item in final.tensors if item.name in state}
     if set(average) != set(state):

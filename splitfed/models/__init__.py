@@ -18,7 +18,7 @@ from splitfed.models.adapters import (
 )
 from splitfed.models.embeddings import head_token_embeddings, token_embedding_matrix
 from splitfed.models.export import export_merged
-from splitfed.models.families import UnsupportedModelError, supported_model_types
+from splitfed.models.families import UnsupportedModelError, hidden_size, supported_model_types
 from splitfed.models.generation import generate_greedy, iter_greedy
 from splitfed.models.loading import DEFAULT_MODEL, ModelNotFoundError, accepted_models, load_model
 from splitfed.models.parts import (
@@ -47,6 +47,7 @@ from splitfed.models.split import (
 )
 
 __all__ = [
+    "hidden_size",
     "DEFAULT_MODEL",
     "AdapterError",
     "AdapterSpec",

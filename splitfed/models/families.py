@@ -40,6 +40,11 @@ class FamilyAdapter(ABC):
         return int(config.num_hidden_layers)
 
     @staticmethod
+    def hidden_size(config: Any) -> int:
+        """Width of the hidden state that crosses the cut."""
+        return int(config.hidden_size)
+
+    @staticmethod
     def layer_types(config: Any) -> list[str]:
         """Attention kind of every layer: full or sliding window."""
         types = getattr(config, "layer_types", None)
@@ -124,6 +129,10 @@ class GPT2Family(FamilyAdapter):
     final_paths = ("transformer.ln_f", "lm_head")
 
     @staticmethod
+    def hidden_size(config: Any) -> int:
+        return int(config.n_embd)
+
+    @staticmethod
     def num_layers(config: Any) -> int:
         return int(config.n_layer)
 
@@ -155,7 +164,17 @@ def supported_model_types() -> list[str]:
 
 def family_for(model: nn.Module) -> FamilyAdapter:
     """The family adapter of ``model``, or a clear error naming the supported families."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return family_of_config(getattr(model, "config", None))
+
+
+def hidden_size(config: Any) -> int:
+    """The hidden size of a model (or part) ``config`` of any supported family."""
+    return family_of_config(config).hidden_size(config)
+
+
+def family_of_config(config: Any) -> FamilyAdapter:
+    """The family adapter of a model ``config``."""
+    model_type = getattr(config, "model_type", None)
     for family in FAMILIES:
         if model_type in family.model_types:
             return family

@@ -15,6 +15,7 @@ from copy import deepcopy
 import torch
 from transformers.cache_utils import DynamicCache
 
+from splitfed.models.families import hidden_size
 from splitfed.models.parts import SplitPart
 
 
@@ -44,7 +45,7 @@ def bytes_per_token(part: SplitPart, dtype: torch.dtype = torch.float32) -> int:
     config = part.config
     heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    hidden = int(getattr(config, "hidden_size", None) or config.n_embd)
+    hidden = hidden_size(config)
     head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
     itemsize = torch.empty((), dtype=dtype).element_size()
     return len(part.layer_indices) * 2 * kv_heads * head_dim * itemsize

@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from splitfed.models.families import hidden_size
+
 
 def attention_geometry(config: Any) -> tuple[int, int]:
     """(number of key/value heads, head dimension) of a Llama-style or GPT-2 config."""
     heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
-    hidden = int(getattr(config, "hidden_size", None) or config.n_embd)
+    hidden = hidden_size(config)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
     return kv_heads, head_dim

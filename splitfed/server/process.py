@@ -8,21 +8,16 @@ import threading
 from pathlib import Path
 
 from splitfed.checkpoint import CheckpointError
-from splitfed.models import init_adapter, load_model, split_model
+from splitfed.models import hidden_size, init_adapter, load_model, split_model
 from splitfed.observability import write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
-from splitfed.server.batcher import Batcher
-from splitfed.server.client_batch import BatchedTrunk
 from splitfed.server.compute import single_threaded_torch
-from splitfed.server.local_trunk import LocalTrunk
-from splitfed.server.scheduler import TurnScheduler
+from splitfed.server.modes import MODES
 from splitfed.server.service_state import restore_service, service_checkpoint
 from splitfed.server.settings import ServerSettings
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.server.trusted_slice import TrustedSlice
-from splitfed.server.two_part import TwoPartTrunk
-from splitfed.training.replicate import replicate_frozen
 from splitfed.transport.admission import FrontDoorLimits
 from splitfed.transport.server import serve
 
@@ -61,32 +56,14 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
         raise ValueError(f"the two-part layout and sparse fine-tuning run in sequential mode only, not "
                          f"{settings.mode}")
     if settings.partition.layout == "two-part":
-        log.warning("two-part layout: this server runs the LM head and the loss, so it receives every "
-                    "client's labels")
-        return TrunkService(TwoPartTrunk(split.trunk, split.tail, settings.optimizer, settings.sparse),
-                            ServerHandshake(identity, allowlist), TurnScheduler(settings.roster), limits,
-                            roster=settings.roster, aggregation=settings.aggregation,
-                            secagg_threshold=settings.secagg_threshold,
-                            max_norm_ratio=settings.aggregation_max_norm_ratio)
-    if settings.mode == "auto":
-        settings = _resolve_auto(settings, split.trunk, len(settings.roster or allowlist.names()))
-    subs = []
-    if settings.mode == "hierarchical" and settings.sub_servers > 1:
-        subs = [LocalTrunk(replicate_frozen(split.trunk), settings.optimizer)
-                for _ in range(settings.sub_servers - 1)]
-        log.info("hierarchical mode: %d sub-servers over one frozen base, averaging every %d steps",
-                 settings.sub_servers, settings.average_every)
-    batcher = None
-    if settings.mode == "client-batch":
-        batcher = Batcher(BatchedTrunk(split.trunk, settings.optimizer), settings.batch_window_s,
-                          settings.batch_max_rows, settings.backward_deadline_s)
-        log.info("client-batch mode: window %.3fs, up to %d rows, backward deadline %.0fs",
-                 settings.batch_window_s, settings.batch_max_rows, settings.backward_deadline_s)
-    return TrunkService(LocalTrunk(split.trunk, settings.optimizer, settings.sparse),
-                        ServerHandshake(identity, allowlist),
-                        TurnScheduler(settings.roster), limits, sub_trunks=subs,
-                        average_every=settings.average_every, roster=settings.roster, batcher=batcher,
-                        aggregation=settings.aggregation, secagg_threshold=settings.secagg_threshold,
+        name = "two-part"
+    else:
+        if settings.mode == "auto":
+            settings = _resolve_auto(settings, split.trunk, len(settings.roster or allowlist.names()))
+        name = settings.mode
+    mode = MODES[name].from_settings(settings, split)
+    return TrunkService(mode, ServerHandshake(identity, allowlist), limits, aggregation=settings.aggregation,
+                        secagg_threshold=settings.secagg_threshold,
                         max_norm_ratio=settings.aggregation_max_norm_ratio)
 
 
@@ -100,7 +77,7 @@ def rpc_workers(settings: ServerSettings) -> int:
 
 def _resolve_auto(settings: ServerSettings, trunk, clients: int) -> ServerSettings:
     adapter_bytes = sum(p.numel() * p.element_size() for p in trunk.parameters() if p.requires_grad)
-    hidden = int(getattr(trunk.config, "hidden_size", None) or trunk.config.n_embd)
+    hidden = hidden_size(trunk.config)
     choice = choose_mode(clients, measure_capacity(), sub_server_bytes=3 * adapter_bytes,
                          batch_bytes_per_client=estimate_batch_bytes(hidden, len(trunk.layer_indices)))
     log.info("mode auto -> %s: %s", choice.mode, choice.reason)
@@ -192,7 +169,7 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
         server.stop(grace=2).wait()
         _restore_signal_handlers(previous)
         service.finish()
-        path = slice_.save_trunk(service.trunk.trunk, settings.output / "trunk", base_model=settings.model,
+        path = slice_.save_trunk(service.mode.part, settings.output / "trunk", base_model=settings.model,
                                  step=service.steps)
         log.info("trunk adapter after %d steps saved to %s", service.steps, path)
         service.close()

@@ -1,4 +1,4 @@
-"""The state the trunk service keeps: its limits, its sub-servers and its clients' sessions."""
+"""The state the trunk service keeps: its limits and its clients' sessions."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from splitfed.security import SecureChannel
-from splitfed.server.compute import ComputeThread
-from splitfed.server.generation import GenerationCaches
-from splitfed.server.local_trunk import LocalTrunk
-from splitfed.server.scheduler import TurnScheduler
+from splitfed.server.sub_server import SubServer
 from splitfed.transport import WIRE_DTYPES
 from splitfed.transport.errors import ServiceError
 
@@ -38,20 +35,6 @@ class ServiceLimits:
     requests_in_flight: int = 4  # per client, at once
     requests_per_s: float = 200.0  # per client, sustained (token bucket)
     request_burst: int = 400
-
-
-@dataclass
-class SubServer:
-    """One sub-server: a trunk adapter with its optimizer, its turn scheduler and the one thread that runs
-    its tensor work."""
-
-    trunk: LocalTrunk
-    scheduler: TurnScheduler
-    compute: ComputeThread = field(default_factory=ComputeThread)
-    steps_since: int = 0
-    samples_since: int = 0
-    sessions: int = 0
-    generation: GenerationCaches | None = None
 
 
 @dataclass

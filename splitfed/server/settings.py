@@ -9,7 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from splitfed.models import SparseSpec
 from splitfed.security.key_providers import SealingSettings
+from splitfed.server.modes import MODES
 from splitfed.training.split_settings import SplitTrainingSettings
+
+# every three-part mode of the registry (the two-part one follows from partition.layout), and auto
+ModeName = Literal[tuple([name for name, mode in MODES.items() if mode.layout == "three-part"] + ["auto"])]
 
 
 class FrontDoorSettings(BaseModel):
@@ -45,7 +49,7 @@ class ServerSettings(SplitTrainingSettings):
     tls_client_certs: Path | None = Field(None, description="mutual TLS: a PEM file or a directory of "
                                                             "client certificates that may connect")
     insecure_loopback: bool = Field(False, description="allow plaintext transport on a loopback address")
-    mode: Literal["sequential", "client-batch", "hierarchical", "auto"] = Field(
+    mode: ModeName = Field(  # type: ignore[valid-type]
         "sequential", description="sequential: one client step at a time; client-batch: the forwards "
                                   "arriving within batch_window_s run as one batch, one step per batch; "
                                   "hierarchical: sub_servers trunk adapters over one frozen base; "

@@ -13,8 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from splitfed.models import adapter_state, load_adapter_state
-from splitfed.server.service_parts import SubServer
+from splitfed.server.sub_server import SubServer
 from splitfed.training.fedavg import weighted_average
 
 log = logging.getLogger(__name__)
@@ -70,10 +69,10 @@ class SubServerAveraging:
     def _average_locked(self, subs: list[SubServer]) -> None:
         contributing = [s for s in subs if s.samples_since > 0]
         if contributing:
-            average = weighted_average([adapter_state(s.trunk.trunk) for s in contributing],
+            average = weighted_average([s.adapter() for s in contributing],
                                        [s.samples_since for s in contributing])
             for sub in subs:
-                sub.compute.run(load_adapter_state, sub.trunk.trunk, average)
+                sub.load_adapter(average)
             self.averages += 1
             log.info("averaged the trunk adapters of %d sub-server(s) (samples %s)", len(contributing),
                      [s.samples_since for s in contributing])

@@ -11,9 +11,12 @@ from splitfed.transport.chunking import (
     split_bytes,
 )
 from splitfed.transport.codec import (
+    ADAPTER_BYTES,
+    ADAPTER_ELEMENTS,
     MAX_RANK,
     WIRE_DTYPES,
     TensorLimits,
+    adapter_limits,
     decode_int64,
     decode_tensor,
     encode_int64,
@@ -25,6 +28,8 @@ from splitfed.transport.errors import WireFormatError
 from splitfed.transport.messages import PAYLOAD_KINDS, parse_message, parse_payload
 
 __all__ = [
+    "ADAPTER_BYTES",
+    "ADAPTER_ELEMENTS",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_RANK",
@@ -33,6 +38,7 @@ __all__ = [
     "Reassembler",
     "TensorLimits",
     "WireFormatError",
+    "adapter_limits",
     "decode_int64",
     "decode_tensor",
     "encode_int64",

@@ -19,6 +19,8 @@ WIRE_DTYPES: dict[str, torch.dtype] = {
 MAX_RANK = 8
 DEFAULT_MAX_BATCH = 4096
 DEFAULT_MAX_LENGTH = 1 << 16
+ADAPTER_ELEMENTS = 1 << 26  # the largest adapter tensor a FedAvg round carries, each way
+ADAPTER_BYTES = 1 << 28
 
 _BIG_ENDIAN = sys.byteorder == "big"
 
@@ -37,6 +39,11 @@ class TensorLimits:
             raise ValueError(f"unknown wire dtypes {sorted(unknown)}; known: {sorted(WIRE_DTYPES)}")
         if self.max_elements < 1 or self.max_bytes < 1:
             raise ValueError("max_elements and max_bytes must be positive")
+
+
+def adapter_limits(dtypes: frozenset[str] = frozenset({"float32"})) -> TensorLimits:
+    """What an adapter tensor of a FedAvg round may be (both sides)."""
+    return TensorLimits(dtypes=dtypes, max_elements=ADAPTER_ELEMENTS, max_bytes=ADAPTER_BYTES)
 
 
 def _swap_bytes(flat_bytes: torch.Tensor, itemsize: int) -> torch.Tensor:

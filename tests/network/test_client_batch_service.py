@@ -14,6 +14,7 @@ from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server import LocalTrunk
 from splitfed.server.batcher import Batcher
 from splitfed.server.client_batch import BatchedTrunk
+from splitfed.server.modes import ClientBatchMode
 from splitfed.server.trunk_service import TrunkService
 from splitfed.training.loss import causal_lm_loss
 from splitfed.transport.connection import TrunkConnection
@@ -36,9 +37,8 @@ def _serve(base, names, deadline_s: float):
     initial = [adapter_state(p) for p in split.parts.values()]
     batcher = Batcher(BatchedTrunk(split.trunk, OPTIMIZER), window_s=10.0, max_rows=6,
                       backward_deadline_s=deadline_s)
-    service = TrunkService(LocalTrunk(split.trunk, OPTIMIZER),
-                           ServerHandshake(identity, AllowList([p.public for p in people.values()])),
-                           batcher=batcher)
+    service = TrunkService(ClientBatchMode(LocalTrunk(split.trunk, OPTIMIZER), batcher),
+                           ServerHandshake(identity, AllowList([p.public for p in people.values()])))
     server, port = serve(service, "127.0.0.1:0", allow_insecure_loopback=True)
     remotes = {}
     for name, person in people.items():

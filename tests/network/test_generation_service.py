@@ -13,6 +13,7 @@ from splitfed.inference import SamplingSettings, SplitGenerator
 from splitfed.models import LoraSpec, Partition, add_adapter, load_model, split_model
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server import LocalTrunk
+from splitfed.server.modes import SequentialMode
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.transport.connection import TrunkConnection
 from splitfed.transport.errors import RemoteError
@@ -39,13 +40,13 @@ class Lab:
         allow = AllowList([identity.public for identity in self.people.values()])
         limits = ServiceLimits(max_length=1024, generation_budget_bytes=64 << 20)
         handshake = ServerHandshake(self.server_identity, allow)
-        self.service = TrunkService(LocalTrunk(self.split.trunk), handshake, limits=limits)
+        self.service = TrunkService(SequentialMode(LocalTrunk(self.split.trunk)), handshake, limits=limits)
         self.server, port = serve(self.service, "127.0.0.1:0", allow_insecure_loopback=True)
         self.address = f"127.0.0.1:{port}"
 
     @property
     def caches(self):
-        return self.service._subs[0].generation
+        return self.service.mode.subs[0].generation
 
     def remote(self, name: str = "client0") -> RemoteTrunk:
         connection = TrunkConnection(self.address, allow_insecure_loopback=True, timeout_s=60)

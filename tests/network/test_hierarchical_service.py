@@ -20,6 +20,7 @@ from splitfed.models import (
 )
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server import LocalTrunk
+from splitfed.server.modes import HierarchicalMode
 from splitfed.server.trunk_service import TrunkService
 from splitfed.training.fedavg import weighted_average
 from splitfed.training.optim import OptimizerSettings
@@ -54,10 +55,10 @@ def test_hierarchical_service_equals_the_plain_reference():
     server_identity = Identity.generate("server")
     people = {name: Identity.generate(name) for name in ROSTER}
     trunk = _trunk(base)
-    service = TrunkService(LocalTrunk(trunk, OPTIMIZER),
-                           ServerHandshake(server_identity, AllowList([p.public for p in people.values()])),
-                           sub_trunks=[LocalTrunk(replicate_frozen(trunk), OPTIMIZER)], average_every=2,
-                           roster=ROSTER)
+    mode = HierarchicalMode([LocalTrunk(trunk, OPTIMIZER), LocalTrunk(replicate_frozen(trunk), OPTIMIZER)],
+                            average_every=2, roster=ROSTER)
+    allow = AllowList([p.public for p in people.values()])
+    service = TrunkService(mode, ServerHandshake(server_identity, allow))
     server, port = serve(service, "127.0.0.1:0", allow_insecure_loopback=True)
     clients = {name: _client(base, name) for name in ROSTER}
     errors: list[BaseException] = []

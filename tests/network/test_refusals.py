@@ -22,6 +22,7 @@ from splitfed.security import (
     ServerHello,
 )
 from splitfed.server import LocalTrunk
+from splitfed.server.modes import SequentialMode
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.training.replicate import replicate
 from splitfed.transport import encode_tensor, mask_to_lengths, pb
@@ -44,7 +45,8 @@ class Lab:
         split = split_model(replicate(self.model), Partition(1, 1))
         init_adapter(split.trunk, LoraSpec(r=4), 0)
         limits = ServiceLimits(max_batch=8, max_length=64, step_timeout_s=2.0, turn_timeout_s=20.0)
-        self.service = TrunkService(LocalTrunk(split.trunk), ServerHandshake(self.server_identity, allow),
+        self.service = TrunkService(SequentialMode(LocalTrunk(split.trunk)),
+                                    ServerHandshake(self.server_identity, allow),
                                     limits=limits)
         self.server, port = serve(self.service, "127.0.0.1:0", allow_insecure_loopback=True)
         self.address = f"127.0.0.1:{port}"

@@ -16,6 +16,7 @@ from splitfed.models import LoraSpec, Partition, init_adapter, load_model, split
 from splitfed.security import AllowList, Identity, RoundRoster, SecAggClient, ServerHandshake
 from splitfed.security.fixed_point import DEFAULT_SCALE, decode
 from splitfed.server import LocalTrunk
+from splitfed.server.modes import SequentialMode
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.training.fedavg import weighted_average
 from splitfed.transport import pb
@@ -37,7 +38,8 @@ class Federation:
         self.server_identity = Identity.generate("server")
         self.people = {name: Identity.generate(name) for name in NAMES}
         allow = AllowList([identity.public for identity in self.people.values()])
-        self.service = TrunkService(LocalTrunk(split.trunk), ServerHandshake(self.server_identity, allow),
+        self.service = TrunkService(SequentialMode(LocalTrunk(split.trunk)),
+                                    ServerHandshake(self.server_identity, allow),
                                     limits=ServiceLimits(turn_timeout_s=turn_timeout_s),
                                     aggregation=aggregation)
         self.server, port = serve(self.service, "127.0.0.1:0", allow_insecure_loopback=True)

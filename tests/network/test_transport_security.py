@@ -16,6 +16,7 @@ from splitfed.security import (
     create_server_files,
 )
 from splitfed.server import LocalTrunk
+from splitfed.server.modes import SequentialMode
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.training.replicate import replicate
 from splitfed.transport.addresses import is_loopback
@@ -53,7 +54,7 @@ class _Setup:
         init_adapter(split.trunk, LoraSpec(r=2), 0)
         self.local = LocalTrunk(split.trunk)
         handshake = ServerHandshake(self.server_identity, AllowList([self.alice.public]))
-        service = TrunkService(self.local, handshake, limits=limits)
+        service = TrunkService(SequentialMode(self.local), handshake, limits=limits)
         self.client_cert = create_client_tls_files(tmp_path, "alice") if mutual else None
         roots = self.client_cert[0].read_bytes() if mutual else None
         self.server, port = serve(service, "127.0.0.1:0", (self.files.tls_cert.read_bytes(),

@@ -9,6 +9,7 @@ from splitfed.config import build_settings
 from splitfed.federation import FederationSettings, InProcessFederation
 from splitfed.models import adapter_state, load_model
 from splitfed.models.adapters import read_adapter
+from splitfed.server.modes import TwoPartMode
 from splitfed.tasks import collate
 from splitfed.training.task_data import load_client_examples
 from tests.network.conftest import splitfed, wait_for_port
@@ -89,7 +90,7 @@ def test_two_part_generation_and_scoring_over_the_network():
                 parameter.copy_(noise * 0.1)
     server_identity, client = Identity.generate("server"), Identity.generate("alice")
     handshake = ServerHandshake(server_identity, AllowList([client.public]))
-    service = TrunkService(TwoPartTrunk(split.trunk, split.tail), handshake,
+    service = TrunkService(TwoPartMode(TwoPartTrunk(split.trunk, split.tail)), handshake,
                            limits=ServiceLimits(generation_budget_bytes=16 << 20))
     server, port = serve(service, "127.0.0.1:0", allow_insecure_loopback=True)
     try:

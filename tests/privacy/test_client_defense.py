@@ -14,6 +14,7 @@ from splitfed.models.split import Partition
 from splitfed.privacy import ChannelSettings, PrivacySettings, SplitDefense, clip_per_token
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server import LocalTrunk
+from splitfed.server.modes import SequentialMode
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.training.loss import causal_lm_loss
 from splitfed.training.replicate import replicate
@@ -102,7 +103,7 @@ def live_server():
     server_identity = Identity.generate("server")
     alice = Identity.generate("alice")
     trunk = RecordingTrunk(_parts(model).trunk)
-    service = TrunkService(trunk, ServerHandshake(server_identity, AllowList([alice.public])),
+    service = TrunkService(SequentialMode(trunk), ServerHandshake(server_identity, AllowList([alice.public])),
                            limits=ServiceLimits(max_batch=8, max_length=64))
     server, port = serve(service, "127.0.0.1:0", allow_insecure_loopback=True)
     yield model, trunk, server_identity, alice, f"127.0.0.1:{port}"

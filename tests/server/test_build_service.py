@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from splitfed.security import create_identity_files, create_server_files
+from splitfed.server.modes import MODES, ClientBatchMode, HierarchicalMode, SequentialMode, TwoPartMode
 from splitfed.server.process import build_service, rpc_workers
 from splitfed.server.settings import ServerSettings
 
@@ -23,12 +24,14 @@ def files(tmp_path):
 
 def test_each_mode_builds_its_service(files):
     sequential = build_service(ServerSettings(**files))
-    assert sequential.batcher is None and len(sequential.sub_servers) == 1
+    assert isinstance(sequential.mode, SequentialMode) and len(sequential.sub_servers) == 1
     batched = build_service(ServerSettings(**files, mode="client-batch"))
-    assert batched.batcher is not None
+    assert isinstance(batched.mode, ClientBatchMode) and batched.status()["mode"] == "client-batch"
+    two_part = build_service(ServerSettings(**{**files, "partition": {"head": 1, "layout": "two-part"}}))
+    assert isinstance(two_part.mode, TwoPartMode) and two_part.layout == "two-part"
     hierarchical = build_service(ServerSettings(**files, mode="hierarchical", sub_servers=3))
     trunks = [sub.trunk for sub in hierarchical.sub_servers]
-    assert len(trunks) == 3 and trunks[0] is not trunks[1]
+    assert len(trunks) == 3 and trunks[0] is not trunks[1] and isinstance(hierarchical.mode, HierarchicalMode)
     frozen = [p for p in trunks[0].parameters() if not p.requires_grad]
     assert all(any(p is q for q in trunks[1].parameters()) for p in frozen)  # one frozen base
 
@@ -37,7 +40,7 @@ def test_auto_mode_logs_its_choice(files, caplog):
     caplog.set_level(logging.INFO)
     service = build_service(ServerSettings(**files, mode="auto"))
     assert "mode auto ->" in caplog.text
-    assert service.batcher is not None or len(service.sub_servers) >= 1
+    assert service.mode.name in MODES and len(service.sub_servers) >= 1
 
 
 def test_request_threads_cover_every_enrolled_client(files):

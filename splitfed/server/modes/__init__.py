@@ -1,0 +1,20 @@
+"""Server modes: how the trunk trains when clients are connected. A new mode is one module here and one
+line in ``MODES``; ``splitfed serve --mode`` offers every three-part mode of the registry."""
+
+from __future__ import annotations
+
+from splitfed.server.modes.base import Layout, Mode, StepBook, SubServerMode
+from splitfed.server.modes.client_batch import ClientBatchMode
+from splitfed.server.modes.hierarchical import HierarchicalMode
+from splitfed.server.modes.sequential import SequentialMode
+from splitfed.server.modes.two_part import TwoPartMode
+
+MODES: dict[str, type[SubServerMode]] = {
+    SequentialMode.name: SequentialMode,
+    ClientBatchMode.name: ClientBatchMode,
+    HierarchicalMode.name: HierarchicalMode,
+    TwoPartMode.name: TwoPartMode,
+}
+
+__all__ = ["MODES", "ClientBatchMode", "HierarchicalMode", "Layout", "Mode", "SequentialMode", "StepBook",
+           "SubServerMode", "TwoPartMode"]

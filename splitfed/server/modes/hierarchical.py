@@ -1,0 +1,52 @@
+"""Hierarchical mode: K sub-servers, each a trunk adapter with its own optimizer over **one** frozen
+base, serve their clients in parallel and average their adapters (weighted by samples) every
+``average_every`` steps. Clients are spread over the sub-servers by roster position, else arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from splitfed.server.compute import ComputeThread
+from splitfed.server.local_trunk import LocalTrunk
+from splitfed.server.modes.base import SubServerMode
+from splitfed.server.scheduler import TurnScheduler
+from splitfed.server.sub_server import InProcessSubServer
+from splitfed.training.replicate import replicate_frozen
+
+if TYPE_CHECKING:
+    from splitfed.models import SplitModel
+    from splitfed.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+class HierarchicalMode(SubServerMode):
+    """``trunks``: one per sub-server, sharing their frozen base (see ``replicate_frozen``)."""
+
+    name = "hierarchical"
+
+    def __init__(self, trunks: list[LocalTrunk], average_every: int = 1,
+                 roster: list[str] | None = None) -> None:
+        if not trunks or average_every < 1:
+            raise ValueError("hierarchical mode needs at least one sub-server and average_every >= 1")
+        # parallel sub-servers share the cores: each computes on its part of the torch threads
+        threads = max(1, torch.get_num_threads() // len(trunks))
+        rosters = [[n for i, n in enumerate(roster) if i % len(trunks) == k] if roster else None
+                   for k in range(len(trunks))]
+        subs = [InProcessSubServer(trunk, TurnScheduler(rosters[k]),
+                                   ComputeThread(f"trunk-compute-{k}", threads))
+                for k, trunk in enumerate(trunks)]
+        super().__init__(subs, TurnScheduler(roster), roster, average_every)
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings, split: SplitModel) -> HierarchicalMode:
+        first = LocalTrunk(split.trunk, settings.optimizer)
+        others = [LocalTrunk(replicate_frozen(split.trunk), settings.optimizer)
+                  for _ in range(settings.sub_servers - 1)]
+        log.info("hierarchical mode: %d sub-servers over one frozen base, averaging every %d steps",
+                 settings.sub_servers, settings.average_every)
+        return cls([first, *others], settings.average_every, settings.roster)
