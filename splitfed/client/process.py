@@ -93,7 +93,7 @@ def _federated_average(client: SplitClient, remote: RemoteTrunk, round_index: in
         else:
             average, contributors = remote.aggregate(round_index, float(weight), flat)
     except RemoteError as error:
-        if not error.message.startswith("bad_round:"):
+        if error.code != "bad_round":
             raise
         log.warning("round %d: no average (%s); keeping this client's adapters", round_index, error.message)
         return

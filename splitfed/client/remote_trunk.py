@@ -7,7 +7,6 @@ import logging
 import torch
 
 from splitfed.inference.endpoint import StaleCacheError
-from splitfed.protocol import from_wire, to_wire
 from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
 from splitfed.training.trunk import LossResult
 from splitfed.transport import (
@@ -26,7 +25,6 @@ from splitfed.transport.messages import CLOSE_INTERRUPTED
 
 log = logging.getLogger(__name__)
 
-SAME_SIZE_REPLY = frozenset({"forward", "backward", "generate", "loss"})  # replies no larger than requests
 
 
 class TrunkMismatchError(RuntimeError):
@@ -99,17 +97,12 @@ class RemoteTrunk:
         if self.channel is None:
             raise RuntimeError("call connect() first")
         sealed = self.channel.seal(kind, step, message.SerializeToString())
-        # two-part generation answers with logits (B, 1, V), which can be far larger than the request
-        same_size = kind in SAME_SIZE_REPLY and not (kind == "generate" and self._layout() == "two-part")
-        reply = from_wire(self.connection.exchange(to_wire(sealed), same_size_reply=same_size))
+        reply = self.connection.exchange(sealed)
         expected = f"{kind}_reply"
         plaintext = self.channel.open(reply)
         if reply.kind != expected or reply.step != step:
             raise RuntimeError(f"server answered {reply.kind!r} step {reply.step} to {kind} step {step}")
         return parse_payload(expected, plaintext)
-
-    def _layout(self) -> str:
-        return (self.limits.layout if self.limits is not None else "") or "three-part"
 
     def _tensor_limits(self) -> TensorLimits:
         assert self.limits is not None
@@ -192,7 +185,7 @@ class RemoteTrunk:
         try:
             reply = self._exchange("generate", self._step, request)
         except RemoteError as error:
-            if error.message.startswith("stale_cache:"):
+            if error.code == "stale_cache":
                 raise StaleCacheError(error.message) from None
             raise
         assert self.limits is not None
@@ -230,6 +223,6 @@ class RemoteTrunk:
         self._step += 1
         sealed = self.channel.seal("close", self._step, CLOSE_INTERRUPTED if interrupted else b"")
         try:
-            self.connection.exchange(to_wire(sealed))
+            self.connection.exchange(sealed)
         finally:
             self.channel = None

@@ -12,13 +12,13 @@ import logging
 import torch
 
 from splitfed.client.remote_trunk import RemoteTrunk
-from splitfed.security import RoundRoster, SecAggClient, SecAggError, majority_threshold
+from splitfed.security import Phase, RoundRoster, SecAggClient, SecAggError, majority_threshold
 from splitfed.security.fixed_point import DEFAULT_SCALE
 from splitfed.transport import adapter_limits, decode_tensor, encode_int64, pb
 
 log = logging.getLogger(__name__)
 
-ADVERTISE, SHARE, MASKED, REVEAL = 1, 2, 3, 4
+ADVERTISE, SHARE, MASKED, REVEAL = Phase.ADVERTISE, Phase.SHARE, Phase.MASKED, Phase.REVEAL
 
 
 def secure_average(remote: RemoteTrunk, client_id: str, round_index: int, weight: float,

@@ -1,7 +1,9 @@
 """Security layer: identities, allow-list, signed handshake, sealed messages and TLS certificates.
 
-Transport-agnostic: it works on bytes and dataclasses; the gRPC layer carries its messages. See
-DESIGN.md section 5 and `handshake.py` for the protocol. Only this package imports `cryptography`.
+Transport-agnostic: it works on bytes and dataclasses; the gRPC layer carries its messages. The
+protocol is in `handshake.py` (identities and session keys), `channel.py` (sealed messages) and
+`secagg.py` (secure aggregation); docs/security.md describes the threat model. Only this package
+imports `cryptography`.
 """
 
 from splitfed.security.allowlist import AllowList
@@ -41,6 +43,7 @@ from splitfed.security.keygen import (
 from splitfed.security.sealing import Sealer
 from splitfed.security.secagg import (
     MaskingKeys,
+    Phase,
     RoundRoster,
     SecAggClient,
     SecAggError,
@@ -51,6 +54,7 @@ from splitfed.security.session import SessionKeys
 from splitfed.security.tls import certificate_fingerprint, certificate_names, make_self_signed, save_tls
 
 __all__ = [
+    "Phase",
     "AttestationError",
     "AttestedKeyProvider",
     "CommandKeyProvider",

@@ -15,16 +15,14 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from splitfed.security.encoding import decode_uint, encode_uint, pack, unpack
+from splitfed.security.encoding import encode_uint, pack
 from splitfed.security.errors import DecryptionError, ReplayError, SecurityError
 from splitfed.security.session import SessionKeys
 
 AD_LABEL = b"splitfed-v1 sealed"
-WIRE_TAG = b"splitfed Sealed"
 MAX_COUNTER = 2**64 - 1
 MAX_KIND_BYTES = 255
 TAG_SIZE = 16
-MAX_SEALED_BYTES = 2**31 + 4096
 
 
 @dataclass(frozen=True)
@@ -36,22 +34,6 @@ class Sealed:
     step: int
     counter: int
     ciphertext: bytes
-
-    def to_bytes(self) -> bytes:
-        return pack(WIRE_TAG, self.session_id, self.kind.encode("utf-8"), encode_uint(self.step, 8),
-                    encode_uint(self.counter, 8), self.ciphertext)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Sealed:
-        """Parse `to_bytes` output; `DecryptionError` if malformed."""
-        try:
-            tag, session_id, kind, step, counter, ciphertext = unpack(data, 6, MAX_SEALED_BYTES)
-            if tag != WIRE_TAG:
-                raise ValueError("not a sealed message")
-            return cls(session_id, kind.decode("utf-8"), decode_uint(step, 8), decode_uint(counter, 8),
-                       ciphertext)
-        except (ValueError, UnicodeDecodeError):
-            raise DecryptionError("malformed sealed message") from None
 
 
 def associated_data(session_id: bytes, kind: str, step: int, counter: int) -> bytes:

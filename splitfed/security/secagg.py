@@ -71,6 +71,7 @@ import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 
 import torch
 from cryptography.exceptions import InvalidTag
@@ -93,6 +94,19 @@ AEAD_TAG_SIZE = 16
 MAX_ROUND_ID = 64
 MAX_MESSAGE = 1 << 16
 MAX_ROSTER_BYTES = 1 << 26
+
+
+class Phase(IntEnum):
+    """The four phases of a round, each one sealed "secagg" message each way (the wire's phase number)."""
+
+    ADVERTISE = 1  # fresh X25519 keys; the server relays the roster
+    SHARE = 2  # Shamir shares of the masking key and self-mask seed, encrypted per recipient
+    MASKED = 3  # the weighted adapters in fixed point plus pairwise and self masks
+    REVEAL = 4  # shares that unmask the survivors and the clients that dropped out
+
+    @property
+    def description(self) -> str:
+        return {1: "advertise keys", 2: "share keys", 3: "masked input", 4: "reveal shares"}[self.value]
 CHUNK_ELEMENTS = 1 << 20
 
 ROSTER_TAG = b"splitfed SecAggRoster"

@@ -20,14 +20,13 @@ from typing import Any
 
 import torch
 
-from splitfed.security import RoundRoster, SecAggError, SecAggServer, majority_threshold
+from splitfed.security import Phase, RoundRoster, SecAggError, SecAggServer, majority_threshold
 from splitfed.server.aggregator import AggregationError
 
 log = logging.getLogger(__name__)
 
-ADVERTISE, SHARE, MASKED, REVEAL = 1, 2, 3, 4
-PHASE_NAMES = {ADVERTISE: "advertise keys", SHARE: "share keys", MASKED: "masked input",
-               REVEAL: "reveal shares"}
+ADVERTISE, SHARE, MASKED, REVEAL = Phase.ADVERTISE, Phase.SHARE, Phase.MASKED, Phase.REVEAL
+PHASE_NAMES = {phase.value: phase.description for phase in Phase}
 
 
 @dataclass

@@ -15,7 +15,6 @@ from collections.abc import Callable
 import torch
 
 from splitfed.models import hidden_size
-from splitfed.protocol import from_wire, to_wire
 from splitfed.security import (
     ClientHello,
     DecryptionError,
@@ -236,11 +235,8 @@ class TrunkService:
             raise ServiceError("UNAUTHENTICATED", "unknown_session", "no open session with this id")
         return self.gate.admit(session.name, kind)
 
-    def handle(self, message: pb.Sealed) -> pb.Sealed:
+    def handle(self, sealed: Sealed) -> Sealed:
         """Decrypt, validate and serve one request; returns the sealed reply."""
-        return to_wire(self._handle(from_wire(message)))
-
-    def _handle(self, sealed: Sealed) -> Sealed:
         with self._sessions_lock:
             session = self._sessions.get(bytes(sealed.session_id))
         if session is None:

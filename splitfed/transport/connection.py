@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from splitfed.security import Sealed
 from splitfed.transport import splitfed_pb2 as pb
 from splitfed.transport import splitfed_pb2_grpc as pb_grpc
 from splitfed.transport.addresses import check_plaintext_allowed
-from splitfed.transport.errors import RemoteError
-from splitfed.transport.server import GRPC_MESSAGE_LIMIT, chunk_message, reassemble
+from splitfed.transport.envelope import GRPC_MESSAGE_LIMIT, chunk_message, reassemble
+from splitfed.transport.errors import ERROR_METADATA_KEY, RemoteError
+from splitfed.transport.messages import reply_fits_request
 
 
 class TrunkConnection:
@@ -40,19 +43,22 @@ class TrunkConnection:
         self.max_message_bytes = max_message_bytes
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.layout = "three-part"  # the server's, from the handshake: it bounds the size of replies
 
     def handshake(self, client_hello: bytes) -> pb.HelloReply:
         try:
-            return self._stub.Handshake(pb.Hello(client_hello=client_hello), timeout=self.timeout_s)
+            reply = self._stub.Handshake(pb.Hello(client_hello=client_hello), timeout=self.timeout_s)
         except grpc.RpcError as error:
             raise _remote_error(error, self.address) from None
+        self.layout = reply.limits.layout or "three-part"
+        return reply
 
-    def exchange(self, message: pb.Sealed, same_size_reply: bool = False) -> pb.Sealed:
-        """Send one sealed message and return the server's sealed reply. ``same_size_reply``: the reply
-        is about as large as the message (a tensor step), so one that fits a single gRPC message goes
-        as one unary call, cheaper than a stream; anything else is chunked over the stream."""
+    def exchange(self, message: Sealed) -> Sealed:
+        """Send one sealed message and return the server's sealed reply. A message that fits one gRPC
+        message and whose reply is no larger (a tensor step) goes as one unary call, cheaper than a
+        stream; anything else is chunked over the stream."""
         chunks = chunk_message(message)
-        if not same_size_reply or len(chunks) != 1:
+        if len(chunks) != 1 or not reply_fits_request(message.kind, self.layout):
             return self.exchange_chunks(chunks)
         self.bytes_sent += chunks[0].ByteSize()
         try:
@@ -61,10 +67,11 @@ class TrunkConnection:
             raise _remote_error(error, self.address) from None
         self.bytes_received += reply.ByteSize()
         if len(reply.ciphertext) > self.max_message_bytes:
-            raise RemoteError("RESOURCE_EXHAUSTED", "the server's reply exceeds this client's limit")
-        return reply
+            raise RemoteError("RESOURCE_EXHAUSTED", "the server's reply exceeds this client's limit",
+                              "reply_too_large")
+        return reassemble(iter([reply]), self.max_message_bytes)
 
-    def exchange_chunks(self, chunks: list[pb.Sealed]) -> pb.Sealed:
+    def exchange_chunks(self, chunks: list[pb.Sealed]) -> Sealed:
         """Send prepared chunks of one message as they are (no checks: for tests and tools)."""
         self.bytes_sent += sum(c.ByteSize() for c in chunks)
         try:
@@ -78,18 +85,32 @@ class TrunkConnection:
         self._channel.close()
 
 
+def _error_code(error: grpc.RpcError) -> str:
+    """The server's typed refusal code (``ErrorInfo`` in the trailing metadata), or empty."""
+    metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in metadata or ():
+        if key == ERROR_METADATA_KEY and isinstance(value, bytes) and len(value) <= 4096:
+            try:
+                return pb.ErrorInfo.FromString(value).code[:64]
+            except DecodeError:
+                return ""
+    return ""
+
+
 def _remote_error(error: grpc.RpcError, address: str) -> RemoteError:
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
     name = code.name if code is not None else "UNKNOWN"
-    if name == "RESOURCE_EXHAUSTED" and details and "Concurrent RPC limit" in details:
+    reason = _error_code(error)
+    if name == "RESOURCE_EXHAUSTED" and not reason and details and "Concurrent RPC limit" in details:
         # every server thread is busy: transient, so reported like an unreachable server (retried)
         return RemoteError("UNAVAILABLE", f"busy: the trunk at {address} is serving as many requests "
-                                          "as it has threads; retry")
+                                          "as it has threads; retry", "busy")
     if name == "CANCELLED":
         # this client never cancels its calls: the server cancelled it while stopping (its grace period
         # ended with the call in flight), which is as transient as an unreachable server (retried)
-        return RemoteError("UNAVAILABLE", f"the trunk at {address} cancelled the call while stopping; retry")
-    if name == "UNAVAILABLE":
+        return RemoteError("UNAVAILABLE", f"the trunk at {address} cancelled the call while stopping; retry",
+                           "cancelled")
+    if name == "UNAVAILABLE" and not reason:
         details = f"cannot reach the trunk at {address}: {details}"
-    return RemoteError(name, details or name)
+    return RemoteError(name, details or name, reason)

@@ -1,6 +1,11 @@
-"""The one error type for anything malformed or oversized that arrives from the wire."""
+"""Errors of the wire: what a peer sent that this side refuses, what the server refuses, and what a
+client is told. A refusal's ``code`` travels typed, as ``ErrorInfo`` under ``ERROR_METADATA_KEY`` in the
+call's trailing metadata, so a client matches codes, never message text."""
 
 from __future__ import annotations
+
+ERROR_METADATA_KEY = "splitfed-error-bin"
+MAX_ERROR_MESSAGE = 1024  # characters of a refusal's message that travel in ErrorInfo
 
 
 class WireFormatError(ValueError):
@@ -28,9 +33,12 @@ class ServiceError(Exception):
 
 
 class RemoteError(RuntimeError):
-    """The server refused a request or could not be reached (the client side of ``ServiceError``)."""
+    """The server refused a request or could not be reached (the client side of ``ServiceError``):
+    ``status`` a gRPC status name, ``code`` the server's machine-readable reason (``"stale_cache"``,
+    ``"bad_round"``, ...; empty when the call never reached the trunk service)."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str, code: str = "") -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+        self.code = code

@@ -50,3 +50,15 @@ def parse_payload(kind: str, data: bytes) -> Message:
             "bad_kind", f"unknown payload kind {kind[:32]!r}; known: {sorted(PAYLOAD_KINDS)}"
         )
     return parse_message(message_type, data)
+
+
+SAME_SIZE_REPLY = frozenset({"forward", "backward", "generate", "loss"})  # tensor steps
+
+
+def reply_fits_request(kind: str, layout: str) -> bool:
+    """Whether the reply to a ``kind`` request is no larger than the request (a tensor step), so that a
+    request fitting one gRPC message may go as one unary call. Two-part generation is the exception:
+    it answers with logits (B, 1, V), which can be far larger than the hidden state sent."""
+    if kind == "generate" and layout == "two-part":
+        return False
+    return kind in SAME_SIZE_REPLY

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import grpc
 
+from splitfed.security import Sealed
 from splitfed.transport import splitfed_pb2 as pb
 from splitfed.transport import splitfed_pb2_grpc as pb_grpc
 from splitfed.transport.addresses import check_plaintext_allowed
@@ -20,12 +21,11 @@ from splitfed.transport.admission import (
     WaitingStreams,
     peer_host,
 )
-from splitfed.transport.chunking import DEFAULT_CHUNK_BYTES, Reassembler, split_bytes
-from splitfed.transport.errors import ServiceError, WireFormatError
+from splitfed.transport.chunking import DEFAULT_CHUNK_BYTES
+from splitfed.transport.envelope import GRPC_MESSAGE_LIMIT, chunk_message, from_wire, reassemble, to_wire
+from splitfed.transport.errors import ERROR_METADATA_KEY, MAX_ERROR_MESSAGE, ServiceError, WireFormatError
 
 log = logging.getLogger(__name__)
-
-GRPC_MESSAGE_LIMIT = 4 * 1024 * 1024 + 64 * 1024  # one chunk plus headroom
 
 # gRPC's own limits, set deliberately (grpc core enforces them before any of our code runs):
 SERVER_OPTIONS = [
@@ -64,34 +64,9 @@ class TrunkHandler(Protocol):
         raise ``ServiceError`` (unknown session, a kind it may not send, too many in flight)."""
         ...
 
-    def handle(self, sealed: pb.Sealed) -> pb.Sealed: ...
-
-
-def chunk_message(message: pb.Sealed, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[pb.Sealed]:
-    """One sealed message as chunks that each fit a gRPC message."""
-    pieces = split_bytes(message.ciphertext, chunk_bytes)
-    return [
-        pb.Sealed(session_id=message.session_id, kind=message.kind, step=message.step,
-                  counter=message.counter, ciphertext=piece, chunk_index=index, chunk_count=len(pieces))
-        for index, piece in enumerate(pieces)
-    ]
-
-
-def reassemble(chunks: Iterator[pb.Sealed], max_total_bytes: int) -> pb.Sealed:
-    """The one sealed message carried by ``chunks`` (all with the same header)."""
-    assembler = Reassembler(max_total_bytes)
-    first: pb.Sealed | None = None
-    for chunk in chunks:
-        if first is None:
-            first = chunk
-        elif (chunk.session_id, chunk.kind, chunk.step, chunk.counter) != (
-                first.session_id, first.kind, first.step, first.counter):
-            raise WireFormatError("bad_chunk", "chunks of one message carry different headers")
-        data = assembler.add(chunk.chunk_index, chunk.chunk_count, chunk.ciphertext)
-        if data is not None:
-            return pb.Sealed(session_id=first.session_id, kind=first.kind, step=first.step,
-                             counter=first.counter, ciphertext=data, chunk_index=0, chunk_count=1)
-    raise WireFormatError("bad_chunk", "the message ended before its last chunk")
+    def handle(self, sealed: Sealed) -> Sealed:
+        """Decrypt, validate and serve one request; returns the sealed reply."""
+        ...
 
 
 class TrunkServicer(pb_grpc.TrunkServicer):
@@ -182,15 +157,15 @@ class TrunkServicer(pb_grpc.TrunkServicer):
     def Exchange(self, request: pb.Sealed, context: grpc.ServicerContext) -> pb.Sealed:  # noqa: N802
         admitted = self._admit(request, context)
 
-        def whole() -> pb.Sealed:
+        def whole() -> Sealed:
             if request.chunk_count != 1 or request.chunk_index != 0:
                 raise WireFormatError("bad_chunk", "Exchange carries one whole message (chunk 0 of 1)")
             if len(request.ciphertext) > admitted.max_bytes:
                 raise WireFormatError("too_large", "message exceeds the session's byte limit")
-            return request
+            return from_wire(request)
 
         try:
-            reply = self._serve(whole, context)
+            reply = to_wire(self._serve(whole, context))
         finally:
             admitted.release()
         if reply.ByteSize() > GRPC_MESSAGE_LIMIT:  # the client sends here only what has a same-size reply
@@ -198,7 +173,7 @@ class TrunkServicer(pb_grpc.TrunkServicer):
                                               "the reply does not fit one message; use Step"), "step")
         return reply
 
-    def _serve(self, receive: Callable[[], pb.Sealed], context: grpc.ServicerContext) -> pb.Sealed:
+    def _serve(self, receive: Callable[[], Sealed], context: grpc.ServicerContext) -> Sealed:
         """Receive one sealed request and handle it; every failure becomes a precise status."""
         try:
             return self.handler.handle(receive())
@@ -218,7 +193,7 @@ class TrunkServicer(pb_grpc.TrunkServicer):
 
     def Close(self, request: pb.Sealed, context: grpc.ServicerContext) -> pb.Sealed:  # noqa: N802
         try:
-            return self.handler.handle(request)
+            return to_wire(self.handler.handle(from_wire(request)))
         except ServiceError as error:
             self._abort(context, error, "close")
 
@@ -226,6 +201,9 @@ class TrunkServicer(pb_grpc.TrunkServicer):
         peer = context.peer() if hasattr(context, "peer") else "?"
         self.refusals.warning("refused %s from %s: %s %s: %s", what, peer, error.status, error.code,
                               error.message)
+        # the code travels typed, as ErrorInfo in the trailing metadata; the details stay readable
+        info = pb.ErrorInfo(code=error.code, message=error.message[:MAX_ERROR_MESSAGE])
+        context.set_trailing_metadata(((ERROR_METADATA_KEY, info.SerializeToString()),))
         context.abort(getattr(grpc.StatusCode, error.status, grpc.StatusCode.UNKNOWN),
                       f"{error.code}: {error.message}")
 

@@ -19,11 +19,11 @@ import torch
 from splitfed.client import SplitClient
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.models import LoraSpec, Partition, init_adapter, load_model, split_model
-from splitfed.protocol import to_wire
 from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
 from splitfed.transport import encode_tensor, mask_to_lengths, pb
 from splitfed.transport import splitfed_pb2_grpc as pb_grpc
 from splitfed.transport.connection import TrunkConnection
+from splitfed.transport.envelope import to_wire
 from splitfed.transport.errors import RemoteError
 
 CHUNK = 4 * 1024 * 1024 - 1024

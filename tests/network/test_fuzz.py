@@ -10,7 +10,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from splitfed.protocol import to_wire
 from splitfed.transport import pb
 from splitfed.transport.errors import RemoteError
 from tests.conftest import make_batch
@@ -77,7 +76,7 @@ def test_random_envelopes(lab, attacker, session, kind, step, counter, ciphertex
 def test_authentic_envelopes_with_garbage_payloads(lab, attacker, kind, payload, step):
     connection, channel = attacker
     sealed = channel.seal(kind[:64] or "forward", step, payload)
-    _expect_refusal(lambda: connection.exchange(to_wire(sealed)))
+    _expect_refusal(lambda: connection.exchange(sealed))
 
 
 dims = st.integers(-3, 70)
@@ -94,7 +93,7 @@ def test_structured_forwards_with_bad_fields(lab, attacker, dtype, shape, data, 
                                 lengths=pb.Lengths(lengths=lengths, left_padding=pads, past_length=past),
                                 train=train)
     sealed = channel.seal("forward", 1, request.SerializeToString())
-    _expect_refusal(lambda: connection.exchange(to_wire(sealed)))
+    _expect_refusal(lambda: connection.exchange(sealed))
     lab.service.reap(now=float("inf"))  # a forward that happened to be valid must not hold the trunk
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,6 @@ from splitfed.client import SplitClient
 from splitfed.client.remote_trunk import RemoteTrunk, TrunkMismatchError
 from splitfed.models import LoraSpec, init_adapter, load_model, split_model
 from splitfed.models.split import Partition
-from splitfed.protocol import from_wire, to_wire
 from splitfed.security import (
     AllowList,
     ClientHandshake,
@@ -83,7 +83,7 @@ def _forward(step: int, hidden: pb.Tensor, batch: int = 2, length: int = 5) -> p
 
 def _send(connection, channel, kind: str, step: int, message) -> bytes:
     sealed = channel.seal(kind, step, message.SerializeToString())
-    return channel.open(from_wire(connection.exchange(to_wire(sealed))))
+    return channel.open(connection.exchange(sealed))
 
 
 def test_unknown_client_is_refused(lab):
@@ -106,10 +106,8 @@ def test_tampered_replayed_and_cross_session_messages_are_refused(lab):
     connection, channel = lab.session(lab.people["alice"])
     request = _forward(1, encode_tensor(torch.randn(2, 5, HIDDEN)))
     request.train = False
-    sealed = to_wire(channel.seal("forward", 1, request.SerializeToString()))
-    tampered = pb.Sealed()
-    tampered.CopyFrom(sealed)
-    tampered.ciphertext = bytes([sealed.ciphertext[0] ^ 1]) + sealed.ciphertext[1:]
+    sealed = channel.seal("forward", 1, request.SerializeToString())
+    tampered = replace(sealed, ciphertext=bytes([sealed.ciphertext[0] ^ 1]) + sealed.ciphertext[1:])
     with pytest.raises(RemoteError) as caught:
         connection.exchange(tampered)
     assert caught.value.status == "UNAUTHENTICATED" and "bad_ciphertext" in caught.value.message
@@ -119,9 +117,8 @@ def test_tampered_replayed_and_cross_session_messages_are_refused(lab):
     assert "replayed" in caught.value.message
 
     other_connection, other_channel = lab.session(lab.people["mallory"])
-    injected = pb.Sealed()
-    injected.CopyFrom(to_wire(channel.seal("forward", 2, request.SerializeToString())))
-    injected.session_id = other_channel.session_id
+    injected = replace(channel.seal("forward", 2, request.SerializeToString()),
+                       session_id=other_channel.session_id)
     with pytest.raises(RemoteError) as caught:
         other_connection.exchange(injected)
     assert caught.value.status == "UNAUTHENTICATED"
@@ -133,7 +130,7 @@ def test_a_peer_client_cannot_decrypt_another_clients_traffic(lab):
     request = _forward(1, encode_tensor(torch.randn(2, 5, HIDDEN)))
     request.train = False
     captured_request = alice.seal("forward", 1, request.SerializeToString())
-    captured_reply = from_wire(connection.exchange(to_wire(captured_request)))
+    captured_reply = connection.exchange(captured_request)
     from splitfed.security import SecurityError
 
     for captured in (captured_request, captured_reply):

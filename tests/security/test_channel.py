@@ -12,12 +12,12 @@ from splitfed.security import (
     AllowList,
     DecryptionError,
     ReplayError,
-    Sealed,
     SecureChannel,
     SecurityError,
     ServerHandshake,
     SessionKeys,
 )
+from splitfed.transport.envelope import from_wire, to_wire
 
 from .conftest import Clock, run_handshake
 
@@ -34,7 +34,7 @@ def test_round_trip_both_directions(session):
         sealed = client.seal("h1", step, b"hidden state %d" % step)
         assert sealed.counter == step + 1 and sealed.session_id == client.session_id
         assert b"hidden state" not in sealed.ciphertext
-        assert server.open(Sealed.from_bytes(sealed.to_bytes())) == b"hidden state %d" % step
+        assert server.open(from_wire(to_wire(sealed))) == b"hidden state %d" % step  # across the wire
         assert client.open(server.seal("dh1", step, b"gradient")) == b"gradient"
     assert server.open(client.seal("empty", 9, b"")) == b""
 
@@ -166,14 +166,18 @@ def test_counter_exhaustion(session):
         client.seal("h1", 0, b"one too many")
 
 
-def test_malformed_sealed_bytes(session):
+def test_malformed_sealed_messages(session):
     client, server = session
-    wire = client.seal("h1", 0, b"data").to_bytes()
-    for bad in (b"", wire[:-1], wire + b"\x00", b"garbage" * 5, "text"):
+    good = client.seal("h1", 0, b"data")
+    bad_fields = [{"ciphertext": b""}, {"ciphertext": good.ciphertext[:-1]},
+                  {"ciphertext": good.ciphertext + b"\x00"}, {"ciphertext": "text"}, {"counter": 0},
+                  {"counter": True}, {"kind": ""}, {"kind": "x" * 300}, {"session_id": "text"}]
+    for fields in bad_fields:
         with pytest.raises(DecryptionError):
-            Sealed.from_bytes(bad)  # type: ignore[arg-type]
+            server.open(replace(good, **fields))
     with pytest.raises(DecryptionError):
         server.open("not sealed")  # type: ignore[arg-type]
+    assert server.open(good) == b"data"  # the genuine message is still accepted after the refusals
 
 
 def test_seal_argument_checks(session):

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from splitfed.security import Sealed
 from splitfed.transport import pb
 from splitfed.transport.connection import TrunkConnection
 from splitfed.transport.errors import RemoteError
@@ -40,7 +41,7 @@ class BlockingHandler:
     def admit(self, session_id: bytes, kind: str) -> _Ticket:
         return _Ticket()
 
-    def handle(self, sealed: pb.Sealed) -> pb.Sealed:
+    def handle(self, sealed: Sealed) -> Sealed:
         return sealed
 
 

@@ -1,0 +1,55 @@
+"""The one envelope: a ``splitfed.security.Sealed`` message everywhere above this package; here, the
+protobuf ``Sealed`` gRPC carries, cut into chunks that each fit one gRPC message and put back together.
+
+Nothing outside ``splitfed.transport`` sees the protobuf envelope or a chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from splitfed.security import Sealed
+from splitfed.transport import splitfed_pb2 as pb
+from splitfed.transport.chunking import DEFAULT_CHUNK_BYTES, Reassembler, split_bytes
+from splitfed.transport.errors import WireFormatError
+
+GRPC_MESSAGE_LIMIT = 4 * 1024 * 1024 + 64 * 1024  # one chunk plus headroom, both directions
+
+
+def to_wire(sealed: Sealed) -> pb.Sealed:
+    """``sealed`` as one protobuf message (one chunk)."""
+    return pb.Sealed(session_id=sealed.session_id, kind=sealed.kind, step=sealed.step,
+                     counter=sealed.counter, ciphertext=sealed.ciphertext, chunk_index=0, chunk_count=1)
+
+
+def from_wire(message: pb.Sealed) -> Sealed:
+    """The security layer's view of a (reassembled) wire message; nothing is trusted yet."""
+    return Sealed(session_id=bytes(message.session_id), kind=message.kind, step=int(message.step),
+                  counter=int(message.counter), ciphertext=bytes(message.ciphertext))
+
+
+def chunk_message(sealed: Sealed, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[pb.Sealed]:
+    """``sealed`` as chunks that each fit a gRPC message."""
+    pieces = split_bytes(sealed.ciphertext, chunk_bytes)
+    return [
+        pb.Sealed(session_id=sealed.session_id, kind=sealed.kind, step=sealed.step,
+                  counter=sealed.counter, ciphertext=piece, chunk_index=index, chunk_count=len(pieces))
+        for index, piece in enumerate(pieces)
+    ]
+
+
+def reassemble(chunks: Iterator[pb.Sealed], max_total_bytes: int) -> Sealed:
+    """The one sealed message carried by ``chunks`` (all with the same header)."""
+    assembler = Reassembler(max_total_bytes)
+    first: pb.Sealed | None = None
+    for chunk in chunks:
+        if first is None:
+            first = chunk
+        elif (chunk.session_id, chunk.kind, chunk.step, chunk.counter) != (
+                first.session_id, first.kind, first.step, first.counter):
+            raise WireFormatError("bad_chunk", "chunks of one message carry different headers")
+        data = assembler.add(chunk.chunk_index, chunk.chunk_count, chunk.ciphertext)
+        if data is not None:
+            return Sealed(session_id=bytes(first.session_id), kind=first.kind, step=int(first.step),
+                          counter=int(first.counter), ciphertext=data)
+    raise WireFormatError("bad_chunk", "the message ended before its last chunk")
