@@ -70,6 +70,8 @@ def type_name(annotation: Any) -> str:
         return "None"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return f"[{annotation.__name__}](#{_anchor(annotation)})"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return " \\| ".join(f'"{member.value}"' for member in annotation)
     if isinstance(annotation, type) and issubclass(annotation, Path):
         return "path"
     if isinstance(annotation, type):

@@ -24,6 +24,7 @@ from splitfed.attacks.observe import (
     trunk_outputs,
     upstream_gradients,
 )
+from splitfed.layout import Layout
 from splitfed.models import Partition, SplitModel, split_model, token_embedding_matrix
 from splitfed.privacy import PrivacySettings
 from splitfed.training.replicate import replicate
@@ -80,7 +81,7 @@ class AttackSettings(BaseModel):
     model: str = "smollm2"
     head: int = Field(2, ge=0)
     tail: int = Field(2, ge=0)
-    layout: Literal["three-part", "two-part"] = Field("three-part", description="two-part: the victim "
+    layout: Layout = Field(Layout.THREE_PART, description="two-part: the victim "
                                                       "sends its labels to the server (tail must be 0)")
     task: str = "cb"
     victims: int = Field(32, ge=1, description="private rows attacked (the task's validation rows)")
@@ -106,7 +107,7 @@ class AttackSettings(BaseModel):
 
     @model_validator(mode="after")
     def _two_part_has_no_tail(self) -> AttackSettings:
-        if self.layout == "two-part" and self.tail != 0:
+        if self.layout == Layout.TWO_PART and self.tail != 0:
             raise ValueError("the two-part layout has no client tail: set tail: 0")
         return self
 
@@ -205,7 +206,7 @@ class AttackHarness:
         if "labels" in settings.attacks:
             record("labels", *label_guesses(settings.layout, self.public.tail, trunk_out, mask,
                                             rows["labels"]))
-        if "gradient" in settings.attacks and settings.layout == "three-part":
+        if "gradient" in settings.attacks and settings.layout == Layout.THREE_PART:
             b_clip, b_sigma = settings.backward.resolve(self.backward_median)
             grads = upstream_gradients(victim.tail, trunk_out, mask, rows["labels"])
             sent_grads = defend(grads, b_clip, b_sigma, generator)

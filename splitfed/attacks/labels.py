@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from splitfed.layout import Layout
 from splitfed.models import TailPart
 
 IGNORE_INDEX = -100
@@ -22,7 +23,7 @@ def label_guesses(layout: str, public_tail: TailPart, trunk_output: torch.Tensor
     """``(predicted, target, mask)`` over the labelled positions, for ``score``."""
     keep = labels != IGNORE_INDEX
     target = labels.clamp(min=0)
-    if layout == "two-part":
+    if layout == Layout.TWO_PART:
         received = labels.clone()  # what the server's loss request carries, in the clear
         return received.clamp(min=0), target, keep
     logits = public_tail(trunk_output, attention_mask)

@@ -10,6 +10,7 @@ from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.settings import ClientSettings
 from splitfed.inference import SplitGenerator
 from splitfed.inference.server_logits import ServerLogits
+from splitfed.layout import Layout
 from splitfed.models import hidden_size, init_adapter, load_adapter_state, load_model, num_layers, split_model
 from splitfed.models.adapters import WEIGHTS_FILE, read_adapter
 from splitfed.privacy import SplitDefense, load_cut
@@ -58,6 +59,6 @@ def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int
         if defense.cut is not None and not load_cut(defense.cut, settings.output / "cut"):
             log.warning("no trained learned defense in %s: generating through an untrained one",
                         settings.output / "cut")
-    tail = ServerLogits() if settings.partition.layout == "two-part" else split.tail
+    tail = ServerLogits() if settings.partition.layout == Layout.TWO_PART else split.tail
     generator = SplitGenerator(split.head, tail, remote, stream, use_cache, defense)  # type: ignore[arg-type]
     return RemoteGenerator(generator, tokenizer, remote)

@@ -20,7 +20,7 @@ from splitfed.client.link import ServerLink
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.secure_aggregation import secure_average
 from splitfed.client.settings import ClientSettings
-from splitfed.client.split_client import SplitClient
+from splitfed.client.split_client import SplitClient, client_class
 from splitfed.models import (
     init_adapter,
     load_model,
@@ -136,8 +136,8 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     if settings.steps % settings.rounds:
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
     per_round = settings.steps // settings.rounds
-    client = SplitClient(settings.name, split.head, split.tail, None,  # type: ignore[arg-type]
-                         settings.optimizer, defense, settings.partition.layout)
+    client = client_class(settings.partition.layout)(settings.name, split.head, split.tail,
+                                                     None, settings.optimizer, defense)  # type: ignore[arg-type]
     store = CheckpointStore(settings.checkpoint_dir or settings.output / "checkpoints")
     state = RunState()
     if settings.resume:

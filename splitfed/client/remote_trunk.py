@@ -7,6 +7,7 @@ import logging
 import torch
 
 from splitfed.inference.endpoint import StaleCacheError
+from splitfed.layout import Layout
 from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
 from splitfed.training.trunk import LossResult
 from splitfed.transport import (
@@ -75,7 +76,7 @@ class RemoteTrunk:
                       layout: str | None) -> None:
         assert self.limits is not None
         served = (self.limits.trunk_start, self.limits.trunk_end)
-        served_layout = self.limits.layout or "three-part"
+        served_layout = self.limits.layout or Layout.THREE_PART
         if layout is not None and served_layout != layout:
             raise TrunkMismatchError(f"the server runs the {served_layout} layout, this client the {layout} "
                                      "one: use the same partition.layout")
@@ -189,7 +190,8 @@ class RemoteTrunk:
                 raise StaleCacheError(error.message) from None
             raise
         assert self.limits is not None
-        expected = (hidden.shape[0], 1, None) if self.limits.layout == "two-part" else tuple(hidden.shape)
+        two_part = self.limits.layout == Layout.TWO_PART  # the server answers with the last logits
+        expected = (hidden.shape[0], 1, None) if two_part else tuple(hidden.shape)
         return decode_tensor(reply.hidden, self._tensor_limits(), expected, hidden.dtype)
 
     def release_stream(self, stream: int) -> None:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from splitfed.inference.sampling import SamplingSettings
+from splitfed.layout import Layout
 from splitfed.privacy import PrivacySettings
 from splitfed.training.split_settings import SplitTrainingSettings
 from splitfed.training.task_data import DataSettings
@@ -55,7 +56,7 @@ class ClientSettings(SplitTrainingSettings):
     @model_validator(mode="after")
     def _defense_fits_the_layout(self) -> ClientSettings:
         learned = self.privacy.learned
-        if learned is not None and learned.bypass and self.partition.layout == "two-part":
+        if learned is not None and learned.bypass and self.partition.layout == Layout.TWO_PART:
             raise ValueError("privacy.learned.bypass feeds the client's tail, and partition.layout "
                              "two-part has none: set bypass: false or use the three-part layout")
         return self

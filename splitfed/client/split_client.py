@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from splitfed.layout import Layout
 from splitfed.models import HeadPart, TailPart, adapter_state, load_adapter_state, set_training
 from splitfed.privacy import SplitDefense, inference_send
 from splitfed.training.data import Batch
 from splitfed.training.loss import causal_lm_loss
 from splitfed.training.optim import OptimizerSettings
-from splitfed.training.trunk import LossEndpoint, TrunkEndpoint
+from splitfed.training.trunk import TrunkEndpoint
 
 
 class SplitClient:
@@ -29,11 +30,7 @@ class SplitClient:
         trunk: TrunkEndpoint,
         optimizer: OptimizerSettings | None = None,
         defense: SplitDefense | None = None,
-        layout: str = "three-part",
     ) -> None:
-        if layout not in ("three-part", "two-part"):
-            raise ValueError(f"unknown layout {layout!r}")
-        self.layout = layout
         self.client_id = client_id
         self.head = head
         self.tail = tail
@@ -44,19 +41,20 @@ class SplitClient:
         self.samples_seen = 0
         self.defense = defense
         self.cut = None if defense is None else defense.cut
-        if self.cut is not None and self.cut.bypass is not None and layout == "two-part":
-            raise ValueError("privacy.learned.bypass feeds the client's tail, and the two-part layout has "
-                             "none: set bypass: false or use the three-part layout")
+        self._check_defense()
         self.cut_optimizer = None
         if self.cut is not None:  # the learned defense trains with the client, at its own lr if set
             lr = self.cut.settings.lr or settings.lr
             self.cut_optimizer = settings.model_copy(update={"lr": lr}).build(self.cut.parameters())
 
+    layout: Layout = Layout.THREE_PART
+
+    def _check_defense(self) -> None:
+        """Refuse a defense this layout cannot run (the two-part client has no tail for a bypass)."""
+
     def train_step(self, batch: Batch) -> float:
         """One split training step on ``batch`` (input_ids, attention_mask, labels); returns the loss."""
         input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        if self.layout == "two-part":
-            return self._two_part_step(input_ids, mask, labels)
         set_training(self.head, True)
         set_training(self.tail, True)
         length = int(input_ids.shape[1])
@@ -82,28 +80,6 @@ class SplitClient:
         self._optimizer_step()
         self.samples_seen += int(input_ids.shape[0])
         return float(loss.detach())
-
-    def _two_part_step(self, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> float:
-        """Two-part layout: the head's output and the labels go to the server, which returns the loss and
-        the gradient for the head. The labels leave the client."""
-        self.head.train()
-        length = int(input_ids.shape[1])
-        if self.defense is not None:
-            self.defense.before_step(mask, length)
-        hidden_in = self.head(input_ids, mask)
-        cut_out, extra_loss = hidden_in, None
-        if self.cut is not None:
-            self.cut.train()
-            cut_out, extra_loss = self.cut.send(hidden_in, mask, self.head, input_ids, training=True)
-        endpoint: LossEndpoint = self.trunk  # type: ignore[assignment]
-        result = endpoint.loss(self.client_id, self._send("forward", cut_out.detach()), mask, labels,
-                               train=True)
-        if self.defense is not None:
-            self.defense.record_step(mask, length)
-        self._backward_into_client(cut_out, result.grad, extra_loss)
-        self._optimizer_step()
-        self.samples_seen += int(input_ids.shape[0])
-        return result.loss
 
     @staticmethod
     def _backward_into_client(sent: torch.Tensor, grad: torch.Tensor | None,
@@ -131,8 +107,6 @@ class SplitClient:
         set_training(self.tail, False)
         clean = self.head(input_ids, attention_mask)
         hidden = self.inference_send(clean, attention_mask)
-        if self.layout == "two-part":  # in-process only: over the network the server keeps the logits
-            return self.trunk.logits(hidden, attention_mask)  # type: ignore[attr-defined]
         hidden = self.trunk.forward(self.client_id, hidden, attention_mask, train=False)
         return self.tail(self.tail_input(hidden, clean), attention_mask)
 
@@ -179,3 +153,10 @@ class _ZeroTrunk:
 
     def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("the zeroed server is for evaluation only")
+
+
+def client_class(layout: Layout | str) -> type[SplitClient]:
+    """The client of ``layout``: ``SplitClient`` (three-part) or ``TwoPartClient``."""
+    from splitfed.client.two_part_client import TwoPartClient
+
+    return TwoPartClient if Layout(layout) == Layout.TWO_PART else SplitClient

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitfed.client import SplitClient
+from splitfed.client import SplitClient, client_class
 from splitfed.federation.config import FederationSettings
+from splitfed.layout import Layout
 from splitfed.models import adapter_state, init_adapter, split_model, token_embedding_matrix
 from splitfed.privacy import SplitDefense, format_epsilon, warm_up
 from splitfed.server import LocalTrunk
@@ -51,7 +52,7 @@ class InProcessFederation:
         server_split = split_model(replicate(model), partition)
         init_adapter(server_split.trunk, settings.adapter, settings.seed)
         layout = settings.partition.layout
-        if layout == "two-part":
+        if layout == Layout.TWO_PART:
             self.server: LocalTrunk = TwoPartTrunk(server_split.trunk, server_split.tail, settings.optimizer,
                                                    settings.sparse)
         else:
@@ -70,8 +71,8 @@ class InProcessFederation:
             if defense is not None and defense.cut is not None and public_text is not None:
                 warm_up(defense.cut, split.head, split.trunk, split.tail, public_text["input_ids"],
                         public_text["attention_mask"], seed=settings.seed + index)
-            client = SplitClient(f"client-{index}", split.head, split.tail, self.server,
-                                 settings.optimizer, defense, layout)
+            client = client_class(layout)(f"client-{index}", split.head, split.tail, self.server,
+                                          settings.optimizer, defense)
             self.clients.append(client)
             self._batches.append(shuffled_batches(shard, settings.batch_size, settings.seed + index,
                                                   collate))

@@ -8,12 +8,13 @@ import threading
 from pathlib import Path
 
 from splitfed.checkpoint import CheckpointError
+from splitfed.layout import Layout
 from splitfed.models import hidden_size, init_adapter, load_model, split_model
 from splitfed.observability import write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
 from splitfed.server.compute import single_threaded_torch
-from splitfed.server.modes import MODES
+from splitfed.server.modes import MODES, TwoPartMode
 from splitfed.server.service_state import restore_service, service_checkpoint
 from splitfed.server.settings import ServerSettings
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
@@ -52,11 +53,11 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
                            requests_in_flight=settings.front_door.requests_in_flight,
                            requests_per_s=settings.front_door.requests_per_s,
                            request_burst=settings.front_door.request_burst)
-    if settings.mode != "sequential" and (settings.partition.layout == "two-part" or settings.sparse):
+    if settings.mode != "sequential" and (settings.partition.layout == Layout.TWO_PART or settings.sparse):
         raise ValueError(f"the two-part layout and sparse fine-tuning run in sequential mode only, not "
                          f"{settings.mode}")
-    if settings.partition.layout == "two-part":
-        name = "two-part"
+    if settings.partition.layout == Layout.TWO_PART:
+        name = TwoPartMode.name
     else:
         if settings.mode == "auto":
             settings = _resolve_auto(settings, split.trunk, len(settings.roster or allowlist.names()))

@@ -7,13 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from splitfed.layout import Layout
 from splitfed.models import SparseSpec
 from splitfed.security.key_providers import SealingSettings
 from splitfed.server.modes import MODES
 from splitfed.training.split_settings import SplitTrainingSettings
 
 # every three-part mode of the registry (the two-part one follows from partition.layout), and auto
-ModeName = Literal[tuple([name for name, mode in MODES.items() if mode.layout == "three-part"] + ["auto"])]
+_THREE_PART_MODES = [name for name, mode in MODES.items() if mode.layout == Layout.THREE_PART]
+ModeName = Literal[tuple([*_THREE_PART_MODES, "auto"])]
 
 
 class FrontDoorSettings(BaseModel):

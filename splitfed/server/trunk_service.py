@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from splitfed.layout import Layout
 from splitfed.models import hidden_size
 from splitfed.security import (
     ClientHello,
@@ -266,7 +267,7 @@ class TrunkService:
                 raise WireFormatError("bad_step", "payload step differs from the sealed step")
             if sealed.kind == "loss":
                 return self._loss(session, request)
-            if self.layout == "two-part" and sealed.kind in ("forward", "backward"):
+            if self.layout == Layout.TWO_PART and sealed.kind in ("forward", "backward"):
                 raise WireFormatError("wrong_layout", "this server runs the two-part layout: it takes "
                                       f"'loss' messages, not {sealed.kind!r}")
             if sealed.kind == "forward":
@@ -318,7 +319,7 @@ class TrunkService:
 
     def _loss(self, session: Session, request: pb.LossRequest) -> Sealed:
         """Two-part layout: the rest of the model and the loss on the head's output and the labels."""
-        if self.layout != "two-part":
+        if self.layout != Layout.TWO_PART:
             raise WireFormatError("wrong_layout", "this server runs the three-part layout: it takes "
                                   "forward/backward, not 'loss'")
         hidden, mask = self._hidden_and_mask(request)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from splitfed.layout import Layout
 from splitfed.models import DEFAULT_MODEL, AdapterSpec, LoraSpec, Partition
 from splitfed.training.optim import OptimizerSettings
-
-Layout = Literal["three-part", "two-part"]
 
 
 class PartitionSettings(BaseModel):
@@ -25,12 +22,12 @@ class PartitionSettings(BaseModel):
                                            "gets raw embeddings, which it can invert)")
     tail: int = Field(2, ge=0, description="decoder blocks the client runs after the trunk, before the final "
                                            "norm and LM head (0: logits and labels go to the server)")
-    layout: Layout = Field("three-part", description="three-part (client head + tail) or two-part (client "
-                                                     "head only; labels go to the server)")
+    layout: Layout = Field(Layout.THREE_PART, description="three-part (client head + tail) or two-part "
+                                                          "(client head only; labels go to the server)")
 
     @model_validator(mode="after")
     def _two_part_has_no_tail(self) -> PartitionSettings:
-        if self.layout == "two-part":
+        if self.layout == Layout.TWO_PART:
             if "tail" in self.model_fields_set and self.tail != 0:
                 raise ValueError("the two-part layout has no client tail: leave tail unset or 0")
             self.tail = 0

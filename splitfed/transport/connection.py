@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf.message import DecodeError
 
+from splitfed.layout import Layout
 from splitfed.security import Sealed
 from splitfed.transport import splitfed_pb2 as pb
 from splitfed.transport import splitfed_pb2_grpc as pb_grpc
@@ -43,14 +44,14 @@ class TrunkConnection:
         self.max_message_bytes = max_message_bytes
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.layout = "three-part"  # the server's, from the handshake: it bounds the size of replies
+        self.layout: str = Layout.THREE_PART  # the server's (from the handshake): it bounds reply sizes
 
     def handshake(self, client_hello: bytes) -> pb.HelloReply:
         try:
             reply = self._stub.Handshake(pb.Hello(client_hello=client_hello), timeout=self.timeout_s)
         except grpc.RpcError as error:
             raise _remote_error(error, self.address) from None
-        self.layout = reply.limits.layout or "three-part"
+        self.layout = reply.limits.layout or Layout.THREE_PART
         return reply
 
     def exchange(self, message: Sealed) -> Sealed:

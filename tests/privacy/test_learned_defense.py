@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from splitfed.client import SplitClient
+from splitfed.client import SplitClient, TwoPartClient
 from splitfed.client.settings import ClientSettings
 from splitfed.inference import LocalGeneration, SamplingSettings, SplitGenerator
 from splitfed.models import LoraSpec, Partition, add_adapter, load_model, split_model
@@ -193,8 +193,8 @@ def test_bad_settings_are_refused_naming_the_field():
         _defense(BottleneckSettings(width=HIDDEN + 1))
     _, _, split = _parts()
     with pytest.raises(ValueError, match="privacy.learned.bypass"):
-        SplitClient("c", split.head, split.tail, LocalTrunk(split.trunk),
-                    defense=_defense(BottleneckSettings(bypass=True)), layout="two-part")
+        TwoPartClient("c", split.head, split.tail, LocalTrunk(split.trunk),
+                      defense=_defense(BottleneckSettings(bypass=True)))
 
 
 def test_a_client_config_takes_a_learned_defense():

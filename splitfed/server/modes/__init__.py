@@ -3,7 +3,8 @@ line in ``MODES``; ``splitfed serve --mode`` offers every three-part mode of the
 
 from __future__ import annotations
 
-from splitfed.server.modes.base import Layout, Mode, StepBook, SubServerMode
+from splitfed.layout import Layout
+from splitfed.server.modes.base import Mode, StepBook, SubServerMode
 from splitfed.server.modes.client_batch import ClientBatchMode
 from splitfed.server.modes.hierarchical import HierarchicalMode
 from splitfed.server.modes.sequential import SequentialMode

@@ -12,10 +12,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
+from splitfed.layout import Layout
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
 from splitfed.server.service_parts import ServiceLimits, Session, shutting_down
 from splitfed.server.sub_averaging import SubServerAveraging
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
     from splitfed.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-
-Layout = Literal["three-part", "two-part"]
-
 
 class StepBook:
     """Training steps: opened atomically with draining (a checkpoint never misses a step that began
@@ -121,7 +119,7 @@ class SubServerMode:
     every ``average_every`` steps. Subclasses change how steps meet the trunk."""
 
     name: ClassVar[str] = "sequential"
-    layout: ClassVar[Layout] = "three-part"
+    layout: ClassVar[Layout] = Layout.THREE_PART
 
     def __init__(self, subs: list[SubServer], scheduler: TurnScheduler, roster: list[str] | None = None,
                  average_every: int = 1) -> None:

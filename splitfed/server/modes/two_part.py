@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from splitfed.layout import Layout
 from splitfed.server.modes.base import SubServerMode
 from splitfed.server.scheduler import TurnScheduler
 from splitfed.server.service_parts import Session
@@ -26,7 +27,7 @@ class TwoPartMode(SubServerMode):
     """Clients send ``loss`` messages (head output and labels); forward/backward are refused."""
 
     name = "two-part"
-    layout = "two-part"
+    layout = Layout.TWO_PART
 
     def __init__(self, trunk: TwoPartTrunk, roster: list[str] | None = None) -> None:
         scheduler = TurnScheduler(roster)
