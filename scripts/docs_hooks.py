@@ -16,7 +16,7 @@ from mkdocs.structure.files import File, Files
 
 MARKERS = {
     "<!-- splitfed:config-reference -->": ("splitfed.settings_reference", "config_reference"),
-    "<!-- splitfed:cli-reference -->": ("splitfed.cli_reference", "cli_reference"),
+    "<!-- splitfed:cli-reference -->": ("splitfed.cli.reference", "cli_reference"),
 }
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 RESULTS_LINK = "../benchmarks/results/"

@@ -6,10 +6,9 @@ import logging
 
 import torch
 
-from splitfed.inference.endpoint import StaleCacheError
+from splitfed.endpoints import LossResult, StaleCacheError
 from splitfed.layout import Layout
 from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
-from splitfed.training.trunk import LossResult
 from splitfed.transport import (
     TensorLimits,
     adapter_limits,
@@ -33,7 +32,7 @@ class TrunkMismatchError(RuntimeError):
 
 
 class RemoteTrunk:
-    """Implements ``splitfed.training.trunk.TrunkEndpoint`` over an encrypted, authenticated session.
+    """Implements ``splitfed.endpoints.TrunkEndpoint`` over an encrypted, authenticated session.
 
     Hidden states and gradients are encoded (dtype + shape + raw bytes), sealed with AES-256-GCM under
     this session's key and sent; the attention mask travels as per-row lengths only.

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from splitfed.endpoints import TrunkEndpoint
 from splitfed.layout import Layout
 from splitfed.models import HeadPart, TailPart, adapter_state, load_adapter_state, set_training
 from splitfed.privacy import SplitDefense, inference_send
 from splitfed.training.data import Batch
 from splitfed.training.loss import causal_lm_loss
 from splitfed.training.optim import OptimizerSettings
-from splitfed.training.trunk import TrunkEndpoint
 
 
 class SplitClient:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from splitfed.client.split_client import SplitClient
+from splitfed.endpoints import LossEndpoint
 from splitfed.layout import Layout
 from splitfed.models import set_training
 from splitfed.training.data import Batch
-from splitfed.training.trunk import LossEndpoint
 
 
 class TwoPartClient(SplitClient):

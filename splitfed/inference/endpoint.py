@@ -1,29 +1,10 @@
-"""Where a client's generation sends the trunk's part of each step: over the network or in-process."""
+"""An in-process ``GenerationEndpoint``: a server-side ``GenerationCaches`` in this process."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 
-
-class StaleCacheError(RuntimeError):
-    """The trunk no longer holds this generation stream's cache (expired, evicted, released): the
-    client starts the stream over by sending its whole context again."""
-
-
-class GenerationEndpoint(Protocol):
-    """The trunk's side of split inference, one KV cache per stream.
-
-    ``generate_step`` runs ``hidden`` (B, new, H) through the trunk; ``attention_mask`` (B, past + new)
-    covers the stream's cached positions and the new ones; ``past_length`` 0 starts the stream's cache
-    afresh; ``use_cache`` False keeps nothing (the caller then sends the whole sequence every step).
-    """
-
-    def generate_step(self, stream: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                      past_length: int, use_cache: bool = True) -> torch.Tensor: ...
-
-    def release_stream(self, stream: int) -> None: ...
+from splitfed.endpoints import StaleCacheError
 
 
 class LocalGeneration:

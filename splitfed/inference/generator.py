@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from splitfed.inference.endpoint import GenerationEndpoint, StaleCacheError
+from splitfed.endpoints import GenerationEndpoint, StaleCacheError
 from splitfed.inference.sampling import SamplingSettings, TokenChooser
 from splitfed.models import HeadPart, TailPart, set_training
 from splitfed.privacy import SplitDefense, inference_send

@@ -27,7 +27,7 @@ class _Pending:
 class LocalTrunk:
     """Sequential trunk service: every backward is followed by one optimizer step on the trunk adapter.
 
-    Implements ``splitfed.training.trunk.TrunkEndpoint``.
+    Implements ``splitfed.endpoints.TrunkEndpoint``.
     """
 
     def __init__(self, trunk: TrunkPart, optimizer: OptimizerSettings | None = None,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from splitfed.endpoints import LossResult
 from splitfed.models import SparseSpec, TailPart, TrunkPart
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.training.loss import IGNORE_INDEX, causal_lm_loss
 from splitfed.training.optim import OptimizerSettings
-from splitfed.training.trunk import LossResult
 
 
 class TwoPartTrunk(LocalTrunk):

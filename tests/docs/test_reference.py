@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splitfed.cli_reference import cli_reference
+from splitfed.cli.reference import cli_reference
 from splitfed.client.settings import ClientSettings
 from splitfed.config import ConfigError, build_settings
 from splitfed.evaluation.settings import EvalSettings

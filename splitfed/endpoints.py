@@ -1,7 +1,10 @@
-"""What a client needs from "the trunk": the seam where the network transport plugs in.
+"""The seams between a client and the trunk, and the errors that cross them.
 
-The in-process implementation is ``splitfed.server.LocalTrunk``; a gRPC stub implements the same
-protocol, so the training loop never changes.
+A client's training talks to "the trunk" only through ``TrunkEndpoint`` (three-part) or
+``LossEndpoint`` (two-part), and its generation only through ``GenerationEndpoint``. The in-process
+implementations are ``splitfed.server.LocalTrunk`` and ``splitfed.inference.LocalGeneration``; the
+network one is ``splitfed.client.remote_trunk.RemoteTrunk``. The server side of the wire is
+``splitfed.transport.server.TrunkHandler``.
 """
 
 from __future__ import annotations
@@ -54,3 +57,23 @@ class LossEndpoint(Protocol):
         """Run the rest of the model and the loss on the head's output and the client's labels; with
         ``train``, backpropagate, step the server's adapter and return the gradient for the head."""
         ...
+
+
+
+class StaleCacheError(RuntimeError):
+    """The trunk no longer holds this generation stream's cache (expired, evicted, released): the
+    client starts the stream over by sending its whole context again."""
+
+
+class GenerationEndpoint(Protocol):
+    """The trunk's side of split inference, one KV cache per stream.
+
+    ``generate_step`` runs ``hidden`` (B, new, H) through the trunk; ``attention_mask`` (B, past + new)
+    covers the stream's cached positions and the new ones; ``past_length`` 0 starts the stream's cache
+    afresh; ``use_cache`` False keeps nothing (the caller then sends the whole sequence every step).
+    """
+
+    def generate_step(self, stream: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                      past_length: int, use_cache: bool = True) -> torch.Tensor: ...
+
+    def release_stream(self, stream: int) -> None: ...

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from splitfed.cli_app import ConfigOption, SetOption, _fail, _merge, app, console
+from splitfed.cli.app import ConfigOption, SetOption, _fail, _merge, app, console
 
 
 @app.command()
