@@ -39,9 +39,8 @@ import torch
 
 from splitfed.attacks import AttackHarness, AttackSettings, TrafficAttacks, victim_traffic
 from splitfed.attacks.data import victim_rows
-from splitfed.demo import whole_logits
 from splitfed.federation import FederationSettings, InProcessFederation, PartitionSettings
-from splitfed.models import LoraSpec, Partition, load_model
+from splitfed.models import LoraSpec, Partition, load_model, whole_logits
 from splitfed.privacy import (
     BottleneckSettings,
     ChannelSettings,

@@ -33,7 +33,7 @@ import torch
 
 from splitfed.attacks import AttackHarness, AttackSettings, ChannelDefense, load_victim_rows
 from splitfed.federation import FederationSettings, InProcessFederation, PartitionSettings
-from splitfed.models import LoraSpec, Partition, load_model
+from splitfed.models import LoraSpec, Partition, load_model, whole_logits
 from splitfed.privacy import ChannelSettings, PrivacySettings, epsilon_of
 from splitfed.tasks import collate, encode_example, evaluate_cloze, load_task
 from splitfed.training.data import iid_shards
@@ -78,17 +78,6 @@ def _federation(model, shards, pad, args, head: int, privacy: PrivacySettings) -
         seed=args.seed, partition=PartitionSettings(head=head, tail=args.tail),
         adapter=LoraSpec(r=8, alpha=16.0), optimizer=OptimizerSettings(lr=args.lr), privacy=privacy)
     return InProcessFederation(model, shards, lambda rows: collate(rows, pad_token_id=pad), settings)
-
-
-def _whole_logits(model):
-    from splitfed.models import positions_from_mask
-
-    @torch.no_grad()
-    def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        positions = positions_from_mask(attention_mask, input_ids.shape[1], 0, input_ids.device)
-        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
-
-    return logits
 
 
 def _epsilons(federation: InProcessFederation, sigma: float, delta: float) -> dict:
@@ -176,7 +165,7 @@ def main() -> None:
                            "machine": platform.machine(), "threads": torch.get_num_threads()},
               "train_examples": len(train), "eval_examples": len(evaluation), "records": []}
     if args.zero_shot:
-        result["zero_shot"] = evaluate_cloze(_whole_logits(model), tokenizer, evaluation, batch_size=8,
+        result["zero_shot"] = evaluate_cloze(whole_logits(model), tokenizer, evaluation, batch_size=8,
                                              max_length=args.max_length)
         log.info("zero-shot accuracy %.3f", result["zero_shot"]["accuracy"])
     for head, sigmas in grid:

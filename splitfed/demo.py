@@ -10,13 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from splitfed.client import SplitClient
-from splitfed.demo_network import run_network_federation
 from splitfed.demo_privacy import DemoDefense, demo_privacy, exposure, trained_defense
 from splitfed.federation import (
     CentralizedTrainer,
@@ -25,6 +23,7 @@ from splitfed.federation import (
     PartitionSettings,
     seeded_initial_states,
 )
+from splitfed.federation.processes import run_network_federation
 from splitfed.models import (
     DEFAULT_MODEL,
     LoraSpec,
@@ -33,7 +32,9 @@ from splitfed.models import (
     num_layers,
     save_adapter,
     split_model,
+    whole_logits,
 )
+from splitfed.observability import progress_bar
 from splitfed.privacy import PrivacySettings, save_cut
 from splitfed.privacy.public import warm_up_text
 from splitfed.server import LocalTrunk
@@ -99,18 +100,6 @@ class DemoResult:
     load_seconds: float
     total_seconds: float
     exposure: dict[str, Any] | None = None  # with --defense: the strongest attack, with and without it
-
-
-def progress_bar(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def _federation_settings(settings: DemoSettings, model: Any,
@@ -247,17 +236,6 @@ def _trained_client(model: Any, fed_settings: FederationSettings, adapters: Path
         load_adapter(part, adapters / role)
     defense = trained_defense(fed_settings.privacy, model, adapters / "cut")
     return SplitClient("client-0", split.head, split.tail, LocalTrunk(split.trunk), defense=defense)
-
-
-def whole_logits(model: Any):
-    from splitfed.models import positions_from_mask
-
-    @torch.no_grad()
-    def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        positions = positions_from_mask(attention_mask, input_ids.shape[1], 0, input_ids.device)
-        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
-
-    return logits
 
 
 def _train_federation(

@@ -60,7 +60,7 @@ def demo(
                             batch_size=batch_size, lr=lr, lora_rank=lora_rank, head=head, tail=tail,
                             train_examples=train_examples, eval_examples=eval_examples, seed=seed,
                             in_process=in_process, defense=defense, output=output)
-    from splitfed.demo_network import FederationFailed
+    from splitfed.federation.processes import FederationFailed
 
     try:
         result = run_demo(settings, console)

@@ -7,11 +7,11 @@ import logging
 import signal
 import threading
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from splitfed.checkpoint import CheckpointError, CheckpointStore
 from splitfed.client.checkpointing import RunState, client_checkpoint, restore_client
@@ -21,7 +21,10 @@ from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.secure_aggregation import secure_average
 from splitfed.client.settings import ClientSettings
 from splitfed.client.split_client import SplitClient, client_class
+from splitfed.client.step_hooks import LogMetrics, RoundsAndCheckpoints, ShowProgress
+from splitfed.client.training_loop import LoopOutcome, train_steps
 from splitfed.models import (
+    SplitModel,
     init_adapter,
     load_model,
     num_layers,
@@ -29,8 +32,8 @@ from splitfed.models import (
     split_model,
     token_embedding_matrix,
 )
-from splitfed.observability import MetricsWriter, plot_metrics
-from splitfed.privacy import PrivacyBudgetExhausted, SplitDefense, format_epsilon, save_cut
+from splitfed.observability import MetricsWriter, plot_metrics, progress_bar
+from splitfed.privacy import SplitDefense, format_epsilon, save_cut
 from splitfed.privacy.public import warm_up_on_public_text
 from splitfed.security import Identity, PublicIdentity
 from splitfed.tasks import collate
@@ -57,17 +60,6 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
     remote = RemoteTrunk(connection, identity, server_key, settings.wire_dtype)
     remote.connect(expected_layers, hidden_size, settings.partition.layout)
     return remote
-
-
-def _report_progress(directory: Path, step: int, loss: float, privacy: dict[str, Any] | None = None) -> None:
-    """Leave the step count (and the privacy spent) where an orchestrator (the demo) can follow it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = directory / "progress.json.tmp"
-    record: dict[str, Any] = {"step": step, "loss": loss}
-    if privacy is not None:
-        record["privacy"] = privacy
-    staging.write_text(json.dumps(record))
-    staging.replace(directory / "progress.json")
 
 
 class AggregationRefused(RuntimeError):
@@ -112,16 +104,49 @@ def _stop_on_signals() -> tuple[threading.Event, dict]:
     return stop, previous
 
 
-def run_client(settings: ClientSettings, console: Console | None = None) -> dict[str, Any]:
-    """Train ``settings.steps`` split steps against the server; save the head and tail adapters.
+@dataclass
+class ClientRun:
+    """What a client process trains with, built once before its loop (``prepare_client``)."""
 
-    Checkpoints at each round's end, every ``checkpoint_every`` steps and on SIGTERM/SIGINT (after the
-    step in flight); ``resume`` continues from the newest intact one. While the server is unavailable
-    the client reconnects with backoff and repeats the interrupted step."""
-    console = console or Console(stderr=True)
-    hint = spin_wait_hint(settings.server)
-    if hint is not None:
-        log.info(hint)
+    settings: ClientSettings
+    split: SplitModel
+    client: SplitClient
+    defense: SplitDefense | None
+    examples: list[dict]
+    state: RunState
+    store: CheckpointStore
+    batches: Iterator[dict[str, Any]]
+    served_blocks: tuple[int, int]  # the trunk's blocks this client needs
+    hidden_size: int
+
+    def open_session(self) -> RemoteTrunk:
+        """A session with the server, refused if it would aggregate in plain against the settings."""
+        remote = connect(self.settings, self.served_blocks, self.hidden_size)
+        try:
+            check_aggregation(self.settings, remote)
+        except AggregationRefused:
+            remote.close()
+            remote.connection.close()
+            raise
+        return remote
+
+    def reconnected(self, remote: RemoteTrunk) -> None:
+        self.client.trunk = remote
+        if self.client.optimizer is not None:
+            self.client.optimizer.zero_grad(set_to_none=True)  # the repeated step starts clean
+
+    def save_checkpoint(self) -> None:
+        try:
+            path = self.store.save(client_checkpoint(self.client, self.state, self.settings))
+            log.debug("checkpoint %s", path)
+        except CheckpointError as error:
+            log.error("%s", error)
+
+
+def prepare_client(settings: ClientSettings) -> ClientRun:
+    """The model split, the data shard, the defense, the client, the resumed state and the batches."""
+    if settings.steps % settings.rounds:
+        raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
     model, tokenizer = load_model(settings.model)
     split = split_model(model, settings.partition.partition())
     init_adapter(split.head, settings.adapter, settings.seed)
@@ -133,9 +158,6 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
         size = min(settings.batch_size, len(examples))
         defense = SplitDefense(settings.privacy, settings.steps, steps_per_epoch=len(examples) // size,
                                batch_size=size, hidden_size=hidden_size)
-    if settings.steps % settings.rounds:
-        raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
-    per_round = settings.steps // settings.rounds
     client = client_class(settings.partition.layout)(settings.name, split.head, split.tail,
                                                      None, settings.optimizer, defense)  # type: ignore[arg-type]
     store = CheckpointStore(settings.checkpoint_dir or settings.output / "checkpoints")
@@ -152,93 +174,60 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     pad = int(tokenizer.pad_token_id)
     batches = shuffled_batches(examples, settings.batch_size, settings.seed + settings.data.shard,
                                lambda rows: collate(rows, pad_token_id=pad), skip=state.steps_done)
-    blocks = num_layers(model)
-    expected = (settings.partition.head, blocks - settings.partition.tail)
+    served = (settings.partition.head, num_layers(model) - settings.partition.tail)
+    return ClientRun(settings, split, client, defense, examples, state, store, batches, served, hidden_size)
 
-    def open_session() -> RemoteTrunk:
-        remote = connect(settings, expected, hidden_size)
-        try:
-            check_aggregation(settings, remote)
-        except AggregationRefused:
-            remote.close()
-            remote.connection.close()
-            raise
-        return remote
 
-    def reconnected(remote: RemoteTrunk) -> None:
-        client.trunk = remote
-        if client.optimizer is not None:
-            client.optimizer.zero_grad(set_to_none=True)  # the repeated step starts clean
+def run_client(settings: ClientSettings, console: Console | None = None) -> dict[str, Any]:
+    """Train ``settings.steps`` split steps against the server; save the head and tail adapters.
 
-    def save_checkpoint() -> None:
-        try:
-            path = store.save(client_checkpoint(client, state, settings))
-            log.debug("checkpoint %s", path)
-        except CheckpointError as error:
-            log.error("%s", error)
-
-    link = ServerLink(settings, open_session)
+    Checkpoints at each round's end, every ``checkpoint_every`` steps and on SIGTERM/SIGINT (after the
+    step in flight); ``resume`` continues from the newest intact one. While the server is unavailable
+    the client reconnects with backoff and repeats the interrupted step."""
+    console = console or Console(stderr=True)
+    hint = spin_wait_hint(settings.server)
+    if hint is not None:
+        log.info(hint)
+    run = prepare_client(settings)
+    client, state = run.client, run.state
+    link = ServerLink(settings, run.open_session)
     client.trunk = link.remote
     metrics = MetricsWriter(settings.output)
     stop, previous = _stop_on_signals()
-    interrupted = False
-    stopped: str | None = None
+    outcome = LoopOutcome()
     started = time.perf_counter()
     started_at = time.time()  # wall clock, comparable across processes: start-up ends here
     try:
-        with Progress(TextColumn(f"[bold]{settings.name}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
-            task = progress.add_task("train", total=settings.steps, completed=state.steps_done, status="")
-            while state.steps_done < settings.steps:
-                if stop.is_set():
-                    interrupted = True
-                    break
-                batch = next(batches)
-                step_started = time.perf_counter()
-                try:
-                    loss = link.call(lambda _remote, batch=batch: client.train_step(batch), reconnected)
-                except PrivacyBudgetExhausted as error:
-                    stopped = str(error)
-                    log.warning("%s: %s; training stops here", settings.name, error)
-                    break
-                state.steps_done += 1
-                state.losses.append(loss)
-                round_index = (state.steps_done - 1) // per_round + 1
-                privacy = None if defense is None else defense.report()
-                status = f"round {round_index} loss {loss:.3f}"
-                if privacy is not None:
-                    status += f" {format_epsilon(privacy)}"
-                progress.update(task, advance=1, status=status)
-                _report_progress(settings.output, state.steps_done, loss, privacy)
-                batch_tokens = int(batch["attention_mask"].sum())
-                state.tokens += batch_tokens
-                epsilon = {} if privacy is None or privacy["epsilon"] == "inf" else {
-                    "epsilon": privacy["epsilon"]}
-                metrics.log(state.steps_done, loss=loss,
-                            tokens_per_s=batch_tokens / (time.perf_counter() - step_started),
-                            bytes_sent=link.bytes_sent, bytes_received=link.bytes_received, **epsilon)
-                if state.steps_done % per_round == 0:
-                    if settings.fedavg:
-                        progress.update(task, status=f"round {round_index}: waiting for FedAvg")
-                        link.call(lambda remote, r=round_index: _federated_average(
-                            client, remote, r, len(examples)), reconnected)
-                    save_checkpoint()
-                elif settings.checkpoint_every and state.steps_done % settings.checkpoint_every == 0:
-                    save_checkpoint()
-        if interrupted:
-            save_checkpoint()
+        with progress_bar(console, settings.name) as progress:
+            shown = ShowProgress(progress, progress.add_task("train", total=settings.steps,
+                                                             completed=state.steps_done, status=""),
+                                 settings.output, run.defense)
+            rounds = RoundsAndCheckpoints(settings, shown, run.save_checkpoint, lambda r: link.call(
+                lambda remote: _federated_average(client, remote, r, len(run.examples)), run.reconnected))
+            hooks = [shown, LogMetrics(metrics, link, run.defense), rounds]
+            outcome = train_steps(client, link, run.batches, state, settings.steps,
+                                  settings.steps // settings.rounds, hooks, stop, run.reconnected)
+        if outcome.stopped is not None:
+            log.warning("%s: %s; training stops here", settings.name, outcome.stopped)
+        if outcome.interrupted:
+            run.save_checkpoint()
             log.warning("interrupted at step %d of %d; checkpoint saved in %s (continue with --resume)",
-                        state.steps_done, settings.steps, store.directory)
+                        state.steps_done, settings.steps, run.store.directory)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        link.close(interrupted=interrupted)
+        link.close(interrupted=outcome.interrupted)
         metrics.close()
-    losses = state.losses
-    tokens = state.tokens
-    seconds = time.perf_counter() - started
-    if not interrupted:
-        for part in (split.head, split.tail):
+    return finish_client(run, link, outcome, time.perf_counter() - started, started_at, metrics)
+
+
+def finish_client(run: ClientRun, link: ServerLink, outcome: LoopOutcome, seconds: float, started_at: float,
+                  metrics: MetricsWriter) -> dict[str, Any]:
+    """Save the adapters (and the learned defense) unless interrupted, plot the metrics, and write and
+    return ``summary.json``."""
+    settings, state, defense = run.settings, run.state, run.defense
+    if not outcome.interrupted:
+        for part in (run.split.head, run.split.tail):
             save_adapter(part, settings.output / part.role, base_model=settings.model)
         if defense is not None and defense.cut is not None:
             save_cut(defense.cut, settings.output / "cut")
@@ -247,24 +236,24 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
     summary = {
         "name": settings.name,
         "steps": state.steps_done,
-        "losses": losses,
+        "losses": state.losses,
         "seconds": seconds,
         "training_started_at": started_at,
         "training_ended_at": started_at + seconds,
-        "tokens_per_second": tokens / seconds if seconds else 0.0,
+        "tokens_per_second": state.tokens / seconds if seconds else 0.0,
         "bytes_sent": link.bytes_sent,
         "bytes_received": link.bytes_received,
-        "interrupted": interrupted,
+        "interrupted": outcome.interrupted,
         "reconnects": link.reconnects,
-        "examples": len(examples),
+        "examples": len(run.examples),
         "privacy": None if defense is None else defense.report(),
         "privacy_state": None if defense is None else defense.state_dict(),
-        "stopped": stopped,
+        "stopped": outcome.stopped,
     }
     (settings.output / "summary.json").write_text(json.dumps(summary, indent=2))
-    if not interrupted:
+    if not outcome.interrupted:
         log.info("%s: %d steps in %.1fs, final loss %.4f; adapters in %s", settings.name, state.steps_done,
-                 seconds, losses[-1] if losses else float("nan"), settings.output)
+                 seconds, state.losses[-1] if state.losses else float("nan"), settings.output)
     if defense is not None:
         log.info("%s: privacy spent %s over %d steps (%s)", settings.name, format_epsilon(defense.report()),
                  defense.steps, defense.describe())

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from splitfed.demo import whole_logits
 from splitfed.evaluation.settings import EvalSettings
 from splitfed.federation import (
     CentralizedTrainer,
@@ -24,7 +23,7 @@ from splitfed.federation import (
     PartitionSettings,
     seeded_initial_states,
 )
-from splitfed.models import LoraSpec, SplitModel, iter_greedy, num_layers, split_model
+from splitfed.models import LoraSpec, SplitModel, iter_greedy, num_layers, split_model, whole_logits
 from splitfed.tasks import (
     GenerateFn,
     TaskData,

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from splitfed.demo import progress_bar
 from splitfed.evaluation.methods import (
     MethodResult,
     encode_task,
@@ -28,6 +27,7 @@ from splitfed.evaluation.methods import (
 )
 from splitfed.evaluation.settings import EvalSettings
 from splitfed.models import load_model, num_layers
+from splitfed.observability import progress_bar
 from splitfed.tasks import TaskData, TaskSpec, load_task_data, resolve_task
 
 log = logging.getLogger(__name__)

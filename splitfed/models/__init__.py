@@ -45,8 +45,10 @@ from splitfed.models.split import (
     num_layers,
     split_model,
 )
+from splitfed.models.whole import whole_logits
 
 __all__ = [
+    "whole_logits",
     "hidden_size",
     "DEFAULT_MODEL",
     "AdapterError",

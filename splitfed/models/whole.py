@@ -84,3 +84,14 @@ class WholeModel(nn.Module):
             merged[PROMPT_KEY] = torch.cat(prompts, dim=1)
         load_adapter_state(self, merged)  # type: ignore[arg-type]
 
+
+def whole_logits(model: nn.Module):
+    """A ``(input_ids, attention_mask) -> logits`` function of the unsplit ``model`` (no gradients), with
+    positions from the mask so that left-padded rows score like unpadded ones."""
+
+    @torch.no_grad()
+    def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = positions_from_mask(attention_mask, input_ids.shape[1], 0, input_ids.device)
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+
+    return logits

@@ -10,9 +10,8 @@ from splitfed.security import Sealed
 from splitfed.transport import splitfed_pb2 as pb
 from splitfed.transport import splitfed_pb2_grpc as pb_grpc
 from splitfed.transport.addresses import check_plaintext_allowed
-from splitfed.transport.envelope import GRPC_MESSAGE_LIMIT, chunk_message, reassemble
+from splitfed.transport.envelope import GRPC_MESSAGE_LIMIT, chunk_message, reassemble, reply_fits_request
 from splitfed.transport.errors import ERROR_METADATA_KEY, RemoteError
-from splitfed.transport.messages import reply_fits_request
 
 
 class TrunkConnection:

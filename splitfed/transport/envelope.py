@@ -8,12 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from splitfed.layout import Layout
 from splitfed.security import Sealed
 from splitfed.transport import splitfed_pb2 as pb
 from splitfed.transport.chunking import DEFAULT_CHUNK_BYTES, Reassembler, split_bytes
 from splitfed.transport.errors import WireFormatError
 
 GRPC_MESSAGE_LIMIT = 4 * 1024 * 1024 + 64 * 1024  # one chunk plus headroom, both directions
+
+SAME_SIZE_REPLY = frozenset({"forward", "backward", "generate", "loss"})  # tensor steps
+
+
+def reply_fits_request(kind: str, layout: str) -> bool:
+    """Whether the reply to a ``kind`` request is no larger than the request (a tensor step), so that a
+    request fitting one gRPC message may go as one unary call. Two-part generation is the exception:
+    it answers with logits (B, 1, V), which can be far larger than the hidden state sent."""
+    if kind == "generate" and layout == Layout.TWO_PART:
+        return False
+    return kind in SAME_SIZE_REPLY
 
 
 def to_wire(sealed: Sealed) -> pb.Sealed:

@@ -6,7 +6,6 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from splitfed.layout import Layout
 from splitfed.transport import splitfed_pb2 as pb
 from splitfed.transport.errors import WireFormatError
 
@@ -52,14 +51,3 @@ def parse_payload(kind: str, data: bytes) -> Message:
         )
     return parse_message(message_type, data)
 
-
-SAME_SIZE_REPLY = frozenset({"forward", "backward", "generate", "loss"})  # tensor steps
-
-
-def reply_fits_request(kind: str, layout: str) -> bool:
-    """Whether the reply to a ``kind`` request is no larger than the request (a tensor step), so that a
-    request fitting one gRPC message may go as one unary call. Two-part generation is the exception:
-    it answers with logits (B, 1, V), which can be far larger than the hidden state sent."""
-    if kind == "generate" and layout == Layout.TWO_PART:
-        return False
-    return kind in SAME_SIZE_REPLY

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from splitfed.demo_network import wait_for_port as _wait_for_port
+from splitfed.federation.processes import wait_for_port as _wait_for_port
 from splitfed.security import create_identity_files, create_server_files
 
 CLIENTS = ("alice", "bob")

@@ -145,11 +145,11 @@ def test_inference_through_the_trunk_is_noised_too_unless_disabled():
 def test_progress_file_carries_the_privacy_spent(tmp_path):
     import json
 
-    from splitfed.client.process import _report_progress
+    from splitfed.client.step_hooks import report_progress
 
     defense = SplitDefense(SETTINGS)
     defense.record_step(torch.ones(2, 5), 5)
-    _report_progress(tmp_path, 1, 2.5, defense.report())
+    report_progress(tmp_path, 1, 2.5, defense.report())
     saved = json.loads((tmp_path / "progress.json").read_text())
     assert saved["step"] == 1 and saved["privacy"]["epsilon"] == pytest.approx(defense.epsilon)
     assert saved["privacy"]["forward_sigma"] == 0.7 and saved["privacy"]["unprotected_channels"] == []

@@ -19,7 +19,6 @@ import torch
 from splitfed.layout import Layout
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
 from splitfed.server.service_parts import ServiceLimits, Session, shutting_down
-from splitfed.server.sub_averaging import SubServerAveraging
 from splitfed.server.sub_server import InProcessSubServer, SubServer
 from splitfed.transport import WireFormatError
 from splitfed.transport.errors import ServiceError
@@ -55,8 +54,9 @@ class StepBook:
 
     def finished(self, session: Session) -> None:
         """Count a finished step; only then is it closed, so that draining waits for it."""
-        self.progress[session.name] = self.progress.get(session.name, 0) + 1
-        session.open_step = None
+        with self.lock:
+            self.progress[session.name] = self.progress.get(session.name, 0) + 1
+            session.open_step = None
 
 
 class Mode(Protocol):
@@ -115,36 +115,32 @@ class Mode(Protocol):
 
 class SubServerMode:
     """Sequential training over sub-servers: a client's step takes its sub-server's turn from forward to
-    backward; with several sub-servers (hierarchical) they serve in parallel and average their adapters
-    every ``average_every`` steps. Subclasses change how steps meet the trunk."""
+    backward. Subclasses change how steps meet the trunk (batches, the loss on the server) or add to it
+    (hierarchical mode's averages between steps)."""
 
     name: ClassVar[str] = "sequential"
     layout: ClassVar[Layout] = Layout.THREE_PART
 
-    def __init__(self, subs: list[SubServer], scheduler: TurnScheduler, roster: list[str] | None = None,
-                 average_every: int = 1) -> None:
+    def __init__(self, subs: list[SubServer], scheduler: TurnScheduler,
+                 roster: list[str] | None = None) -> None:
         if not subs:
             raise ValueError("a mode needs at least one sub-server")
         self.subs = subs
         self.scheduler = scheduler
         self.roster = roster
-        self.average_every = average_every
         self._arrivals = 0
         self.book = StepBook()
         self.limits = ServiceLimits()
-        self.averaging = SubServerAveraging(self.subs, average_every, self.limits.turn_timeout_s)
 
     # -- life --------------------------------------------------------------------------------------
     def start(self, book: StepBook, limits: ServiceLimits) -> None:
         self.book, self.limits = book, limits
-        self.averaging.timeout_s = limits.turn_timeout_s
         for sub in self.subs:
             sub.start_generation(limits.generation_budget_bytes // len(self.subs), limits.generation_ttl_s,
                                  limits.generation_streams)
 
     def finish(self) -> None:
-        """At the end: average the sub-servers' adapters once more if they trained since the last."""
-        self.averaging.average_all()
+        """At the end of serving (hierarchical mode averages its sub-servers once more)."""
 
     def close(self) -> None:
         for sub in self.subs:
@@ -180,7 +176,6 @@ class SubServerMode:
         session.sub.scheduler.leave(session.name, finished)
         if session.sub.scheduler is not self.scheduler:
             self.scheduler.leave(session.name, finished)
-        self.averaging.notify()
 
     def abandon(self, session: Session, reason: str) -> None:
         """Free ``session``'s open step: its autograd graph and its turn."""
@@ -205,7 +200,7 @@ class SubServerMode:
         self._take_turn(session)
         try:
             self.book.refuse_if_draining()  # it waited for its turn while the server began to stop
-            self.averaging.wait_for_average(sub)  # holding the turn: no step of this sub-server is open
+            self._before_step(sub)  # holding the turn: no step of this sub-server is open
             self.book.open(session, step)
             output = sub.forward(session.key, hidden, mask, train=True)
         except BaseException:
@@ -243,9 +238,12 @@ class SubServerMode:
         except TurnTimeout as error:
             raise ServiceError("UNAVAILABLE", "busy", str(error)) from None
 
+    def _before_step(self, sub: SubServer) -> None:
+        """Before a training step takes ``sub``'s trunk (hierarchical mode: a due average)."""
+
     def _count(self, session: Session, samples: int) -> None:
-        assert session.sub is not None
-        self.averaging.count_step(session.sub, samples, lambda: self.book.finished(session))
+        """Count a finished training step of ``samples`` rows."""
+        self.book.finished(session)
 
     def _after_step(self) -> None:
         if self.book.after_step is not None and len(self.subs) == 1:
@@ -260,7 +258,7 @@ class SubServerMode:
     @property
     def averages(self) -> int:
         """Averages of the sub-servers' trunk adapters so far (hierarchical mode)."""
-        return self.averaging.averages
+        return 0
 
     @property
     def trunk(self) -> LocalTrunk:
@@ -283,7 +281,7 @@ class SubServerMode:
         for index, sub in enumerate(self._trainables()):
             sub_tensors, subs[str(index)] = self._save(sub, f"sub{index}")
             tensors.update(sub_tensors)
-        return tensors, {"subs": subs, "averages": self.averaging.averages}
+        return tensors, {"subs": subs, "averages": self.averages}
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         trainables = self._trainables()
@@ -293,7 +291,6 @@ class SubServerMode:
                              "resume with the same mode and sub_servers")
         for index, sub in enumerate(trainables):
             self._load(sub, tensors, subs[str(index)], f"sub{index}")
-        self.averaging.averages = int(meta["averages"])
 
     @staticmethod
     def _save(sub: Any, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -6,15 +6,17 @@ base, serve their clients in parallel and average their adapters (weighted by sa
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from splitfed.server.compute import ComputeThread
 from splitfed.server.local_trunk import LocalTrunk
-from splitfed.server.modes.base import SubServerMode
+from splitfed.server.modes.base import StepBook, SubServerMode
 from splitfed.server.scheduler import TurnScheduler
-from splitfed.server.sub_server import InProcessSubServer
+from splitfed.server.service_parts import ServiceLimits, Session
+from splitfed.server.sub_averaging import SubServerAveraging
+from splitfed.server.sub_server import InProcessSubServer, SubServer
 from splitfed.training.replicate import replicate_frozen
 
 if TYPE_CHECKING:
@@ -40,7 +42,36 @@ class HierarchicalMode(SubServerMode):
         subs = [InProcessSubServer(trunk, TurnScheduler(rosters[k]),
                                    ComputeThread(f"trunk-compute-{k}", threads))
                 for k, trunk in enumerate(trunks)]
-        super().__init__(subs, TurnScheduler(roster), roster, average_every)
+        super().__init__(subs, TurnScheduler(roster), roster)
+        self.average_every = average_every
+        self.averaging = SubServerAveraging(self.subs, average_every, self.limits.turn_timeout_s)
+
+    def start(self, book: StepBook, limits: ServiceLimits) -> None:
+        super().start(book, limits)
+        self.averaging.timeout_s = limits.turn_timeout_s
+
+    def leave(self, session: Session, finished: bool) -> None:
+        super().leave(session, finished)
+        self.averaging.notify()  # a sub-server may have lost its last client
+
+    def _before_step(self, sub: SubServer) -> None:
+        self.averaging.wait_for_average(sub)
+
+    def _count(self, session: Session, samples: int) -> None:
+        assert session.sub is not None
+        self.averaging.count_step(session.sub, samples, lambda: self.book.finished(session))
+
+    def finish(self) -> None:
+        """Average the sub-servers' adapters once more if they trained since the last."""
+        self.averaging.average_all()
+
+    @property
+    def averages(self) -> int:
+        return self.averaging.averages
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        super().restore(tensors, meta)
+        self.averaging.averages = int(meta["averages"])
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, split: SplitModel) -> HierarchicalMode:

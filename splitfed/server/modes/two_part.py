@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class TwoPartMode(SubServerMode):
     """Clients send ``loss`` messages (head output and labels); forward/backward are refused."""
 
-    name = "two-part"
+    name = str(Layout.TWO_PART)
     layout = Layout.TWO_PART
 
     def __init__(self, trunk: TwoPartTrunk, roster: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
-"""The demo's federation as real processes: one `splitfed serve`, N `splitfed train`, over loopback
-with pinned TLS and AES-256-GCM payloads, FedAvg rounds through the server."""
+"""A federation as real processes on this machine: one `splitfed serve` and N `splitfed train`, over
+loopback with pinned TLS and AES-256-GCM payloads, FedAvg rounds through the server (the demo's default)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import yaml
 from rich.progress import Progress
 
 from splitfed.client.colocation import colocated_environment
-from splitfed.federation import FederationSettings
+from splitfed.federation.config import FederationSettings
 from splitfed.security import create_identity_files, create_server_files
 from splitfed.training.task_data import DataSettings
 
