@@ -1,6 +1,11 @@
 """Hostile peers against a live server while an honest client trains (issue 22's probes): the honest
 client keeps >= 50% of its step rate, the server's RSS grows < 300 MiB and comes back, and every
-refusal has a precise status (never UNKNOWN or INTERNAL)."""
+refusal has a precise status (never UNKNOWN or INTERNAL).
+
+The two cores are shared with other work and their speed drifts from minute to minute, so each probe
+compares against the honest rate measured alone just before it, and a probe whose first measurement
+falls short is measured once more (the attack runs again): starvation fails both, a slow minute does
+not. ``benchmarks/abuse.py`` measures the ratios themselves."""
 
 from __future__ import annotations
 
@@ -45,8 +50,7 @@ def live(tmp_path_factory):
         attacker = AttackProcess(address, certificate, (keys / "server.pub").read_text(),
                                  keys / "mallory.key")
         steps_per_second(alice, batch, 1.0)  # warm up
-        alone = steps_per_second(alice, batch, WINDOW_S)
-        yield {"server": server, "alice": alice, "batch": batch, "alone": alone, "attacker": attacker,
+        yield {"server": server, "alice": alice, "batch": batch, "attacker": attacker,
                "baseline_rss": rss_mib(server.pid), "log": root / "server.log"}
         attacker.close()
     finally:
@@ -63,11 +67,17 @@ def test_the_honest_client_trains_on_under_attack(live, name):
     def honest() -> float:
         return steps_per_second(live["alice"], live["batch"], WINDOW_S)
 
+    alone = honest()  # this minute's speed of the machine
     rate, peak, statuses = run_probe(live["attacker"], name, WINDOW_S, honest, live["server"].pid)
+    if rate < 0.5 * alone:  # once more, against a fresh baseline: a slow minute is not starvation
+        time.sleep(2.0)
+        alone = honest()
+        rate, second_peak, statuses = run_probe(live["attacker"], name, WINDOW_S, honest, live["server"].pid)
+        peak = max(peak, second_peak)
     time.sleep(2.0)  # deadlines pass, buffers are freed
     after = rss_mib(live["server"].pid)
     assert live["server"].poll() is None, live["log"].read_text()[-3000:]
-    assert rate >= 0.5 * live["alone"], (name, rate, live["alone"], statuses)
+    assert rate >= 0.5 * alone, (name, rate, alone, statuses)
     assert peak - live["baseline_rss"] < 300, (name, peak, live["baseline_rss"])
     assert after - live["baseline_rss"] < 150, (name, after, live["baseline_rss"])
     assert sum(statuses.values()) > 0, "the probe sent nothing"
