@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from splitfed.demo import DemoResult, Evaluation, TrainerResult
+from splitfed.observability.plots import plot_loss_panels
 
 
 def _rows(result: DemoResult) -> list[tuple[str, ...]]:
@@ -90,22 +91,7 @@ def markdown_table(result: DemoResult) -> str:
 
 def plot_losses(result: DemoResult, path: Path) -> Path:
     """PNG of the training loss per step, federated vs centralized."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for trainer in (result.federated, result.centralized):
-        axis.plot(range(1, len(trainer.losses) + 1), trainer.losses, label=trainer.name, alpha=0.85)
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("training loss (answer tokens)")
-    axis.set_title(f"{result.settings['model']} / {result.settings['task']}: "
-                   f"{result.settings['clients']} clients vs centralized")
-    axis.legend()
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    settings = result.settings
+    curves = {trainer.name: trainer.losses for trainer in (result.federated, result.centralized)}
+    return plot_loss_panels({f"{settings['model']} / {settings['task']}": curves},
+                            f"{settings['clients']} clients vs centralized", path, dpi=120)

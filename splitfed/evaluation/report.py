@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from splitfed.evaluation.methods import MethodResult
 from splitfed.evaluation.run import EvalResult
 from splitfed.evaluation.settings import METHOD_LABELS
+from splitfed.observability.plots import plot_loss_panels
 
 MAIN_METRIC = {"accuracy": ("accuracy", "acc"), "rouge": ("rougeL", "ROUGE-L"), "squad_f1": ("f1", "F1")}
 # The issue's target: federated within this many points of centralized (accuracy / ROUGE-L / F1).
@@ -136,39 +136,9 @@ def markdown_report(result: EvalResult, command: str | None = None) -> str:
     return "".join(parts)
 
 
-def _smooth(values: list[float], window: int) -> list[float]:
-    out = []
-    for i in range(len(values)):
-        chunk = values[max(0, i - window + 1) : i + 1]
-        out.append(sum(chunk) / len(chunk))
-    return out
-
-
 def plot_losses(result: EvalResult, path: Path) -> Path:
     """PNG: one panel per task, the training loss per optimizer step of every trained method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(result.tasks)
-    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    for axis, task in zip(axes[0], tasks, strict=True):
-        rows: list[MethodResult] = [r for r in result.results if r.task == task and r.losses]
-        window = max(1, max((len(r.losses) for r in rows), default=1) // 12)
-        for row in rows:
-            steps = range(1, len(row.losses) + 1)
-            style = "--" if row.method == "split" else "-"  # split equals centralized: keep both visible
-            axis.plot(steps, _smooth(row.losses, window), style, label=row.method, alpha=0.85)
-        axis.set_title(f"{task} (moving mean of {window} steps)")
-        axis.set_xlabel("optimizer step")
-        axis.set_ylabel("training loss (answer tokens)")
-        axis.grid(alpha=0.3)
-        if rows:
-            axis.legend(fontsize=8)
-    figure.suptitle(f"{result.settings['model']}: training loss, same steps and seeds")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    panels = {task: {r.method: r.losses for r in result.results if r.task == task and r.losses}
+              for task in result.tasks}
+    return plot_loss_panels(panels, f"{result.settings['model']}: training loss, same steps and seeds", path,
+                            smooth=True, dashed=frozenset({"split"}))  # split equals centralized
