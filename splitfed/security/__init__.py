@@ -41,14 +41,8 @@ from splitfed.security.keygen import (
     create_server_files,
 )
 from splitfed.security.sealing import Sealer
-from splitfed.security.secagg import (
-    MaskingKeys,
-    Phase,
-    RoundRoster,
-    SecAggClient,
-    SecAggError,
-    majority_threshold,
-)
+from splitfed.security.secagg import MaskingKeys, SecAggClient, SecAggError
+from splitfed.security.secagg_round import Phase, RoundRoster, majority_threshold
 from splitfed.security.secagg_server import SecAggServer, run_round_in_memory
 from splitfed.security.session import SessionKeys
 from splitfed.security.tls import certificate_fingerprint, certificate_names, make_self_signed, save_tls

@@ -3,7 +3,9 @@ for Privacy-Preserving Machine Learning" (CCS 2017), in its honest-but-curious s
 
 The server learns the weighted sum of the surviving clients' tensors (and so their weighted average), and
 nothing else about any single client's tensors; a client that drops out mid-round does not spoil the round
-for the others as long as at least `threshold` clients stay to the end.
+for the others as long as at least `threshold` clients stay to the end. This module holds the protocol
+(keys, masks, shares, the client); `secagg_round.py` the round's phases, roster and input checks, and
+`secagg_server.py` the server's side.
 
 Fixed point. Masking works on integers mod 2**64 (torch int64, two's complement wrap-around):
 `encode(x, scale)` = round(x * scale) mod 2**64 and `decode(s, scale)` = s (as a signed integer) / scale.
@@ -66,12 +68,9 @@ arithmetic is not constant-time.
 from __future__ import annotations
 
 import hmac
-import math
 import os
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from enum import IntEnum
 
 import torch
 from cryptography.exceptions import InvalidTag
@@ -84,32 +83,24 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from splitfed.security.encoding import decode_uint, encode_uint, pack, unpack
 from splitfed.security.errors import SecAggError
 from splitfed.security.fixed_point import DEFAULT_SCALE, check_scale, encode
-from splitfed.security.identity import check_name
+from splitfed.security.secagg_round import (
+    KEY_SIZE,
+    RoundRoster,
+    check_client_id,
+    check_round_id,
+    check_threshold,
+    check_weight,
+    split_advertisement,
+)
 from splitfed.security.shamir import PRIME, SECRET_SIZE, SHARE_SIZE, shamir_split
 
-KEY_SIZE = 32
-ADVERTISEMENT_SIZE = 2 * KEY_SIZE
 AEAD_NONCE_SIZE = 12
 AEAD_TAG_SIZE = 16
-MAX_ROUND_ID = 64
 MAX_MESSAGE = 1 << 16
-MAX_ROSTER_BYTES = 1 << 26
 
 
-class Phase(IntEnum):
-    """The four phases of a round, each one sealed "secagg" message each way (the wire's phase number)."""
-
-    ADVERTISE = 1  # fresh X25519 keys; the server relays the roster
-    SHARE = 2  # Shamir shares of the masking key and self-mask seed, encrypted per recipient
-    MASKED = 3  # the weighted adapters in fixed point plus pairwise and self masks
-    REVEAL = 4  # shares that unmask the survivors and the clients that dropped out
-
-    @property
-    def description(self) -> str:
-        return {1: "advertise keys", 2: "share keys", 3: "masked input", 4: "reveal shares"}[self.value]
 CHUNK_ELEMENTS = 1 << 20
 
-ROSTER_TAG = b"splitfed SecAggRoster"
 SHARE_TAG = b"splitfed SecAggShares"
 REVEAL_TAG = b"splitfed SecAggReveal"
 SHARE_KEY_LABEL = b"splitfed-v1 secagg share-key"
@@ -170,99 +161,6 @@ class MaskingKeys:
 
     def __reduce__(self) -> object:
         raise TypeError("MaskingKeys hold private keys and cannot be serialized or copied")
-
-
-def split_advertisement(public: bytes) -> tuple[bytes, bytes]:
-    """(c_pk, s_pk) of a 64-byte advertisement."""
-    if not isinstance(public, bytes) or len(public) != ADVERTISEMENT_SIZE:
-        raise SecAggError(f"an advertisement is {ADVERTISEMENT_SIZE} bytes (two X25519 public keys)")
-    return public[:KEY_SIZE], public[KEY_SIZE:]
-
-
-def check_round_id(round_id: object) -> bytes:
-    if not isinstance(round_id, bytes) or not 0 < len(round_id) <= MAX_ROUND_ID:
-        raise SecAggError(f"round_id must be 1-{MAX_ROUND_ID} bytes")
-    return round_id
-
-
-def majority_threshold(clients: int) -> int:
-    """The smallest threshold a round of ``clients`` accepts: a strict majority, and at least 2."""
-    return max(2, clients // 2 + 1)
-
-
-def check_threshold(threshold: object) -> int:
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 2:
-        raise SecAggError("threshold must be an integer >= 2")
-    return threshold
-
-
-def _check_id(client_id: object) -> str:
-    try:
-        return check_name(client_id)
-    except ValueError:
-        raise SecAggError("client id is not a valid identity name") from None
-
-
-def check_weight(weight: object) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) \
-            or weight <= 0:
-        raise SecAggError("weight must be a positive finite number")
-    return float(weight)
-
-
-@dataclass(frozen=True)
-class RoundRoster:
-    """The clients of a round and their advertised keys (U1), sorted by id; the server relays it."""
-
-    round_id: bytes
-    entries: tuple[tuple[str, bytes], ...]
-
-    def __post_init__(self) -> None:
-        check_round_id(self.round_id)
-        if not isinstance(self.entries, tuple):
-            raise SecAggError("entries must be a tuple")
-        for entry in self.entries:
-            if not isinstance(entry, tuple) or len(entry) != 2:
-                raise SecAggError("each roster entry is (client_id, public keys)")
-            _check_id(entry[0])
-            split_advertisement(entry[1])
-        ids = [client_id for client_id, _ in self.entries]
-        if ids != sorted(set(ids)):
-            raise SecAggError("roster ids must be unique and sorted")
-        keys = [public[i:i + KEY_SIZE] for _, public in self.entries for i in (0, KEY_SIZE)]
-        if len(set(keys)) != len(keys):
-            raise SecAggError("roster public keys must be distinct")
-
-    @classmethod
-    def from_dict(cls, round_id: bytes, keys: Mapping[str, bytes]) -> RoundRoster:
-        return cls(round_id, tuple(sorted(keys.items())))
-
-    def as_dict(self) -> dict[str, bytes]:
-        return dict(self.entries)
-
-    @property
-    def ids(self) -> list[str]:
-        return [client_id for client_id, _ in self.entries]
-
-    def to_bytes(self) -> bytes:
-        body = pack(*(field for client_id, public in self.entries for field in (client_id.encode(), public)))
-        return pack(ROSTER_TAG, self.round_id, encode_uint(len(self.entries), 4), body)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> RoundRoster:
-        """Parse `to_bytes` output; `SecAggError` if malformed."""
-        try:
-            tag, round_id, count, body = unpack(data, 4, MAX_ROSTER_BYTES)
-            if tag != ROSTER_TAG:
-                raise ValueError("not a roster")
-            fields = unpack(body, 2 * decode_uint(count, 4), MAX_ROSTER_BYTES)
-            entries = tuple((fields[i].decode("ascii"), fields[i + 1]) for i in range(0, len(fields), 2))
-        except (ValueError, UnicodeDecodeError):
-            raise SecAggError("malformed roster") from None
-        return cls(round_id, entries)
-
-    def __repr__(self) -> str:
-        return f"RoundRoster(round_id={self.round_id.hex()}, clients={self.ids})"
 
 
 # ---------------------------------------------------------------------------------------------------- masks
@@ -326,7 +224,7 @@ class SecAggClient:
                  scale: float = DEFAULT_SCALE) -> None:
         """``round_id`` None: adopt the id of the roster the server relays (chosen by the server; the
         keys are fresh every round, so a repeated id would not repeat a mask)."""
-        self.client_id = _check_id(client_id)
+        self.client_id = check_client_id(client_id)
         self.round_id = None if round_id is None else check_round_id(round_id)
         self.threshold = check_threshold(threshold)
         self.scale = check_scale(scale)

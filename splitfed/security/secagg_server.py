@@ -20,17 +20,19 @@ from splitfed.security.secagg import (
     MAX_MESSAGE,
     REVEAL_TAG,
     SEED_KIND,
-    RoundRoster,
     SecAggClient,
     add_stream,
-    check_round_id,
     check_tensors,
-    check_threshold,
-    check_weight,
     exchange,
     pair_key,
     raw_public,
     self_key,
+)
+from splitfed.security.secagg_round import (
+    RoundRoster,
+    check_round_id,
+    check_threshold,
+    check_weight,
     split_advertisement,
 )
 from splitfed.security.shamir import SHARE_SIZE, shamir_combine

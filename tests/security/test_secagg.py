@@ -18,12 +18,12 @@ from splitfed.security.fixed_point import DEFAULT_SCALE, decode, encode
 from splitfed.security.secagg import (
     KEY_KIND,
     SEED_KIND,
-    RoundRoster,
     _reveal_message,
     add_stream,
     pair_key,
     self_key,
 )
+from splitfed.security.secagg_round import RoundRoster
 from splitfed.security.shamir import shamir_combine, shamir_split
 
 ROUND = b"round-0001"
