@@ -201,10 +201,10 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
         with progress_bar(console, settings.name) as progress:
             shown = ShowProgress(progress, progress.add_task("train", total=settings.steps,
                                                              completed=state.steps_done, status=""),
-                                 settings.output, run.defense)
+                                 settings.output)
             rounds = RoundsAndCheckpoints(settings, shown, run.save_checkpoint, lambda r: link.call(
                 lambda remote: _federated_average(client, remote, r, len(run.examples)), run.reconnected))
-            hooks = [shown, LogMetrics(metrics, link, run.defense), rounds]
+            hooks = [shown, LogMetrics(metrics, link), rounds]
             outcome = train_steps(client, link, run.batches, state, settings.steps,
                                   settings.steps // settings.rounds, hooks, stop, run.reconnected)
         if outcome.stopped is not None:

@@ -55,16 +55,8 @@ class SplitClient:
     def train_step(self, batch: Batch) -> float:
         """One split training step on ``batch`` (input_ids, attention_mask, labels); returns the loss."""
         input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        set_training(self.head, True)
         set_training(self.tail, True)
-        length = int(input_ids.shape[1])
-        if self.defense is not None:
-            self.defense.before_step(mask, length)
-        hidden_in = self.head(input_ids, mask)
-        cut_out, extra_loss = hidden_in, None
-        if self.cut is not None:
-            self.cut.train()
-            cut_out, extra_loss = self.cut.send(hidden_in, mask, self.head, input_ids, training=True)
+        hidden_in, cut_out, extra_loss = self._head_step(input_ids, mask)
         labelled = int((labels[:, 1:] != -100).sum())
         hidden_out = self.trunk.forward(self.client_id, self._send("forward", cut_out.detach()), mask,
                                         train=True, labelled_tokens=labelled)
@@ -75,11 +67,25 @@ class SplitClient:
         loss.backward(retain_graph=bypass is not None)  # the bypass shares the head's graph
         grad_in = self.trunk.backward(self.client_id, self._send("backward", hidden_out.grad))
         if self.defense is not None:
-            self.defense.record_step(mask, length)
+            self.defense.record_step(mask, int(input_ids.shape[1]))
         self._backward_into_client(cut_out, grad_in, extra_loss)
         self._optimizer_step()
         self.samples_seen += int(input_ids.shape[0])
         return float(loss.detach())
+
+    def _head_step(self, input_ids: torch.Tensor,
+                   mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The head's training forward and, with a learned defense, what the cut makes of it: (the head's
+        output, what is to be sent, the defense's own loss or None). The defense's step starts here."""
+        set_training(self.head, True)
+        if self.defense is not None:
+            self.defense.before_step(mask, int(input_ids.shape[1]))
+        hidden_in = self.head(input_ids, mask)
+        if self.cut is None:
+            return hidden_in, hidden_in, None
+        self.cut.train()
+        cut_out, extra_loss = self.cut.send(hidden_in, mask, self.head, input_ids, training=True)
+        return hidden_in, cut_out, extra_loss
 
     @staticmethod
     def _backward_into_client(sent: torch.Tensor, grad: torch.Tensor | None,

@@ -14,7 +14,7 @@ from splitfed.client.link import ServerLink
 from splitfed.client.settings import ClientSettings
 from splitfed.client.training_loop import StepDone
 from splitfed.observability import MetricsWriter
-from splitfed.privacy import SplitDefense, format_epsilon
+from splitfed.privacy import format_epsilon
 
 
 def report_progress(directory: Path, step: int, loss: float, privacy: dict[str, Any] | None = None) -> None:
@@ -31,11 +31,11 @@ def report_progress(directory: Path, step: int, loss: float, privacy: dict[str, 
 class ShowProgress:
     """The progress bar, and ``progress.json`` where an orchestrator (the demo) follows the client."""
 
-    def __init__(self, progress: Progress, task: TaskID, output: Path, defense: SplitDefense | None) -> None:
-        self.progress, self.task, self.output, self.defense = progress, task, output, defense
+    def __init__(self, progress: Progress, task: TaskID, output: Path) -> None:
+        self.progress, self.task, self.output = progress, task, output
 
     def after_step(self, done: StepDone) -> None:
-        privacy = None if self.defense is None else self.defense.report()
+        privacy = done.privacy
         status = f"round {done.round_index} loss {done.loss:.3f}"
         if privacy is not None:
             status += f" {format_epsilon(privacy)}"
@@ -49,11 +49,11 @@ class ShowProgress:
 class LogMetrics:
     """One ``metrics.csv`` row (and TensorBoard scalars) per step: loss, speed, bytes, epsilon."""
 
-    def __init__(self, metrics: MetricsWriter, link: ServerLink, defense: SplitDefense | None) -> None:
-        self.metrics, self.link, self.defense = metrics, link, defense
+    def __init__(self, metrics: MetricsWriter, link: ServerLink) -> None:
+        self.metrics, self.link = metrics, link
 
     def after_step(self, done: StepDone) -> None:
-        privacy = None if self.defense is None else self.defense.report()
+        privacy = done.privacy
         epsilon = {} if privacy is None or privacy["epsilon"] == "inf" else {"epsilon": privacy["epsilon"]}
         self.metrics.log(done.step, loss=done.loss, tokens_per_s=done.tokens / max(done.seconds, 1e-9),
                          bytes_sent=self.link.bytes_sent, bytes_received=self.link.bytes_received, **epsilon)

@@ -26,6 +26,7 @@ class StepDone:
     seconds: float  # the step's wall time, from batch to loss
     round_index: int  # 1-based FedAvg round the step belongs to
     round_end: bool  # the round's last step
+    privacy: dict[str, Any] | None = None  # the defense's report after the step (epsilon spent), if any
 
 
 class StepHook(Protocol):
@@ -55,8 +56,10 @@ def train_steps(client: SplitClient, link: ServerLink, batches: Iterator[dict[st
         state.losses.append(loss)
         tokens = int(batch["attention_mask"].sum())
         state.tokens += tokens
-        done = StepDone(state.steps_done, loss, tokens, time.perf_counter() - started,
-                        (state.steps_done - 1) // per_round + 1, state.steps_done % per_round == 0)
+        seconds = time.perf_counter() - started
+        privacy = None if client.defense is None else client.defense.report()  # once, for every hook
+        done = StepDone(state.steps_done, loss, tokens, seconds, (state.steps_done - 1) // per_round + 1,
+                        state.steps_done % per_round == 0, privacy)
         for hook in hooks:
             hook.after_step(done)
     return LoopOutcome()

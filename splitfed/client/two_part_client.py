@@ -25,20 +25,12 @@ class TwoPartClient(SplitClient):
 
     def train_step(self, batch: Batch) -> float:
         input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        self.head.train()
-        length = int(input_ids.shape[1])
-        if self.defense is not None:
-            self.defense.before_step(mask, length)
-        hidden_in = self.head(input_ids, mask)
-        cut_out, extra_loss = hidden_in, None
-        if self.cut is not None:
-            self.cut.train()
-            cut_out, extra_loss = self.cut.send(hidden_in, mask, self.head, input_ids, training=True)
+        _, cut_out, extra_loss = self._head_step(input_ids, mask)
         endpoint: LossEndpoint = self.trunk  # type: ignore[assignment]
         result = endpoint.loss(self.client_id, self._send("forward", cut_out.detach()), mask, labels,
                                train=True)
         if self.defense is not None:
-            self.defense.record_step(mask, length)
+            self.defense.record_step(mask, int(input_ids.shape[1]))
         self._backward_into_client(cut_out, result.grad, extra_loss)
         self._optimizer_step()
         self.samples_seen += int(input_ids.shape[0])
