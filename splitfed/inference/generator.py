@@ -15,16 +15,10 @@ import torch
 from splitfed.endpoints import GenerationEndpoint, StaleCacheError
 from splitfed.inference.sampling import SamplingSettings, TokenChooser
 from splitfed.models import HeadPart, TailPart, set_training
+from splitfed.models.generation import decode_tokens
 from splitfed.privacy import SplitDefense, inference_send
 
 log = logging.getLogger(__name__)
-
-
-def _eos_tensor(eos_token_id: int | list[int] | None) -> torch.Tensor:
-    if eos_token_id is None:
-        return torch.empty(0, dtype=torch.long)
-    return torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
-                        dtype=torch.long)
 
 
 class SplitGenerator:
@@ -97,23 +91,11 @@ class SplitGenerator:
         after ``max_new_tokens``. The last token yielded is not fed (the next call's input starts
         with it, as a chat's next turn does)."""
         sampling = sampling or SamplingSettings()
-        choose = TokenChooser(sampling)
-        eos = _eos_tensor(eos_token_id)
-        if pad_token_id is None:
-            pad_token_id = int(eos[0]) if len(eos) else 0
         logits = self.feed(input_ids, attention_mask)
         assert self.ids is not None
-        sequences = self.ids
-        unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool)
-        for produced in range(1, sampling.max_new_tokens + 1):
-            token = choose(sequences, logits)
-            token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
-            yield token
-            unfinished &= ~torch.isin(token, eos)
-            if not bool(unfinished.any()) or produced == sampling.max_new_tokens:
-                return
-            sequences = torch.cat([sequences, token[:, None]], dim=1)
-            logits = self.feed(token[:, None])
+        yield from decode_tokens(logits, lambda token: self.feed(token[:, None]), self.ids,
+                                 sampling.max_new_tokens, TokenChooser(sampling), eos_token_id,
+                                 pad_token_id)
 
     def close(self) -> None:
         """Free the server's cache of this stream."""
