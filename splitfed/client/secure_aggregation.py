@@ -1,8 +1,9 @@
 """A client's side of a secure-aggregation FedAvg round over its session with the server.
 
-The four phases of ``splitfed.security.secagg`` each travel as one sealed "secagg" request: this
-client's round keys, its encrypted key shares for the others, its masked adapters, and the shares it
-reveals. The server only ever sees the masked sum; the reply to the last phase is the weighted average.
+The four phases of ``splitfed.aggregation.secagg_client`` each travel as one sealed "secagg"
+request: this client's round keys, its encrypted key shares for the others, its masked adapters, and
+the shares it reveals. The server only ever sees the masked sum; the reply to the last phase is the
+weighted average.
 """
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ import logging
 
 import torch
 
+from splitfed.aggregation import (
+    DEFAULT_SCALE,
+    Phase,
+    RoundRoster,
+    SecAggClient,
+    SecAggError,
+    majority_threshold,
+)
 from splitfed.client.remote_trunk import RemoteTrunk
-from splitfed.security import Phase, RoundRoster, SecAggClient, SecAggError, majority_threshold
-from splitfed.security.fixed_point import DEFAULT_SCALE
 from splitfed.transport import adapter_limits, decode_tensor, encode_int64, pb
 
 log = logging.getLogger(__name__)

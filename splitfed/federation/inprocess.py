@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from splitfed.aggregation.fedavg import weighted_average
 from splitfed.client import SplitClient, client_class
 from splitfed.federation.config import FederationSettings
 from splitfed.layout import Layout
@@ -17,7 +18,6 @@ from splitfed.privacy import SplitDefense, format_epsilon, warm_up
 from splitfed.server import LocalTrunk
 from splitfed.server.two_part import TwoPartTrunk
 from splitfed.training.data import Batch, shuffled_batches
-from splitfed.training.fedavg import weighted_average
 from splitfed.training.replicate import replicate
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """Security layer: identities, allow-list, signed handshake, sealed messages and TLS certificates.
 
 Transport-agnostic: it works on bytes and dataclasses; the gRPC layer carries its messages. The
-protocol is in `handshake.py` (identities and session keys), `channel.py` (sealed messages) and
-`secagg.py` (secure aggregation); docs/security.md describes the threat model. Only this package
-imports `cryptography`.
+protocol is in `handshake.py` (identities and session keys) and `channel.py` (sealed messages);
+`masking.py` holds the cryptography under secure aggregation, whose protocol is `splitfed.aggregation`.
+docs/security.md describes the threat model. Only this package imports `cryptography`.
 """
 
 from splitfed.security.allowlist import AllowList
@@ -19,6 +19,7 @@ from splitfed.security.errors import (
     KeyProviderError,
     ReplayError,
     SealingError,
+    SecAggError,
     SecurityError,
     StaleHandshakeError,
     UnknownClientError,
@@ -40,15 +41,12 @@ from splitfed.security.keygen import (
     create_identity_files,
     create_server_files,
 )
+from splitfed.security.masking import MaskingKeys
 from splitfed.security.sealing import Sealer
-from splitfed.security.secagg import MaskingKeys, SecAggClient, SecAggError
-from splitfed.security.secagg_round import Phase, RoundRoster, majority_threshold
-from splitfed.security.secagg_server import SecAggServer, run_round_in_memory
 from splitfed.security.session import SessionKeys
 from splitfed.security.tls import certificate_fingerprint, certificate_names, make_self_signed, save_tls
 
 __all__ = [
-    "Phase",
     "AttestationError",
     "AttestedKeyProvider",
     "CommandKeyProvider",
@@ -76,11 +74,7 @@ __all__ = [
     "MaskingKeys",
     "PublicIdentity",
     "ReplayError",
-    "RoundRoster",
-    "SecAggClient",
     "SecAggError",
-    "SecAggServer",
-    "majority_threshold",
     "Sealed",
     "SecureChannel",
     "SecurityError",
@@ -96,6 +90,5 @@ __all__ = [
     "create_identity_files",
     "create_server_files",
     "make_self_signed",
-    "run_round_in_memory",
     "save_tls",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from splitfed.server.secure_rounds import ADVERTISE, MASKED, REVEAL, SHARE
+from splitfed.aggregation.secure_rounds import ADVERTISE, MASKED, REVEAL, SHARE
 from splitfed.transport import WireFormatError, decode_int64, encode_tensor, pb
 
 MAX_ADAPTER_TENSORS = 10_000

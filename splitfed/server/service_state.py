@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from splitfed.aggregation import rounds_status
 from splitfed.checkpoint import Checkpoint
 
 if TYPE_CHECKING:
@@ -18,8 +19,7 @@ def service_checkpoint(service: TrunkService) -> Checkpoint:
     meta = {
         **mode_meta,
         "progress": dict(service.progress),
-        "plain_rounds": service.aggregator.completed_round,
-        "secure_rounds": service.secure_rounds.last_round,
+        **rounds_status(service.rounds),
         "turn": service.scheduler.position,
     }
     return Checkpoint(service.steps, tensors, meta)
@@ -29,6 +29,5 @@ def restore_service(service: TrunkService, checkpoint: Checkpoint) -> None:
     """Load ``checkpoint`` into a freshly built service of the same mode and sub-servers."""
     service.mode.restore(checkpoint.tensors, checkpoint.meta)
     service.progress.update({k: int(v) for k, v in checkpoint.meta["progress"].items()})
-    service.aggregator.completed_round = int(checkpoint.meta["plain_rounds"])
-    service.secure_rounds.last_round = int(checkpoint.meta["secure_rounds"])
+    service.rounds.last_round = int(checkpoint.meta[f"{service.rounds.name}_rounds"])
     service.scheduler.position = int(checkpoint.meta["turn"])

@@ -13,8 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from splitfed.aggregation.fedavg import weighted_average
 from splitfed.server.sub_server import SubServer
-from splitfed.training.fedavg import weighted_average
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from splitfed.aggregation import PLAIN_PHASE, ROUND_AGGREGATIONS, AggregationError, make_rounds, rounds_status
 from splitfed.layout import Layout
 from splitfed.models import hidden_size
 from splitfed.security import (
@@ -28,7 +29,6 @@ from splitfed.security import (
     UnknownClientError,
 )
 from splitfed.server.admission import SessionGate, Ticket
-from splitfed.server.aggregator import AggregationError, RoundAggregator
 from splitfed.server.generation import GenerationError
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.modes import Mode, StepBook
@@ -40,7 +40,6 @@ from splitfed.server.round_requests import (
     secagg_value,
 )
 from splitfed.server.scheduler import TurnScheduler
-from splitfed.server.secure_rounds import SecureRounds
 from splitfed.server.service_parts import ServiceLimits, Session
 from splitfed.transport import (
     TensorLimits,
@@ -60,9 +59,6 @@ __all__ = ["ServiceLimits", "TrunkService"]
 
 log = logging.getLogger(__name__)
 
-AGGREGATIONS = ("secure", "plain")
-
-
 class TrunkService:
     """Sessions of authenticated clients against the trunk, trained by ``mode``."""
 
@@ -78,8 +74,8 @@ class TrunkService:
         """``mode``: how training steps meet the trunk (``splitfed.server.modes``). ``aggregation``:
         "secure" (FedAvg rounds under secure aggregation: the server learns only the average;
         ``secagg_threshold`` clients must stay to the end, default a majority) or "plain"."""
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if aggregation not in ROUND_AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {tuple(ROUND_AGGREGATIONS)}, got {aggregation!r}")
         self.aggregation = aggregation
         self.mode = mode
         self.handshake_server = handshake
@@ -92,9 +88,8 @@ class TrunkService:
         self.layers = part.layer_indices
         self._sessions: dict[bytes, Session] = {}
         self._sessions_lock = threading.Lock()
-        self.aggregator = RoundAggregator(self._round_members, self.limits.turn_timeout_s)
-        self.secure_rounds = SecureRounds(self._round_members, self.limits.turn_timeout_s, secagg_threshold,
-                                          max_norm_ratio)
+        self.rounds = make_rounds(aggregation, self._round_members, self.limits.turn_timeout_s,
+                                  secagg_threshold, max_norm_ratio)
         self._adapter_limits = adapter_limits(frozenset(self.limits.dtypes))
         self._tensor_limits = TensorLimits(
             dtypes=frozenset(self.limits.dtypes),
@@ -355,8 +350,7 @@ class TrunkService:
         """Connected clients, mode and progress, for ``splitfed status``."""
         return {**self.mode.status(), "aggregation": self.aggregation, "layout": self.layout,
                 "sessions": self.sessions(), "steps": self.steps, "progress": dict(self.progress),
-                "plain_rounds": self.aggregator.completed_round,
-                "secure_rounds": self.secure_rounds.last_round, "draining": self.draining}
+                **rounds_status(self.rounds), "draining": self.draining}
 
     def close(self) -> None:
         """Stop the sub-servers' compute threads (after the last request)."""
@@ -367,13 +361,14 @@ class TrunkService:
         self.mode.finish()
 
     def _aggregate(self, session: Session, request: pb.AggregateRequest) -> Sealed:
-        if self.aggregation != "plain":
+        if self.rounds.message_kind != "aggregate":
             raise WireFormatError("secure_aggregation_required", "this server aggregates only under secure "
                                   "aggregation (kind 'secagg'); plain adapters are refused")
         check_weight(request.weight)
         state = adapter_tensors(request.tensors, lambda wire: decode_tensor(wire, self._adapter_limits))
         try:
-            average, contributors = self.aggregator.submit(session.name, request.round, request.weight, state)
+            average, contributors = self.rounds.submit(session.name, request.round, PLAIN_PHASE,
+                                                       (state, request.weight))
         except AggregationError as error:
             raise WireFormatError("bad_round", str(error)) from None
         reply = pb.AggregateReply(step=request.step, round=request.round, contributors=contributors)
@@ -403,12 +398,12 @@ class TrunkService:
         return session.channel.seal("generate_reply", request.step, reply.SerializeToString())
 
     def _secagg(self, session: Session, request: pb.SecAggRequest) -> Sealed:
-        if self.aggregation != "secure":
+        if self.rounds.message_kind != "secagg":
             raise WireFormatError("plain_aggregation", "this server runs plain FedAvg rounds (kind "
                                   "'aggregate'), not secure aggregation")
         value = secagg_value(request, self._adapter_limits.max_elements)
         try:
-            result = self.secure_rounds.submit(session.name, request.round, request.phase, value)
+            result = self.rounds.submit(session.name, request.round, request.phase, value)
         except AggregationError as error:
             raise WireFormatError("bad_round", str(error)) from None
         reply = secagg_reply(request, result)

@@ -7,6 +7,7 @@ import threading
 
 import torch
 
+from splitfed.aggregation.fedavg import weighted_average
 from splitfed.client import SplitClient
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.models import (
@@ -22,7 +23,6 @@ from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server import LocalTrunk
 from splitfed.server.modes import HierarchicalMode
 from splitfed.server.trunk_service import TrunkService
-from splitfed.training.fedavg import weighted_average
 from splitfed.training.optim import OptimizerSettings
 from splitfed.training.replicate import replicate, replicate_frozen
 from splitfed.transport.connection import TrunkConnection

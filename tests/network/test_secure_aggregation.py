@@ -8,17 +8,18 @@ import threading
 import pytest
 import torch
 
+from splitfed.aggregation import RoundRoster, SecAggClient
+from splitfed.aggregation.fedavg import weighted_average
+from splitfed.aggregation.fixed_point import DEFAULT_SCALE, decode
 from splitfed.client.process import AggregationRefused, check_aggregation
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.secure_aggregation import ADVERTISE, MASKED, SHARE, secure_average
 from splitfed.client.settings import ClientSettings
 from splitfed.models import LoraSpec, Partition, init_adapter, load_model, split_model
-from splitfed.security import AllowList, Identity, RoundRoster, SecAggClient, ServerHandshake
-from splitfed.security.fixed_point import DEFAULT_SCALE, decode
+from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server import LocalTrunk
 from splitfed.server.modes import SequentialMode
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
-from splitfed.training.fedavg import weighted_average
 from splitfed.transport import pb
 from splitfed.transport.connection import TrunkConnection
 from splitfed.transport.errors import RemoteError
@@ -46,13 +47,13 @@ class Federation:
         self.address = f"127.0.0.1:{port}"
         self.remotes = {name: self.connect(name) for name in NAMES}
         self.received: list[tuple[str, int, object]] = []
-        submit = self.service.secure_rounds.submit
+        submit = self.service.rounds.submit
 
         def recording_submit(client, round_index, phase, value):
             self.received.append((client, phase, value))
             return submit(client, round_index, phase, value)
 
-        self.service.secure_rounds.submit = recording_submit
+        self.service.rounds.submit = recording_submit
 
     def connect(self, name: str) -> RemoteTrunk:
         connection = TrunkConnection(self.address, allow_insecure_loopback=True, timeout_s=60)

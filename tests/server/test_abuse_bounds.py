@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from splitfed.aggregation.secure_rounds import SecureRounds
 from splitfed.security import SecAggError
-from splitfed.server.secure_rounds import SecureRounds
 
 
 def _average(norm: float) -> dict[str, torch.Tensor]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from splitfed.aggregation.fedavg import weighted_average
 from splitfed.federation import CentralizedTrainer, FederationSettings, InProcessFederation, PartitionSettings
 from splitfed.models import LoraSpec, PrefixSpec, adapter_state, load_model
 from splitfed.models.adapters import PROMPT_KEY
-from splitfed.training.fedavg import weighted_average
 from tests.conftest import TINY, make_batch
 
 STEPS = 4

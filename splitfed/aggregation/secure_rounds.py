@@ -1,11 +1,11 @@
 """FedAvg rounds under secure aggregation: the server relays keys and shares and learns only the average.
 
-A round runs the four phases of ``splitfed.security.secagg`` (advertise keys, share keys, masked input,
-reveal shares). Each phase is a barrier: a client's request waits until every client still expected in
-the round has sent the same phase, or until the round deadline, after which the late ones are left out
-(a client that drops out after sharing its keys is unmasked from the others' shares). A round with
-fewer than the threshold (a strict majority of the round's clients, or more if configured) left fails
-for everyone: the clients keep their own adapters.
+A round runs the four phases of the secure-aggregation protocol (``secagg_client.py``: advertise keys,
+share keys, masked input, reveal shares). Each phase is a barrier: a client's request waits until every
+client still expected in the round has sent the same phase, or until the round deadline, after which the
+late ones are left out (a client that drops out after sharing its keys is unmasked from the others'
+shares). A round with fewer than the threshold (a strict majority of the round's clients, or more if
+configured) left fails for everyone: the clients keep their own adapters.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 
-from splitfed.security import Phase, RoundRoster, SecAggError, SecAggServer, majority_threshold
-from splitfed.server.aggregator import AggregationError
+from splitfed.aggregation.plain_rounds import AggregationError
+from splitfed.aggregation.secagg_round import Phase, RoundRoster, majority_threshold
+from splitfed.aggregation.secagg_server import SecAggServer
+from splitfed.security.errors import SecAggError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ class _Round:
 
 class SecureRounds:
     """Runs the server side of secure-aggregation rounds for the clients of ``members()``."""
+
+    name = "secure"
+    message_kind = "secagg"
 
     def __init__(self, members: Callable[[], set[str]], timeout_s: float = 300.0,
                  threshold: int | None = None, max_norm_ratio: float | None = 2.0) -> None:

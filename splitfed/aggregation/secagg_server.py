@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import hmac
 import math
 import os
 from collections.abc import Iterable, Mapping
 
 import torch
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from splitfed.security.encoding import decode_uint, unpack
-from splitfed.security.errors import SecAggError
-from splitfed.security.fixed_point import DEFAULT_SCALE, check_scale, decode
-from splitfed.security.secagg import (
-    AEAD_NONCE_SIZE,
-    AEAD_TAG_SIZE,
+from splitfed.aggregation.fixed_point import DEFAULT_SCALE, check_scale, decode
+from splitfed.aggregation.secagg_client import (
     KEY_KIND,
     MAX_MESSAGE,
     REVEAL_TAG,
     SEED_KIND,
     SecAggClient,
-    add_stream,
     check_tensors,
-    exchange,
+)
+from splitfed.aggregation.secagg_round import RoundRoster, check_round_id, check_threshold, check_weight
+from splitfed.aggregation.shamir import SHARE_SIZE, shamir_combine
+from splitfed.security.encoding import decode_uint, unpack
+from splitfed.security.errors import SecAggError
+from splitfed.security.masking import (
+    AEAD_NONCE_SIZE,
+    AEAD_TAG_SIZE,
+    RecoveredMaskKey,
+    add_stream,
     pair_key,
-    raw_public,
     self_key,
 )
-from splitfed.security.secagg_round import (
-    RoundRoster,
-    check_round_id,
-    check_threshold,
-    check_weight,
-    split_advertisement,
-)
-from splitfed.security.shamir import SHARE_SIZE, shamir_combine
 
 
 class SecAggServer:
@@ -176,13 +169,10 @@ class SecAggServer:
         dropped_keys = {}
         for owner, shares in key_shares.items():
             try:
-                private = X25519PrivateKey.from_private_bytes(shamir_combine(shares, self.threshold))
-            except (SecAggError, ValueError):
+                private_bytes = shamir_combine(shares, self.threshold)
+            except SecAggError:
                 raise SecAggError(f"could not rebuild the key of dropped client {owner!r}") from None
-            if not hmac.compare_digest(raw_public(private), split_advertisement(keys[owner])[1]):
-                raise SecAggError(f"rebuilt key of dropped client {owner!r} does not match its "
-                                  "advertised key")
-            dropped_keys[owner] = private
+            dropped_keys[owner] = RecoveredMaskKey(private_bytes, keys[owner], owner)
         result = {}
         for name, total in self._sums.items():
             flat = total.clone()
@@ -190,7 +180,7 @@ class SecAggServer:
                 add_stream(flat, self_key(seed, self.round_id, owner, name), -1)
             for owner, private in dropped_keys.items():
                 for survivor in self._survivors:
-                    secret = exchange(private, split_advertisement(keys[survivor])[1], survivor)
+                    secret = private.mask_secret(keys[survivor], survivor)
                     sign = 1 if survivor < owner else -1  # what the survivor added for this pair
                     add_stream(flat, pair_key(secret, self.round_id, owner, survivor, name), -sign)
             average = decode(flat, self.scale) / math.fsum(self._weights.values())
@@ -203,8 +193,6 @@ class SecAggServer:
         return (f"SecAggServer(round_id={self.round_id.hex()}, threshold={self.threshold}, "
                 f"state={self._state!r}, inputs={len(self._weights)})")
 
-
-# ------------------------------------------------------------------------------------------------ in memory
 
 def run_round_in_memory(clients_values: Mapping[str, tuple[Mapping[str, torch.Tensor], float]],
                         threshold: int,

@@ -1,7 +1,7 @@
-"""FedAvg rounds through the server: wait for every client of a round, answer each with the average.
+"""Plain FedAvg rounds on the server: wait for every client of a round, answer each with the average.
 
-The server sees each client's adapters here (plain FedAvg); secure aggregation, where it would see
-only the sum, is a separate feature.
+The server sees each client's adapters here; under secure aggregation (``secure_rounds.py``) it sees
+only their weighted sum. Both implement ``RoundAggregation``.
 """
 
 from __future__ import annotations
@@ -13,18 +13,24 @@ from collections.abc import Callable
 
 import torch
 
-from splitfed.training.fedavg import weighted_average
+from splitfed.aggregation.fedavg import weighted_average
 
 log = logging.getLogger(__name__)
+
+
+PLAIN_PHASE = 0
 
 
 class AggregationError(ValueError):
     """A submission that does not fit the round (other keys or shapes, a stale round, a bad weight)."""
 
 
-class RoundAggregator:
+class PlainRounds:
     """Collects (weight, state) per client for a round; the average is released once every expected
     client has submitted or left, or when the deadline passes (the late ones are left out)."""
+
+    name = "plain"
+    message_kind = "aggregate"
 
     def __init__(self, expected: Callable[[], set[str]], timeout_s: float = 300.0) -> None:
         self._expected = expected
@@ -36,20 +42,24 @@ class RoundAggregator:
         self._deadline: float | None = None
 
     @property
-    def completed_round(self) -> int:
+    def last_round(self) -> int:
         """The last round averaged (0 before the first); settable when resuming from a checkpoint."""
         with self._condition:
             return self._round
 
-    @completed_round.setter
-    def completed_round(self, value: int) -> None:
+    @last_round.setter
+    def last_round(self, value: int) -> None:
         with self._condition:
             self._round = value
             self._result = {}
 
-    def submit(self, client: str, round_index: int, weight: float,
-               state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
-        """Block until round ``round_index`` is averaged; returns (average, number of contributors)."""
+    def submit(self, client: str, round_index: int, phase: int,
+               value: tuple[dict[str, torch.Tensor], float]) -> tuple[dict[str, torch.Tensor], int]:
+        """Hand in ``value`` = (adapter state, weight); blocks until round ``round_index`` is averaged and
+        returns (average, number of contributors). A plain round has one phase (``PLAIN_PHASE``)."""
+        if phase != PLAIN_PHASE:
+            raise AggregationError(f"a plain FedAvg round has one phase, got {phase}")
+        state, weight = value
         if not weight > 0:
             raise AggregationError(f"weight must be positive, got {weight}")
         with self._condition:

@@ -12,19 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitfed.security import SecAggClient, SecAggError, SecAggServer, SecurityError, run_round_in_memory
+from splitfed.aggregation import SecAggClient, SecAggError, SecAggServer, run_round_in_memory
+from splitfed.aggregation.fixed_point import DEFAULT_SCALE, decode, encode
+from splitfed.aggregation.secagg_client import KEY_KIND, SEED_KIND, _reveal_message
+from splitfed.aggregation.secagg_round import RoundRoster
+from splitfed.aggregation.shamir import shamir_combine, shamir_split
+from splitfed.security import SecurityError
 from splitfed.security.encoding import unpack
-from splitfed.security.fixed_point import DEFAULT_SCALE, decode, encode
-from splitfed.security.secagg import (
-    KEY_KIND,
-    SEED_KIND,
-    _reveal_message,
-    add_stream,
-    pair_key,
-    self_key,
-)
-from splitfed.security.secagg_round import RoundRoster
-from splitfed.security.shamir import shamir_combine, shamir_split
+from splitfed.security.masking import add_stream, pair_key, self_key
 
 ROUND = b"round-0001"
 

@@ -1,6 +1,6 @@
-"""The public description of a secure-aggregation round (``secagg.py`` holds the protocol): its phases,
-the roster of clients and their advertised keys, and the checks every party applies to round ids,
-client ids, thresholds and weights."""
+"""The public description of a secure-aggregation round (``secagg_client.py`` and ``secagg_server.py``
+hold the protocol): its phases, the roster of clients and their advertised keys, and the checks every
+party applies to round ids, client ids, thresholds and weights."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from enum import IntEnum
 from splitfed.security.encoding import decode_uint, encode_uint, pack, unpack
 from splitfed.security.errors import SecAggError
 from splitfed.security.identity import check_name
+from splitfed.security.masking import KEY_SIZE, split_advertisement
 
-KEY_SIZE = 32
-ADVERTISEMENT_SIZE = 2 * KEY_SIZE
 MAX_ROUND_ID = 64
 MAX_ROSTER_BYTES = 1 << 26
 ROSTER_TAG = b"splitfed SecAggRoster"
@@ -31,13 +30,6 @@ class Phase(IntEnum):
     @property
     def description(self) -> str:
         return {1: "advertise keys", 2: "share keys", 3: "masked input", 4: "reveal shares"}[self.value]
-
-
-def split_advertisement(public: bytes) -> tuple[bytes, bytes]:
-    """(c_pk, s_pk) of a 64-byte advertisement."""
-    if not isinstance(public, bytes) or len(public) != ADVERTISEMENT_SIZE:
-        raise SecAggError(f"an advertisement is {ADVERTISEMENT_SIZE} bytes (two X25519 public keys)")
-    return public[:KEY_SIZE], public[KEY_SIZE:]
 
 
 def check_round_id(round_id: object) -> bytes:

@@ -3,9 +3,9 @@ for Privacy-Preserving Machine Learning" (CCS 2017), in its honest-but-curious s
 
 The server learns the weighted sum of the surviving clients' tensors (and so their weighted average), and
 nothing else about any single client's tensors; a client that drops out mid-round does not spoil the round
-for the others as long as at least `threshold` clients stay to the end. This module holds the protocol
-(keys, masks, shares, the client); `secagg_round.py` the round's phases, roster and input checks, and
-`secagg_server.py` the server's side.
+for the others as long as at least `threshold` clients stay to the end. This module holds the client's
+side of the protocol; `secagg_round.py` the round's phases, roster and input checks, `secagg_server.py`
+the server's side, and `splitfed.security.masking` the cryptography (keys, mask stream, sealed shares).
 
 Fixed point. Masking works on integers mod 2**64 (torch int64, two's complement wrap-around):
 `encode(x, scale)` = round(x * scale) mod 2**64 and `decode(s, scale)` = s (as a signed integer) / scale.
@@ -61,142 +61,45 @@ Byzantine robustness: a client may submit anything (poisoning the average) or ba
 keys, for b seeds only when there are surplus shares), which aborts the round. The sum itself, the
 weights and the sets U1-U3 are revealed: with few clients the sum may say much about each (no
 differential privacy). Client authentication and transport confidentiality come from the session layer
-(`handshake.py`, `channel.py`), whose sealed channel should carry these messages. Python big-integer
-arithmetic is not constant-time.
+(`splitfed.security.handshake`, `splitfed.security.channel`), whose sealed channel should carry these
+messages. Python big-integer arithmetic is not constant-time.
 """
 
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from collections.abc import Iterable, Mapping
 
 import torch
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from splitfed.security.encoding import decode_uint, encode_uint, pack, unpack
-from splitfed.security.errors import SecAggError
-from splitfed.security.fixed_point import DEFAULT_SCALE, check_scale, encode
-from splitfed.security.secagg_round import (
-    KEY_SIZE,
+from splitfed.aggregation.fixed_point import DEFAULT_SCALE, check_scale, encode
+from splitfed.aggregation.secagg_round import (
     RoundRoster,
     check_client_id,
     check_round_id,
     check_threshold,
     check_weight,
-    split_advertisement,
 )
-from splitfed.security.shamir import PRIME, SECRET_SIZE, SHARE_SIZE, shamir_split
+from splitfed.aggregation.shamir import PRIME, SECRET_SIZE, SHARE_SIZE, shamir_split
+from splitfed.security.encoding import decode_uint, encode_uint, pack, unpack
+from splitfed.security.errors import SecAggError
+from splitfed.security.masking import (
+    MaskingKeys,
+    add_stream,
+    open_share,
+    pair_key,
+    seal_share,
+    self_key,
+)
 
-AEAD_NONCE_SIZE = 12
-AEAD_TAG_SIZE = 16
 MAX_MESSAGE = 1 << 16
-
-
-CHUNK_ELEMENTS = 1 << 20
 
 SHARE_TAG = b"splitfed SecAggShares"
 REVEAL_TAG = b"splitfed SecAggReveal"
-SHARE_KEY_LABEL = b"splitfed-v1 secagg share-key"
 SHARE_AD_LABEL = b"splitfed-v1 secagg share"
-PAIR_MASK_LABEL = b"splitfed-v1 secagg pair-mask"
-SELF_MASK_LABEL = b"splitfed-v1 secagg self-mask"
 SEED_KIND = b"seed"
 KEY_KIND = b"key"
-
-
-def raw_public(key: X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def exchange(private: X25519PrivateKey, peer_raw: bytes, peer: str) -> bytes:
-    try:
-        return private.exchange(X25519PublicKey.from_public_bytes(peer_raw))
-    except ValueError:  # a low-order point gives an all-zero secret, which cryptography refuses
-        raise SecAggError(f"invalid public key of client {peer!r}") from None
-
-
-def _hkdf(secret: bytes, *info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=pack(*info)).derive(secret)
-
-
-class MaskingKeys:
-    """A client's two X25519 key pairs for one round: c (encrypts shares) and s (pairwise masks)."""
-
-    __slots__ = ("_cipher", "_mask")
-
-    def __init__(self, cipher: X25519PrivateKey, mask: X25519PrivateKey) -> None:
-        if not isinstance(cipher, X25519PrivateKey) or not isinstance(mask, X25519PrivateKey):
-            raise TypeError("MaskingKeys expects two X25519PrivateKey")
-        self._cipher = cipher
-        self._mask = mask
-
-    @classmethod
-    def generate(cls) -> MaskingKeys:
-        """Fresh random keys."""
-        return cls(X25519PrivateKey.generate(), X25519PrivateKey.generate())
-
-    @property
-    def public(self) -> bytes:
-        """`c_pk || s_pk`, 64 bytes: what the client advertises."""
-        return raw_public(self._cipher) + raw_public(self._mask)
-
-    def cipher_secret(self, peer_public: bytes, peer: str) -> bytes:
-        return exchange(self._cipher, split_advertisement(peer_public)[0], peer)
-
-    def mask_secret(self, peer_public: bytes, peer: str) -> bytes:
-        return exchange(self._mask, split_advertisement(peer_public)[1], peer)
-
-    def mask_private_bytes(self) -> bytes:
-        return self._mask.private_bytes_raw()
-
-    def __repr__(self) -> str:
-        return "MaskingKeys(<hidden>)"
-
-    def __reduce__(self) -> object:
-        raise TypeError("MaskingKeys hold private keys and cannot be serialized or copied")
-
-
-# ---------------------------------------------------------------------------------------------------- masks
-
-def add_stream(flat: torch.Tensor, key: bytes, sign: int) -> None:
-    """flat += sign * (ChaCha20 keystream of `key` as int64 words), in place, chunk by chunk."""
-    total = flat.numel()
-    if total == 0:
-        return
-    encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
-    chunk = min(CHUNK_ELEMENTS, total)
-    zeros = memoryview(bytes(8 * chunk))
-    buffer = bytearray(8 * chunk)
-    words = torch.frombuffer(buffer, dtype=torch.int64)
-    for start in range(0, total, chunk):
-        count = min(chunk, total - start)
-        encryptor.update_into(zeros[:8 * count], buffer)
-        target = flat[start:start + count]
-        if sign > 0:
-            target.add_(words[:count])
-        else:
-            target.sub_(words[:count])
-
-
-def pair_key(secret: bytes, round_id: bytes, a: str, b: str, name: str) -> bytes:
-    low, high = sorted((a, b))
-    return _hkdf(secret, PAIR_MASK_LABEL, round_id, low.encode(), high.encode(), name.encode("utf-8"))
-
-
-def self_key(seed: bytes, round_id: bytes, client_id: str, name: str) -> bytes:
-    return _hkdf(seed, SELF_MASK_LABEL, round_id, client_id.encode(), name.encode("utf-8"))
-
-
-def _share_aead(secret: bytes, round_id: bytes, a: str, b: str) -> AESGCM:
-    low, high = sorted((a, b))
-    return AESGCM(_hkdf(secret, SHARE_KEY_LABEL, round_id, low.encode(), high.encode()))
 
 
 def _reveal_message(kind: bytes, round_id: bytes, owner: str, holder: str, x: int, value: int) -> bytes:
@@ -214,8 +117,6 @@ def check_tensors(tensors: object, what: str) -> dict[str, torch.Tensor]:
             raise SecAggError(f"{what}: {name!r} is not a tensor")
     return dict(tensors)
 
-
-# --------------------------------------------------------------------------------------------------- client
 
 class SecAggClient:
     """One client's side of a round: `advertise`, `share_keys`, `receive_shares`, `mask`, `unmask_shares`."""
@@ -286,9 +187,8 @@ class SecAggClient:
                              encode_uint(x, 4), encode_uint(key_shares[x], SHARE_SIZE),
                              encode_uint(seed_shares[x], SHARE_SIZE))
             secret = self._keys.cipher_secret(keys[peer], peer)
-            aead = _share_aead(secret, self.round_id, self.client_id, peer)
-            nonce = os.urandom(AEAD_NONCE_SIZE)
-            out[peer] = nonce + aead.encrypt(nonce, plaintext, self._share_ad(self.client_id, peer))
+            out[peer] = seal_share(secret, self.round_id, self.client_id, peer, plaintext,
+                                   self._share_ad(self.client_id, peer))
         own = points[self.client_id]
         self._roster, self._points = keys, points
         self._own_shares = (key_shares[own], seed_shares[own])
@@ -312,19 +212,21 @@ class SecAggClient:
                               f"{self.threshold}")
         held = {self.client_id: self._own_shares}
         for sender, blob in shares.items():
-            if not isinstance(blob, bytes) or len(blob) < AEAD_NONCE_SIZE + AEAD_TAG_SIZE:
+            if not isinstance(blob, bytes):
                 raise SecAggError(f"malformed share from {sender!r}")
-            aead = _share_aead(self._keys.cipher_secret(self._roster[sender], sender), self.round_id, sender,
-                               self.client_id)
+            secret = self._keys.cipher_secret(self._roster[sender], sender)
+            plaintext = open_share(secret, self.round_id, sender, self.client_id, blob,
+                                   self._share_ad(sender, self.client_id))
+            valid, values = False, (0, 0)
             try:
-                plaintext = aead.decrypt(blob[:AEAD_NONCE_SIZE], blob[AEAD_NONCE_SIZE:],
-                                         self._share_ad(sender, self.client_id))
-                tag, round_id, from_id, to_id, x, key_share, seed_share = unpack(plaintext, 7, MAX_MESSAGE)
-                valid = (tag == SHARE_TAG and round_id == self.round_id and from_id == sender.encode()
-                         and to_id == self.client_id.encode()
-                         and decode_uint(x, 4) == self._points[self.client_id])
-                values = (decode_uint(key_share, SHARE_SIZE), decode_uint(seed_share, SHARE_SIZE))
-            except (InvalidTag, ValueError):
+                if plaintext is not None:
+                    fields = unpack(plaintext, 7, MAX_MESSAGE)
+                    tag, round_id, from_id, to_id, x, key_share, seed_share = fields
+                    valid = (tag == SHARE_TAG and round_id == self.round_id and from_id == sender.encode()
+                             and to_id == self.client_id.encode()
+                             and decode_uint(x, 4) == self._points[self.client_id])
+                    values = (decode_uint(key_share, SHARE_SIZE), decode_uint(seed_share, SHARE_SIZE))
+            except ValueError:
                 valid = False
             if not valid or max(values) >= PRIME:
                 raise SecAggError(f"share from {sender!r} failed authentication or is not addressed to "
@@ -396,6 +298,3 @@ class SecAggClient:
 
     def __reduce__(self) -> object:
         raise TypeError("a SecAggClient holds secret keys and shares and cannot be serialized or copied")
-
-
-# --------------------------------------------------------------------------------------------------- server
