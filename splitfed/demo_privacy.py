@@ -4,7 +4,6 @@ own traffic, with and without the defense."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -18,7 +17,6 @@ from splitfed.privacy import (
     DistanceCorrelationSettings,
     PrivacySettings,
     SplitDefense,
-    load_cut,
 )
 from splitfed.tasks.public_text import public_chunks
 
@@ -50,17 +48,6 @@ def demo_privacy(name: str, head: HeadPart, tokenizer: Any, seed: int) -> Privac
     if name == "dcor":
         return PrivacySettings(learned=DistanceCorrelationSettings(weight=1.0, **common), seed=seed)
     raise ValueError(f"unknown defense {name!r}: choose one of {', '.join(DEFENSES)}")
-
-
-def trained_defense(privacy: PrivacySettings, model: torch.nn.Module, cut_directory: Path | None
-                    ) -> SplitDefense | None:
-    """The defense as the client ended training (its learned cut read from ``cut_directory``)."""
-    if not privacy.enabled:
-        return None
-    defense = SplitDefense(privacy, planned_steps=1, hidden_size=int(token_embedding_matrix(model).shape[1]))
-    if defense.cut is not None and (cut_directory is None or not load_cut(defense.cut, cut_directory)):
-        raise FileNotFoundError(f"no trained learned defense in {cut_directory}")
-    return defense
 
 
 def exposure(model: torch.nn.Module, tokenizer: Any, task: str, partition: Partition, head: HeadPart,

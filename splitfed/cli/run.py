@@ -47,11 +47,13 @@ def demo(
 
     Fine-tunes a model with N clients by federated split learning (a `splitfed serve` process and one
     `splitfed train` process per client over TLS on 127.0.0.1, or in this process with --in-process),
-    and the same model centralized with the same data, steps and seeds.
+    and the same model centralized with the same data, steps and seeds. It is a preset of
+    `splitfed eval` (methods zero-shot, federated-network or federated-iid, centralized).
     """
-    from splitfed.demo import DemoSettings, run_demo, save_result
+    from splitfed.demo import DemoSettings, run_demo
     from splitfed.demo_privacy import DEFENSES
-    from splitfed.reporting import markdown_table, plot_losses, results_table
+    from splitfed.evaluation import save_result
+    from splitfed.evaluation.report import detail_markdown, detail_table, plot_losses
 
     if defense not in DEFENSES:
         console.print(f"[red]error:[/] --defense {defense!r}: choose one of {', '.join(DEFENSES)}")
@@ -67,9 +69,10 @@ def demo(
     except (ValueError, FederationFailed) as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from error
-    console.print(results_table(result))
+    console.print(detail_table(result, task))
     saved = save_result(result, output)
-    (output / "results.md").write_text(_markdown_report(result, markdown_table(result)))
+    (output / "results.md").write_text(f"# splitfed demo\n\n{detail_markdown(result, task)}\n"
+                                       f"settings: `{result.settings}`\n")
     plot = plot_losses(result, output / "losses.png")
     console.print(f"results: {saved}, {output / 'results.md'}; loss curves: {plot}; "
                   f"total {result.total_seconds:.0f}s")
@@ -77,10 +80,6 @@ def demo(
     console.print(f"adapters: {adapters}/{{head,trunk,tail}}; merge them into one HF model with\n"
                   f"  splitfed export --base {model} --head {adapters}/head --trunk {adapters}/trunk "
                   f"--tail {adapters}/tail --out {output}/merged")
-
-
-def _markdown_report(result, table: str) -> str:
-    return f"# splitfed demo\n\n{table}\nsettings: `{result.settings}`\n"
 
 
 @app.command()

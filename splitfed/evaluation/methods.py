@@ -2,8 +2,9 @@
 
 zero-shot: the base model. centralized: the whole model with the adapters, all data pooled.
 split: one client over the split model. federated-*: N clients against one trunk, FedAvg each round,
-IID or Dirichlet label-skewed shards, or IID with the noise defense. All start from the same
-adapter weights (seeded) and take ``steps`` optimizer steps of ``batch_size`` examples.
+IID or Dirichlet label-skewed shards, or IID with the settings' defense; federated-network: the IID
+federation as real processes over TLS (``network.py``). All start from the same adapter weights
+(seeded) and take ``steps`` optimizer steps of ``batch_size`` examples.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from splitfed.evaluation.settings import EvalSettings
+from splitfed.evaluation.settings import PRIVATE_METHODS, EvalSettings
 from splitfed.federation import (
     CentralizedTrainer,
     FederationSettings,
@@ -23,7 +25,17 @@ from splitfed.federation import (
     PartitionSettings,
     seeded_initial_states,
 )
-from splitfed.models import LoraSpec, SplitModel, iter_greedy, num_layers, split_model, whole_logits
+from splitfed.models import (
+    LoraSpec,
+    SplitModel,
+    iter_greedy,
+    num_layers,
+    save_adapter,
+    split_model,
+    whole_logits,
+)
+from splitfed.privacy import PrivacySettings, save_cut
+from splitfed.privacy.public import warm_up_text
 from splitfed.tasks import (
     GenerateFn,
     TaskData,
@@ -52,15 +64,20 @@ class MethodResult:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     skipped: str | None = None
+    startup_seconds: float = 0.0  # networked runs: start-up, apart from train_seconds
 
 
 def noise_skip_reason(settings: EvalSettings) -> str | None:
-    """Why the federated + noise row cannot run, or None when it can."""
-    if settings.privacy is None or not (settings.privacy.forward.protected
-                                        or settings.privacy.backward.protected):
-        return ("skipped: no noise defense given (e.g. --set privacy.forward.clip=2 "
+    """Why the federated + defense row cannot run, or None when it can."""
+    if settings.privacy is None or not settings.privacy.enabled:
+        return ("skipped: no noise or learned defense given (e.g. --set privacy.forward.clip=2 "
                 "--set privacy.forward.sigma=0.2)")
     return None
+
+
+def method_privacy(settings: EvalSettings, method: str) -> PrivacySettings | None:
+    """The defense ``method`` trains with: the settings' for federated-noise and federated-network."""
+    return settings.privacy if method in PRIVATE_METHODS else None
 
 
 def partition_sizes(settings: EvalSettings, blocks: int) -> tuple[int, int]:
@@ -74,7 +91,7 @@ def partition_sizes(settings: EvalSettings, blocks: int) -> tuple[int, int]:
 
 
 def federation_settings(
-    settings: EvalSettings, model: Any, clients: int, noise: bool = False
+    settings: EvalSettings, model: Any, clients: int, privacy: PrivacySettings | None = None
 ) -> FederationSettings:
     """``steps`` split into ``rounds`` x ``clients`` x local steps (must divide exactly)."""
     per_round = settings.rounds * clients
@@ -82,7 +99,7 @@ def federation_settings(
         raise ValueError(f"steps {settings.steps} must be a multiple of rounds x clients = {per_round} "
                          "so that every trainer takes the same number of steps")
     head, tail = partition_sizes(settings, num_layers(model))
-    extra: dict[str, Any] = {"privacy": settings.privacy} if noise and settings.privacy else {}
+    extra: dict[str, Any] = {"privacy": privacy} if privacy is not None else {}
     return FederationSettings(
         clients=clients, rounds=settings.rounds, local_steps=settings.steps // per_round,
         batch_size=settings.batch_size, seed=settings.seed,
@@ -131,10 +148,22 @@ def greedy_generator(split: SplitModel, tokenizer: Any) -> GenerateFn:
 class Trained:
     """A trained (or untrained) model, seen as logits for scoring and as a split for generation."""
 
-    def __init__(self, logits: Callable, split: SplitModel, privacy: dict[str, Any] | None = None) -> None:
+    def __init__(self, logits: Callable, split: SplitModel, privacy: dict[str, Any] | None = None,
+                 cut: torch.nn.Module | None = None) -> None:
         self.logits = logits
         self.split = split
         self.privacy = privacy  # the worst client's privacy spent, when a defense ran
+        self.cut = cut  # client 0's learned defense, if one trained
+        self.startup_seconds = 0.0  # networked runs: processes started, models loaded, sessions opened
+        self.train_seconds: float | None = None  # networked runs: the steps alone
+
+    def save_adapters(self, directory: Path, base_model: str) -> None:
+        """The head, trunk and tail adapters (peft format) under ``directory``, and the learned cut,
+        if any, under ``directory/cut``."""
+        for part in (self.split.head, self.split.trunk, self.split.tail):
+            save_adapter(part, directory / part.role, base_model=base_model)
+        if self.cut is not None:
+            save_cut(self.cut, directory / "cut")
 
 
 def evaluate(trained: Trained, task: TaskData, tokenizer: Any, settings: EvalSettings,
@@ -165,9 +194,12 @@ def train_centralized(model: Any, encoded: list[dict], collate_rows: Callable, s
 
 
 def train_federated(model: Any, shards: list[list[dict]], collate_rows: Callable, settings: EvalSettings,
-                    on_step: StepHook, noise: bool = False) -> Trained:
-    fed = federation_settings(settings, model, len(shards), noise)
-    federation = InProcessFederation(model, shards, collate_rows, fed)
+                    on_step: StepHook, privacy: PrivacySettings | None = None,
+                    tokenizer: Any = None) -> Trained:
+    fed = federation_settings(settings, model, len(shards), privacy)
+    learned = fed.privacy.learned
+    public = None if learned is None or tokenizer is None else warm_up_text(learned, tokenizer)
+    federation = InProcessFederation(model, shards, collate_rows, fed, public_text=public)
     for _ in range(fed.rounds):
         federation.train_round(lambda _client, loss: on_step(loss))
     client = federation.clients[0]
@@ -175,7 +207,7 @@ def train_federated(model: Any, shards: list[list[dict]], collate_rows: Callable
                        client.head.family)
     reports = federation.privacy_reports()
     worst = max(reports, key=lambda r: float(r["epsilon"])) if reports else None
-    return Trained(federation.logits, split, worst)
+    return Trained(federation.logits, split, worst, cut=client.cut)
 
 
 def make_collate(tokenizer: Any) -> Callable[[list[dict]], dict]:

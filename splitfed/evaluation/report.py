@@ -1,10 +1,16 @@
-"""The main table (rows = methods, columns = tasks with their metric), the target check and the
-loss-curve plot of an evaluation run."""
+"""Every report of an evaluation run (``splitfed eval`` and its ``splitfed demo`` preset): the main
+table (rows = methods, columns = tasks with their metric), the detail table of a classification task
+(loss, accuracy with its count, train loss and time per method, as the demo prints it), the target
+check and the loss-curve plot."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from rich.table import Table
+
+from splitfed.evaluation.methods import MethodResult
 from splitfed.evaluation.run import EvalResult
 from splitfed.evaluation.settings import METHOD_LABELS
 from splitfed.observability.plots import plot_loss_panels
@@ -25,13 +31,15 @@ def main_value(result: EvalResult, task: str, method: str) -> float | None:
 def _label(result: EvalResult, method: str) -> str:
     settings = result.settings
     label = METHOD_LABELS[method].format(clients=settings["clients"], alpha=settings["alpha"])
-    privacy = settings.get("privacy") if method == "federated-noise" else None
+    privacy = settings.get("privacy") if method in ("federated-noise", "federated-network") else None
     if privacy:
         sigmas = ", ".join(f"{name} C={privacy[name]['clip']} sigma={privacy[name]['sigma']}"
                            for name in ("forward", "backward") if privacy[name].get("clip") is not None)
         spent = sorted({str(r.metrics["epsilon"]) for r in result.results
                         if r.method == method and "epsilon" in r.metrics})
-        label += f" ({sigmas}; epsilon {', '.join(spent) or '?'} at delta {privacy['delta']:g})"
+        defense = settings.get("defense") or "learned cut"
+        label += (f" ({sigmas}; epsilon {', '.join(spent) or '?'} at delta {privacy['delta']:g})" if sigmas
+                  else f" ({defense})")
     return label
 
 
@@ -82,7 +90,7 @@ def target_check(result: EvalResult) -> list[dict]:
     for task, info in result.tasks.items():
         central = main_value(result, task, "centralized")
         zero = main_value(result, task, "zero-shot")
-        for method in ("split", "federated-iid", "federated-noniid", "federated-noise"):
+        for method in ("split", "federated-iid", "federated-noniid", "federated-noise", "federated-network"):
             value = main_value(result, task, method)
             if value is None or central is None:
                 continue
@@ -131,9 +139,97 @@ def markdown_report(result: EvalResult, command: str | None = None) -> str:
     skipped = skipped_lines(result)
     if skipped:
         parts.append("\n## Skipped\n\n" + skipped)
+    details = [detail_markdown(result, task) for task in result.tasks
+               if result.tasks[task]["kind"] == "classification" and trained]
+    if details:
+        parts.append("\n## Per task: loss, accuracy with its count, training\n\n" + "\n".join(details))
     if command:
         parts.append(f"\nReproduce with:\n\n```\n{command}\n```\n")
     return "".join(parts)
+
+
+# ------------------------------------------------------------------------------------ the detail table
+
+DETAIL_COLUMNS = ("method", "eval loss", "accuracy (correct/n)", "macro-F1", "train loss", "train time")
+
+
+def _rows_of(result: EvalResult, task: str) -> list[MethodResult]:
+    return [r for r in result.results if r.task == task and not r.skipped]
+
+
+def _accuracy(metrics: dict[str, Any]) -> str:
+    """Accuracy with the count it comes from: on 56 examples one example is 1.8 points."""
+    n = int(metrics["n"])
+    return f"{metrics['accuracy']:.3f} ({round(metrics['accuracy'] * n)}/{n})"
+
+
+def _train_loss(losses: list[float]) -> str:
+    if not losses:
+        return "-"
+    window = min(4, len(losses))
+    return f"{sum(losses[:window]) / window:.3f} -> {sum(losses[-window:]) / window:.3f}"
+
+
+def detail_rows(result: EvalResult, task: str) -> list[tuple[str, ...]]:
+    """One row per method of a classification ``task``: loss, accuracy (c/n), F1, train loss and time."""
+    rows = []
+    for row in _rows_of(result, task):
+        metrics = row.metrics
+        trained = row.method != "zero-shot"
+        rows.append((_label(result, row.method), f"{metrics['loss']:.3f}", _accuracy(metrics),
+                     f"{metrics['macro_f1']:.3f}", _train_loss(row.losses),
+                     f"{row.train_seconds:.0f}s" if trained else "-"))
+    return rows
+
+
+def detail_notes(result: EvalResult, task: str) -> list[str]:
+    """What the detail table's figures mean: the loss window, the eval size, start-up apart."""
+    n = result.tasks[task]["eval"]
+    lines = ["train loss: mean of the first 4 -> last 4 steps",
+             f"eval: {n} held-out examples, so one example is {100 / max(n, 1):.1f} accuracy points"]
+    startup = max((r.startup_seconds for r in _rows_of(result, task)), default=0.0)
+    if startup:
+        lines.append(f"train time excludes start-up: {startup:.0f}s to start the server and client "
+                     "processes, load the model and open the sessions")
+    exposed = exposure_line(result)
+    if exposed is not None:
+        lines.append(exposed)
+    return lines
+
+
+def exposure_line(result: EvalResult) -> str | None:
+    """With the demo's ``--defense``: what the server could read of the run's own traffic (strongest
+    attack, token accuracy on private positions), without and with the defense."""
+    exposed = result.extras.get("exposure")
+    if not exposed:
+        return None
+    without, with_ = exposed["without_defense"], exposed["with_defense"]
+    text = (f"server reads {without['token_accuracy']:.0%} of the private tokens without the defense "
+            f"({without['attack']})")
+    if with_ is not None:
+        text += (f", {with_['token_accuracy']:.0%} with {result.settings.get('defense')} "
+                 f"({with_['attack']}, ROUGE-L {with_['rouge_l']:.2f})")
+    return text + f"; {exposed['victims']} validation rows, {exposed['private_tokens']} private tokens"
+
+
+def detail_table(result: EvalResult, task: str) -> Table:
+    """The detail table of ``task`` for the terminal."""
+    settings = result.settings
+    table = Table(title=f"{settings['model']} on {task}, {settings['clients']} clients",
+                  caption="\n".join(detail_notes(result, task)))
+    for column in DETAIL_COLUMNS:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in detail_rows(result, task):
+        table.add_row(*row)
+    return table
+
+
+def detail_markdown(result: EvalResult, task: str) -> str:
+    """The detail table of ``task`` as Markdown, with its notes."""
+    lines = [f"**{task}**", "", "| " + " | ".join(DETAIL_COLUMNS) + " |", "|" + "---|" * len(DETAIL_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in detail_rows(result, task)]
+    lines += ["", *(f"* {line}" for line in detail_notes(result, task))]
+    return "\n".join(lines) + "\n"
 
 
 def plot_losses(result: EvalResult, path: Path) -> Path:

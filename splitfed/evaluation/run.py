@@ -7,6 +7,7 @@ import logging
 import platform
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,19 @@ from rich.console import Console
 
 from splitfed.evaluation.methods import (
     MethodResult,
+    Trained,
     encode_task,
     evaluate,
+    federation_settings,
     make_collate,
+    method_privacy,
     noise_skip_reason,
     shards_for,
     train_centralized,
     train_federated,
     zero_shot,
 )
+from splitfed.evaluation.network import client_split, network_skip_reason, run_network, trained_client
 from splitfed.evaluation.settings import EvalSettings
 from splitfed.models import load_model, num_layers
 from splitfed.observability import progress_bar
@@ -40,6 +45,7 @@ class EvalResult:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> kind, metric, sizes
     results: list[MethodResult] = field(default_factory=list)
     total_seconds: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)  # what a preset adds (the demo: exposure)
 
     def get(self, task: str, method: str) -> MethodResult | None:
         return next((r for r in self.results if r.task == task and r.method == method), None)
@@ -58,16 +64,27 @@ def task_spec(task: str | TaskSpec, settings: EvalSettings) -> TaskSpec:
     return spec
 
 
-def run_eval(settings: EvalSettings, console: Console | None = None) -> EvalResult:
-    """Train and score every method of ``settings`` on every task; returns all rows."""
+AfterMethod = Callable[[TaskData, str, Trained], None]
+
+
+def run_eval(settings: EvalSettings, console: Console | None = None, loaded: tuple[Any, Any] | None = None,
+             after_method: AfterMethod | None = None) -> EvalResult:
+    """Train and score every method of ``settings`` on every task; returns all rows.
+
+    ``loaded``: the (model, tokenizer) of ``settings.model`` when the caller has them already.
+    ``after_method(task, method, trained)`` runs after each method is scored (the demo saves the
+    federated adapters and attacks their traffic there).
+    """
     console = console or Console()
     started = time.perf_counter()
     specs = [task_spec(task, settings) for task in settings.tasks]
     trains = any(m != "zero-shot" for m in settings.methods)
     data = [load_task_data(spec, settings.train_examples, settings.eval_examples, need_train=trains)
             for spec in specs]
-    with console.status(f"loading {settings.model} ..."):
-        model, tokenizer = load_model(settings.model)
+    if loaded is None:
+        with console.status(f"loading {settings.model} ..."):
+            loaded = load_model(settings.model)
+    model, tokenizer = loaded
     console.print(f"loaded [bold]{settings.model}[/] ({num_layers(model)} blocks)")
     result = EvalResult(json.loads(settings.model_dump_json()), platform_info())
     for task in data:
@@ -78,7 +95,7 @@ def run_eval(settings: EvalSettings, console: Console | None = None) -> EvalResu
         console.print(f"task [bold]{task.name}[/] ({task.kind}, {task.metric}): {len(task.train)} training "
                       f"and {len(task.eval)} evaluation examples")
         for method in settings.methods:
-            row = run_method(method, task, model, tokenizer, settings, console)
+            row = run_method(method, task, model, tokenizer, settings, console, after_method)
             result.results.append(row)
             if row.skipped:
                 console.print(f"  {method}: [yellow]{row.skipped}[/]")
@@ -111,13 +128,15 @@ def headline(task: TaskData, metrics: dict[str, Any]) -> str:
 
 
 def run_method(method: str, task: TaskData, model: Any, tokenizer: Any, settings: EvalSettings,
-               console: Console) -> MethodResult:
+               console: Console, after_method: AfterMethod | None = None) -> MethodResult:
     """Train ``method`` on ``task`` (unless zero-shot) and score it on the held-out examples."""
     row = MethodResult(method, task.name)
     if method == "federated-noise":
         row.skipped = noise_skip_reason(settings)
-        if row.skipped:
-            return row
+    elif method == "federated-network":
+        row.skipped = network_skip_reason(task)
+    if row.skipped:
+        return row
     torch.manual_seed(settings.seed)
     with progress_bar(console) as progress:
         if method == "zero-shot":
@@ -129,17 +148,14 @@ def run_method(method: str, task: TaskData, model: Any, tokenizer: Any, settings
                 row.losses.append(loss)
                 progress.update(bar, advance=1, status=f"loss {loss:.3f}")
 
-            encoded = encode_task(task, tokenizer, settings.max_length)
-            collate_rows = make_collate(tokenizer)
             began = time.perf_counter()
-            if method == "centralized":
-                trained = train_centralized(model, encoded, collate_rows, settings, on_step)
-            elif method == "split":
-                trained = train_federated(model, [encoded], collate_rows, settings, on_step)
+            if method == "federated-network":
+                progress.remove_task(bar)
+                trained = _train_network(model, task, settings, progress, row)
             else:
-                trained = train_federated(model, shards_for(method, task, encoded, settings), collate_rows,
-                                          settings, on_step, noise=method == "federated-noise")
-            row.train_seconds = time.perf_counter() - began
+                trained = _train_in_process(method, model, tokenizer, task, settings, on_step)
+            row.train_seconds = trained.train_seconds or time.perf_counter() - began
+            row.startup_seconds = trained.startup_seconds
         began = time.perf_counter()
         total = len(task.eval)
         scoring = progress.add_task(f"{task.name}: {method} eval", total=total, status="")
@@ -150,7 +166,33 @@ def run_method(method: str, task: TaskData, model: Any, tokenizer: Any, settings
     if trained.privacy is not None:
         row.metrics["epsilon"] = trained.privacy["epsilon"]  # a float, or "inf" when unbounded
         row.metrics["delta"] = trained.privacy["delta"]
+    if after_method is not None:
+        after_method(task, method, trained)
     return row
+
+
+def _train_in_process(method: str, model: Any, tokenizer: Any, task: TaskData, settings: EvalSettings,
+                      on_step: Callable[[float], None]) -> Trained:
+    encoded = encode_task(task, tokenizer, settings.max_length)
+    collate_rows = make_collate(tokenizer)
+    if method == "centralized":
+        return train_centralized(model, encoded, collate_rows, settings, on_step)
+    if method == "split":
+        return train_federated(model, [encoded], collate_rows, settings, on_step)
+    return train_federated(model, shards_for(method, task, encoded, settings), collate_rows, settings,
+                           on_step, method_privacy(settings, method), tokenizer)
+
+
+def _train_network(model: Any, task: TaskData, settings: EvalSettings, progress: Any,
+                   row: MethodResult) -> Trained:
+    fed = federation_settings(settings, model, settings.clients, method_privacy(settings, row.method))
+    run = run_network(settings.model, task, settings, fed, progress)
+    row.losses.extend(run.losses)
+    client = trained_client(model, fed, run.adapters)
+    trained = Trained(client.logits, client_split(client, fed), cut=client.cut)
+    trained.train_seconds = run.seconds
+    trained.startup_seconds = run.startup_seconds
+    return trained
 
 
 def save_result(result: EvalResult, directory: Path) -> Path:

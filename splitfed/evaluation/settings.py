@@ -11,16 +11,19 @@ from splitfed.models import DEFAULT_MODEL
 from splitfed.privacy import PrivacySettings
 from splitfed.tasks import TaskSpec
 
-Method = Literal["zero-shot", "centralized", "split", "federated-iid", "federated-noniid", "federated-noise"]
+Method = Literal["zero-shot", "centralized", "split", "federated-iid", "federated-noniid", "federated-noise",
+                 "federated-network"]
 METHODS: tuple[str, ...] = ("zero-shot", "centralized", "split", "federated-iid", "federated-noniid",
-                            "federated-noise")
+                            "federated-noise")  # the default rows; federated-network is asked for by name
+PRIVATE_METHODS = frozenset({"federated-noise", "federated-network"})  # the rows that train with `privacy`
 METHOD_LABELS: dict[str, str] = {
     "zero-shot": "zero-shot (no training)",
     "centralized": "centralized (whole model)",
     "split": "split, 1 client",
     "federated-iid": "federated, {clients} clients, IID",
     "federated-noniid": "federated, {clients} clients, non-IID (Dirichlet {alpha})",
-    "federated-noise": "federated, {clients} clients, IID + noise",
+    "federated-noise": "federated, {clients} clients, IID + defense",
+    "federated-network": "federated, {clients} client processes over TLS",
 }
 
 
@@ -33,7 +36,7 @@ class EvalSettings(BaseModel):
                                         description="shipped task names and/or task descriptions")
     methods: list[Method] = Field(default_factory=lambda: list(METHODS), description="rows of the table, "
                                   "in this order")
-    clients: int = Field(3, ge=2, description="clients of the federated methods")
+    clients: int = Field(3, ge=1, description="clients of the federated methods")
     steps: int = Field(36, ge=1, description="optimizer steps of every trainer")
     rounds: int = Field(3, ge=1, description="FedAvg rounds the steps are spread over")
     batch_size: int = Field(4, ge=1, description="examples per optimizer step")
@@ -43,8 +46,9 @@ class EvalSettings(BaseModel):
     tail: int | None = Field(None, ge=0, description="client blocks after the trunk (default 2; 1 if tiny)")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration of the non-IID split")
     privacy: PrivacySettings | None = Field(None, description="the client-side defense of the "
-                                            "federated-noise row (clipping and Gaussian noise with "
-                                            "accounting), e.g. privacy.forward.clip and .sigma")
+                                            "federated-noise and federated-network rows (clipping and "
+                                            "Gaussian noise with accounting, or a learned cut), e.g. "
+                                            "privacy.forward.clip and .sigma")
     train_examples: int = Field(480, ge=1, description="training examples per task (shared out among "
                                                         "the clients)")
     eval_examples: int = Field(100, ge=1, description="held-out examples scored per task")

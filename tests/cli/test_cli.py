@@ -14,6 +14,15 @@ from splitfed.cli import app
 runner = CliRunner()
 
 
+def _row(data: dict, method: str) -> dict:
+    """The row of ``method`` in a demo's results.json (an evaluation result of one task)."""
+    return next(row for row in data["results"] if row["method"] == method)
+
+
+def _federated(data: dict) -> dict:
+    return next(row for row in data["results"] if row["method"] not in ("zero-shot", "centralized"))
+
+
 @pytest.mark.parametrize("command", [[], ["demo"], ["export"], ["models"]])
 def test_help_explains_every_command(command):
     result = runner.invoke(app, [*command, "--help"])
@@ -39,8 +48,9 @@ def test_demo_on_tiny_model_writes_results(tmp_path):
                                  "--output", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
-    assert len(data["federated"]["losses"]) == 6 and len(data["centralized"]["losses"]) == 6
-    assert data["federated"]["after"]["n"] == 8
+    assert len(_federated(data)["losses"]) == 6 and len(_row(data, "centralized")["losses"]) == 6
+    assert _federated(data)["metrics"]["n"] == 8
+    assert [row["method"] for row in data["results"]] == ["zero-shot", "federated-iid", "centralized"]
     assert (out / "losses.png").stat().st_size > 1000
     assert "centralized" in (out / "results.md").read_text()
     for part in ("head", "trunk", "tail"):
@@ -73,8 +83,9 @@ def test_demo_with_one_client_matches_its_centralized_baseline(tmp_path):
                                  "--output", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
-    assert data["federated"]["losses"] == pytest.approx(data["centralized"]["losses"], abs=1e-5)
-    assert data["federated"]["after"]["loss"] == pytest.approx(data["centralized"]["after"]["loss"], abs=1e-5)
+    federated, centralized = _federated(data), _row(data, "centralized")
+    assert federated["losses"] == pytest.approx(centralized["losses"], abs=1e-5)
+    assert federated["metrics"]["loss"] == pytest.approx(centralized["metrics"]["loss"], abs=1e-5)
 
 
 def test_networked_demo_equals_the_in_process_federation(tmp_path):
@@ -88,16 +99,16 @@ def test_networked_demo_equals_the_in_process_federation(tmp_path):
     assert local.exit_code == 0, local.output
     a = json.loads((tmp_path / "net" / "results.json").read_text())
     b = json.loads((tmp_path / "local" / "results.json").read_text())
-    assert a["federated"]["losses"] == pytest.approx(b["federated"]["losses"], abs=1e-5)
-    assert a["federated"]["after"]["loss"] == pytest.approx(b["federated"]["after"]["loss"], abs=1e-5)
+    federated, local_row = _row(a, "federated-network"), _row(b, "federated-iid")
+    assert federated["losses"] == pytest.approx(local_row["losses"], abs=1e-5)
+    assert federated["metrics"]["loss"] == pytest.approx(local_row["metrics"]["loss"], abs=1e-5)
     assert (tmp_path / "net" / "federation" / "server.log").is_file()
     # the train time counts steps, not process start-up (model loads, handshakes), which is reported apart
-    federated = a["federated"]
-    assert federated["startup_seconds"] > 0 and federated["seconds"] > 0
-    assert federated["seconds"] + federated["startup_seconds"] <= a["total_seconds"]
+    assert federated["startup_seconds"] > 0 and federated["train_seconds"] > 0
+    assert federated["train_seconds"] + federated["startup_seconds"] <= a["total_seconds"]
     markdown = (tmp_path / "net" / "results.md").read_text()
     assert "excludes start-up" in markdown and "one example is 16.7 accuracy points" in markdown
-    assert f"({round(federated['after']['accuracy'] * 6)}/6)" in markdown
+    assert f"({round(federated['metrics']['accuracy'] * 6)}/6)" in markdown
 
 
 def test_demo_with_a_defense_reports_what_the_server_could_read(tmp_path):
@@ -106,7 +117,7 @@ def test_demo_with_a_defense_reports_what_the_server_could_read(tmp_path):
                                  "--eval-examples", "6", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "results.json").read_text())
-    exposed = saved["exposure"]
+    exposed = saved["extras"]["exposure"]
     assert exposed["victims"] == 32 and exposed["private_tokens"] > 0
     without, with_ = exposed["without_defense"], exposed["with_defense"]
     assert without["token_accuracy"] >= 0.95  # a tiny random head=1 model is read entirely

@@ -15,6 +15,7 @@ from splitfed.evaluation.methods import (
     MethodResult,
     federation_settings,
     greedy_generator,
+    method_privacy,
     skew_labels,
     zero_shot,
 )
@@ -70,7 +71,8 @@ def test_report_table_json_and_plot(result: EvalResult, tmp_path: Path) -> None:
     majority = max(Counter(e.label for e in load_examples("cb", "val", 4)).values()) / 4
     assert lines[3] == f"| majority class (no model) | {100 * majority:.1f} | - |"
     assert lines[5].startswith("| centralized (whole model) | ")
-    assert "| federated, 2 clients, IID + noise | skipped | skipped |" in report
+    assert "| federated, 2 clients, IID + defense | skipped | skipped |" in report
+    assert "**cb**" in report and "(correct/n)" in report  # the per-task detail table
     assert "## Skipped" in report and "splitfed eval ..." in report
     png = plot_losses(result, tmp_path / "losses.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -116,8 +118,12 @@ def test_noise_row_skips_without_a_defense_and_trains_with_one(tiny) -> None:
     settings = EvalSettings(model="tiny-llama", steps=4, rounds=2, clients=2, privacy=defense)
     assert noise_skip_reason(settings) is None
     model, _ = tiny
-    assert federation_settings(settings, model, 2, noise=True).privacy == defense
-    assert not federation_settings(settings, model, 2).privacy.enabled  # the other rows: no defense
+    noise_row = federation_settings(settings, model, 2, method_privacy(settings, "federated-noise"))
+    assert noise_row.privacy == defense
+    assert method_privacy(settings, "federated-network") == defense  # the networked run, as deployed
+    for method in ("centralized", "split", "federated-iid", "federated-noniid"):  # the others: no defense
+        assert method_privacy(settings, method) is None
+    assert not federation_settings(settings, model, 2).privacy.enabled
 
 
 def test_noise_row_trains_with_the_defense_and_reports_epsilon(tmp_path: Path) -> None:
@@ -134,7 +140,7 @@ def test_noise_row_trains_with_the_defense_and_reports_epsilon(tmp_path: Path) -
     assert noised.losses != pytest.approx(plain.losses, abs=1e-4)  # the noise changed training
     assert 0 < noised.metrics["epsilon"] < float("inf") and noised.metrics["delta"] == 1e-5
     assert "epsilon" not in plain.metrics
-    label = ("IID + noise (forward C=1.0 sigma=1.0, backward C=1.0 sigma=1.0; "
+    label = ("IID + defense (forward C=1.0 sigma=1.0, backward C=1.0 sigma=1.0; "
              f"epsilon {noised.metrics['epsilon']}")
     assert label in markdown_report(result)
 
