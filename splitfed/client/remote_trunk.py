@@ -20,8 +20,8 @@ from splitfed.transport import (
     pb,
 )
 from splitfed.transport.connection import TrunkConnection
+from splitfed.transport.envelope import CLOSE_INTERRUPTED
 from splitfed.transport.errors import RemoteError
-from splitfed.transport.messages import CLOSE_INTERRUPTED
 
 log = logging.getLogger(__name__)
 

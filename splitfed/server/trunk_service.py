@@ -28,7 +28,6 @@ from splitfed.security import (
     ServerHandshake,
     UnknownClientError,
 )
-from splitfed.server.admission import SessionGate, Ticket
 from splitfed.server.generation import GenerationError
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.modes import Mode, StepBook
@@ -52,8 +51,9 @@ from splitfed.transport import (
     parse_payload,
     pb,
 )
+from splitfed.transport.admission import SessionGate, Ticket
+from splitfed.transport.envelope import CLOSE_INTERRUPTED
 from splitfed.transport.errors import ServiceError
-from splitfed.transport.messages import CLOSE_INTERRUPTED
 
 __all__ = ["ServiceLimits", "TrunkService"]
 

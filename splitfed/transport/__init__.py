@@ -24,8 +24,8 @@ from splitfed.transport.codec import (
     lengths_to_mask,
     mask_to_lengths,
 )
+from splitfed.transport.envelope import PAYLOAD_KINDS, parse_message, parse_payload
 from splitfed.transport.errors import WireFormatError
-from splitfed.transport.messages import PAYLOAD_KINDS, parse_message, parse_payload
 
 __all__ = [
     "ADAPTER_BYTES",

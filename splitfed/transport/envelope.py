@@ -1,5 +1,6 @@
-"""The one envelope: a ``splitfed.security.Sealed`` message everywhere above this package; here, the
-protobuf ``Sealed`` gRPC carries, cut into chunks that each fit one gRPC message and put back together.
+"""The one envelope and what it carries: a ``splitfed.security.Sealed`` message everywhere above this
+package; here, the protobuf ``Sealed`` gRPC carries, cut into chunks that each fit one gRPC message and
+put back together, and the payload message each ``Sealed.kind`` holds, parsed safely once decrypted.
 
 Nothing outside ``splitfed.transport`` sees the protobuf envelope or a chunk.
 """
@@ -7,6 +8,9 @@ Nothing outside ``splitfed.transport`` sees the protobuf envelope or a chunk.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
 
 from splitfed.layout import Layout
 from splitfed.security import Sealed
@@ -65,3 +69,49 @@ def reassemble(chunks: Iterator[pb.Sealed], max_total_bytes: int) -> Sealed:
             return Sealed(session_id=bytes(first.session_id), kind=first.kind, step=int(first.step),
                           counter=int(first.counter), ciphertext=data)
     raise WireFormatError("bad_chunk", "the message ended before its last chunk")
+
+
+# ------------------------------------------------------------------------------------------- payloads
+
+PAYLOAD_KINDS: dict[str, type[Message]] = {
+    "forward": pb.ForwardRequest,
+    "forward_reply": pb.ForwardReply,
+    "backward": pb.BackwardRequest,
+    "backward_reply": pb.BackwardReply,
+    "aggregate": pb.AggregateRequest,
+    "aggregate_reply": pb.AggregateReply,
+    "secagg": pb.SecAggRequest,
+    "secagg_reply": pb.SecAggReply,
+    "generate": pb.GenerateRequest,
+    "generate_reply": pb.GenerateReply,
+    "loss": pb.LossRequest,
+    "loss_reply": pb.LossReply,
+    "error": pb.ErrorInfo,
+}
+"""``Sealed.kind`` -> the payload message inside it (``"close"`` carries an empty payload)."""
+
+CLOSE_INTERRUPTED = b"interrupted"
+"""Payload of a "close" from a client that stops before its end and will resume (otherwise empty)."""
+
+M = TypeVar("M", bound=Message)
+
+
+def parse_message(message_type: type[M], data: bytes) -> M:
+    """Parse ``data`` as ``message_type``; malformed bytes raise ``WireFormatError("bad_message")``."""
+    message = message_type()
+    try:
+        message.ParseFromString(data)
+    except (DecodeError, ValueError) as error:
+        raise WireFormatError("bad_message", f"not a valid {message_type.__name__}: {error}") from None
+    return message
+
+
+def parse_payload(kind: str, data: bytes) -> Message:
+    """Parse a decrypted payload of the given ``Sealed.kind``; unknown kinds raise ``bad_kind``."""
+    message_type = PAYLOAD_KINDS.get(kind)
+    if message_type is None:
+        raise WireFormatError(
+            "bad_kind", f"unknown payload kind {kind[:32]!r}; known: {sorted(PAYLOAD_KINDS)}"
+        )
+    return parse_message(message_type, data)
+

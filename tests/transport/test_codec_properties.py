@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitfed.transport import WIRE_DTYPES, TensorLimits, WireFormatError, decode_tensor, encode_tensor, pb
-from splitfed.transport.messages import parse_message
+from splitfed.transport.envelope import parse_message
 
 LIMITS = TensorLimits(frozenset(WIRE_DTYPES), max_elements=4096, max_bytes=16384)
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
