@@ -58,7 +58,8 @@ class Gemma3TextFamily(Gemma2Family):
         self, part: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor
     ) -> dict[str, Any]:
         rotary = module_at(part, "model.rotary_emb")
-        kinds = sorted(set(self.layer_types(part.config)))
+        types = self.layer_types(part.config)
+        kinds = sorted({types[index] for index in part.layer_indices})  # only the kinds this part runs
         embeddings = {kind: rotary(hidden, position_ids, kind) for kind in kinds}
         return {"position_ids": position_ids, "position_embeddings": embeddings}
 
