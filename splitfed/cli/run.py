@@ -14,8 +14,9 @@ from splitfed.cli.app import INTERRUPTED_EXIT, ConfigOption, SetOption, _fail, _
 
 @app.command()
 def demo(
-    model: Annotated[str, typer.Option(help="Model: smollm2, tiny-llama, tiny-qwen2, tiny-gpt2, tiny-glm, "
-                                            "a local HF directory or a .gguf file.")] = "smollm2",
+    model: Annotated[str, typer.Option(help="Model: smollm2, a tiny test model (tiny-llama, tiny-gemma3, "
+                                            "...: `splitfed models` lists them), a local HF directory or "
+                                            "a .gguf file.")] = "smollm2",
     task: Annotated[str, typer.Option(help="Shipped task: cb, rte, copa or boolq.")] = "cb",
     clients: Annotated[int, typer.Option(min=1, help="Number of clients, each with its own shard.")] = 3,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps of each trainer "

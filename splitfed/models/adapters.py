@@ -31,7 +31,17 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 SPLITFED_FILE = "splitfed_part.json"
 PROMPT_KEY = "prompt_embeddings"
 
-DEFAULT_LORA_TARGETS = {"llama-style": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
+# Per family (``FamilyAdapter.name``): the attention projections, as in the LoRA paper. Phi-3 fuses
+# q, k and v into one ``qkv_proj``; MoE experts are 3-D parameters, not linear modules, so the MoE
+# default is the attention too (routers and experts stay frozen).
+DEFAULT_LORA_TARGETS = {
+    "llama-style": ["q_proj", "v_proj"],
+    "gpt2": ["c_attn"],
+    "gemma2": ["q_proj", "v_proj"],
+    "gemma3": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "moe": ["q_proj", "v_proj"],
+}
 
 
 class LoraSpec(BaseModel):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from splitfed.models.families import UnsupportedModelError, supported_model_types
+from splitfed.models.families import UnsupportedModelError, family_of_config
 from splitfed.models.tiny import TINY_MODELS, build_tiny
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,11 @@ def load_model(
 
 
 def _check_supported(config: object, source: str) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in supported_model_types():
-        raise UnsupportedModelError(
-            f"{source} is a {model_type!r} model; splitfed supports model types "
-            f"{', '.join(supported_model_types())}."
-        )
+    """Refuse before loading any weights, with the family registry's reason."""
+    try:
+        family_of_config(config)
+    except UnsupportedModelError as error:
+        raise UnsupportedModelError(f"{source}: {error}") from None
 
 
 def _load_directory(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, object]:
