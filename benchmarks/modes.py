@@ -56,7 +56,8 @@ from splitfed.client.colocation import colocated_environment
 from splitfed.models import load_model, num_layers
 from splitfed.security import create_identity_files, create_server_files
 
-MODES = ("sequential", "client-batch", "hierarchical", "sequential-split")
+MODES = ("sequential", "client-batch", "hierarchical", "sequential-split", "hierarchical-ray")
+DEFAULT_MODES = MODES[:4]  # hierarchical-ray (sub-servers as Ray actors) is asked for by name
 WORKER = Path(__file__).with_name("mode_workers.py")
 
 
@@ -153,11 +154,16 @@ class ClientFleet:
 
 def _serve(args, keys: Path, mode: str, clients: int) -> tuple[subprocess.Popen, int]:
     port_file = keys / f"port-{mode}-{clients}"
-    server_mode = "sequential" if mode == "sequential-split" else mode
+    server_mode = {"sequential-split": "sequential", "hierarchical-ray": "hierarchical"}.get(mode, mode)
     port_file.unlink(missing_ok=True)  # a repeat's server writes it anew
     extra = {"sequential": [], "sequential-split": [],
              "hierarchical": ["--set", f"sub_servers={clients}", "--set", "average_every=1"],
              "client-batch": ["--set", f"batch_max_rows={args.batch_size}", "--set", "batch_window_s=5"],
+             # each actor reserves its share of the cores, as each in-process sub-server computes on
+             # cores / K threads
+             "hierarchical-ray": ["--set", f"sub_servers={clients}", "--set", "average_every=1", "--backend",
+                                  "ray", "--set", f"ray.local_cpus={args.threads}", "--set",
+                                  f"ray.num_cpus={args.threads / clients:g}"],
              }[mode]
     command = [sys.executable, "-m", "splitfed.cli", "serve", "--model", args.model,
                "--head", str(args.head), "--tail", str(args.tail), "--identity", str(keys / "server.key"),
@@ -266,7 +272,8 @@ def main() -> None:
                         "machine (splitfed.client.colocation), or the runtime's default")
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the in-process "
                         "sequential floor (the split's cost without network or processes)")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
+                        help="hierarchical-ray: hierarchical mode with each sub-server a Ray actor")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     if args.blocks < 1 or args.block_steps < 1:

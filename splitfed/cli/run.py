@@ -107,6 +107,13 @@ def serve(
                                                   "(one step per batch of client forwards) or hierarchical "
                                                   "(--set sub_servers=K --set average_every=R), or auto "
                                                   "(chosen from capacity; the reason is logged).")] = None,
+    backend: Annotated[str | None, typer.Option(help="Hierarchical mode: threads (sub-servers in this "
+                                                     "process over one frozen base; default) or ray (each "
+                                                     "sub-server a Ray actor with its own base and "
+                                                     "resources; --set ray.num_gpus=0.5).")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="With --backend ray: the Ray cluster to join "
+                                                         "(auto, or host:port); unset: a local Ray "
+                                                         "instance.")] = None,
     exit_when_done: Annotated[bool | None, typer.Option("--exit-when-done", help="Stop once every roster "
                                                         "client has closed its session.")] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the trunk adapter.")] = None,
@@ -135,6 +142,7 @@ def serve(
     from splitfed.config import ConfigError, build_settings
     from splitfed.security import SecurityError
     from splitfed.server.process import run_server
+    from splitfed.server.ray_backend import RayBackendError
     from splitfed.server.settings import ServerSettings
 
     overrides = {"listen": listen, "model": model, "partition.head": head, "partition.tail": tail,
@@ -142,14 +150,14 @@ def serve(
                  "tls_cert": tls_cert, "tls_key": tls_key,
                  "insecure_loopback": insecure_loopback, "exit_when_done": exit_when_done,
                  "roster": roster.split(",") if roster else None, "optimizer.lr": lr, "seed": seed,
-                 "mode": mode,
+                 "mode": mode, "backend": backend, "ray.address": ray_address,
                  "port_file": port_file, "output": output, "resume": resume,
                  "checkpoint_every": checkpoint_every, **_sealing_overrides(seal_key_file, seal_key_env,
                                                                             seal_key_command)}
     try:
         settings = build_settings(ServerSettings, config, _merge(set_, overrides))
         run_server(settings)
-    except (ConfigError, ValueError, OSError, SecurityError, CheckpointError) as error:
+    except (ConfigError, ValueError, OSError, SecurityError, CheckpointError, RayBackendError) as error:
         raise _fail(error) from error
 
 

@@ -103,11 +103,15 @@ class TurnScheduler:
                 self._queue.remove(client)
             self._holder = client
 
-    def release(self, client: str) -> None:
-        """``client``'s step is over; the next client may go."""
+    def release(self, client: str, advance: bool = True) -> None:
+        """``client``'s step is over; the next client may go. ``advance`` False: the step failed through
+        the server's fault (a lost sub-server), so the round-robin turn stays ``client``'s for its retry."""
         with self._condition:
             if self._holder == client:
+                position = self._next_index
                 self._release_locked(client)
+                if not advance:
+                    self._next_index = position
             self._condition.notify_all()
 
     # -- internals (call with the condition held) ---------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitfed.layout import Layout
 from splitfed.models import SparseSpec
@@ -39,6 +39,21 @@ class FrontDoorSettings(BaseModel):
                                                      "rate applies")
 
 
+class RaySettings(BaseModel):
+    """Where the Ray backend runs its actor sub-servers (``backend: ray``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    address: str | None = Field(None, description="the Ray cluster to join (`auto`: the one running on "
+                                "this machine; an address `host:port`); unset: start a local Ray instance")
+    local_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (unset: all)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs each actor sub-server reserves (its torch threads)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs each actor sub-server reserves (fractions share "
+                            "one GPU)")
+    snapshot_every: int = Field(1, ge=1, description="copy an actor's adapter and optimizer to the front "
+                                "end every N steps: a lost actor restarts from there (1: no completed "
+                                "step is lost)")
+
+
 class ServerSettings(SplitTrainingSettings):
     """The trunk server: its identity, who may connect, the model part it runs and its limits."""
 
@@ -61,6 +76,11 @@ class ServerSettings(SplitTrainingSettings):
     backward_deadline_s: float = Field(30.0, gt=0, description="client-batch: clients whose gradient "
                                                                "comes later are dropped from the step")
     sub_servers: int = Field(2, ge=1, description="hierarchical mode: number of sub-servers")
+    backend: Literal["threads", "ray"] = Field(
+        "threads", description="hierarchical mode: run the sub-servers as threads of this process over "
+                               "one frozen base, or as Ray actors, each with its own base and resources "
+                               "(`pip install 'splitfed[ray]'`)")
+    ray: RaySettings = Field(RaySettings(), description="the Ray backend's cluster and per-actor resources")
     average_every: int = Field(4, ge=1, description="hierarchical mode: steps per sub-server between "
                                                     "averages of their trunk adapters")
     roster: list[str] | None = Field(None, description="clients served round-robin in this order "
@@ -116,3 +136,10 @@ class ServerSettings(SplitTrainingSettings):
     sealing: SealingSettings = Field(SealingSettings(), description="trusted slice: seal checkpoints and the "
                                                                     "saved trunk adapter with a key from "
                                                                     "a key provider")
+
+    @model_validator(mode="after")
+    def _ray_runs_hierarchical(self) -> ServerSettings:
+        if self.backend == "ray" and self.mode != "hierarchical":
+            raise ValueError(f"backend: ray runs the sub-servers of hierarchical mode; mode is {self.mode!r} "
+                             "(set mode: hierarchical, or backend: threads)")
+        return self

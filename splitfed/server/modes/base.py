@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+def _server_fault(error: BaseException) -> bool:
+    """A step that failed through no fault of the client (its sub-server was lost and restarted)."""
+    return isinstance(error, ServiceError) and error.code == "sub_server_restarted"
+
+
 class StepBook:
     """Training steps: opened atomically with draining (a checkpoint never misses a step that began
     before it), counted when finished, and the hook run after a step (periodic checkpoints)."""
@@ -213,9 +218,9 @@ class SubServerMode:
             self._before_step(sub)  # holding the turn: no step of this sub-server is open
             self.book.open(session, step)
             output = sub.forward(session.key, hidden, mask, train=True)
-        except BaseException:
+        except BaseException as error:
             session.open_step = None
-            sub.scheduler.release(session.name)
+            sub.scheduler.release(session.name, advance=not _server_fault(error))
             raise
         return output
 

@@ -1,0 +1,323 @@
+"""Sub-servers as Ray actors: ``splitfed serve --mode hierarchical --backend ray``.
+
+Each actor holds its own frozen base and trunk adapter on its own Ray resources (``num_cpus``,
+``num_gpus``, fractions allowed) and runs an ``InProcessSubServer`` inside; actors may live on any node of
+the Ray cluster. The gRPC front end keeps the sessions, the crypto and the turns, and calls its actors
+through ``RaySubServer``, which follows the ``SubServer`` protocol, so hierarchical mode averages
+adapters across actors exactly as across threads.
+
+Recovery: after every ``snapshot_every`` training steps the front end copies the actor's adapter,
+optimizer state and step count to itself. When an actor dies, the next call starts a new actor,
+restores that snapshot and answers ``UNAVAILABLE``; the client then reconnects and repeats its
+interrupted step (``splitfed.client.link``), so a completed step is never lost (with the default
+``snapshot_every: 1``) and the other sub-servers go on.
+
+Trust: Ray moves tensors between the front end and its actors with its own serialization (pickle), so
+the Ray cluster must be the server operator's own machines, as the trunk itself is; nothing a client
+sends reaches an actor except tensors already decoded and validated by the front end. Ray's own
+transport is not encrypted unless the cluster is started with TLS (``RAY_USE_TLS``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from splitfed.models import (
+    LoraSpec,
+    Partition,
+    PrefixSpec,
+    TrunkPart,
+    adapter_state,
+    init_adapter,
+    load_adapter_state,
+    load_model,
+    split_model,
+)
+from splitfed.server.local_trunk import LocalTrunk
+from splitfed.server.scheduler import TurnScheduler
+from splitfed.server.sub_server import InProcessSubServer
+from splitfed.training.optim import OptimizerSettings
+from splitfed.transport.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+ACTOR_CONCURRENCY = 8  # decode steps of several clients meet in one batched call inside the actor
+
+
+class RayBackendError(RuntimeError):
+    """Ray is not installed, unreachable, or an actor cannot be built as asked."""
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a clear error naming the optional extra."""
+    try:
+        import ray
+    except ImportError:
+        raise RayBackendError("backend 'ray' needs Ray: pip install 'splitfed[ray]'") from None
+    return ray
+
+
+def frozen_fingerprint(part: TrunkPart) -> float:
+    """A checksum of a part's frozen weights: an actor refuses to serve a base other than the server's."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() for p in part.parameters() if not p.requires_grad))
+
+
+@dataclass(frozen=True)
+class TrunkRecipe:
+    """What an actor needs to build the trunk the front end built: the same model, blocks, adapter
+    and starting weights."""
+
+    model: str
+    partition: Partition
+    adapter: LoraSpec | PrefixSpec | None
+    seed: int
+    optimizer: OptimizerSettings
+    initial_adapter: dict[str, torch.Tensor]
+    fingerprint: float
+    threads: int = 1
+
+    @classmethod
+    def of(cls, model: str, part: TrunkPart, partition: Partition, adapter: LoraSpec | PrefixSpec | None,
+           seed: int, optimizer: OptimizerSettings, threads: int = 1) -> TrunkRecipe:
+        return cls(model, partition, adapter, seed, optimizer, adapter_state(part), frozen_fingerprint(part),
+                   threads)
+
+
+class TrunkActor:
+    """The body of one Ray actor: an in-process sub-server over its own copy of the trunk."""
+
+    def __init__(self, recipe: TrunkRecipe) -> None:
+        torch.set_num_threads(max(1, recipe.threads))
+        model, _ = load_model(recipe.model)
+        part = split_model(model, recipe.partition).trunk
+        init_adapter(part, recipe.adapter, recipe.seed)
+        load_adapter_state(part, recipe.initial_adapter)
+        if abs(frozen_fingerprint(part) - recipe.fingerprint) > 1e-6 * max(1.0, abs(recipe.fingerprint)):
+            raise RayBackendError(f"this node's {recipe.model!r} differs from the server's: its frozen trunk "
+                                  "weights do not match")
+        self.sub = InProcessSubServer(LocalTrunk(part, recipe.optimizer), TurnScheduler())
+
+    def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
+                train: bool) -> torch.Tensor:
+        return self.sub.forward(client, hidden, mask, train)
+
+    def backward(self, client: str, grad: torch.Tensor, snapshot: bool
+                 ) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], dict[str, Any]] | None]:
+        grad_in = self.sub.backward(client, grad)
+        return grad_in, (self.sub.checkpoint("snapshot") if snapshot else None)
+
+    def drop(self, client: str) -> None:
+        self.sub.drop(client)
+
+    def steps(self) -> int:
+        return self.sub.steps
+
+    def adapter(self) -> dict[str, torch.Tensor]:
+        return self.sub.adapter()
+
+    def load_adapter(self, state: dict[str, torch.Tensor]) -> None:
+        self.sub.load_adapter(state)
+
+    def checkpoint(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return self.sub.checkpoint(prefix)
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str) -> None:
+        self.sub.restore(tensors, meta, prefix)
+
+    def start_generation(self, budget_bytes: int, ttl_s: float, streams: int) -> None:
+        self.sub.start_generation(budget_bytes, ttl_s, streams)
+
+    def generate(self, method: str, *args: Any) -> Any:
+        """A call on the actor's generation caches (``step``, ``release``, ``expire``, ``streams``,
+        ``bytes_in_use``)."""
+        caches = self.sub.generation
+        assert caches is not None
+        value = getattr(caches, method)
+        return value(*args) if callable(value) else value
+
+    def close(self) -> None:
+        self.sub.close()
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The exception an actor raised, as it was raised there (Ray wraps it in ``RayTaskError``)."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
+class RayGeneration:
+    """The generation caches of an actor, as the mode and the service use them."""
+
+    def __init__(self, sub: RaySubServer) -> None:
+        self._sub = sub
+
+    def step(self, owner: str, stream_id: int, hidden: torch.Tensor, mask: torch.Tensor, past_length: int,
+             use_cache: bool = True) -> tuple[torch.Tensor, int]:
+        return self._sub.call("generate", "step", owner, stream_id, hidden, mask, past_length, use_cache)
+
+    def release(self, owner: str, stream: int | None = None) -> int:
+        return self._sub.call("generate", "release", owner, stream)
+
+    def expire(self, now: float | None = None) -> int:
+        return self._sub.call("generate", "expire", None)  # the actor's own clock
+
+    def streams(self) -> list[tuple[str, int]]:
+        return self._sub.call("generate", "streams")
+
+    @property
+    def bytes_in_use(self) -> int:
+        return self._sub.call("generate", "bytes_in_use")
+
+
+@dataclass
+class RaySubServer:
+    """A sub-server whose trunk lives in a Ray actor; follows ``SubServer``.
+
+    ``local`` is the front end's own copy of the trunk part (configuration, the adapter saved at the end);
+    ``part`` brings the actor's adapter into it first.
+    """
+
+    recipe: TrunkRecipe
+    local: TrunkPart
+    scheduler: TurnScheduler
+    name: str = "trunk-0"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    snapshot_every: int = 1
+    timeout_s: float = 600.0
+    steps_since: int = 0
+    samples_since: int = 0
+    sessions: int = 0
+    generation: RayGeneration | None = None
+    restarts: int = 0
+    _snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = field(default=None, repr=False)
+    _generation_args: tuple[int, float, int] | None = field(default=None, repr=False)
+    _steps_done: int = 0
+    _stale_local: bool = False
+
+    def __post_init__(self) -> None:
+        self._ray = import_ray()
+        self._actor = self._spawn()
+
+    def _spawn(self) -> Any:
+        remote = self._ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                                  max_concurrency=ACTOR_CONCURRENCY)(TrunkActor)
+        actor = remote.options(name=None).remote(self.recipe)
+        try:
+            self._ray.get(actor.steps.remote(), timeout=self.timeout_s)  # built, or its error now
+        except self._ray.exceptions.RayError as error:
+            raise RayBackendError(f"sub-server {self.name} could not start on Ray: {_cause(error)}") from None
+        return actor
+
+    # -- calls -------------------------------------------------------------------------------------
+    def call(self, method: str, *args: Any) -> Any:
+        """``method`` on the actor; an actor that died is replaced and ``UNAVAILABLE`` raised."""
+        try:
+            return self._ray.get(getattr(self._actor, method).remote(*args), timeout=self.timeout_s)
+        except self._ray.exceptions.RayTaskError as error:
+            raise _cause(error) from None
+        except (self._ray.exceptions.RayActorError, self._ray.exceptions.ObjectLostError):
+            self._recover()
+            raise ServiceError("UNAVAILABLE", "sub_server_restarted",
+                               f"sub-server {self.name} was lost and restarted from its last snapshot; "
+                               "repeat the step") from None
+
+    def _recover(self) -> None:
+        log.warning("Ray actor of sub-server %s died; starting a new one from its last snapshot", self.name)
+        self.restarts += 1
+        self._actor = self._spawn()
+        if self._snapshot is not None:
+            tensors, meta = self._snapshot
+            self._ray.get(self._actor.restore.remote(tensors, meta, "snapshot"), timeout=self.timeout_s)
+        if self._generation_args is not None:
+            self._ray.get(self._actor.start_generation.remote(*self._generation_args), timeout=self.timeout_s)
+
+    # -- SubServer ---------------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        return int(self.call("steps"))
+
+    @property
+    def part(self) -> TrunkPart:
+        if self._stale_local:
+            load_adapter_state(self.local, self.adapter())
+            self._stale_local = False
+        return self.local
+
+    def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
+                train: bool) -> torch.Tensor:
+        return self.call("forward", client, hidden, mask, train)
+
+    def backward(self, client: str, grad: torch.Tensor) -> torch.Tensor:
+        self._steps_done += 1
+        snapshot = self._steps_done % self.snapshot_every == 0
+        grad_in, state = self.call("backward", client, grad, snapshot)
+        if state is not None:
+            self._snapshot = state
+        self._stale_local = True
+        return grad_in
+
+    def drop(self, client: str) -> None:
+        self.call("drop", client)
+
+    def adapter(self) -> dict[str, torch.Tensor]:
+        return self.call("adapter")
+
+    def load_adapter(self, state: dict[str, torch.Tensor]) -> None:
+        self.call("load_adapter", state)
+        self._stale_local = True
+
+    def checkpoint(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return self.call("checkpoint", prefix)
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str) -> None:
+        self.call("restore", tensors, meta, prefix)
+        self._snapshot = self.call("checkpoint", "snapshot")
+        self._stale_local = True
+
+    def start_generation(self, budget_bytes: int, ttl_s: float, streams: int) -> None:
+        self._generation_args = (budget_bytes, ttl_s, streams)
+        self.call("start_generation", budget_bytes, ttl_s, streams)
+        self.generation = RayGeneration(self)
+
+    def close(self) -> None:
+        try:
+            self.call("close")
+        except (ServiceError, RuntimeError) as error:
+            log.debug("closing sub-server %s: %s", self.name, error)
+        self._ray.kill(self._actor)
+
+    def kill_actor(self) -> None:
+        """Kill the actor (as a lost node would); the next call recovers. For tests and drills."""
+        self._ray.kill(self._actor, no_restart=True)
+
+
+def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address`` (``auto``: the one this machine runs), or start a local one."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise RayBackendError(f"cannot reach the Ray cluster at ray.address={address!r}: {error}") from None
+
+
+def ray_sub_servers(recipe: TrunkRecipe, local: TrunkPart, rosters: list[list[str] | None],
+                    num_cpus: float, num_gpus: float, snapshot_every: int) -> list[RaySubServer]:
+    """One actor-backed sub-server per roster slice (``rosters[k]``: the clients of sub-server k)."""
+    return [RaySubServer(recipe, local if k == 0 else _copy_part(local), TurnScheduler(rosters[k]),
+                         f"trunk-{k}", num_cpus, num_gpus, snapshot_every)
+            for k in range(len(rosters))]
+
+
+def _copy_part(part: TrunkPart) -> TrunkPart:
+    from splitfed.training.replicate import replicate_frozen
+
+    return replicate_frozen(part)

@@ -1,0 +1,153 @@
+"""Hierarchical sub-servers as Ray actors (a local Ray instance, 2 CPUs): the same adapters as the
+in-process threads, and a killed actor is recovered without losing a completed step."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import ray
+import torch
+
+from splitfed.client import SplitClient
+from splitfed.models import LoraSpec, Partition, adapter_state, init_adapter, load_model, split_model
+from splitfed.server import LocalTrunk
+from splitfed.server.modes import HierarchicalMode
+from splitfed.server.modes.hierarchical import roster_slices
+from splitfed.server.ray_backend import RayBackendError, TrunkRecipe, connect_ray, ray_sub_servers
+from splitfed.server.service_parts import Session
+from splitfed.training.optim import OptimizerSettings
+from splitfed.training.replicate import replicate, replicate_frozen
+from splitfed.transport.errors import ServiceError
+from tests.conftest import make_batch
+
+SPEC = LoraSpec(r=4, alpha=8)
+OPTIMIZER = OptimizerSettings(lr=1e-2)
+ROSTER = ["a", "b", "c", "d"]  # a, c -> sub-server 0; b, d -> sub-server 1
+SIZES = {"a": 2, "b": 3, "c": 1, "d": 2}
+STEPS = 3
+PARTITION = Partition(1, 1)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    connect_ray(None, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_model("tiny-llama")[0]
+
+
+def _trunk(base):
+    split = split_model(replicate(base), PARTITION)
+    init_adapter(split.trunk, SPEC, 1)
+    return split.trunk
+
+
+def _clients(base):
+    clients = {}
+    for name in ROSTER:
+        split = split_model(replicate(base), PARTITION)
+        init_adapter(split.head, SPEC, 1)
+        init_adapter(split.tail, SPEC, 1)
+        batches = [make_batch(batch=SIZES[name], length=6 + i, seed=10 * i + ord(name)) for i in range(STEPS)]
+        clients[name] = (split, batches)
+    return clients
+
+
+class ModeTrunk:
+    """A client's view of a mode, in process: forward and backward through the mode's session."""
+
+    def __init__(self, mode: HierarchicalMode, name: str) -> None:
+        channel = types.SimpleNamespace(session_id=name.encode())
+        self.mode, self.session = mode, Session(name, channel)  # type: ignore[arg-type]
+        mode.join(self.session)
+        mode.joined(self.session)
+        self.step = 0
+
+    def forward(self, client_id, hidden, attention_mask, train=True, labelled_tokens=0):
+        self.step += 1
+        return self.mode.forward(self.session, self.step, hidden, attention_mask, train, labelled_tokens)
+
+    def backward(self, client_id, grad_output):
+        return self.mode.backward(self.session, grad_output)
+
+
+def _train(mode: HierarchicalMode, base, kill_at: tuple[int, str] | None = None) -> dict:
+    """Every client takes STEPS steps, round-robin; ``kill_at`` = (step, client): kill that client's
+    actor just before its step, then repeat the step as a reconnecting client does."""
+    from splitfed.server.modes.base import StepBook
+    from splitfed.server.service_parts import ServiceLimits
+
+    mode.start(StepBook(), ServiceLimits())
+    clients = _clients(base)
+    runners = {name: SplitClient(name, clients[name][0].head, clients[name][0].tail, ModeTrunk(mode, name),
+                                 OPTIMIZER) for name in ROSTER}
+    refused = 0
+    for step in range(STEPS):
+        for name in ROSTER:
+            batch = clients[name][1][step]
+            if kill_at == (step, name):
+                mode.subs[ROSTER.index(name) % 2].kill_actor()
+                with pytest.raises(ServiceError) as error:
+                    runners[name].train_step(batch)
+                assert error.value.status == "UNAVAILABLE" and error.value.code == "sub_server_restarted"
+                refused += 1
+            runners[name].train_step(batch)
+    mode.finish()
+    return {"trunk": adapter_state(mode.part), "refused": refused,
+            "heads": {name: adapter_state(clients[name][0].head) for name in ROSTER}}
+
+
+def _ray_mode(base) -> HierarchicalMode:
+    trunk = _trunk(base)
+    recipe = TrunkRecipe.of("tiny-llama", trunk, PARTITION, SPEC, 1, OPTIMIZER)
+    subs = ray_sub_servers(recipe, trunk, roster_slices(ROSTER, 2), num_cpus=1, num_gpus=0, snapshot_every=1)
+    return HierarchicalMode(subs, average_every=2, roster=ROSTER)
+
+
+def test_ray_actors_end_with_the_adapters_of_the_in_process_threads(local_ray, base):
+    trunk = _trunk(base)
+    threads = HierarchicalMode([LocalTrunk(trunk, OPTIMIZER), LocalTrunk(replicate_frozen(trunk), OPTIMIZER)],
+                               average_every=2, roster=ROSTER)
+    expected = _train(threads, base)
+    threads.close()
+    on_ray = _ray_mode(base)
+    got = _train(on_ray, base)
+    assert on_ray.averages == threads.averages > 0
+    on_ray.close()
+    moved = max((expected["trunk"][k] - v).abs().max().item() for k, v in adapter_state(_trunk(base)).items())
+    assert moved > 1e-3  # training changed the trunk adapter
+    for key, value in expected["trunk"].items():
+        assert (got["trunk"][key] - value).abs().max().item() <= 1e-5, key
+    for name in ROSTER:
+        for key, value in expected["heads"][name].items():
+            assert torch.allclose(got["heads"][name][key], value, atol=1e-5), (name, key)
+
+
+def test_a_killed_actor_restarts_from_its_snapshot_and_loses_no_completed_step(local_ray, base):
+    reference = _ray_mode(base)
+    expected = _train(reference, base)
+    reference.close()
+    mode = _ray_mode(base)
+    got = _train(mode, base, kill_at=(1, "c"))  # sub-server 0 dies after a, c's step 0 and a's step 1
+    assert got["refused"] == 1 and mode.subs[0].restarts == 1 and mode.subs[1].restarts == 0
+    mode.close()
+    for key, value in expected["trunk"].items():
+        assert (got["trunk"][key] - value).abs().max().item() <= 1e-5, key
+
+
+def test_bad_ray_settings_are_refused_before_anything_loads(local_ray, base):
+    from pydantic import ValidationError
+
+    from splitfed.server.settings import ServerSettings
+
+    with pytest.raises(ValidationError, match="hierarchical"):
+        ServerSettings(identity="k", allowlist="a", backend="ray")
+    trunk = _trunk(base)
+    recipe = TrunkRecipe.of("tiny-gpt2", trunk, PARTITION, SPEC, 1, OPTIMIZER)  # another base model
+    with pytest.raises(RayBackendError, match="could not start on Ray"):
+        ray_sub_servers(recipe, trunk, [None], num_cpus=1, num_gpus=0, snapshot_every=1)
