@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from splitfed.client.colocation import SPIN_COUNT
 from splitfed.models import (
     LoraSpec,
     Partition,
@@ -189,6 +190,7 @@ class RaySubServer:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     snapshot_every: int = 1
+    colocated: bool = False  # the actors share this machine's cores with the front end (a local Ray)
     timeout_s: float = 600.0
     steps_since: int = 0
     samples_since: int = 0
@@ -207,7 +209,9 @@ class RaySubServer:
     def _spawn(self) -> Any:
         remote = self._ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                   max_concurrency=ACTOR_CONCURRENCY)(TrunkActor)
-        actor = remote.options(name=None).remote(self.recipe)
+        # actors next to other training processes spin-wait briefly, as colocated clients do
+        environment = {"GOMP_SPINCOUNT": str(SPIN_COUNT)} if self.colocated else {}
+        actor = remote.options(runtime_env={"env_vars": environment}).remote(self.recipe)
         try:
             self._ray.get(actor.steps.remote(), timeout=self.timeout_s)  # built, or its error now
         except self._ray.exceptions.RayError as error:
@@ -310,10 +314,11 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 
 def ray_sub_servers(recipe: TrunkRecipe, local: TrunkPart, rosters: list[list[str] | None],
-                    num_cpus: float, num_gpus: float, snapshot_every: int) -> list[RaySubServer]:
+                    num_cpus: float, num_gpus: float, snapshot_every: int,
+                    colocated: bool = False) -> list[RaySubServer]:
     """One actor-backed sub-server per roster slice (``rosters[k]``: the clients of sub-server k)."""
     return [RaySubServer(recipe, local if k == 0 else _copy_part(local), TurnScheduler(rosters[k]),
-                         f"trunk-{k}", num_cpus, num_gpus, snapshot_every)
+                         f"trunk-{k}", num_cpus, num_gpus, snapshot_every, colocated)
             for k in range(len(rosters))]
 
 

@@ -104,7 +104,7 @@ def _ray_sub_servers(settings: ServerSettings, split: SplitModel) -> list[SubSer
     recipe = TrunkRecipe.of(settings.model, split.trunk, settings.partition.partition(), settings.adapter,
                             settings.seed, settings.optimizer, threads=max(1, int(ray.num_cpus)))
     subs = ray_sub_servers(recipe, split.trunk, roster_slices(settings.roster, settings.sub_servers),
-                           ray.num_cpus, ray.num_gpus, ray.snapshot_every)
+                           ray.num_cpus, ray.num_gpus, ray.snapshot_every, colocated=ray.address is None)
     log.info("hierarchical mode on Ray: %d actor sub-servers (%g CPU, %g GPU each), averaging every %d "
              "steps", settings.sub_servers, ray.num_cpus, ray.num_gpus, settings.average_every)
     return list(subs)
