@@ -2,7 +2,7 @@
 
 ``app`` holds the global options; each module registers its commands on it: ``run`` (demo, serve,
 train, generate), ``measure`` (attack, status, eval) and ``setup`` (keygen, sealing-key, export,
-models, config-reference). ``reference`` renders every command's options for the docs.
+models, config-reference, plan). ``reference`` renders every command's options for the docs.
 """
 
 import importlib

@@ -57,6 +57,17 @@ def positions_from_mask(
     return positions[:, -query_length:]
 
 
+def _moved(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (through dicts, tuples and lists) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _moved(item, device) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_moved(item, device) for item in value)
+    return value
+
+
 class SplitPart(nn.Module):
     """One contiguous slice of a causal LM: optionally the embedding, some blocks, optionally the head."""
 
@@ -83,6 +94,7 @@ class SplitPart(nn.Module):
             _attach(self, path, model.get_submodule(path))
         types = family.layer_types(self.config)
         self._layer_types = {i: types[i] for i in self.layer_indices}
+        self.placement: dict[int, torch.device] | None = None  # block -> device (models/placement.py)
 
     # -- caches and masks ---------------------------------------------------------------------------
     def new_cache(self) -> DynamicCache:
@@ -143,6 +155,9 @@ class SplitPart(nn.Module):
         inputs = self.family.block_inputs(self, hidden, position_ids)
         for index in self.layer_indices:
             block = self.get_submodule(self.family.layer_path(index))
+            if self.placement is not None and hidden.device != self.placement[index]:
+                device = self.placement[index]  # the next block lives on another device
+                hidden, masks, inputs = hidden.to(device), _moved(masks, device), _moved(inputs, device)
             mask = masks[self._layer_types[index]]
             hidden = self.family.run_block(block, hidden, mask, cache, inputs)
         return hidden

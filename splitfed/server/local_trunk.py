@@ -91,7 +91,7 @@ class LocalTrunk:
             raise TrunkProtocolError(
                 f"gradient shape {tuple(grad_output.shape)} != output shape {tuple(pending.outputs.shape)}"
             )
-        pending.outputs.backward(grad_output)
+        pending.outputs.backward(grad_output.to(pending.outputs.device))  # a placed trunk ends elsewhere
         self._after_backward()
         if self.optimizer is not None:
             self.optimizer.step()

@@ -10,6 +10,7 @@ from pathlib import Path
 from splitfed.checkpoint import CheckpointError
 from splitfed.layout import Layout
 from splitfed.models import hidden_size, init_adapter, load_model, split_model
+from splitfed.models.placement import place_trunk
 from splitfed.observability import write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
@@ -35,6 +36,10 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
     model, _ = load_model(settings.model)
     split = split_model(model, settings.partition.partition())
     init_adapter(split.trunk, settings.adapter, settings.seed)
+    if settings.devices:
+        placement = place_trunk(split.trunk, settings.devices)
+        log.info("trunk placed over %s: %s", ", ".join(settings.devices),
+                 ", ".join(f"block {block} on {device}" for block, device in sorted(placement.items())))
     if settings.trunk_adapter is not None:
         slice_ = slice_ or trusted_slice(settings)
         slice_.load_trunk(split.trunk, settings.trunk_adapter)

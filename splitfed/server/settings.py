@@ -75,6 +75,9 @@ class ServerSettings(SplitTrainingSettings):
     batch_max_rows: int = Field(64, ge=1, description="client-batch: a batch runs once it has these rows")
     backward_deadline_s: float = Field(30.0, gt=0, description="client-batch: clients whose gradient "
                                                                "comes later are dropped from the step")
+    devices: list[str] | None = Field(None, description="spread the trunk's blocks over these devices in "
+                                      "order, in contiguous runs balanced by bytes (e.g. [cuda:0, cuda:1]; "
+                                      "`splitfed plan` shows the placement first); unset: the CPU")
     sub_servers: int = Field(2, ge=1, description="hierarchical mode: number of sub-servers")
     backend: Literal["threads", "ray"] = Field(
         "threads", description="hierarchical mode: run the sub-servers as threads of this process over "
@@ -142,4 +145,12 @@ class ServerSettings(SplitTrainingSettings):
         if self.backend == "ray" and self.mode != "hierarchical":
             raise ValueError(f"backend: ray runs the sub-servers of hierarchical mode; mode is {self.mode!r} "
                              "(set mode: hierarchical, or backend: threads)")
+        return self
+
+    @model_validator(mode="after")
+    def _devices_exist(self) -> ServerSettings:
+        from splitfed.models.placement import device_capacity
+
+        for device in self.devices or []:
+            device_capacity(device)  # refuses a device this machine does not have, before any loading
         return self
