@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import sys
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -32,7 +34,8 @@ WIRE_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-WIRE_CODECS: tuple[str, ...] = (*WIRE_DTYPES, INT8_BLOCKWISE)
+CodecName = Literal["float32", "bfloat16", "float16", "int8-blockwise"]  # for settings
+WIRE_CODECS: tuple[str, ...] = typing.get_args(CodecName)
 MAX_RANK = 8
 DEFAULT_MAX_BATCH = 4096
 DEFAULT_MAX_LENGTH = 1 << 16
