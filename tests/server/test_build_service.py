@@ -56,6 +56,7 @@ def test_the_server_announces_the_codecs_it_accepts(files):
         "float32", "bfloat16", "float16", "int8-blockwise"]
     restricted = build_service(ServerSettings(**files, wire_codecs=["int8-blockwise", "bfloat16"]))
     assert list(restricted.session_limits().dtypes) == ["int8-blockwise", "bfloat16"]
+    assert restricted._adapter_limits.dtypes == {"float32"}  # FedAvg adapters travel in float32 regardless
     with pytest.raises(ValueError):
         ServerSettings(**files, wire_codecs=[])
     with pytest.raises(ValueError):
