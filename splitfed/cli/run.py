@@ -195,7 +195,9 @@ def train(
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the head/tail adapters.")] = None,
-    wire_dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 on the wire.")] = None,
+    wire_dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, float16 or int8-blockwise on the "
+                                                        "wire, both ways (each: --set wire.forward=...)."
+                                                   )] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of adapter init and data order.")] = None,
     output: Annotated[Path | None, typer.Option(help="Where the head and tail adapters are saved.")] = None,
     resume: Annotated[bool | None, typer.Option("--resume", help="Continue from the newest intact "

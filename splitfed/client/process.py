@@ -23,6 +23,7 @@ from splitfed.client.settings import ClientSettings
 from splitfed.client.split_client import SplitClient, client_class
 from splitfed.client.step_hooks import LogMetrics, RoundsAndCheckpoints, ShowProgress
 from splitfed.client.training_loop import LoopOutcome, train_steps
+from splitfed.client.wire import error_feedback, wire_codecs
 from splitfed.models import (
     SplitModel,
     init_adapter,
@@ -57,7 +58,8 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
         mutual = (settings.tls_cert.read_bytes(), settings.tls_key.read_bytes())
     connection = TrunkConnection(settings.server, certificate, settings.insecure_loopback, settings.timeout_s,
                                  client_certificate=mutual)
-    remote = RemoteTrunk(connection, identity, server_key, settings.wire_dtype)
+    forward, backward = wire_codecs(settings.wire_settings())
+    remote = RemoteTrunk(connection, identity, server_key, forward=forward, backward=backward)
     remote.connect(expected_layers, hidden_size, settings.partition.layout)
     return remote
 
@@ -159,7 +161,8 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
         defense = SplitDefense(settings.privacy, settings.steps, steps_per_epoch=len(examples) // size,
                                batch_size=size, hidden_size=hidden_size)
     client = client_class(settings.partition.layout)(settings.name, split.head, split.tail,
-                                                     None, settings.optimizer, defense)  # type: ignore[arg-type]
+                                                     None, settings.optimizer, defense,  # type: ignore[arg-type]
+                                                     feedback=error_feedback(settings.wire_settings()))
     store = CheckpointStore(settings.checkpoint_dir or settings.output / "checkpoints")
     state = RunState()
     if settings.resume:

@@ -10,6 +10,7 @@ from splitfed.endpoints import LossResult, StaleCacheError
 from splitfed.layout import Layout
 from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
 from splitfed.transport import (
+    Codec,
     TensorLimits,
     adapter_limits,
     decode_tensor,
@@ -34,8 +35,10 @@ class TrunkMismatchError(RuntimeError):
 class RemoteTrunk:
     """Implements ``splitfed.endpoints.TrunkEndpoint`` over an encrypted, authenticated session.
 
-    Hidden states and gradients are encoded (dtype + shape + raw bytes), sealed with AES-256-GCM under
-    this session's key and sent; the attention mask travels as per-row lengths only.
+    Hidden states and gradients are encoded (codec + shape + bytes), sealed with AES-256-GCM under
+    this session's key and sent; the attention mask travels as per-row lengths only. Hidden states
+    (forward, generate, loss) go in the ``forward`` codec, gradients in the ``backward`` one; the
+    server answers each in the codec it was asked in. ``wire_dtype`` sets both directions.
     """
 
     def __init__(
@@ -44,16 +47,28 @@ class RemoteTrunk:
         identity: Identity,
         server_key: PublicIdentity,
         wire_dtype: str = "float32",
+        forward: Codec | None = None,
+        backward: Codec | None = None,
     ) -> None:
         self.connection = connection
         self.identity = identity
         self.server_key = server_key
-        self.wire_dtype = wire_dtype
+        self.forward_codec = forward or Codec(wire_dtype)
+        self.backward_codec = backward or Codec(wire_dtype)
         self.channel: SecureChannel | None = None
         self.limits: pb.SessionLimits | None = None
         self._step = 0
         self._open_step: int | None = None
         self._shape: tuple[int, ...] = ()
+
+    @property
+    def wire_dtype(self) -> str:
+        """The forward codec's name (``wire_dtype = name`` sets both directions, default block size)."""
+        return self.forward_codec.name
+
+    @wire_dtype.setter
+    def wire_dtype(self, name: str) -> None:
+        self.forward_codec = self.backward_codec = Codec(name)
 
     def connect(self, expected_layers: tuple[int, int] | None = None, hidden_size: int | None = None,
                 layout: str | None = None) -> None:
@@ -84,8 +99,11 @@ class RemoteTrunk:
                                      f"[{expected_layers[0]}:{expected_layers[1]}]: use the same partition")
         if hidden_size is not None and self.limits.hidden_size != hidden_size:
             raise TrunkMismatchError(f"server hidden size {self.limits.hidden_size} != {hidden_size}")
-        if self.wire_dtype not in self.limits.dtypes:
-            raise TrunkMismatchError(f"the server does not accept {self.wire_dtype} on the wire")
+        for direction, codec in (("forward", self.forward_codec), ("backward", self.backward_codec)):
+            if codec.name not in self.limits.dtypes:
+                raise TrunkMismatchError(f"the server does not accept {codec.name} on the wire ({direction} "
+                                         f"codec); it accepts {', '.join(self.limits.dtypes)}: set wire."
+                                         f"{direction} (or wire_dtype) to one of them")
 
     def _close_quietly(self) -> None:
         try:
@@ -122,7 +140,7 @@ class RemoteTrunk:
         self._step += 1
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long)
-        request = pb.ForwardRequest(step=self._step, hidden=encode_tensor(hidden.detach(), self.wire_dtype),
+        request = pb.ForwardRequest(step=self._step, hidden=self.forward_codec.encode(hidden.detach()),
                                     lengths=mask_to_lengths(attention_mask), train=train,
                                     labelled_tokens=labelled_tokens)
         reply = self._exchange("forward", self._step, request)
@@ -135,7 +153,7 @@ class RemoteTrunk:
         if self._open_step is None:
             raise RuntimeError("backward without a training forward")
         step, self._open_step = self._open_step, None
-        request = pb.BackwardRequest(step=step, grad=encode_tensor(grad_output, self.wire_dtype))
+        request = pb.BackwardRequest(step=step, grad=self.backward_codec.encode(grad_output))
         reply = self._exchange("backward", step, request)
         return decode_tensor(reply.grad, self._tensor_limits(), self._shape, grad_output.dtype)
 
@@ -146,7 +164,7 @@ class RemoteTrunk:
         self._step += 1
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long)
-        request = pb.LossRequest(step=self._step, hidden=encode_tensor(hidden.detach(), self.wire_dtype),
+        request = pb.LossRequest(step=self._step, hidden=self.forward_codec.encode(hidden.detach()),
                                  lengths=mask_to_lengths(attention_mask), labels=encode_int64(labels.long()),
                                  train=train)
         reply = self._exchange("loss", self._step, request)
@@ -179,7 +197,7 @@ class RemoteTrunk:
         two-part layout the server answers with the last position's logits (B, 1, V) instead."""
         self._step += 1
         request = pb.GenerateRequest(step=self._step, stream=stream,
-                                     hidden=encode_tensor(hidden.detach(), self.wire_dtype),
+                                     hidden=self.forward_codec.encode(hidden.detach()),
                                      lengths=mask_to_lengths(attention_mask, past_length),
                                      use_cache=use_cache)
         try:

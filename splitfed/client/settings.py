@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitfed.inference.sampling import SamplingSettings
 from splitfed.layout import Layout
 from splitfed.privacy import PrivacySettings
 from splitfed.training.split_settings import SplitTrainingSettings
 from splitfed.training.task_data import DataSettings
+from splitfed.transport.codec import CodecName
+
+
+class WireSettings(BaseModel):
+    """How hidden states and gradients travel, each direction in its own codec (the server must accept
+    both: it announces its codecs at the handshake and the client refuses to start otherwise)."""
+
+    model_config = ConfigDict(extra="forbid")
+    forward: CodecName = Field("float32", description="codec of the head's hidden states going up and of "
+                                                      "the trunk's output coming down")
+    backward: CodecName = Field("float32", description="codec of the tail's gradient going up and of the "
+                                                       "gradient for the head coming down")
+    block_size: int = Field(64, ge=8, le=65536, description="int8-blockwise: elements per block, each with "
+                                                            "its own float32 scale (1 + 4 / block_size "
+                                                            "bytes per element)")
+    error_feedback: bool = Field(False, description="lossy backward codec: add each training example's "
+                                                    "last quantization error of the gradient this client "
+                                                    "sends to that example's next gradient (three-part "
+                                                    "layout; no effect with float32)")
+    error_feedback_mb: float = Field(256.0, gt=0, description="error feedback: memory for the examples' "
+                                                              "residuals; the least recently seen are "
+                                                              "dropped first")
 
 
 class ClientSettings(SplitTrainingSettings):
@@ -36,8 +57,12 @@ class ClientSettings(SplitTrainingSettings):
         True, description="refuse to send adapters to a server that aggregates them in plain (FedAvg "
                           "rounds then need `aggregation: secure` on the server)")
     batch_size: int = Field(4, ge=1, description="examples per training step")
-    wire_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype of the hidden states and gradients on the wire (half: half the bytes)")
+    wire_dtype: CodecName = Field(
+        "float32", description="codec of the hidden states and gradients on the wire, both directions "
+                               "(half: half the bytes; int8-blockwise: about a quarter); `wire` sets each "
+                               "direction instead")
+    wire: WireSettings | None = Field(None, description="per-direction codecs, block size and error "
+                                                        "feedback; unset: wire_dtype both ways")
     timeout_s: float = Field(300.0, gt=0, description="deadline of every request to the server")
     reconnect_timeout_s: float = Field(300.0, ge=0, description="keep retrying (with backoff) this long "
                                                                 "while the server is unavailable")
@@ -53,10 +78,26 @@ class ClientSettings(SplitTrainingSettings):
     chat_template: bool = Field(True, description="`splitfed generate`: wrap prompts in the model's chat "
                                                   "template when it has one")
 
+    def wire_settings(self) -> WireSettings:
+        """The codecs in force: ``wire``, or ``wire_dtype`` in both directions."""
+        return self.wire or WireSettings(forward=self.wire_dtype, backward=self.wire_dtype)
+
     @model_validator(mode="after")
     def _defense_fits_the_layout(self) -> ClientSettings:
         learned = self.privacy.learned
         if learned is not None and learned.bypass and self.partition.layout == Layout.TWO_PART:
             raise ValueError("privacy.learned.bypass feeds the client's tail, and partition.layout "
                              "two-part has none: set bypass: false or use the three-part layout")
+        return self
+
+    @model_validator(mode="after")
+    def _wire_is_set_once_and_fits_the_layout(self) -> ClientSettings:
+        if self.wire is not None and "wire_dtype" in self.model_fields_set:
+            raise ValueError("set wire_dtype (both directions) or wire (each direction), not both")
+        wire = self.wire_settings()
+        mixed = wire.forward != wire.backward or wire.error_feedback
+        if self.partition.layout == Layout.TWO_PART and mixed:
+            raise ValueError("partition.layout two-part: the server sends the head's gradient in the codec "
+                             "of the hidden states it got, and the client sends no gradient; set "
+                             "wire.backward equal to wire.forward and error_feedback false")
         return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from splitfed.client.wire import ErrorFeedback
 from splitfed.endpoints import TrunkEndpoint
 from splitfed.layout import Layout
 from splitfed.models import HeadPart, TailPart, adapter_state, load_adapter_state, set_training
@@ -19,7 +20,8 @@ class SplitClient:
 
     With a ``defense``, the head's output and the tail's gradient are clipped per token and noised
     before they are handed to the trunk endpoint (which encrypts them); the client's own copies,
-    used for its head backward and its loss, stay exact.
+    used for its head backward and its loss, stay exact. With ``feedback``, the gradient handed to the
+    endpoint (after the defense) also carries each example's last quantization error (error feedback).
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class SplitClient:
         trunk: TrunkEndpoint,
         optimizer: OptimizerSettings | None = None,
         defense: SplitDefense | None = None,
+        feedback: ErrorFeedback | None = None,
     ) -> None:
         self.client_id = client_id
         self.head = head
@@ -40,6 +43,7 @@ class SplitClient:
         self.optimizer = settings.build(dict.fromkeys(params))  # tied weights once
         self.samples_seen = 0
         self.defense = defense
+        self.feedback = feedback
         self.cut = None if defense is None else defense.cut
         self._check_defense()
         self.cut_optimizer = None
@@ -65,7 +69,10 @@ class SplitClient:
         tail_in = hidden_out if bypass is None else hidden_out + bypass
         loss = causal_lm_loss(self.tail(tail_in, mask), labels)
         loss.backward(retain_graph=bypass is not None)  # the bypass shares the head's graph
-        grad_in = self.trunk.backward(self.client_id, self._send("backward", hidden_out.grad))
+        grad_out = self._send("backward", hidden_out.grad)
+        if self.feedback is not None:
+            grad_out = self.feedback.compensate(grad_out, input_ids, mask)
+        grad_in = self.trunk.backward(self.client_id, grad_out)
         if self.defense is not None:
             self.defense.record_step(mask, int(input_ids.shape[1]))
         self._backward_into_client(cut_out, grad_in, extra_loss)

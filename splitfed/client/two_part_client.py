@@ -19,6 +19,9 @@ class TwoPartClient(SplitClient):
     layout = Layout.TWO_PART
 
     def _check_defense(self) -> None:
+        if self.feedback is not None:
+            raise ValueError("error feedback is for the gradient a client sends, and a two-part client "
+                             "sends none")
         if self.cut is not None and self.cut.bypass is not None:
             raise ValueError("privacy.learned.bypass feeds the client's tail, and the two-part layout has "
                              "none: set bypass: false or use the three-part layout")

@@ -50,6 +50,7 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
              split.trunk.layer_indices[0], split.trunk.layer_indices[-1] + 1, len(allowlist),
              ", ".join(allowlist.names()))
     limits = ServiceLimits(max_batch=settings.max_batch, max_length=settings.max_length,
+                           dtypes=tuple(dict.fromkeys(settings.wire_codecs)),
                            turn_timeout_s=settings.turn_timeout_s, step_timeout_s=settings.step_timeout_s,
                            session_ttl_s=settings.session_ttl_s,
                            generation_budget_bytes=int(settings.generation_memory_mb * 2**20),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from splitfed.security import SecureChannel
 from splitfed.server.sub_server import SubServer
-from splitfed.transport import WIRE_DTYPES
+from splitfed.transport import WIRE_CODECS
 from splitfed.transport.errors import ServiceError
 
 
@@ -25,7 +25,7 @@ class ServiceLimits:
     max_batch: int = 64
     max_length: int = 2048
     max_message_bytes: int = 512 * 1024 * 1024
-    dtypes: tuple[str, ...] = tuple(WIRE_DTYPES)
+    dtypes: tuple[str, ...] = WIRE_CODECS  # the wire codecs accepted, either direction
     turn_timeout_s: float = 120.0
     step_timeout_s: float = 60.0
     session_ttl_s: float = 600.0

@@ -12,6 +12,7 @@ from splitfed.models import SparseSpec
 from splitfed.security.key_providers import SealingSettings
 from splitfed.server.modes import MODES
 from splitfed.training.split_settings import SplitTrainingSettings
+from splitfed.transport.codec import WIRE_CODECS, CodecName
 
 # every three-part mode of the registry (the two-part one follows from partition.layout), and auto
 _THREE_PART_MODES = [name for name, mode in MODES.items() if mode.layout == Layout.THREE_PART]
@@ -120,6 +121,11 @@ class ServerSettings(SplitTrainingSettings):
                                                   "refused before anything is allocated")
     max_length: int = Field(2048, ge=1, description="longest sequence (tokens, cache included) a request "
                                                     "may carry")
+    wire_codecs: list[CodecName] = Field(
+        default_factory=lambda: list(WIRE_CODECS), min_length=1,
+        description="codecs of hidden states and gradients this server accepts, either direction; announced "
+                    "at the handshake, a client asking for another is refused when it connects. "
+                    "int8-blockwise: a quarter of float32's bytes, lossy (see the wire page)")
     turn_timeout_s: float = Field(120.0, gt=0, description="longest wait for a turn, a FedAvg round or a "
                                                          "secure-aggregation phase before it fails")
     step_timeout_s: float = Field(60.0, gt=0, description="free a step whose backward does not come")

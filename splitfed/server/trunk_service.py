@@ -46,7 +46,7 @@ from splitfed.transport import (
     adapter_limits,
     decode_int64,
     decode_tensor,
-    encode_tensor,
+    encode_like,
     lengths_to_mask,
     parse_payload,
     pb,
@@ -90,7 +90,7 @@ class TrunkService:
         self._sessions_lock = threading.Lock()
         self.rounds = make_rounds(aggregation, self._round_members, self.limits.turn_timeout_s,
                                   secagg_threshold, max_norm_ratio)
-        self._adapter_limits = adapter_limits(frozenset(self.limits.dtypes))
+        self._adapter_limits = adapter_limits()  # adapters travel in float32, whatever the step codecs
         self._tensor_limits = TensorLimits(
             dtypes=frozenset(self.limits.dtypes),
             max_elements=self.limits.max_batch * self.limits.max_length * self.hidden_size,
@@ -299,7 +299,7 @@ class TrunkService:
                                    int(request.labelled_tokens))
         if request.train:
             session.output_shape = tuple(output.shape)
-        return self._reply(session, "forward_reply", request.step, output, request.hidden.dtype)
+        return self._reply(session, "forward_reply", request.step, output, request.hidden)
 
     def _backward(self, session: Session, request: pb.BackwardRequest) -> Sealed:
         if session.open_step != request.step:
@@ -310,7 +310,7 @@ class TrunkService:
             self.mode.abandon(session, "its backward was refused")
             raise
         grad_in = self.mode.backward(session, grad)
-        return self._reply(session, "backward_reply", request.step, grad_in, request.grad.dtype)
+        return self._reply(session, "backward_reply", request.step, grad_in, request.grad)
 
     def _loss(self, session: Session, request: pb.LossRequest) -> Sealed:
         """Two-part layout: the rest of the model and the loss on the head's output and the labels."""
@@ -328,7 +328,7 @@ class TrunkService:
         else:
             assert result.grad is not None
             reply = pb.LossReply(step=request.step, loss=result.loss,
-                                 grad=encode_tensor(result.grad, request.hidden.dtype))
+                                 grad=encode_like(result.grad, request.hidden))
         return session.channel.seal("loss_reply", request.step, reply.SerializeToString())
 
     def drain(self, timeout_s: float = 60.0) -> bool:
@@ -393,7 +393,7 @@ class TrunkService:
             status = "RESOURCE_EXHAUSTED" if error.code == "cache_budget" else "FAILED_PRECONDITION"
             raise ServiceError(status, error.code, error.message) from None
         output = self.mode.generation_output(sub, output)
-        reply = pb.GenerateReply(step=request.step, hidden=encode_tensor(output, request.hidden.dtype),
+        reply = pb.GenerateReply(step=request.step, hidden=encode_like(output, request.hidden),
                                  cached_tokens=cached)
         return session.channel.seal("generate_reply", request.step, reply.SerializeToString())
 
@@ -410,8 +410,10 @@ class TrunkService:
         return session.channel.seal("secagg_reply", request.step, reply.SerializeToString())
 
     @staticmethod
-    def _reply(session: Session, kind: str, step: int, tensor: torch.Tensor, dtype: str) -> Sealed:
+    def _reply(session: Session, kind: str, step: int, tensor: torch.Tensor, request: pb.Tensor) -> Sealed:
+        """The reply in the codec of the request's tensor: a forward's hidden states come back in the
+        forward codec, a backward's gradient in the backward codec (each direction as the client chose)."""
         message_type = pb.ForwardReply if kind == "forward_reply" else pb.BackwardReply
         field_name = "hidden" if kind == "forward_reply" else "grad"
-        message = message_type(step=step, **{field_name: encode_tensor(tensor, dtype)})
+        message = message_type(step=step, **{field_name: encode_like(tensor, request)})
         return session.channel.seal(kind, step, message.SerializeToString())

@@ -1,21 +1,41 @@
-"""Tensors and attention lengths <-> protobuf messages, checking every claim before allocating."""
+"""Tensors and attention lengths <-> protobuf messages, checking every claim before allocating.
+
+A tensor travels in one of the ``WIRE_CODECS``: a float dtype as it is, or int8 blockwise
+(``splitfed.transport.quantize``), about a quarter of float32's bytes."""
 
 from __future__ import annotations
 
 import math
 import sys
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from splitfed.transport import splitfed_pb2 as pb
 from splitfed.transport.errors import WireFormatError
+from splitfed.transport.quantize import (
+    DEFAULT_BLOCK_SIZE,
+    INT8_BLOCKWISE,
+    MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE,
+    SCALE_BYTES,
+    dequantize,
+    num_blocks,
+    quantize,
+    round_trip,
+    scales_from_bytes,
+    scales_to_bytes,
+)
 
 WIRE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+CodecName = Literal["float32", "bfloat16", "float16", "int8-blockwise"]  # for settings
+WIRE_CODECS: tuple[str, ...] = typing.get_args(CodecName)
 MAX_RANK = 8
 DEFAULT_MAX_BATCH = 4096
 DEFAULT_MAX_LENGTH = 1 << 16
@@ -27,16 +47,16 @@ _BIG_ENDIAN = sys.byteorder == "big"
 
 @dataclass(frozen=True)
 class TensorLimits:
-    """What a receiver accepts: wire dtypes, and caps on element count and byte size."""
+    """What a receiver accepts: wire codecs (``dtypes``), and caps on element count and byte size."""
 
     dtypes: frozenset[str]
     max_elements: int
     max_bytes: int
 
     def __post_init__(self) -> None:
-        unknown = set(self.dtypes) - WIRE_DTYPES.keys()
+        unknown = set(self.dtypes) - set(WIRE_CODECS)
         if unknown:
-            raise ValueError(f"unknown wire dtypes {sorted(unknown)}; known: {sorted(WIRE_DTYPES)}")
+            raise ValueError(f"unknown wire codecs {sorted(unknown)}; known: {list(WIRE_CODECS)}")
         if self.max_elements < 1 or self.max_bytes < 1:
             raise ValueError("max_elements and max_bytes must be positive")
 
@@ -51,22 +71,57 @@ def _swap_bytes(flat_bytes: torch.Tensor, itemsize: int) -> torch.Tensor:
     return flat_bytes.view(-1, itemsize).flip(-1).reshape(-1)
 
 
-def encode_tensor(tensor: torch.Tensor, wire_dtype: str = "float32") -> pb.Tensor:
-    """Cast ``tensor`` to ``wire_dtype`` and pack it as C-contiguous little-endian bytes.
+def encode_tensor(tensor: torch.Tensor, wire_dtype: str = "float32",
+                  block_size: int = DEFAULT_BLOCK_SIZE) -> pb.Tensor:
+    """Pack ``tensor`` in codec ``wire_dtype``: a float dtype as C-contiguous little-endian bytes, or
+    int8 blockwise with ``block_size`` elements per scale.
 
-    Values outside the wire dtype's range become inf, which the receiver rejects (``not_finite``).
+    Values outside the wire dtype's range become inf, which the receiver rejects (``not_finite``); so
+    does an int8 block holding NaN or inf (it travels with a NaN scale).
     """
-    if wire_dtype not in WIRE_DTYPES:
-        raise ValueError(f"unknown wire dtype {wire_dtype!r}; known: {sorted(WIRE_DTYPES)}")
+    if wire_dtype not in WIRE_CODECS:
+        raise ValueError(f"unknown wire codec {wire_dtype!r}; known: {list(WIRE_CODECS)}")
     if not 1 <= tensor.dim() <= MAX_RANK or tensor.numel() == 0:
         raise ValueError(
             f"cannot send a tensor of shape {tuple(tensor.shape)}: need rank 1..{MAX_RANK}, no empty dims"
         )
+    if wire_dtype == INT8_BLOCKWISE:
+        q, scales = quantize(tensor, block_size)
+        return pb.Tensor(dtype=wire_dtype, shape=tensor.shape, data=q.view(torch.uint8).numpy().tobytes(),
+                         scales=scales_to_bytes(scales), block_size=block_size)
     dtype = WIRE_DTYPES[wire_dtype]
     flat = tensor.detach().to(device="cpu", dtype=dtype).contiguous().reshape(-1).view(torch.uint8)
     if _BIG_ENDIAN:
         flat = _swap_bytes(flat, dtype.itemsize)
     return pb.Tensor(dtype=wire_dtype, shape=tensor.shape, data=flat.numpy().tobytes())
+
+
+def encode_like(tensor: torch.Tensor, template: pb.Tensor) -> pb.Tensor:
+    """``tensor`` in the codec (and block size) ``template`` came in: a reply mirrors its request."""
+    return encode_tensor(tensor, template.dtype, template.block_size or DEFAULT_BLOCK_SIZE)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one direction's tensors travel: a wire codec and, for int8-blockwise, its block size."""
+
+    name: str = "float32"
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    def __post_init__(self) -> None:
+        if self.name not in WIRE_CODECS:
+            raise ValueError(f"unknown wire codec {self.name!r}; known: {list(WIRE_CODECS)}")
+        if not MIN_BLOCK_SIZE <= self.block_size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"block_size must be within {MIN_BLOCK_SIZE}..{MAX_BLOCK_SIZE}")
+
+    def encode(self, tensor: torch.Tensor) -> pb.Tensor:
+        return encode_tensor(tensor, self.name, self.block_size)
+
+    def round_trip(self, tensor: torch.Tensor) -> torch.Tensor:
+        """What the receiver decodes for ``tensor``, as float32 (error feedback keeps the difference)."""
+        if self.name == INT8_BLOCKWISE:
+            return round_trip(tensor, self.block_size)
+        return tensor.detach().to(WIRE_DTYPES[self.name]).to(torch.float32)
 
 
 def _check_shape(shape: list[int], expected: tuple[int | None, ...] | None) -> None:
@@ -91,22 +146,46 @@ def decode_tensor(
 ) -> torch.Tensor:
     """Validate ``msg`` against ``limits`` and ``expected_shape`` (``None`` = any size), then unpack it.
 
-    Dtype, shape, size and byte length are checked before anything is allocated; values are checked
-    to be finite after the cast to ``out_dtype``. Every violation raises ``WireFormatError``.
+    Codec, shape, size, byte lengths (and for int8-blockwise the block size and scales) are checked
+    before anything is allocated; values are checked to be finite after the cast to ``out_dtype``.
+    Every violation raises ``WireFormatError``: ``bad_dtype`` (a codec not accepted or unknown),
+    ``bad_shape``, ``too_large``, ``bad_length``, ``bad_block_size``, ``bad_scales`` (wrong count,
+    negative, or scales on a float codec), ``bad_value`` (int8 -128), ``not_finite``.
     """
     if msg.dtype not in limits.dtypes:
-        raise WireFormatError("bad_dtype", f"dtype {msg.dtype[:32]!r} is not one of {sorted(limits.dtypes)}")
-    dtype = WIRE_DTYPES[msg.dtype]
+        raise WireFormatError("bad_dtype", f"codec {msg.dtype[:32]!r} is not one of {sorted(limits.dtypes)}")
     shape = list(msg.shape)
     _check_shape(shape, expected_shape)
     numel = math.prod(shape)
-    nbytes = numel * dtype.itemsize
+    if msg.dtype == INT8_BLOCKWISE:
+        flat = _unpack_blockwise(msg, shape, numel, limits)
+    else:
+        flat = _unpack_dense(msg, shape, numel, limits)
+    tensor = flat.reshape(shape).to(out_dtype)
+    if not bool(torch.isfinite(tensor).all()):
+        raise WireFormatError(
+            "not_finite", f"tensor of shape {shape} has NaN or infinite values (as {out_dtype})"
+        )
+    return tensor
+
+
+def _check_size(shape: list[int], numel: int, nbytes: int, limits: TensorLimits) -> None:
     if numel > limits.max_elements or nbytes > limits.max_bytes:
         raise WireFormatError(
             "too_large",
             f"shape {shape} ({numel} elements, {nbytes} bytes) exceeds the limits "
             f"({limits.max_elements} elements, {limits.max_bytes} bytes)",
         )
+
+
+def _unpack_dense(msg: pb.Tensor, shape: list[int], numel: int, limits: TensorLimits) -> torch.Tensor:
+    """The flat elements of a float-codec message."""
+    if msg.scales or msg.block_size:
+        raise WireFormatError("bad_scales", f"scales and block_size belong to {INT8_BLOCKWISE}, not "
+                                            f"{msg.dtype}")
+    dtype = WIRE_DTYPES[msg.dtype]
+    nbytes = numel * dtype.itemsize
+    _check_size(shape, numel, nbytes, limits)
     if len(msg.data) != nbytes:
         raise WireFormatError(
             "bad_length", f"{len(msg.data)} data bytes; shape {shape} {msg.dtype} needs {nbytes}"
@@ -114,12 +193,34 @@ def decode_tensor(
     flat = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8)  # bytearray: owned, writable copy
     if _BIG_ENDIAN:
         flat = _swap_bytes(flat, dtype.itemsize)
-    tensor = flat.view(dtype).reshape(shape).to(out_dtype)
-    if not bool(torch.isfinite(tensor).all()):
-        raise WireFormatError(
-            "not_finite", f"tensor of shape {shape} has NaN or infinite values (as {out_dtype})"
-        )
-    return tensor
+    return flat.view(dtype)
+
+
+def _unpack_blockwise(msg: pb.Tensor, shape: list[int], numel: int, limits: TensorLimits) -> torch.Tensor:
+    """The flat float32 values of an int8-blockwise message, every claim checked first."""
+    block = msg.block_size
+    if not MIN_BLOCK_SIZE <= block <= MAX_BLOCK_SIZE:
+        raise WireFormatError("bad_block_size", f"block_size {block} is outside "
+                                                f"{MIN_BLOCK_SIZE}..{MAX_BLOCK_SIZE}")
+    blocks = num_blocks(numel, block)
+    _check_size(shape, numel, numel + blocks * SCALE_BYTES, limits)
+    if len(msg.data) != numel:
+        raise WireFormatError("bad_length", f"{len(msg.data)} data bytes; shape {shape} "
+                                            f"{INT8_BLOCKWISE} needs {numel}")
+    if len(msg.scales) != blocks * SCALE_BYTES:
+        raise WireFormatError("bad_scales", f"{len(msg.scales)} scale bytes; {numel} elements in blocks "
+                                            f"of {block} need {blocks} float32 scales "
+                                            f"({blocks * SCALE_BYTES} bytes)")
+    scales = scales_from_bytes(msg.scales)
+    if not bool(torch.isfinite(scales).all()):
+        raise WireFormatError("not_finite", f"{INT8_BLOCKWISE} tensor of shape {shape} has NaN or "
+                                            "infinite scales")
+    if bool((scales < 0).any()):
+        raise WireFormatError("bad_scales", f"{INT8_BLOCKWISE} tensor of shape {shape} has negative scales")
+    q = torch.frombuffer(bytearray(msg.data), dtype=torch.int8)
+    if bool((q == -128).any()):
+        raise WireFormatError("bad_value", f"{INT8_BLOCKWISE} values are -127..127; -128 is not sent")
+    return dequantize(q, scales, block)
 
 
 INT64 = "int64"

@@ -83,13 +83,16 @@ dims = st.integers(-3, 70)
 
 
 @FUZZ
-@given(dtype=st.sampled_from(["float32", "bfloat16", "float16", "int8", "float64", ""]),
+@given(dtype=st.sampled_from(["float32", "bfloat16", "float16", "int8-blockwise", "int8", "float64", ""]),
        shape=st.lists(dims, min_size=0, max_size=4), data=st.binary(max_size=2048),
+       scales=st.binary(max_size=64), block_size=st.integers(-1, 70),
        lengths=st.lists(st.integers(-2, 70), max_size=4), pads=st.lists(st.integers(-2, 70), max_size=4),
        past=st.integers(-5, 10**12), train=st.booleans())
-def test_structured_forwards_with_bad_fields(lab, attacker, dtype, shape, data, lengths, pads, past, train):
+def test_structured_forwards_with_bad_fields(lab, attacker, dtype, shape, data, scales, block_size, lengths,
+                                             pads, past, train):
     connection, channel = attacker
-    request = pb.ForwardRequest(step=1, hidden=pb.Tensor(dtype=dtype, shape=shape, data=data),
+    hidden = pb.Tensor(dtype=dtype, shape=shape, data=data, scales=scales, block_size=block_size)
+    request = pb.ForwardRequest(step=1, hidden=hidden,
                                 lengths=pb.Lengths(lengths=lengths, left_padding=pads, past_length=past),
                                 train=train)
     sealed = channel.seal("forward", 1, request.SerializeToString())

@@ -25,7 +25,7 @@ from splitfed.server import LocalTrunk
 from splitfed.server.modes import SequentialMode
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.training.replicate import replicate
-from splitfed.transport import encode_tensor, mask_to_lengths, pb
+from splitfed.transport import INT8_BLOCKWISE, encode_tensor, mask_to_lengths, pb
 from splitfed.transport.connection import TrunkConnection
 from splitfed.transport.errors import RemoteError
 from splitfed.transport.server import serve
@@ -151,6 +151,13 @@ BAD_TENSORS = {
                   "too_large"),
     "short data": (pb.Tensor(dtype="float32", shape=[2, 5, HIDDEN], data=b"\0" * 16), "INVALID_ARGUMENT",
                    "bad_length"),
+    "int8 scale count": (pb.Tensor(dtype=INT8_BLOCKWISE, shape=[2, 5, HIDDEN], data=b"\0" * 2 * 5 * HIDDEN,
+                                   scales=b"\0" * 4 * 9, block_size=64), "INVALID_ARGUMENT", "bad_scales"),
+    "int8 NaN scale": (pb.Tensor(dtype=INT8_BLOCKWISE, shape=[2, 5, HIDDEN], data=b"\0" * 2 * 5 * HIDDEN,
+                                 scales=b"\0\0\xc0\x7f" * 10, block_size=64),
+                       "INVALID_ARGUMENT", "not_finite"),
+    "unknown codec": (pb.Tensor(dtype="int4-blockwise", shape=[2, 5, HIDDEN], data=b"\0" * 2 * 5 * HIDDEN),
+                      "INVALID_ARGUMENT", "bad_dtype"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitfed.client.remote_trunk import RemoteTrunk
+from splitfed.client.remote_trunk import RemoteTrunk, TrunkMismatchError
 from splitfed.models import LoraSpec, init_adapter, load_model, split_model
 from splitfed.models.split import Partition
 from splitfed.security import (
@@ -19,6 +19,7 @@ from splitfed.server import LocalTrunk
 from splitfed.server.modes import SequentialMode
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.training.replicate import replicate
+from splitfed.transport import INT8_BLOCKWISE, Codec
 from splitfed.transport.addresses import is_loopback
 from splitfed.transport.connection import TrunkConnection
 from splitfed.transport.errors import RemoteError
@@ -54,7 +55,7 @@ class _Setup:
         init_adapter(split.trunk, LoraSpec(r=2), 0)
         self.local = LocalTrunk(split.trunk)
         handshake = ServerHandshake(self.server_identity, AllowList([self.alice.public]))
-        service = TrunkService(SequentialMode(self.local), handshake, limits=limits)
+        service = self.service = TrunkService(SequentialMode(self.local), handshake, limits=limits)
         self.client_cert = create_client_tls_files(tmp_path, "alice") if mutual else None
         roots = self.client_cert[0].read_bytes() if mutual else None
         self.server, port = serve(service, "127.0.0.1:0", (self.files.tls_cert.read_bytes(),
@@ -130,5 +131,47 @@ def test_half_precision_on_the_wire_halves_the_bytes(tmp_path, wire_dtype, toler
             expected = setup.local.trunk(hidden.to(getattr(torch, wire_dtype)).float(), None)
         assert out.dtype == torch.float32
         assert (out - expected).abs().max().item() <= tolerance * expected.abs().max().item()
+    finally:
+        setup.server.stop(0)
+
+
+def test_int8_forward_and_bfloat16_backward_each_come_back_in_their_own_codec(tmp_path):
+    setup = _Setup(tmp_path, ServiceLimits(max_batch=4, max_length=1024))
+    try:
+        remote = setup.remote()
+        remote.forward_codec, remote.backward_codec = Codec(INT8_BLOCKWISE, 64), Codec("bfloat16")
+        remote.connect((1, 3), 64)
+        assert INT8_BLOCKWISE in remote.limits.dtypes  # announced at the handshake
+        hidden = torch.randn(4, 500, 64)
+        elements = hidden.numel()
+        sent, received = remote.connection.bytes_sent, remote.connection.bytes_received
+        out = remote.forward("alice", hidden, None, train=True)
+        up, down = remote.connection.bytes_sent - sent, remote.connection.bytes_received - received
+        # one byte per element and a float32 scale per 64: 1.0625 bytes, a quarter of float32, each way
+        assert elements * 1.0625 <= up <= 1.1 * elements and elements * 1.0625 <= down <= 1.1 * elements
+        with torch.no_grad():
+            expected = setup.local.trunk(hidden, None)
+        assert (out - expected).abs().max().item() <= 0.05 * expected.abs().max().item()
+        sent, received = remote.connection.bytes_sent, remote.connection.bytes_received
+        grad_in = remote.backward("alice", torch.randn(4, 500, 64) * 1e-3)
+        up, down = remote.connection.bytes_sent - sent, remote.connection.bytes_received - received
+        assert 2 * elements <= up <= 2.05 * elements and 2 * elements <= down <= 2.05 * elements  # bfloat16
+        assert grad_in.shape == hidden.shape and bool(torch.isfinite(grad_in).all())
+    finally:
+        setup.server.stop(0)
+
+
+def test_a_codec_the_server_does_not_accept_is_refused_at_connect(tmp_path):
+    setup = _Setup(tmp_path, ServiceLimits(dtypes=("float32", "bfloat16")))
+    try:
+        remote = setup.remote()
+        remote.backward_codec = Codec(INT8_BLOCKWISE)
+        with pytest.raises(TrunkMismatchError, match="int8-blockwise on the wire \\(backward"):
+            remote.connect((1, 3), 64)
+        assert setup.service.sessions() == []  # the session was closed at once
+        remote = setup.remote()
+        remote.wire_dtype = "bfloat16"
+        remote.connect((1, 3), 64)
+        assert list(remote.limits.dtypes) == ["float32", "bfloat16"]
     finally:
         setup.server.stop(0)

@@ -49,3 +49,15 @@ def test_request_threads_cover_every_enrolled_client(files):
         create_identity_files(files["allowlist"], f"more{index}")
     assert rpc_workers(ServerSettings(**files)) == 2 * 23 + 8
     assert rpc_workers(ServerSettings(**files, rpc_workers=6)) == 6
+
+
+def test_the_server_announces_the_codecs_it_accepts(files):
+    assert list(build_service(ServerSettings(**files)).session_limits().dtypes) == [
+        "float32", "bfloat16", "float16", "int8-blockwise"]
+    restricted = build_service(ServerSettings(**files, wire_codecs=["int8-blockwise", "bfloat16"]))
+    assert list(restricted.session_limits().dtypes) == ["int8-blockwise", "bfloat16"]
+    assert restricted._adapter_limits.dtypes == {"float32"}  # FedAvg adapters travel in float32 regardless
+    with pytest.raises(ValueError):
+        ServerSettings(**files, wire_codecs=[])
+    with pytest.raises(ValueError):
+        ServerSettings(**files, wire_codecs=["int4"])

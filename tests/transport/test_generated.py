@@ -44,7 +44,8 @@ def test_schema_shape():
     numbers = {name: sealed[name].number for name in sealed}
     names = ["session_id", "kind", "step", "counter", "ciphertext", "chunk_index", "chunk_count"]
     assert numbers == {name: number for number, name in enumerate(names, start=1)}
-    assert [f.name for f in pb.Tensor.DESCRIPTOR.fields] == ["dtype", "shape", "data"]
+    assert [(f.name, f.number) for f in pb.Tensor.DESCRIPTOR.fields] == [
+        ("dtype", 1), ("shape", 2), ("data", 3), ("scales", 4), ("block_size", 5)]
     service = pb.DESCRIPTOR.services_by_name["Trunk"]
     methods = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
     assert methods == {"Handshake": (False, False), "Step": (True, True), "Exchange": (False, False),

@@ -1,0 +1,43 @@
+"""The wire codecs benchmark end to end on the tiny model: a row per codec, the bytes it promises, the
+JSON, the table and the plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_wire_codecs_benchmark_reports_each_row(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "wire_codecs.py"), "--model", "tiny-llama",
+               "--rows", "float32", "int8-blockwise/bfloat16", "int8-blockwise+ef", "--seeds", "0",
+               "--steps", "3", "--batch-size", "4", "--train-examples", "8", "--eval-examples", "4",
+               "--head", "1", "--tail", "1", "--output", str(tmp_path)]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    stem = tmp_path / "wire_codecs_tiny-llama_cb"
+    payload = json.loads(stem.with_suffix(".json").read_text())
+    assert stem.with_suffix(".png").stat().st_size > 0 and "| int8-blockwise+ef |" in stem.with_suffix(
+        ".md").read_text()
+    rows = {entry["row"]: entry for entry in payload["summary"]}
+    assert list(rows) == ["float32", "int8-blockwise/bfloat16", "int8-blockwise+ef"]
+    hidden = payload["hidden_size"]
+    assert rows["float32"]["accuracy_vs_float32"] == 0.0
+    assert all(4 * hidden <= v <= 4.05 * hidden for v in rows["float32"]["bytes_per_token"].values())
+    mixed = rows["int8-blockwise/bfloat16"]["bytes_per_token"]
+    assert hidden <= mixed["forward_up"] <= 1.1 * hidden and hidden <= mixed["forward_down"] <= 1.1 * hidden
+    assert 2 * hidden <= mixed["backward_up"] <= 2.05 * hidden
+    assert all(v <= 0.275 for v in rows["int8-blockwise+ef"]["bytes_per_token_vs_float32_hidden"].values())
+    fed = [run for run in payload["runs"] if run["row"] == "int8-blockwise+ef"][0]
+    assert fed["ef_rows"] == 12 and fed["ef_applied"] == 4  # 12 rows of 8 examples: 4 came back
+
+
+def test_a_bad_row_is_refused_before_anything_loads(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "wire_codecs.py"), "--rows", "int4-blockwise",
+               "--output", str(tmp_path)]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 2 and "int4-blockwise" in finished.stderr
+    assert not list(tmp_path.iterdir())
