@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -43,6 +43,10 @@ from splitfed.server.scheduler import TurnScheduler
 from splitfed.server.sub_server import InProcessSubServer
 from splitfed.training.optim import OptimizerSettings
 from splitfed.transport.errors import ServiceError
+
+if TYPE_CHECKING:
+    from splitfed.models import SplitModel
+    from splitfed.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -326,3 +330,17 @@ def _copy_part(part: TrunkPart) -> TrunkPart:
     from splitfed.training.replicate import replicate_frozen
 
     return replicate_frozen(part)
+
+
+def sub_servers_from_settings(settings: ServerSettings, split: SplitModel) -> list[RaySubServer]:
+    """The ``ray`` entry of ``SUB_SERVER_BACKENDS``: join or start Ray, one actor per sub-server."""
+    from splitfed.server.backends import roster_slices
+
+    ray = settings.ray
+    connect_ray(ray.address, ray.local_cpus)
+    recipe = TrunkRecipe.of(settings.model, split.trunk, settings.partition.partition(), settings.adapter,
+                            settings.seed, settings.optimizer, threads=max(1, int(ray.num_cpus)))
+    log.info("Ray: %d actor sub-servers, %g CPU and %g GPU each", settings.sub_servers, ray.num_cpus,
+             ray.num_gpus)
+    return ray_sub_servers(recipe, split.trunk, roster_slices(settings.roster, settings.sub_servers),
+                           ray.num_cpus, ray.num_gpus, ray.snapshot_every, colocated=ray.address is None)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from splitfed.layout import Layout
 from splitfed.models import SparseSpec
 from splitfed.security.key_providers import SealingSettings
+from splitfed.server.backends import SUB_SERVER_BACKENDS
 from splitfed.server.modes import MODES
 from splitfed.training.split_settings import SplitTrainingSettings
 from splitfed.transport.codec import WIRE_CODECS, CodecName
@@ -17,6 +18,7 @@ from splitfed.transport.codec import WIRE_CODECS, CodecName
 # every three-part mode of the registry (the two-part one follows from partition.layout), and auto
 _THREE_PART_MODES = [name for name, mode in MODES.items() if mode.layout == Layout.THREE_PART]
 ModeName = Literal[tuple([*_THREE_PART_MODES, "auto"])]
+BackendName = Literal[tuple(SUB_SERVER_BACKENDS)]
 
 
 class FrontDoorSettings(BaseModel):
@@ -80,7 +82,7 @@ class ServerSettings(SplitTrainingSettings):
                                       "order, in contiguous runs balanced by bytes (e.g. [cuda:0, cuda:1]; "
                                       "`splitfed plan` shows the placement first); unset: the CPU")
     sub_servers: int = Field(2, ge=1, description="hierarchical mode: number of sub-servers")
-    backend: Literal["threads", "ray"] = Field(
+    backend: BackendName = Field(  # type: ignore[valid-type]
         "threads", description="hierarchical mode: run the sub-servers as threads of this process over "
                                "one frozen base, or as Ray actors, each with its own base and resources "
                                "(`pip install 'splitfed[ray]'`)")

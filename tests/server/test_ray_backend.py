@@ -3,6 +3,7 @@ in-process threads, and a killed actor is recovered without losing a completed s
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import pytest
@@ -12,9 +13,9 @@ import torch
 from splitfed.client import SplitClient
 from splitfed.models import LoraSpec, Partition, adapter_state, init_adapter, load_model, split_model
 from splitfed.server import LocalTrunk
+from splitfed.server.backends import roster_slices
 from splitfed.server.modes import HierarchicalMode
-from splitfed.server.modes.hierarchical import roster_slices
-from splitfed.server.ray_backend import RayBackendError, TrunkRecipe, connect_ray, ray_sub_servers
+from splitfed.server.ray_backend import RayBackendError, TrunkActor, TrunkRecipe, connect_ray, ray_sub_servers
 from splitfed.server.service_parts import Session
 from splitfed.training.optim import OptimizerSettings
 from splitfed.training.replicate import replicate, replicate_frozen
@@ -109,38 +110,58 @@ def _ray_mode(base) -> HierarchicalMode:
     return HierarchicalMode(subs, average_every=2, roster=ROSTER)
 
 
-def test_ray_actors_end_with_the_adapters_of_the_in_process_threads(local_ray, base):
+@pytest.fixture(scope="module")
+def threads_result(base):
+    """The in-process reference: two sub-servers on threads over one frozen base."""
     trunk = _trunk(base)
     threads = HierarchicalMode([LocalTrunk(trunk, OPTIMIZER), LocalTrunk(replicate_frozen(trunk), OPTIMIZER)],
                                average_every=2, roster=ROSTER)
-    expected = _train(threads, base)
+    result = _train(threads, base)
+    result["averages"] = threads.averages
     threads.close()
-    on_ray = _ray_mode(base)
-    got = _train(on_ray, base)
-    assert on_ray.averages == threads.averages > 0
-    on_ray.close()
-    moved = max((expected["trunk"][k] - v).abs().max().item() for k, v in adapter_state(_trunk(base)).items())
-    assert moved > 1e-3  # training changed the trunk adapter
+    return result
+
+
+def _assert_same_trunk(got: dict, expected: dict) -> None:
     for key, value in expected["trunk"].items():
         assert (got["trunk"][key] - value).abs().max().item() <= 1e-5, key
+
+
+@pytest.fixture(scope="module")
+def ray_mode(local_ray, base):
+    """Two actor sub-servers, shared by the tests (each starts from ``start``: the untrained state)."""
+    mode = _ray_mode(base)
+    start = mode.checkpoint()
+    yield mode, start
+    mode.close()
+
+
+def test_ray_actors_end_with_the_adapters_of_the_in_process_threads(ray_mode, base, threads_result):
+    mode, start = ray_mode
+    mode.restore(*start)
+    got = _train(mode, base)
+    assert mode.averages == threads_result["averages"] > 0
+    moved = max((threads_result["trunk"][k] - v).abs().max().item()
+                for k, v in adapter_state(_trunk(base)).items())
+    assert moved > 1e-3  # training changed the trunk adapter
+    _assert_same_trunk(got, threads_result)
     for name in ROSTER:
-        for key, value in expected["heads"][name].items():
+        for key, value in threads_result["heads"][name].items():
             assert torch.allclose(got["heads"][name][key], value, atol=1e-5), (name, key)
 
 
-def test_a_killed_actor_restarts_from_its_snapshot_and_loses_no_completed_step(local_ray, base):
-    reference = _ray_mode(base)
-    expected = _train(reference, base)
-    reference.close()
-    mode = _ray_mode(base)
+def test_a_killed_actor_restarts_from_its_snapshot_and_loses_no_completed_step(ray_mode, base,
+                                                                                threads_result):
+    mode, start = ray_mode
+    mode.restore(*start)
+    restarts = [sub.restarts for sub in mode.subs]
     got = _train(mode, base, kill_at=(1, "c"))  # sub-server 0 dies after a, c's step 0 and a's step 1
-    assert got["refused"] == 1 and mode.subs[0].restarts == 1 and mode.subs[1].restarts == 0
-    mode.close()
-    for key, value in expected["trunk"].items():
-        assert (got["trunk"][key] - value).abs().max().item() <= 1e-5, key
+    assert got["refused"] == 1
+    assert [sub.restarts - before for sub, before in zip(mode.subs, restarts, strict=True)] == [1, 0]
+    _assert_same_trunk(got, threads_result)  # as if it had never died
 
 
-def test_bad_ray_settings_are_refused_before_anything_loads(local_ray, base):
+def test_bad_ray_settings_are_refused_before_anything_loads(base):
     from pydantic import ValidationError
 
     from splitfed.server.settings import ServerSettings
@@ -148,6 +169,7 @@ def test_bad_ray_settings_are_refused_before_anything_loads(local_ray, base):
     with pytest.raises(ValidationError, match="hierarchical"):
         ServerSettings(identity="k", allowlist="a", backend="ray")
     trunk = _trunk(base)
-    recipe = TrunkRecipe.of("tiny-gpt2", trunk, PARTITION, SPEC, 1, OPTIMIZER)  # another base model
-    with pytest.raises(RayBackendError, match="could not start on Ray"):
-        ray_sub_servers(recipe, trunk, [None], num_cpus=1, num_gpus=0, snapshot_every=1)
+    other_base = TrunkRecipe.of("tiny-llama", trunk, PARTITION, SPEC, 1, OPTIMIZER)
+    other_base = dataclasses.replace(other_base, fingerprint=other_base.fingerprint + 1.0)
+    with pytest.raises(RayBackendError, match="differs from the server's"):
+        TrunkActor(other_base)  # what an actor on a node with another model does as it starts
