@@ -1,0 +1,393 @@
+"""Split training and generation through an emulated wide-area link, against loopback and the link's floor.
+
+A real `splitfed serve` and real clients, each in a network namespace of its own, joined by a veth
+pair whose two ends are rate-limited with `tc tbf` (uplink: client -> server, downlink: server ->
+client). `netem` is not available on these machines, so the round-trip time comes from a small TCP
+proxy in the client's namespace that holds every chunk for half the RTT in each direction. Profiles:
+
+* datacenter: 10 Gbit/s both ways, 1 ms RTT;
+* cross-region: 1 Gbit/s both ways, 40 ms RTT;
+* clinic: 100 Mbit/s both ways, 20 ms RTT (an uplink; the downlink is taken as equal).
+
+For each profile and wire codec: training examples/s (`splitfed train`, steps after the first),
+generation tokens/s (one client, greedy, KV caches), the bytes per step, and the link's floor:
+loopback time + bytes / bandwidth + one RTT per exchange (two per training step, one per token).
+Where namespaces cannot be made (not root, no `ip`), it says so and runs the proxy on loopback alone
+(delay, no rate limit). The proxy delays bytes, not TCP's acknowledgements, so window growth over a
+long RTT is not modelled.
+
+    sudo .venv/bin/python benchmarks/wan.py --model smollm2 --codecs float32 int8-blockwise
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+PROFILES = {"datacenter": (10_000.0, 10_000.0, 1.0), "cross-region": (1_000.0, 1_000.0, 40.0),
+            "clinic": (100.0, 100.0, 20.0)}  # uplink Mbit/s, downlink Mbit/s, RTT ms
+CLIENT_NS, SERVER_NS = "sfwan-c", "sfwan-s"
+CLIENT_IP, SERVER_IP = "10.77.0.1", "10.77.0.2"
+PROXY_PORT = 17000
+
+
+# ------------------------------------------------------------------------------------------ the link
+
+def _run(*command: str) -> None:
+    subprocess.run(command, check=True, capture_output=True, text=True)
+
+
+def make_link(up_mbit: float, down_mbit: float) -> None:
+    """Two namespaces joined by a veth pair, each end rate-limited on its way out."""
+    drop_link()
+    _run("ip", "netns", "add", CLIENT_NS)
+    _run("ip", "netns", "add", SERVER_NS)
+    _run("ip", "link", "add", "sfwan-vc", "type", "veth", "peer", "name", "sfwan-vs")
+    for namespace, device, address, rate in ((CLIENT_NS, "sfwan-vc", CLIENT_IP, up_mbit),
+                                             (SERVER_NS, "sfwan-vs", SERVER_IP, down_mbit)):
+        _run("ip", "link", "set", device, "netns", namespace)
+        inside = ("ip", "netns", "exec", namespace)
+        _run(*inside, "ip", "addr", "add", f"{address}/24", "dev", device)
+        _run(*inside, "ip", "link", "set", device, "up")
+        _run(*inside, "ip", "link", "set", "lo", "up")
+        burst = max(16_000, int(rate * 1e6 / 8 * 0.002))  # two milliseconds of the rate, in bytes
+        _run(*inside, "tc", "qdisc", "add", "dev", device, "root", "tbf", "rate", f"{rate:g}mbit", "burst",
+             str(burst), "latency", "200ms")
+
+
+def drop_link() -> None:
+    for namespace in (CLIENT_NS, SERVER_NS):
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+def namespaces_work() -> str | None:
+    """None when the link can be made here, else why not."""
+    if os.geteuid() != 0:
+        return "not root: network namespaces need root"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "no `ip` / `tc` on this machine"
+    try:
+        make_link(100.0, 100.0)
+    except subprocess.CalledProcessError as error:
+        return f"could not make the namespaces: {error.stderr.strip()}"
+    finally:
+        drop_link()
+    return None
+
+
+# ----------------------------------------------------------------------------------------- the proxy
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def pump() -> None:
+        while data := await reader.read(1 << 16):
+            queue.put_nowait((loop.time() + delay, data))
+        queue.put_nowait((loop.time() + delay, b""))
+
+    async def deliver() -> None:
+        while True:
+            due, data = await queue.get()
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            if not data:
+                writer.close()
+                return
+            writer.write(data)
+            await writer.drain()
+
+    await asyncio.gather(pump(), deliver())
+
+
+async def start_proxy(listen_port: int, target: str, delay_ms: float) -> asyncio.Server:
+    """A TCP proxy on 127.0.0.1:``listen_port`` (0: any) to ``target`` that holds every chunk for half
+    of ``delay_ms`` in each direction, in order."""
+    host, port = target.rsplit(":", 1)
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        half = delay_ms / 2000.0
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await asyncio.gather(_pipe(reader, upstream_writer, half), _pipe(upstream_reader, writer, half))
+
+    return await asyncio.start_server(connection, "127.0.0.1", listen_port)
+
+
+async def _proxy(listen_port: int, target: str, delay_ms: float) -> None:
+    server = await start_proxy(listen_port, target, delay_ms)
+    async with server:
+        await server.serve_forever()
+
+
+# --------------------------------------------------------------------------------------- the clients
+
+def generate_client(args: argparse.Namespace) -> None:
+    """In the client's namespace: one client generates; prints tokens/s as JSON."""
+    import torch
+
+    from splitfed.client.remote_trunk import RemoteTrunk
+    from splitfed.inference import SamplingSettings, SplitGenerator
+    from splitfed.models import load_model, num_layers, split_model
+    from splitfed.models.split import Partition
+    from splitfed.security import Identity, PublicIdentity
+    from splitfed.transport.connection import TrunkConnection
+
+    torch.set_num_threads(1)
+    keys = Path(args.keys)
+    model, _ = load_model(args.model)
+    split = split_model(model, Partition(args.head, args.tail))
+    connection = TrunkConnection(args.server, (keys / "tls-cert.pem").read_bytes())
+    remote = RemoteTrunk(connection, Identity.load(keys / "gen.key"),
+                         PublicIdentity.from_text((keys / "server.pub").read_text()))
+    remote.connect((args.head, num_layers(model) - args.tail), int(model.config.hidden_size))
+    ids = torch.randint(10, 1000, (1, args.context))
+    results = []
+    for _ in range(2):  # the first warms up
+        generator = SplitGenerator(split.head, split.tail, remote)
+        started = time.perf_counter()
+        count = sum(1 for _ in generator.generate(ids, sampling=SamplingSettings(
+            max_new_tokens=args.new_tokens)))
+        results.append(count / (time.perf_counter() - started))
+        generator.close()
+    remote.close()
+    print(json.dumps({"tokens_per_s": results[-1]}))
+
+
+def local_generation(args: argparse.Namespace) -> float:
+    import torch
+
+    from splitfed.models import load_model
+
+    torch.set_num_threads(1)
+    model, _ = load_model(args.model)
+    ids = torch.randint(10, 1000, (1, args.context))
+    best = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
+                           min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+        best = max(best, args.new_tokens / (time.perf_counter() - started))
+    return best
+
+
+# ------------------------------------------------------------------------------------------- a run
+
+class Stage:
+    """A server (and, on a WAN, the proxy) up for one profile; clients train and generate through it."""
+
+    def __init__(self, args: argparse.Namespace, work: Path, profile: str | None, namespaces: bool) -> None:
+        self.args, self.work, self.profile = args, work, profile
+        self.wan = profile is not None and namespaces
+        self.prefix = ["ip", "netns", "exec", CLIENT_NS] if self.wan else []
+        server_prefix = ["ip", "netns", "exec", SERVER_NS] if self.wan else []
+        listen = f"{SERVER_IP}:0" if self.wan else "127.0.0.1:0"
+        port_file = work / "port"
+        port_file.unlink(missing_ok=True)
+        keys = work / "keys"
+        self.processes: list[subprocess.Popen] = []
+        self.processes.append(subprocess.Popen(
+            [*server_prefix, sys.executable, "-m", "splitfed.cli", "serve", "--model", args.model, "--head",
+             str(args.head), "--tail", str(args.tail), "--identity", str(keys / "server.key"), "--allowlist",
+             str(keys / "allow"), "--tls-cert", str(keys / "tls-cert.pem"), "--tls-key",
+             str(keys / "tls-key.pem"), "--listen", listen, "--port-file", str(port_file), "--output",
+             str(work / "server-out"), "--set", "aggregation=plain"],
+            stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 240
+        while not port_file.is_file() or not port_file.read_text().strip():
+            if self.processes[0].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start; see {work / 'server.log'}")
+            time.sleep(0.2)
+        port = int(port_file.read_text())
+        self.address = f"127.0.0.1:{port}"
+        if profile is not None:
+            target = f"{SERVER_IP}:{port}" if self.wan else f"127.0.0.1:{port}"
+            self.processes.append(subprocess.Popen(
+                [*self.prefix, sys.executable, __file__, "proxy", "--listen-port", str(PROXY_PORT),
+                 "--target", target, "--delay-ms", str(PROFILES[profile][2])], stdout=subprocess.DEVNULL,
+                stderr=(work / "proxy.log").open("w")))
+            time.sleep(1.0)
+            self.address = f"127.0.0.1:{PROXY_PORT}"
+
+    def train(self, codec: str, name: str) -> dict:
+        args, keys = self.args, self.work / "keys"
+        output = self.work / f"{name}-out"
+        config = {"model": args.model, "name": name, "identity": str(keys / f"{name}.key"),
+                  "server": self.address, "server_key": str(keys / "server.pub"),
+                  "server_cert": str(keys / "tls-cert.pem"),
+                  "partition": {"head": args.head, "tail": args.tail},
+                  "steps": args.steps, "rounds": 1, "fedavg": False, "batch_size": args.batch_size,
+                  "wire": {"forward": codec, "backward": codec},
+                  "data": {"task": "cb", "limit": 64, "max_length": args.max_length}, "output": str(output)}
+        path = self.work / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        subprocess.run([*self.prefix, sys.executable, "-m", "splitfed.cli", "train", "--config", str(path)],
+                       check=True, capture_output=True, env={**os.environ, "GOMP_SPINCOUNT": "10000"},
+                       timeout=1800)
+        return json.loads((output / "summary.json").read_text())
+
+    def generate(self) -> float:
+        args = self.args
+        result = subprocess.run(
+            [*self.prefix, sys.executable, __file__, "generate", "--server", self.address, "--keys",
+             str(self.work / "keys"), "--model", args.model, "--head", str(args.head), "--tail",
+             str(args.tail), "--context", str(args.context), "--new-tokens", str(args.new_tokens)],
+            check=True, capture_output=True, text=True, timeout=1800,
+            env={**os.environ, "GOMP_SPINCOUNT": "10000"})
+        return float(json.loads(result.stdout.strip().splitlines()[-1])["tokens_per_s"])
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _keys(work: Path, names: list[str]) -> None:
+    from splitfed.security import create_identity_files, create_server_files
+
+    keys = work / "keys"
+    create_server_files(keys, ["localhost"], ["127.0.0.1", SERVER_IP])
+    (keys / "allow").mkdir()
+    for name in names:
+        create_identity_files(keys, name)
+        (keys / "allow" / f"{name}.pub").write_bytes((keys / f"{name}.pub").read_bytes())
+
+
+def _per_step(summary: dict) -> dict:
+    steps = max(1, summary["steps"])
+    return {"seconds_per_step": summary["seconds"] / steps, "tokens_per_s": summary["tokens_per_second"],
+            "bytes_up_per_step": summary["bytes_sent"] / steps,
+            "bytes_down_per_step": summary["bytes_received"] / steps}
+
+
+def floor_seconds(loopback: dict, measured: dict, profile: str) -> float:
+    """Loopback time per step + the step's bytes over the link's rates + two round trips."""
+    up, down, rtt = PROFILES[profile]
+    return (loopback["seconds_per_step"] + measured["bytes_up_per_step"] * 8 / (up * 1e6)
+            + measured["bytes_down_per_step"] * 8 / (down * 1e6) + 2 * rtt / 1000)
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    why_not = namespaces_work()
+    if why_not:
+        print(f"namespaces unavailable ({why_not}): the proxy alone adds the delay, no rate limit")
+    work = Path(tempfile.mkdtemp(prefix="splitfed-wan-"))
+    names = [f"t-{codec}" for codec in args.codecs]
+    _keys(work, [*names, "gen"])
+    results: dict = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
+                     "max_length": args.max_length, "codecs": args.codecs, "profiles": {},
+                     "namespaces": why_not is None, "why_no_namespaces": why_not,
+                     "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}}
+    results["local_generation_tokens_per_s"] = local_generation(args)
+    for profile in [None, *args.profiles]:
+        label = profile or "loopback"
+        if profile is not None and why_not is None:
+            make_link(*PROFILES[profile][:2])
+        stage = Stage(args, work, profile, why_not is None)
+        try:
+            row: dict = {"training": {}}
+            for codec, name in zip(args.codecs, names, strict=True):
+                row["training"][codec] = _per_step(stage.train(codec, name))
+            row["generation_tokens_per_s"] = stage.generate()
+        finally:
+            stage.close()
+            if profile is not None:
+                drop_link()
+        results["profiles"][label] = row
+        print(label, json.dumps(row), flush=True)
+    loop = results["profiles"]["loopback"]
+    for profile in args.profiles:
+        row = results["profiles"][profile]
+        rtt = PROFILES[profile][2] / 1000
+        for codec, measured in row["training"].items():
+            base = loop["training"][codec]
+            measured["over_loopback"] = measured["tokens_per_s"] / base["tokens_per_s"]
+            measured["floor_seconds_per_step"] = floor_seconds(base, measured, profile)
+            measured["over_floor"] = measured["floor_seconds_per_step"] / measured["seconds_per_step"]
+        bound = min(results["local_generation_tokens_per_s"], 1 / rtt)
+        row["generation_over_bound"] = row["generation_tokens_per_s"] / bound
+        row["generation_bound_tokens_per_s"] = bound
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    proxy = sub.add_parser("proxy", help="(internal) the delaying TCP proxy")
+    proxy.add_argument("--listen-port", type=int, required=True)
+    proxy.add_argument("--target", required=True)
+    proxy.add_argument("--delay-ms", type=float, required=True)
+    gen = sub.add_parser("generate", help="(internal) one generating client")
+    for command in (parser, gen):
+        command.add_argument("--model", default="tiny-llama")
+        command.add_argument("--head", type=int, default=2)
+        command.add_argument("--tail", type=int, default=2)
+        command.add_argument("--context", type=int, default=128, help="prompt tokens before generating")
+        command.add_argument("--new-tokens", type=int, default=32)
+    gen.add_argument("--server", required=True)
+    gen.add_argument("--keys", required=True)
+    parser.add_argument("--profiles", nargs="+", choices=list(PROFILES), default=list(PROFILES))
+    parser.add_argument("--codecs", nargs="+", default=["float32", "int8-blockwise"])
+    parser.add_argument("--steps", type=int, default=8, help="training steps per client")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    if args.command == "proxy":
+        asyncio.run(_proxy(args.listen_port, args.target, args.delay_ms))
+        return
+    if args.command == "generate":
+        generate_client(args)
+        return
+    results = benchmark(args)
+    output = args.output or Path(f"benchmarks/results/wan_{args.model}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+    _plot(results, output.with_suffix(".png"))
+    print(f"saved {output}")
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    profiles = [p for p in results["profiles"] if p != "loopback"]
+    for offset, codec in enumerate(results["codecs"]):
+        ratios = [results["profiles"][p]["training"][codec]["over_loopback"] for p in profiles]
+        floors = [results["profiles"]["loopback"]["training"][codec]["seconds_per_step"]
+                  / results["profiles"][p]["training"][codec]["floor_seconds_per_step"] for p in profiles]
+        xs = [i + offset * 0.35 for i in range(len(profiles))]
+        axis.bar(xs, ratios, 0.35, label=f"{codec}: measured")
+        axis.scatter(xs, floors, marker="_", s=400, color="black",
+                     label="link floor" if offset == 0 else None)
+    axis.set_xticks([i + 0.175 for i in range(len(profiles))], profiles)
+    axis.set_ylabel("training throughput / loopback")
+    axis.axhline(1.0, color="grey", linewidth=0.5)
+    axis.legend(fontsize=8)
+    axis.set_title(f"{results['model']}: split training over emulated links")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

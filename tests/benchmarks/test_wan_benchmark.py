@@ -1,0 +1,57 @@
+"""The WAN benchmark's pieces that need no namespace: the delaying proxy holds every byte for half the
+round trip each way and keeps their order, and the link floor adds bytes over rate and two round trips."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("wan", ROOT / "benchmarks" / "wan.py")
+wan = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(wan)
+
+
+async def _round_trips(delay_ms: float, messages: list[bytes]) -> tuple[list[float], list[bytes]]:
+    async def echo(reader, writer):
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    target = await asyncio.start_server(echo, "127.0.0.1", 0)
+    target_port = target.sockets[0].getsockname()[1]
+    proxy = await wan.start_proxy(0, f"127.0.0.1:{target_port}", delay_ms)
+    proxy_port = proxy.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    times, echoed = [], []
+    for message in messages:
+        started = time.perf_counter()
+        writer.write(message)
+        await writer.drain()
+        echoed.append(await asyncio.wait_for(reader.readexactly(len(message)), 5))
+        times.append(time.perf_counter() - started)
+    writer.close()
+    proxy.close()
+    target.close()
+    return times, echoed
+
+
+def test_the_proxy_adds_the_round_trip_and_keeps_the_bytes_in_order():
+    messages = [bytes([i]) * (1000 * (i + 1)) for i in range(5)]
+    times, echoed = asyncio.run(_round_trips(60.0, messages))
+    assert echoed == messages
+    assert min(times) >= 0.055  # 30 ms each way, one round trip per message
+    assert sorted(times)[len(times) // 2] < 0.5  # and not much more
+
+
+def test_the_floor_is_loopback_plus_bytes_over_the_rates_plus_two_round_trips():
+    loopback = {"seconds_per_step": 1.0}
+    measured = {"bytes_up_per_step": 12.5e6, "bytes_down_per_step": 25e6}  # 100 and 200 Mbit
+    up, down, rtt = wan.PROFILES["clinic"]  # 100 Mbit/s both ways, 20 ms
+    assert (up, down, rtt) == (100.0, 100.0, 20.0)
+    assert wan.floor_seconds(loopback, measured, "clinic") == pytest.approx(1.0 + 1.0 + 2.0 + 0.04)
