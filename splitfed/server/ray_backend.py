@@ -21,6 +21,7 @@ transport is not encrypted unless the cluster is started with TLS (``RAY_USE_TLS
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -310,6 +311,10 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     ray = import_ray()
     if ray.is_initialized():
         return
+    if address is None:
+        # Ray runs its workers at niceness 15, as background tasks; these actors are the server's main
+        # work and share the cores with the front end and co-located clients at normal priority.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
