@@ -154,7 +154,7 @@ def generate_client(args: argparse.Namespace) -> None:
     remote = RemoteTrunk(connection, Identity.load(keys / "gen.key"),
                          PublicIdentity.from_text((keys / "server.pub").read_text()))
     remote.connect((args.head, num_layers(model) - args.tail), int(model.config.hidden_size))
-    ids = torch.randint(10, 1000, (1, args.context))
+    ids = torch.randint(3, min(1000, int(model.config.vocab_size)), (1, args.context))
     results = []
     for _ in range(2):  # the first warms up
         generator = SplitGenerator(split.head, split.tail, remote)
@@ -174,7 +174,7 @@ def local_generation(args: argparse.Namespace) -> float:
 
     torch.set_num_threads(1)
     model, _ = load_model(args.model)
-    ids = torch.randint(10, 1000, (1, args.context))
+    ids = torch.randint(3, min(1000, int(model.config.vocab_size)), (1, args.context))
     best = 0.0
     for _ in range(2):
         started = time.perf_counter()
