@@ -13,6 +13,7 @@ from splitfed.inference.server_logits import ServerLogits
 from splitfed.layout import Layout
 from splitfed.models import hidden_size, init_adapter, load_adapter_state, load_model, num_layers, split_model
 from splitfed.models.adapters import WEIGHTS_FILE, read_adapter
+from splitfed.models.placement import DTYPES
 from splitfed.privacy import SplitDefense, load_cut
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class RemoteGenerator:
 def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int = 0) -> RemoteGenerator:
     """Load the model's head and tail with the trained adapters in ``settings.output`` (the fresh
     adapters, with a warning, where there are none) and open a session with the trunk server."""
-    model, tokenizer = load_model(settings.model)
+    model, tokenizer = load_model(settings.model, dtype=DTYPES[settings.dtype])
     split = split_model(model, settings.partition.partition())
     for part in (split.head, split.tail):
         init_adapter(part, settings.adapter, settings.seed)

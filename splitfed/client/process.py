@@ -33,6 +33,7 @@ from splitfed.models import (
     split_model,
     token_embedding_matrix,
 )
+from splitfed.models.placement import DTYPES
 from splitfed.observability import MetricsWriter, plot_metrics, progress_bar
 from splitfed.privacy import SplitDefense, format_epsilon, save_cut
 from splitfed.privacy.public import warm_up_on_public_text
@@ -149,7 +150,7 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
     """The model split, the data shard, the defense, the client, the resumed state and the batches."""
     if settings.steps % settings.rounds:
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
-    model, tokenizer = load_model(settings.model)
+    model, tokenizer = load_model(settings.model, dtype=DTYPES[settings.dtype])
     split = split_model(model, settings.partition.partition())
     init_adapter(split.head, settings.adapter, settings.seed)
     init_adapter(split.tail, settings.adapter, settings.seed)

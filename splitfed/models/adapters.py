@@ -93,6 +93,8 @@ def add_adapter(part: SplitPart, spec: LoraSpec | PrefixSpec | None) -> None:
         raise AdapterError(f"unknown adapter spec {spec!r}")
     for name, parameter in part.named_parameters():
         parameter.requires_grad_(is_adapter_parameter(name))
+        if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()  # a half-precision base trains float32 adapters
     part.train(part.training)  # the new modules follow the part's mode (see set_training)
 
 

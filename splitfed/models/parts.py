@@ -96,6 +96,14 @@ class SplitPart(nn.Module):
         self._layer_types = {i: types[i] for i in self.layer_indices}
         self.placement: dict[int, torch.device] | None = None  # block -> device (models/placement.py)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the part's frozen base weights, in which its blocks compute."""
+        for parameter in self.parameters():
+            if not parameter.requires_grad and parameter.is_floating_point():
+                return parameter.dtype
+        return torch.float32
+
     # -- caches and masks ---------------------------------------------------------------------------
     def new_cache(self) -> DynamicCache:
         """An empty KV cache for this part's layers (indexed by global layer number)."""
@@ -137,6 +145,9 @@ class SplitPart(nn.Module):
     ) -> torch.Tensor:
         if not self.layer_indices:
             return hidden
+        dtype = self.compute_dtype
+        if hidden.is_floating_point() and hidden.dtype != dtype:
+            hidden = hidden.to(dtype)  # from the wire (float32) into a half-precision part
         batch, length = hidden.shape[:2]
         if self.prefix is not None:
             if cache is None:

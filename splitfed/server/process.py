@@ -10,7 +10,7 @@ from pathlib import Path
 from splitfed.checkpoint import CheckpointError
 from splitfed.layout import Layout
 from splitfed.models import hidden_size, init_adapter, load_model, split_model
-from splitfed.models.placement import place_trunk
+from splitfed.models.placement import DTYPES, place_trunk
 from splitfed.observability import write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
@@ -33,7 +33,7 @@ def trusted_slice(settings: ServerSettings) -> TrustedSlice:
 
 def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) -> TrunkService:
     """The trunk (frozen base, trainable adapter) behind authenticated, encrypted sessions."""
-    model, _ = load_model(settings.model)
+    model, _ = load_model(settings.model, dtype=DTYPES[settings.dtype])
     split = split_model(model, settings.partition.partition())
     init_adapter(split.trunk, settings.adapter, settings.seed)
     if settings.devices:

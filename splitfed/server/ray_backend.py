@@ -39,6 +39,7 @@ from splitfed.models import (
     load_model,
     split_model,
 )
+from splitfed.models.placement import DTYPES
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler
 from splitfed.server.sub_server import InProcessSubServer
@@ -86,12 +87,13 @@ class TrunkRecipe:
     initial_adapter: dict[str, torch.Tensor]
     fingerprint: float
     threads: int = 1
+    dtype: str = "float32"  # of the frozen base (settings.dtype)
 
     @classmethod
     def of(cls, model: str, part: TrunkPart, partition: Partition, adapter: LoraSpec | PrefixSpec | None,
-           seed: int, optimizer: OptimizerSettings, threads: int = 1) -> TrunkRecipe:
+           seed: int, optimizer: OptimizerSettings, threads: int = 1, dtype: str = "float32") -> TrunkRecipe:
         return cls(model, partition, adapter, seed, optimizer, adapter_state(part), frozen_fingerprint(part),
-                   threads)
+                   threads, dtype)
 
 
 class TrunkActor:
@@ -99,7 +101,7 @@ class TrunkActor:
 
     def __init__(self, recipe: TrunkRecipe) -> None:
         torch.set_num_threads(max(1, recipe.threads))
-        model, _ = load_model(recipe.model)
+        model, _ = load_model(recipe.model, dtype=DTYPES[recipe.dtype])
         part = split_model(model, recipe.partition).trunk
         init_adapter(part, recipe.adapter, recipe.seed)
         load_adapter_state(part, recipe.initial_adapter)
@@ -344,7 +346,8 @@ def sub_servers_from_settings(settings: ServerSettings, split: SplitModel) -> li
     ray = settings.ray
     connect_ray(ray.address, ray.local_cpus)
     recipe = TrunkRecipe.of(settings.model, split.trunk, settings.partition.partition(), settings.adapter,
-                            settings.seed, settings.optimizer, threads=max(1, int(ray.num_cpus)))
+                            settings.seed, settings.optimizer, threads=max(1, int(ray.num_cpus)),
+                            dtype=settings.dtype)
     log.info("Ray: %d actor sub-servers, %g CPU and %g GPU each", settings.sub_servers, ray.num_cpus,
              ray.num_gpus)
     return ray_sub_servers(recipe, split.trunk, roster_slices(settings.roster, settings.sub_servers),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitfed.layout import Layout
@@ -48,3 +50,7 @@ class SplitTrainingSettings(BaseModel):
     adapter: AdapterSpec = Field(LoraSpec(), description="the trainable adapter of every part (kind: lora "
                                                         "or prefix); the base weights stay frozen")
     optimizer: OptimizerSettings = Field(OptimizerSettings(), description="AdamW of this side's adapters")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of this side's frozen base weights and of its computation (half: half "
+                               "the memory); adapters and optimizer state stay float32, and hidden states "
+                               "are converted at the cut to the wire codec's dtype")
