@@ -95,20 +95,26 @@ def read_config(source: str | Path) -> PretrainedConfig:
     raise PlacementError(f"{source!r} is neither a config.json file nor a model directory with one")
 
 
-def block_bytes(config: PretrainedConfig, dtype: torch.dtype) -> list[int]:
-    """Parameter bytes of every decoder block in ``dtype``, from a model built on the meta device."""
+def _meta_model(config: PretrainedConfig) -> torch.nn.Module:
+    """The model of ``config`` on the meta device: shapes, no memory, no weights."""
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config)
+
+
+def block_bytes(config: PretrainedConfig, dtype: torch.dtype,
+                model: torch.nn.Module | None = None) -> list[int]:
+    """Parameter bytes of every decoder block in ``dtype``, from a model built on the meta device."""
+    model = model if model is not None else _meta_model(config)
     family = family_of_config(config)
     size = torch.tensor([], dtype=dtype).element_size()
     return [sum(p.numel() for p in model.get_submodule(family.layer_path(i)).parameters()) * size
             for i in range(family.num_layers(config))]
 
 
-def lora_parameters_per_block(config: PretrainedConfig, rank: int, targets: list[str]) -> int:
+def lora_parameters_per_block(config: PretrainedConfig, rank: int, targets: list[str],
+                              model: torch.nn.Module | None = None) -> int:
     """Trainable LoRA parameters of one block: r x (in + out) per targeted linear layer."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    model = model if model is not None else _meta_model(config)
     block = model.get_submodule(family_of_config(config).layer_path(0))
     total = 0
     for name, module in block.named_modules():
@@ -199,10 +205,12 @@ def plan_trunk(config: PretrainedConfig, partition: Partition, devices: list[str
     blocks = list(trunk_range)
     if not blocks:
         raise PlacementError("the partition leaves no block for the trunk")
-    sizes = block_bytes(config, torch_dtype)
+    model = _meta_model(config)  # built once for the sizes and the adapter
+    sizes = block_bytes(config, torch_dtype, model)
     runs = contiguous_runs([sizes[i] for i in blocks], len(devices))
     targets = lora_targets or DEFAULT_LORA_TARGETS[family.name]
-    adapter_per_block = lora_parameters_per_block(config, lora_rank, targets) * ADAPTER_BYTES_PER_PARAMETER
+    adapter_per_block = (lora_parameters_per_block(config, lora_rank, targets, model)
+                         * ADAPTER_BYTES_PER_PARAMETER)
     kv_per_block = kv_bytes_per_token_per_block(config, torch_dtype)
     shares = []
     for device, run in zip(devices, runs, strict=True):

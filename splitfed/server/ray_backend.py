@@ -44,6 +44,7 @@ from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler
 from splitfed.server.sub_server import InProcessSubServer
 from splitfed.training.optim import OptimizerSettings
+from splitfed.training.replicate import replicate_frozen
 from splitfed.transport.errors import ServiceError
 
 if TYPE_CHECKING:
@@ -334,8 +335,6 @@ def ray_sub_servers(recipe: TrunkRecipe, local: TrunkPart, rosters: list[list[st
 
 
 def _copy_part(part: TrunkPart) -> TrunkPart:
-    from splitfed.training.replicate import replicate_frozen
-
     return replicate_frozen(part)
 
 

@@ -41,7 +41,9 @@ class HierarchicalMode(SubServerMode):
         if not trunks or average_every < 1:
             raise ValueError("hierarchical mode needs at least one sub-server and average_every >= 1")
         local = [t for t in trunks if isinstance(t, LocalTrunk)]
-        subs: list[SubServer] = in_process(local, roster) if len(local) == len(trunks) else list(trunks)
+        if local and len(local) != len(trunks):
+            raise ValueError("give hierarchical mode local trunks or sub-servers, not both")
+        subs: list[SubServer] = in_process(local, roster) if local else list(trunks)  # type: ignore[arg-type]
         super().__init__(subs, TurnScheduler(roster), roster)
         self.average_every = average_every
         self.averaging = SubServerAveraging(self.subs, average_every, self.limits.turn_timeout_s)
