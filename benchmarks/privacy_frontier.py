@@ -81,6 +81,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--public-tokens", type=int, default=8192)
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the records already in the output JSON and run only the missing cells "
+                             "(same model and budget; a run may be spread over sessions or machines)")
     return parser.parse_args()
 
 
@@ -150,6 +153,22 @@ def run_cell(model, tokenizer, task: str, row: str, seed: int, shards, evaluatio
             "strongest": _worst(earliest, final), "earliest": earliest, "final": final,
             "warmup_seconds": warmup_seconds, "train_seconds": train_seconds,
             "seconds": time.perf_counter() - started}
+
+
+BUDGET_ARGS = ("model", "head", "tail", "clients", "rounds", "local_steps", "batch_size", "lr",
+               "train_examples", "eval_examples", "max_length", "victims", "average_times", "warmup_steps",
+               "cut_lr", "inverter_steps", "public_tokens")
+
+
+def previous_records(path: Path, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of an earlier run saved at ``path``, refused when its budget differs from ``args``
+    (cells measured under another budget are not comparable)."""
+    previous = json.loads(path.read_text())
+    changed = [k for k in BUDGET_ARGS if previous["args"].get(k) != args[k]]
+    if changed:
+        raise SystemExit(f"--merge: {path} was measured with other settings ({', '.join(changed)}); "
+                         "use another --output or the same settings")
+    return list(previous["records"])
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -236,16 +255,20 @@ def main() -> None:
     output = args.output or Path("benchmarks/results") / f"privacy_frontier_{args.model}"
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model, tokenizer = load_model(args.model)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows_spec = args.rows.split(",")
     for row in rows_spec:  # refuse a bad row before anything runs
         row_privacy(row, 1.0, 1.0, 0, args)
+    model, tokenizer = load_model(args.model)
     result: dict[str, Any] = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "platform": {"python": platform.python_version(), "torch": torch.__version__,
                      "machine": platform.machine(), "threads": torch.get_num_threads()},
         "zero_shot": {}, "records": []}
+    if args.merge and output.with_suffix(".json").is_file():
+        result["records"] = previous_records(output.with_suffix(".json"), result["args"])
+        log.info("merging: %d cells already measured", len(result["records"]))
+    done = {(r["task"], r["row"], r["seed"]) for r in result["records"]}
     attack_settings = AttackSettings(model=args.model, head=args.head, tail=args.tail,
                                      public_tokens=args.public_tokens,
                                      inverter={"steps": args.inverter_steps})
@@ -262,6 +285,8 @@ def main() -> None:
         for seed in seeds:  # every row at one seed before the next seed: partial runs stay comparable
             shards = iid_shards(encoded, args.clients, seed)
             for row in rows_spec:
+                if (task, row, seed) in done:
+                    continue
                 record = run_cell(model, tokenizer, task, row, seed, shards, evaluation, harness, rows, args)
                 record["eval_examples"] = len(evaluation)
                 result["records"].append(record)

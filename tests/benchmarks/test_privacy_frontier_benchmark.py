@@ -1,0 +1,50 @@
+"""The privacy frontier benchmark end to end on the tiny model: a cell per row and seed, the JSON, the
+table, the plot, and ``--merge`` adding only the missing cells (refused under another budget)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_BUDGET = ["--model", "tiny-llama", "--tasks", "cb", "--seeds", "0", "--head", "1", "--tail", "1",
+               "--rounds", "1", "--local-steps", "1", "--batch-size", "2", "--train-examples", "8",
+               "--eval-examples", "4", "--max-length", "64", "--victims", "2", "--average-times", "2",
+               "--warmup-steps", "2", "--inverter-steps", "3", "--public-tokens", "512"]
+
+
+def frontier(output: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "benchmarks" / "privacy_frontier.py"), *TINY_BUDGET,
+               "--output", str(output), *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_frontier_saves_each_cell_and_merge_adds_only_the_missing_ones(tmp_path):
+    stem = tmp_path / "frontier"
+    first = frontier(stem, "--rows", "none")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = json.loads(stem.with_suffix(".json").read_text())
+    assert [(r["row"], r["seed"]) for r in before["records"]] == [("none", 0)]
+    assert stem.with_suffix(".png").stat().st_size > 0
+
+    merged = frontier(stem, "--rows", "none,noise:0.1", "--merge")
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    after = json.loads(stem.with_suffix(".json").read_text())
+    assert [(r["row"], r["seed"]) for r in after["records"]] == [("none", 0), ("noise:0.1", 0)]
+    assert after["records"][0] == before["records"][0]  # kept, not measured again
+    noise = after["records"][1]
+    assert noise["privacy"]["forward"]["sigma"] == 0.1 and 0 < noise["epsilon"] < float("inf")
+    assert {line["row"] for line in after["summary"]} == {"none", "noise:0.1"}
+    assert "| cb | noise:0.1 | 1 |" in stem.with_suffix(".md").read_text()
+
+    other_budget = frontier(stem, "--rows", "none", "--merge", "--rounds", "2")
+    assert other_budget.returncode != 0 and "rounds" in other_budget.stderr
+    assert json.loads(stem.with_suffix(".json").read_text()) == after  # nothing lost
+
+
+def test_an_unknown_row_is_refused_before_anything_runs(tmp_path):
+    bad = frontier(tmp_path / "frontier", "--rows", "none,laplace:1")
+    assert bad.returncode != 0 and "laplace:1" in bad.stderr
+    assert not (tmp_path / "frontier.json").exists()
