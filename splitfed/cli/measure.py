@@ -1,4 +1,4 @@
-"""``splitfed attack``, ``splitfed eval`` and ``splitfed status``: commands that measure and observe."""
+"""``splitfed attack``, ``eval``, ``simulate`` and ``status``: commands that measure and observe."""
 
 from __future__ import annotations
 
@@ -118,9 +118,11 @@ def eval_(
     task: Annotated[list[str] | None, typer.Option(help="Shipped task (repeatable): rte, cb, copa, boolq, "
                                                        "wic, wsc, multirc, xsum, coqa. Your own data: "
                                                        "describe it under `tasks:` in --config.")] = None,
-    method: Annotated[list[str] | None, typer.Option(help="Methods to run (repeatable; default all): "
-                                                         "zero-shot, centralized, split, federated-iid, "
-                                                         "federated-noniid, federated-noise.")] = None,
+    method: Annotated[list[str] | None, typer.Option(help="Methods to run (repeatable): zero-shot, "
+                                                         "centralized, split, federated-iid, "
+                                                         "federated-noniid, federated-noise (the default "
+                                                         "rows); federated-network (processes over TLS), "
+                                                         "federated-ray (see simulate).")] = None,
     clients: Annotated[int | None, typer.Option(min=2, help="Clients of the federated methods.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps of every trainer; a multiple "
                                                           "of rounds x clients.")] = None,
@@ -142,17 +144,23 @@ def eval_(
     (XSum: ROUGE-1/2/L, CoQA: SQuAD F1) by greedy decoding through the split model. Writes a table
     shaped like the papers' main table (results.md), results.json and the loss curves (losses.png).
     """
-    from splitfed.config import ConfigError, build_settings
-    from splitfed.evaluation import EvalSettings, markdown_report, plot_losses, run_eval, save_result
-
     overrides = {"model": model, "tasks": task or None, "methods": method or None, "clients": clients,
                  "steps": steps, "rounds": rounds, "batch_size": batch_size, "lr": lr,
                  "train_examples": train_examples, "eval_examples": eval_examples,
                  "max_new_tokens": max_new_tokens, "seed": seed, "output": output}
+    _run_and_report(config, _merge(set_, overrides))
+
+
+def _run_and_report(config: Path | None, overrides: dict) -> None:
+    """Build ``EvalSettings``, run them, and write results.json, results.md and losses.png."""
+    from splitfed.config import ConfigError, build_settings
+    from splitfed.evaluation import EvalSettings, markdown_report, plot_losses, run_eval, save_result
+    from splitfed.server.ray_backend import RayBackendError
+
     try:
-        settings = build_settings(EvalSettings, config, _merge(set_, overrides))
+        settings = build_settings(EvalSettings, config, overrides)
         result = run_eval(settings, console)
-    except (ConfigError, ValueError, OSError, ImportError) as error:
+    except (ConfigError, ValueError, OSError, ImportError, RayBackendError) as error:
         raise _fail(error) from error
     saved = save_result(result, settings.output)
     report = markdown_report(result)
@@ -161,3 +169,48 @@ def eval_(
     console.print(report)
     console.print(f"results: {saved}, {settings.output / 'results.md'}; loss curves: {plot}; "
                   f"total {result.total_seconds:.0f}s")
+
+
+@app.command()
+def simulate(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    clients: Annotated[int, typer.Option(min=1, help="Simulated clients (each with its own shard, head "
+                                                     "and tail adapters).")] = 10,
+    backend: Annotated[str, typer.Option(help="ray: clients and trunks as Ray actors; inprocess: the same "
+                                              "rounds in this process (federated-iid).")] = "ray",
+    sub_servers: Annotated[int | None, typer.Option(min=1, help="Ray: trunk actors; client i trains "
+                                                                "against sub-server i % K, trunks averaged "
+                                                                "every round.")] = None,
+    hosts: Annotated[int | None, typer.Option(min=1, help="Ray: actors holding the clients (default: CPUs "
+                                                          "minus sub-servers).")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray: a running cluster (`auto`: this "
+                                                         "machine's); default: a local one.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model (default: smollm2; tiny-llama for a quick "
+                                                   "run).")] = None,
+    task: Annotated[str, typer.Option(help="Shipped task: rte, cb, copa, boolq, wic, wsc, multirc, xsum, "
+                                           "coqa.")] = "cb",
+    rounds: Annotated[int, typer.Option(min=1, help="FedAvg rounds.")] = 1,
+    local_steps: Annotated[int, typer.Option(min=1, help="Steps per client per round.")] = 1,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the LoRA adapters.")] = None,
+    train_examples: Annotated[int | None, typer.Option(min=1, help="Training examples shared out among "
+                                                                   "the clients.")] = None,
+    eval_examples: Annotated[int | None, typer.Option(min=1, help="Held-out examples scored.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of data order, shards and adapter init.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Where results.json, results.md and losses.png "
+                                                     "go (default runs/simulate).")] = None,
+) -> None:
+    """A federation of many clients on one machine or a Ray cluster, for research at scale: the data
+    splits, rounds and FedAvg of the in-process federation, with the clients (in groups, one frozen
+    base per actor) and the trunk(s) as Ray actors. Scored on the task's held-out examples like
+    `splitfed eval` (this is its federated-ray row). Needs `pip install 'splitfed[ray]'`."""
+    if backend not in ("ray", "inprocess"):
+        raise _fail(ValueError(f"--backend {backend!r}: choose ray or inprocess"))
+    overrides = {"model": model, "tasks": [task], "clients": clients, "rounds": rounds,
+                 "steps": rounds * clients * local_steps, "batch_size": batch_size, "lr": lr,
+                 "train_examples": train_examples, "eval_examples": eval_examples, "seed": seed,
+                 "methods": ["federated-ray" if backend == "ray" else "federated-iid"],
+                 "output": output or Path("runs/simulate"), "simulation.sub_servers": sub_servers,
+                 "simulation.hosts": hosts, "simulation.ray_address": ray_address}
+    _run_and_report(config, _merge(set_, overrides))

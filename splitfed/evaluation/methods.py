@@ -3,7 +3,8 @@
 zero-shot: the base model. centralized: the whole model with the adapters, all data pooled.
 split: one client over the split model. federated-*: N clients against one trunk, FedAvg each round,
 IID or Dirichlet label-skewed shards, or IID with the settings' defense; federated-network: the IID
-federation as real processes over TLS (``network.py``). All start from the same adapter weights
+federation as real processes over TLS (``network.py``); federated-ray: the IID federation with clients
+and trunks as Ray actors (``splitfed.federation.simulation``). All start from the same adapter weights
 (seeded) and take ``steps`` optimizer steps of ``batch_size`` examples.
 """
 
@@ -76,7 +77,7 @@ def noise_skip_reason(settings: EvalSettings) -> str | None:
 
 
 def method_privacy(settings: EvalSettings, method: str) -> PrivacySettings | None:
-    """The defense ``method`` trains with: the settings' for federated-noise and federated-network."""
+    """The defense ``method`` trains with: the settings' for federated-noise, -network and -ray."""
     return settings.privacy if method in PRIVATE_METHODS else None
 
 
@@ -156,6 +157,7 @@ class Trained:
         self.cut = cut  # client 0's learned defense, if one trained
         self.startup_seconds = 0.0  # networked runs: processes started, models loaded, sessions opened
         self.train_seconds: float | None = None  # networked runs: the steps alone
+        self.close: Callable[[], None] = lambda: None  # frees what scoring still needed (Ray actors)
 
     def save_adapters(self, directory: Path, base_model: str) -> None:
         """The head, trunk and tail adapters (peft format) under ``directory``, and the learned cut,
@@ -208,6 +210,35 @@ def train_federated(model: Any, shards: list[list[dict]], collate_rows: Callable
     reports = federation.privacy_reports()
     worst = max(reports, key=lambda r: float(r["epsilon"])) if reports else None
     return Trained(federation.logits, split, worst, cut=client.cut)
+
+
+def train_federated_ray(model: Any, shards: list[list[dict]], collate_rows: Callable, settings: EvalSettings,
+                        on_step: StepHook, privacy: PrivacySettings | None = None,
+                        tokenizer: Any = None) -> Trained:
+    """The IID federation with clients and trunks as Ray actors (``settings.simulation``); the actors
+    stay up for scoring until ``Trained.close``."""
+    from splitfed.federation.simulation import RayFederation
+    from splitfed.server.ray_backend import connect_ray
+
+    fed = federation_settings(settings, model, len(shards), privacy)
+    learned = fed.privacy.learned
+    public = None if learned is None or tokenizer is None else warm_up_text(learned, tokenizer)
+    simulation = settings.simulation
+    connect_ray(simulation.ray_address, simulation.cpus)
+    federation = RayFederation(settings.model, model, shards, collate_rows, fed, simulation.sub_servers,
+                               simulation.hosts, public_text=public)
+    try:
+        for _ in range(fed.rounds):
+            federation.train_round(lambda _client, loss: on_step(loss))
+        reports = federation.privacy_reports()
+        split = federation.split()
+    except BaseException:
+        federation.close()
+        raise
+    worst = max(reports, key=lambda r: float(r["epsilon"])) if reports else None
+    trained = Trained(federation.logits, split, worst)
+    trained.close = federation.close
+    return trained
 
 
 def make_collate(tokenizer: Any) -> Callable[[list[dict]], dict]:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from splitfed.evaluation.methods import MethodResult
 from splitfed.evaluation.run import EvalResult
-from splitfed.evaluation.settings import METHOD_LABELS
+from splitfed.evaluation.settings import FEDERATED_METHODS, METHOD_LABELS, PRIVATE_METHODS
 from splitfed.observability.plots import plot_loss_panels
 
 MAIN_METRIC = {"accuracy": ("accuracy", "acc"), "rouge": ("rougeL", "ROUGE-L"), "squad_f1": ("f1", "F1")}
@@ -30,8 +30,9 @@ def main_value(result: EvalResult, task: str, method: str) -> float | None:
 
 def _label(result: EvalResult, method: str) -> str:
     settings = result.settings
-    label = METHOD_LABELS[method].format(clients=settings["clients"], alpha=settings["alpha"])
-    privacy = settings.get("privacy") if method in ("federated-noise", "federated-network") else None
+    label = METHOD_LABELS[method].format(clients=settings["clients"], alpha=settings["alpha"],
+                                         sub_servers=settings.get("simulation", {}).get("sub_servers", 1))
+    privacy = settings.get("privacy") if method in PRIVATE_METHODS else None
     if privacy:
         sigmas = ", ".join(f"{name} C={privacy[name]['clip']} sigma={privacy[name]['sigma']}"
                            for name in ("forward", "backward") if privacy[name].get("clip") is not None)
@@ -90,7 +91,7 @@ def target_check(result: EvalResult) -> list[dict]:
     for task, info in result.tasks.items():
         central = main_value(result, task, "centralized")
         zero = main_value(result, task, "zero-shot")
-        for method in ("split", "federated-iid", "federated-noniid", "federated-noise", "federated-network"):
+        for method in FEDERATED_METHODS:
             value = main_value(result, task, method)
             if value is None or central is None:
                 continue

@@ -27,6 +27,7 @@ from splitfed.evaluation.methods import (
     shards_for,
     train_centralized,
     train_federated,
+    train_federated_ray,
     zero_shot,
 )
 from splitfed.evaluation.network import client_split, network_skip_reason, run_network, trained_client
@@ -159,8 +160,11 @@ def run_method(method: str, task: TaskData, model: Any, tokenizer: Any, settings
         began = time.perf_counter()
         total = len(task.eval)
         scoring = progress.add_task(f"{task.name}: {method} eval", total=total, status="")
-        row.metrics = evaluate(trained, task, tokenizer, settings,
-                               lambda n: progress.update(scoring, advance=n))
+        try:
+            row.metrics = evaluate(trained, task, tokenizer, settings,
+                                   lambda n: progress.update(scoring, advance=n))
+        finally:
+            trained.close()
         progress.update(scoring, completed=total)
         row.eval_seconds = time.perf_counter() - began
     if trained.privacy is not None:
@@ -179,8 +183,9 @@ def _train_in_process(method: str, model: Any, tokenizer: Any, task: TaskData, s
         return train_centralized(model, encoded, collate_rows, settings, on_step)
     if method == "split":
         return train_federated(model, [encoded], collate_rows, settings, on_step)
-    return train_federated(model, shards_for(method, task, encoded, settings), collate_rows, settings,
-                           on_step, method_privacy(settings, method), tokenizer)
+    train = train_federated_ray if method == "federated-ray" else train_federated
+    return train(model, shards_for(method, task, encoded, settings), collate_rows, settings, on_step,
+                 method_privacy(settings, method), tokenizer)
 
 
 def _train_network(model: Any, task: TaskData, settings: EvalSettings, progress: Any,

@@ -12,10 +12,10 @@ from splitfed.privacy import PrivacySettings
 from splitfed.tasks import TaskSpec
 
 Method = Literal["zero-shot", "centralized", "split", "federated-iid", "federated-noniid", "federated-noise",
-                 "federated-network"]
+                 "federated-network", "federated-ray"]
 METHODS: tuple[str, ...] = ("zero-shot", "centralized", "split", "federated-iid", "federated-noniid",
-                            "federated-noise")  # the default rows; federated-network is asked for by name
-PRIVATE_METHODS = frozenset({"federated-noise", "federated-network"})  # the rows that train with `privacy`
+                            "federated-noise")  # the default rows; -network and -ray are asked for by name
+PRIVATE_METHODS = frozenset({"federated-noise", "federated-network", "federated-ray"})  # train with `privacy`
 METHOD_LABELS: dict[str, str] = {
     "zero-shot": "zero-shot (no training)",
     "centralized": "centralized (whole model)",
@@ -24,7 +24,24 @@ METHOD_LABELS: dict[str, str] = {
     "federated-noniid": "federated, {clients} clients, non-IID (Dirichlet {alpha})",
     "federated-noise": "federated, {clients} clients, IID + defense",
     "federated-network": "federated, {clients} client processes over TLS",
+    "federated-ray": "federated, {clients} clients simulated on Ray ({sub_servers} sub-server(s))",
 }
+FEDERATED_METHODS = ("split", "federated-iid", "federated-noniid", "federated-noise", "federated-network",
+                     "federated-ray")  # the rows compared with centralized
+
+
+class SimulationSettings(BaseModel):
+    """The ``federated-ray`` row (``splitfed simulate``): clients and trunks as Ray actors."""
+
+    model_config = ConfigDict(extra="forbid")
+    sub_servers: int = Field(1, ge=1, description="trunk actors; client i trains against sub-server i % K, "
+                             "and the trunks are averaged by samples after every round (1: the same "
+                             "steps as federated-iid)")
+    hosts: int | None = Field(None, ge=1, description="actors holding the clients (one frozen base each); "
+                              "default: the Ray cluster's CPUs minus the sub-servers")
+    ray_address: str | None = Field(None, description="a running Ray cluster (`auto`: this machine's); "
+                                    "default: start a local one")
+    cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default: all)")
 
 
 class EvalSettings(BaseModel):
@@ -57,6 +74,8 @@ class EvalSettings(BaseModel):
     max_words: int = Field(200, ge=1, description="shipped generation tasks: words of passage kept")
     eval_batch_size: int = Field(8, ge=1, description="rows per scoring forward")
     seed: int = Field(0, description="seed of data order, shards and adapter initialisation")
+    simulation: SimulationSettings = Field(default_factory=SimulationSettings,
+                                           description="the federated-ray row's actors")
     output: Path = Field(Path("runs/eval"), description="where results.json, results.md and losses.png go")
 
     @field_validator("tasks")
@@ -67,4 +86,5 @@ class EvalSettings(BaseModel):
         return tasks
 
     def label(self, method: str) -> str:
-        return METHOD_LABELS[method].format(clients=self.clients, alpha=self.alpha)
+        return METHOD_LABELS[method].format(clients=self.clients, alpha=self.alpha,
+                                            sub_servers=self.simulation.sub_servers)

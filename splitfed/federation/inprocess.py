@@ -25,6 +25,36 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[[int, float], None]
 
 
+def client_defense(settings: FederationSettings, index: int, shard_size: int,
+                   hidden_size: int) -> SplitDefense | None:
+    """Client ``index``'s defense as its own process would build it (seed offset by its index)."""
+    privacy = settings.privacy
+    if not privacy.enabled:
+        return None
+    seed = None if privacy.seed is None else privacy.seed + index
+    size = min(settings.batch_size, shard_size)
+    return SplitDefense(privacy.model_copy(update={"seed": seed}),
+                        planned_steps=settings.rounds * settings.local_steps,
+                        steps_per_epoch=shard_size // size, batch_size=size, hidden_size=hidden_size)
+
+
+def build_client(model: nn.Module, index: int, settings: FederationSettings, shard_sizes: Sequence[int],
+                 trunk: Any, public_text: Batch | None) -> SplitClient:
+    """Client ``index`` of a federation: its own head and tail (frozen base shared with ``model``,
+    adapters seeded from ``settings.seed`` as every party does), its defense (warmed up on
+    ``public_text`` when learned), talking to ``trunk``. Used in process and on Ray alike."""
+    split = split_model(replicate(model), settings.partition.partition())
+    init_adapter(split.head, settings.adapter, settings.seed)
+    init_adapter(split.tail, settings.adapter, settings.seed)
+    hidden_size = int(token_embedding_matrix(model).shape[1])
+    defense = client_defense(settings, index, shard_sizes[index], hidden_size)
+    if defense is not None and defense.cut is not None and public_text is not None:
+        warm_up(defense.cut, split.head, split.trunk, split.tail, public_text["input_ids"],
+                public_text["attention_mask"], seed=settings.seed + index)
+    return client_class(settings.partition.layout)(f"client-{index}", split.head, split.tail, trunk,
+                                                   settings.optimizer, defense)
+
+
 class InProcessFederation:
     """Sequential split training of several clients against one trunk, with FedAvg every round.
 
@@ -62,32 +92,11 @@ class InProcessFederation:
         self.clients: list[SplitClient] = []
         if settings.privacy.learned is not None and public_text is None:
             raise ValueError("privacy.learned: the defense warms up on public text; pass public_text")
-        hidden_size = int(token_embedding_matrix(model).shape[1])
         for index, shard in enumerate(shards):
-            split = split_model(replicate(model), partition)
-            init_adapter(split.head, settings.adapter, settings.seed)
-            init_adapter(split.tail, settings.adapter, settings.seed)
-            defense = self._defense(index, hidden_size)
-            if defense is not None and defense.cut is not None and public_text is not None:
-                warm_up(defense.cut, split.head, split.trunk, split.tail, public_text["input_ids"],
-                        public_text["attention_mask"], seed=settings.seed + index)
-            client = client_class(layout)(f"client-{index}", split.head, split.tail, self.server,
-                                          settings.optimizer, defense)
+            client = build_client(model, index, settings, self.shard_sizes, self.server, public_text)
             self.clients.append(client)
-            self._batches.append(shuffled_batches(shard, settings.batch_size, settings.seed + index,
-                                                  collate))
+            self._batches.append(shuffled_batches(shard, settings.batch_size, settings.seed + index, collate))
         self.rounds_done = 0
-
-    def _defense(self, index: int, hidden_size: int) -> SplitDefense | None:
-        privacy = self.settings.privacy
-        if not privacy.enabled:
-            return None
-        seed = None if privacy.seed is None else privacy.seed + index
-        size = min(self.settings.batch_size, self.shard_sizes[index])
-        return SplitDefense(privacy.model_copy(update={"seed": seed}),
-                            planned_steps=self.settings.rounds * self.settings.local_steps,
-                            steps_per_epoch=self.shard_sizes[index] // size, batch_size=size,
-                            hidden_size=hidden_size)
 
     def privacy_reports(self) -> list[dict[str, Any]]:
         """Each client's privacy spent so far (empty without a defense)."""

@@ -153,7 +153,7 @@ class TrunkActor:
         self.sub.close()
 
 
-def _cause(error: BaseException) -> BaseException:
+def raised_cause(error: BaseException) -> BaseException:
     """The exception an actor raised, as it was raised there (Ray wraps it in ``RayTaskError``)."""
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, BaseException) else error
@@ -223,7 +223,8 @@ class RaySubServer:
         try:
             self._ray.get(actor.steps.remote(), timeout=self.timeout_s)  # built, or its error now
         except self._ray.exceptions.RayError as error:
-            raise RayBackendError(f"sub-server {self.name} could not start on Ray: {_cause(error)}") from None
+            raise RayBackendError(f"sub-server {self.name} could not start on Ray: "
+                                  f"{raised_cause(error)}") from None
         return actor
 
     # -- calls -------------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ class RaySubServer:
         try:
             return self._ray.get(getattr(self._actor, method).remote(*args), timeout=self.timeout_s)
         except self._ray.exceptions.RayTaskError as error:
-            raise _cause(error) from None
+            raise raised_cause(error) from None
         except (self._ray.exceptions.RayActorError, self._ray.exceptions.ObjectLostError):
             self._recover()
             raise ServiceError("UNAVAILABLE", "sub_server_restarted",
