@@ -25,3 +25,19 @@ def weighted_average(
         .to(states[0][key].dtype)
         for key in states[0]
     }
+
+
+def keywise_average(
+    states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """Each key's weighted mean over the states that hold it (its weights renormalised among them):
+    FedAvg when clients hold different blocks, each its own partition. With equal key sets this is
+    ``weighted_average``."""
+    if not states or len(states) != len(weights):
+        raise ValueError(f"need one weight per state, got {len(states)} states, {len(weights)} weights")
+    keys = dict.fromkeys(key for state in states for key in state)
+    averaged = {}
+    for key in keys:
+        held = [(state[key], weight) for state, weight in zip(states, weights, strict=True) if key in state]
+        averaged[key] = weighted_average([{key: tensor} for tensor, _ in held], [w for _, w in held])[key]
+    return averaged

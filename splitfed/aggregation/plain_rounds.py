@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from splitfed.aggregation.fedavg import weighted_average
+from splitfed.aggregation.fedavg import keywise_average
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class PlainRounds:
         self._submissions: dict[str, tuple[float, dict[str, torch.Tensor]]] = {}
         self._result: dict[int, tuple[dict[str, torch.Tensor], int]] = {}
         self._deadline: float | None = None
+        self.partial_keys = False  # clients with their own partitions hold different blocks (keywise FedAvg)
 
     @property
     def last_round(self) -> int:
@@ -70,7 +71,7 @@ class PlainRounds:
             if self._submissions:
                 reference = next(iter(self._submissions.values()))[1]
                 shapes_differ = any(reference[k].shape != v.shape for k, v in state.items() if k in reference)
-                if set(reference) != set(state) or shapes_differ:
+                if shapes_differ or (set(reference) != set(state) and not self.partial_keys):
                     raise AggregationError("adapter keys or shapes differ from the other clients'")
             self._submissions[client] = (weight, state)
             if self._deadline is None:
@@ -89,8 +90,8 @@ class PlainRounds:
     def _close_round(self, round_index: int) -> None:
         names = sorted(self._submissions)
         missing = sorted(self._expected() - set(names))
-        average = weighted_average([self._submissions[n][1] for n in names],
-                                   [self._submissions[n][0] for n in names])
+        average = keywise_average([self._submissions[n][1] for n in names],
+                                  [self._submissions[n][0] for n in names])
         self._result = {round_index: (average, len(names))}
         self._round = round_index
         self._submissions = {}

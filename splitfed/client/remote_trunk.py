@@ -60,6 +60,7 @@ class RemoteTrunk:
         self._step = 0
         self._open_step: int | None = None
         self._shape: tuple[int, ...] = ()
+        self.blocks: tuple[int, int] | None = None  # the trunk blocks this client's partition leaves
 
     @property
     def wire_dtype(self) -> str:
@@ -94,9 +95,8 @@ class RemoteTrunk:
         if layout is not None and served_layout != layout:
             raise TrunkMismatchError(f"the server runs the {served_layout} layout, this client the {layout} "
                                      "one: use the same partition.layout")
-        if expected_layers is not None and served != tuple(expected_layers):
-            raise TrunkMismatchError(f"the server runs blocks [{served[0]}:{served[1]}], this client needs "
-                                     f"[{expected_layers[0]}:{expected_layers[1]}]: use the same partition")
+        if expected_layers is not None:
+            self.blocks = self._blocks_within(served, tuple(expected_layers))
         if hidden_size is not None and self.limits.hidden_size != hidden_size:
             raise TrunkMismatchError(f"server hidden size {self.limits.hidden_size} != {hidden_size}")
         for direction, codec in (("forward", self.forward_codec), ("backward", self.backward_codec)):
@@ -104,6 +104,24 @@ class RemoteTrunk:
                 raise TrunkMismatchError(f"the server does not accept {codec.name} on the wire ({direction} "
                                          f"codec); it accepts {', '.join(self.limits.dtypes)}: set wire."
                                          f"{direction} (or wire_dtype) to one of them")
+
+    def _blocks_within(self, served: tuple[int, int], wanted: tuple[int, ...]) -> tuple[int, int] | None:
+        """The blocks to name in each request (None: all the trunk holds), or a refusal when the server
+        does not run what this client's partition leaves to it."""
+        assert self.limits is not None
+        if wanted == served:
+            return None
+        latest_start = max(served[0], self.limits.first_block_max)
+        earliest_end = self.limits.end_block_min or served[1]
+        if served[0] <= wanted[0] <= latest_start and earliest_end <= wanted[1] <= served[1]:
+            return (wanted[0], wanted[1])
+        if (latest_start, earliest_end) == served:
+            raise TrunkMismatchError(f"the server runs blocks [{served[0]}:{served[1]}], this client needs "
+                                     f"[{wanted[0]}:{wanted[1]}]: use the same partition")
+        raise TrunkMismatchError(f"this client's partition leaves blocks [{wanted[0]}:{wanted[1]}] to the "
+                                 f"server, which accepts a trunk from a block in [{served[0]}, "
+                                 f"{latest_start}] to one in [{earliest_end}, {served[1]}]: choose "
+                                 "partition.head and .tail within the server's range")
 
     def _close_quietly(self) -> None:
         try:
@@ -142,12 +160,17 @@ class RemoteTrunk:
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long)
         request = pb.ForwardRequest(step=self._step, hidden=self.forward_codec.encode(hidden.detach()),
                                     lengths=mask_to_lengths(attention_mask), train=train,
-                                    labelled_tokens=labelled_tokens)
+                                    labelled_tokens=labelled_tokens, **self._block_fields())
         reply = self._exchange("forward", self._step, request)
         output = decode_tensor(reply.hidden, self._tensor_limits(), tuple(hidden.shape), hidden.dtype)
         if train:
             self._open_step, self._shape = self._step, tuple(hidden.shape)
         return output
+
+    def _block_fields(self) -> dict[str, int]:
+        """first_block / end_block of a request: this client's own blocks where the server accepts a
+        range of partitions (none for one partition)."""
+        return {} if self.blocks is None else {"first_block": self.blocks[0], "end_block": self.blocks[1]}
 
     def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
         if self._open_step is None:
@@ -199,7 +222,7 @@ class RemoteTrunk:
         request = pb.GenerateRequest(step=self._step, stream=stream,
                                      hidden=self.forward_codec.encode(hidden.detach()),
                                      lengths=mask_to_lengths(attention_mask, past_length),
-                                     use_cache=use_cache)
+                                     use_cache=use_cache, **self._block_fields())
         try:
             reply = self._exchange("generate", self._step, request)
         except RemoteError as error:

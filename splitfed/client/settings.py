@@ -83,6 +83,14 @@ class ClientSettings(SplitTrainingSettings):
         return self.wire or WireSettings(forward=self.wire_dtype, backward=self.wire_dtype)
 
     @model_validator(mode="after")
+    def _one_partition(self) -> ClientSettings:
+        if self.partition.ranged:
+            raise ValueError("partition.head_max/tail_max (or a [smallest, largest] range) are server "
+                             "settings: "
+                             "a client keeps one head and one tail, within the server's range")
+        return self
+
+    @model_validator(mode="after")
     def _defense_fits_the_layout(self) -> ClientSettings:
         learned = self.privacy.learned
         if learned is not None and learned.bypass and self.partition.layout == Layout.TWO_PART:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitfed.models import AdapterSpec, LoraSpec, SparseSpec
 from splitfed.privacy import PrivacySettings
@@ -25,6 +25,32 @@ class FederationSettings(BaseModel):
     privacy: PrivacySettings = PrivacySettings()
     sparse: SparseSpec | None = Field(None, description="sparse fine-tuning of the server trunk's base "
                                                         "weights next to its adapter")
+    client_partitions: list[PartitionSettings] | None = Field(
+        None, description="each client its own partition (one per client, each within `partition`'s "
+                          "range: head..head_max, tail..tail_max); unset: every client keeps `partition`")
+
+    @model_validator(mode="after")
+    def _client_partitions_fit(self) -> FederationSettings:
+        if self.client_partitions is None:
+            return self
+        if getattr(self.adapter, "kind", "lora") == "prefix":
+            raise ValueError("client_partitions: a prefix adapter covers all of a part's blocks; clients "
+                             "with "
+                             "their own partitions take adapter kind lora")
+        if len(self.client_partitions) != self.clients:
+            raise ValueError(f"client_partitions: {len(self.client_partitions)} given for {self.clients} "
+                             "clients")
+        for index, own in enumerate(self.client_partitions):
+            if own.layout != self.partition.layout or not self.partition.accepts(own.head, own.tail):
+                server = self.partition
+                raise ValueError(f"client_partitions[{index}]: head {own.head}, tail {own.tail} is outside "
+                                 f"the server's range (head {server.head}..{server.head_max}, tail "
+                                 f"{server.tail}..{server.tail_max})")
+        return self
+
+    def client_partition(self, index: int) -> PartitionSettings:
+        """Client ``index``'s partition."""
+        return self.partition if self.client_partitions is None else self.client_partitions[index]
 
     @property
     def total_steps(self) -> int:

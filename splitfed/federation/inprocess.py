@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitfed.aggregation.fedavg import weighted_average
+from splitfed.aggregation.fedavg import keywise_average
 from splitfed.client import SplitClient, client_class
 from splitfed.federation.config import FederationSettings
 from splitfed.layout import Layout
-from splitfed.models import adapter_state, init_adapter, split_model, token_embedding_matrix
+from splitfed.models import adapter_state, init_adapter, num_layers, split_model, token_embedding_matrix
 from splitfed.privacy import SplitDefense, format_epsilon, warm_up
 from splitfed.server import LocalTrunk
 from splitfed.server.two_part import TwoPartTrunk
@@ -43,7 +43,8 @@ def build_client(model: nn.Module, index: int, settings: FederationSettings, sha
     """Client ``index`` of a federation: its own head and tail (frozen base shared with ``model``,
     adapters seeded from ``settings.seed`` as every party does), its defense (warmed up on
     ``public_text`` when learned), talking to ``trunk``. Used in process and on Ray alike."""
-    split = split_model(replicate(model), settings.partition.partition())
+    partition = settings.client_partition(index)
+    split = split_model(replicate(model), partition.partition())
     init_adapter(split.head, settings.adapter, settings.seed)
     init_adapter(split.tail, settings.adapter, settings.seed)
     hidden_size = int(token_embedding_matrix(model).shape[1])
@@ -51,8 +52,27 @@ def build_client(model: nn.Module, index: int, settings: FederationSettings, sha
     if defense is not None and defense.cut is not None and public_text is not None:
         warm_up(defense.cut, split.head, split.trunk, split.tail, public_text["input_ids"],
                 public_text["attention_mask"], seed=settings.seed + index)
-    return client_class(settings.partition.layout)(f"client-{index}", split.head, split.tail, trunk,
-                                                   settings.optimizer, defense)
+    if settings.client_partitions is not None:
+        blocks = (partition.head, num_layers(model) - partition.tail)
+        trunk = BlockRange(trunk, blocks)
+    return client_class(partition.layout)(f"client-{index}", split.head, split.tail, trunk,
+                                          settings.optimizer, defense)
+
+
+class BlockRange:
+    """A trunk endpoint that runs only ``blocks`` of the trunk: a client whose own partition keeps the
+    others (what ``first_block`` / ``end_block`` say on the wire)."""
+
+    def __init__(self, trunk: Any, blocks: tuple[int, int]) -> None:
+        self.inner, self.blocks = trunk, blocks
+
+    def forward(self, client_id: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                train: bool = True, labelled_tokens: int = 0) -> torch.Tensor:
+        return self.inner.forward(client_id, hidden, attention_mask, train, labelled_tokens,
+                                  blocks=self.blocks)
+
+    def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
+        return self.inner.backward(client_id, grad_output)
 
 
 class InProcessFederation:
@@ -128,12 +148,13 @@ class InProcessFederation:
     def aggregate(self) -> None:
         """FedAvg of the clients' head and tail adapters, weighted by shard size, sent back to all."""
         states = [client.adapter_states() for client in self.clients]
-        averaged = {
-            part: weighted_average([state[part] for state in states], self.shard_sizes)
+        averaged = {  # each block's adapter over the clients holding it (all of them, one partition)
+            part: keywise_average([state[part] for state in states], self.shard_sizes)
             for part in ("head", "tail")
         }
-        for client in self.clients:
-            client.load_adapter_states(averaged)
+        for client, state in zip(self.clients, states, strict=True):
+            client.load_adapter_states({part: {key: averaged[part][key] for key in state[part]}
+                                        for part in ("head", "tail")})
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Inference with the federated model (after ``aggregate`` every client holds the same one)."""

@@ -71,9 +71,10 @@ class ActorTrunk:
         self._ray = import_ray()
 
     def forward(self, client_id: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
-                train: bool = True, labelled_tokens: int = 0) -> torch.Tensor:
+                train: bool = True, labelled_tokens: int = 0,
+                blocks: tuple[int, int] | None = None) -> torch.Tensor:
         """``labelled_tokens`` matters to a two-part trunk only, which is not simulated."""
-        return self._ray.get(self._actor.forward.remote(client_id, hidden, attention_mask, train))
+        return self._ray.get(self._actor.forward.remote(client_id, hidden, attention_mask, train, blocks))
 
     def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
         grad_in, _ = self._ray.get(self._actor.backward.remote(client_id, grad_output, False))

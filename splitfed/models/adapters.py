@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import zlib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -102,11 +104,27 @@ ROLE_SEED_OFFSETS = {"head": 1, "trunk": 2, "tail": 3}
 
 
 def init_adapter(part: SplitPart, spec: LoraSpec | PrefixSpec | None, seed: int) -> None:
-    """``add_adapter`` with the adapter's random init drawn from ``seed`` and the part's role only,
-    so that separate processes (server, clients) start from the same weights as one process."""
+    """``add_adapter`` with the adapter's random init drawn from ``seed``, so that separate processes
+    (server, clients) start from the same weights as one process. Each LoRA matrix is drawn from
+    ``seed`` and its module's name alone: a block starts from the same weights whichever part holds it,
+    so clients with different partitions agree (a prefix is drawn from ``seed`` and the part's role)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed * 1000 + ROLE_SEED_OFFSETS[part.role])
         add_adapter(part, spec)
+    if isinstance(spec, LoraSpec):
+        _draw_lora_per_module(part, seed)
+
+
+def _draw_lora_per_module(part: SplitPart, seed: int) -> None:
+    """Redraw every LoRA A matrix as peft draws it (Kaiming uniform, a = sqrt(5)) from a generator
+    seeded by ``seed`` and the parameter's name (B stays zero)."""
+    with torch.no_grad():
+        for name, parameter in part.named_parameters():
+            if ".lora_A." in name:
+                generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+                drawn = torch.empty(parameter.shape, dtype=torch.float32)
+                torch.nn.init.kaiming_uniform_(drawn, a=math.sqrt(5), generator=generator)
+                parameter.copy_(drawn)
 
 
 def is_adapter_parameter(name: str) -> bool:

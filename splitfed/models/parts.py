@@ -113,17 +113,31 @@ class SplitPart(nn.Module):
     def prefix_length(self) -> int:
         return 0 if self.prefix is None else int(self.prefix.num_virtual_tokens)
 
-    def past_length(self, cache: DynamicCache | None) -> int:
-        """Number of real (non-prefix) tokens already in ``cache``."""
-        if cache is None or not self.layer_indices:
+    def past_length(self, cache: DynamicCache | None, blocks: tuple[int, int] | None = None) -> int:
+        """Number of real (non-prefix) tokens already in ``cache`` (of the first block run)."""
+        indices = self.blocks_run(blocks)
+        if cache is None or not indices:
             return 0
-        return max(0, cache.get_seq_length(self.layer_indices[0]) - self.prefix_length)
+        return max(0, cache.get_seq_length(indices[0]) - self.prefix_length)
+
+    def blocks_run(self, blocks: tuple[int, int] | None = None) -> tuple[int, ...]:
+        """The part's block indices within ``[start, end)`` (all of them when ``blocks`` is None); a
+        range outside the part is refused."""
+        if blocks is None:
+            return self.layer_indices
+        start, end = blocks
+        if not self.layer_indices or start >= end or start < self.layer_indices[0] \
+                or end > self.layer_indices[-1] + 1:
+            span = f"[{self.layer_indices[0]}:{self.layer_indices[-1] + 1}]" if self.layer_indices else "none"
+            raise ValueError(f"blocks [{start}:{end}] are not within this {self.role}'s blocks {span}")
+        return tuple(i for i in self.layer_indices if start <= i < end)
 
     def _masks(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache: Any, positions: Any
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache: Any, positions: Any,
+        indices: tuple[int, ...],
     ) -> dict[str, Any]:
         masks: dict[str, Any] = {}
-        for index in self.layer_indices:
+        for index in indices:
             kind = self._layer_types[index]
             if kind not in masks:
                 masks[kind] = _MASK_BUILDERS[kind](
@@ -142,9 +156,13 @@ class SplitPart(nn.Module):
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None,
         cache: DynamicCache | None,
+        blocks: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        if not self.layer_indices:
+        indices = self.blocks_run(blocks)
+        if not indices:
             return hidden
+        if blocks is not None and self.prefix is not None and indices != self.layer_indices:
+            raise ValueError("a prefix adapter runs over all of a part's blocks, not a sub-range")
         dtype = self.compute_dtype
         if hidden.is_floating_point() and hidden.dtype != dtype:
             hidden = hidden.to(dtype)  # from the wire (float32) into a half-precision part
@@ -160,11 +178,11 @@ class SplitPart(nn.Module):
         if position_ids is None:
             real_mask = None if attention_mask is None else attention_mask[:, self.prefix_length :]
             position_ids = positions_from_mask(
-                real_mask, length, self.past_length(cache), hidden.device
+                real_mask, length, self.past_length(cache, blocks), hidden.device
             )
-        masks = self._masks(hidden, attention_mask, cache, position_ids)
+        masks = self._masks(hidden, attention_mask, cache, position_ids, indices)
         inputs = self.family.block_inputs(self, hidden, position_ids)
-        for index in self.layer_indices:
+        for index in indices:
             block = self.get_submodule(self.family.layer_path(index))
             if self.placement is not None and hidden.device != self.placement[index]:
                 device = self.placement[index]  # the next block lives on another device
@@ -208,7 +226,8 @@ class HeadPart(SplitPart):
 
 
 class TrunkPart(SplitPart):
-    """Server trunk: the middle blocks. ``forward(hidden) -> hidden``."""
+    """Server trunk: the middle blocks. ``forward(hidden) -> hidden``; ``blocks=(start, end)`` runs only
+    those of its blocks (a client whose own head or tail holds the others)."""
 
     def __init__(self, model: nn.Module, family: FamilyAdapter, layer_indices: range) -> None:
         super().__init__("trunk", model, family, layer_indices)
@@ -219,8 +238,9 @@ class TrunkPart(SplitPart):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         past_key_values: DynamicCache | None = None,
+        blocks: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        return self._run_blocks(hidden, attention_mask, position_ids, past_key_values)
+        return self._run_blocks(hidden, attention_mask, position_ids, past_key_values, blocks)
 
 
 class TailPart(SplitPart):

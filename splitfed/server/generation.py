@@ -169,14 +169,16 @@ class GenerationCaches:
     # -- steps -------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, owner: str, stream_id: int, hidden: torch.Tensor, mask: torch.Tensor, past_length: int,
-             use_cache: bool = True) -> tuple[torch.Tensor, int]:
-        """Run ``hidden`` (B, new, H) with ``mask`` (B, past_length + new) through the trunk; returns the
-        output and the number of positions the stream's cache now holds (0 without cache)."""
+             use_cache: bool = True, blocks: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
+        """Run ``hidden`` (B, new, H) with ``mask`` (B, past_length + new) through the trunk (or its
+        ``blocks`` only); returns the output and the number of positions the stream's cache now holds
+        (0 without cache). Decode steps of streams over the whole trunk are batched together; a stream
+        over a sub-range of blocks runs alone."""
         batch, new = hidden.shape[:2]
         if not use_cache:
             if past_length:
                 raise StaleStream("a step without cache carries the whole context (past_length 0)")
-            return self._compute.run(self._run_trunk, hidden, mask, None), 0
+            return self._compute.run(self._run_trunk, hidden, mask, None, blocks), 0
         key = (owner, stream_id)
         with self._lock:
             stream = self._streams.get(key)
@@ -200,10 +202,10 @@ class GenerationCaches:
             stream.busy = True
             self._reserved += need
         try:
-            if new == 1 and self.batch_decodes and batchable(stream.cache, self.trunk):
+            if new == 1 and self.batch_decodes and blocks is None and batchable(stream.cache, self.trunk):
                 output = self._decode_together(_Decode(stream, hidden, mask))
             else:
-                output = self._compute.run(self._run_trunk, hidden, mask, stream.cache)
+                output = self._compute.run(self._run_trunk, hidden, mask, stream.cache, blocks)
         except BaseException:
             with self._lock:
                 self._reserved -= need
@@ -245,10 +247,11 @@ class GenerationCaches:
         return item.output
 
     @torch.no_grad()
-    def _run_trunk(self, hidden: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+    def _run_trunk(self, hidden: torch.Tensor, mask: torch.Tensor, cache: Any,
+                   blocks: tuple[int, int] | None = None) -> torch.Tensor:
         """The trunk in inference mode (on the compute thread: grad mode is per thread)."""
         set_training(self.trunk, False)
-        return self.trunk(hidden, mask) if cache is None else self.trunk(hidden, mask, past_key_values=cache)
+        return self.trunk(hidden, mask, past_key_values=cache, blocks=blocks)
 
     def _run_decodes(self, batch: list[_Decode]) -> None:
         if len(batch) == 1:

@@ -71,15 +71,18 @@ class LocalTrunk:
         attention_mask: torch.Tensor | None,
         train: bool = True,
         labelled_tokens: int = 0,
+        blocks: tuple[int, int] | None = None,
     ) -> torch.Tensor:
+        """The trunk (or its ``blocks`` [start, end) only) on ``hidden``; in training the graph is kept
+        for ``backward``. Blocks not run get no gradient, so their adapter does not move."""
         set_training(self.trunk, train)
         if not train:
             with torch.no_grad():
-                return self.trunk(hidden, attention_mask)
+                return self.trunk(hidden, attention_mask, blocks=blocks)
         inputs = hidden.detach().requires_grad_(True)
         if self._selecting():
             self.selection.before_forward()  # type: ignore[union-attr]
-        outputs = self.trunk(inputs, attention_mask)
+        outputs = self.trunk(inputs, attention_mask, blocks=blocks)
         self._pending[client_id] = _Pending(inputs, outputs)
         return outputs.detach()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from splitfed.checkpoint import CheckpointError
 from splitfed.layout import Layout
-from splitfed.models import hidden_size, init_adapter, load_model, split_model
+from splitfed.models import hidden_size, init_adapter, load_model, num_layers, split_model
 from splitfed.models.placement import DTYPES, place_trunk
 from splitfed.observability import write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
@@ -35,6 +35,7 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
     """The trunk (frozen base, trainable adapter) behind authenticated, encrypted sessions."""
     model, _ = load_model(settings.model, dtype=DTYPES[settings.dtype])
     split = split_model(model, settings.partition.partition())
+    first_block_max, end_block_min = partition_range(settings, num_layers(model))
     init_adapter(split.trunk, settings.adapter, settings.seed)
     if settings.devices:
         placement = place_trunk(split.trunk, settings.devices)
@@ -58,7 +59,8 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
                            generation_streams=settings.generation_streams,
                            requests_in_flight=settings.front_door.requests_in_flight,
                            requests_per_s=settings.front_door.requests_per_s,
-                           request_burst=settings.front_door.request_burst)
+                           request_burst=settings.front_door.request_burst,
+                           first_block_max=first_block_max, end_block_min=end_block_min)
     if settings.mode != "sequential" and (settings.partition.layout == Layout.TWO_PART or settings.sparse):
         raise ValueError(f"the two-part layout and sparse fine-tuning run in sequential mode only, not "
                          f"{settings.mode}")
@@ -67,11 +69,30 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
     else:
         if settings.mode == "auto":
             settings = _resolve_auto(settings, split.trunk, len(settings.roster or allowlist.names()))
+            if settings.mode == "client-batch" and settings.partition.ranged:
+                log.info("mode auto -> sequential: client-batch runs one partition, and clients pick theirs")
+                settings = settings.model_copy(update={"mode": "sequential"})
         name = settings.mode
     mode = MODES[name].from_settings(settings, split)
     return TrunkService(mode, ServerHandshake(identity, allowlist), limits, aggregation=settings.aggregation,
                         secagg_threshold=settings.secagg_threshold,
                         max_norm_ratio=settings.aggregation_max_norm_ratio)
+
+
+def partition_range(settings: ServerSettings, blocks: int) -> tuple[int, int]:
+    """(latest trunk start, earliest trunk end) a client may choose; (0, 0) for one partition. Refuses
+    a range that could leave the trunk no block."""
+    partition = settings.partition
+    if not partition.ranged:
+        return 0, 0
+    head_max = partition.head_max if partition.head_max is not None else partition.head
+    tail_max = partition.tail_max if partition.tail_max is not None else partition.tail
+    if head_max + tail_max >= blocks:
+        raise ValueError(f"partition: a client keeping head {head_max} and tail {tail_max} blocks would "
+                         f"leave the server none of the model's {blocks}: lower head_max or tail_max")
+    log.info("clients pick their partition: head %d..%d, tail %d..%d (the trunk holds blocks [%d:%d])",
+             partition.head, head_max, partition.tail, tail_max, partition.head, blocks - partition.tail)
+    return head_max, blocks - tail_max
 
 
 def rpc_workers(settings: ServerSettings) -> int:

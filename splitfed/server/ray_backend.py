@@ -112,8 +112,8 @@ class TrunkActor:
         self.sub = InProcessSubServer(LocalTrunk(part, recipe.optimizer), TurnScheduler())
 
     def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
-                train: bool) -> torch.Tensor:
-        return self.sub.forward(client, hidden, mask, train)
+                train: bool, blocks: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.sub.forward(client, hidden, mask, train, blocks)
 
     def backward(self, client: str, grad: torch.Tensor, snapshot: bool
                  ) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], dict[str, Any]] | None]:
@@ -166,8 +166,9 @@ class RayGeneration:
         self._sub = sub
 
     def step(self, owner: str, stream_id: int, hidden: torch.Tensor, mask: torch.Tensor, past_length: int,
-             use_cache: bool = True) -> tuple[torch.Tensor, int]:
-        return self._sub.call("generate", "step", owner, stream_id, hidden, mask, past_length, use_cache)
+             use_cache: bool = True, blocks: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
+        return self._sub.call("generate", "step", owner, stream_id, hidden, mask, past_length, use_cache,
+                              blocks)
 
     def release(self, owner: str, stream: int | None = None) -> int:
         return self._sub.call("generate", "release", owner, stream)
@@ -263,8 +264,8 @@ class RaySubServer:
         return self.local
 
     def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
-                train: bool) -> torch.Tensor:
-        return self.call("forward", client, hidden, mask, train)
+                train: bool, blocks: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.call("forward", client, hidden, mask, train, blocks)
 
     def backward(self, client: str, grad: torch.Tensor) -> torch.Tensor:
         self._steps_done += 1

@@ -35,6 +35,8 @@ class ServiceLimits:
     requests_in_flight: int = 4  # per client, at once
     requests_per_s: float = 200.0  # per client, sustained (token bucket)
     request_burst: int = 400
+    first_block_max: int = 0  # a range of client partitions: the last block a client's trunk may start at
+    end_block_min: int = 0  # ... and the first it may end at (0 and 0: the trunk's own, one partition)
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Session:
     output_shape: tuple[int, ...] = ()
     lock: threading.Lock = field(default_factory=threading.Lock)
     scoring: threading.Lock = field(default_factory=threading.Lock)  # one inference forward computing
+    blocks: tuple[int, int] | None = None  # the trunk blocks this client's partition leaves to the server
+    blocks_claimed: bool = False  # set by its first forward or generate request; fixed from then on
 
     @property
     def key(self) -> str:

@@ -149,6 +149,26 @@ class ServerSettings(SplitTrainingSettings):
                                                                     "a key provider")
 
     @model_validator(mode="after")
+    def _partition_range_fits_the_mode(self) -> ServerSettings:
+        """A range of client partitions needs a mode and aggregation that can serve each its own blocks."""
+        if not self.partition.ranged:
+            return self
+        reasons = {"client-batch": "mode client-batch concatenates clients' hidden states into one trunk "
+                                   "call, which runs one set of blocks: give every client one partition, or "
+                                   "use mode sequential or hierarchical",
+                   "secure": "aggregation secure masks one vector of the same adapter keys for every "
+                             "client, and clients with their own partitions hold different blocks: use "
+                             "aggregation plain, or one partition"}
+        if self.mode == "client-batch":
+            raise ValueError(f"partition.head_max/tail_max: {reasons['client-batch']}")
+        if self.aggregation == "secure":
+            raise ValueError(f"partition.head_max/tail_max: {reasons['secure']}")
+        if getattr(self.adapter, "kind", "lora") == "prefix":
+            raise ValueError("partition.head_max/tail_max: a prefix adapter covers all of a part's blocks; "
+                             "clients with their own partitions take adapter kind lora")
+        return self
+
+    @model_validator(mode="after")
     def _ray_runs_hierarchical(self) -> ServerSettings:
         if self.backend == "ray" and self.mode != "hierarchical":
             raise ValueError(f"backend: ray runs the sub-servers of hierarchical mode; mode is {self.mode!r} "

@@ -40,7 +40,9 @@ class SubServer(Protocol):
         ...
 
     def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
-                train: bool) -> torch.Tensor: ...
+                train: bool, blocks: tuple[int, int] | None = None) -> torch.Tensor:
+        """The trunk (or its ``blocks`` only: a client with its own partition) on ``hidden``."""
+        ...
 
     def backward(self, client: str, grad: torch.Tensor) -> torch.Tensor: ...
 
@@ -107,8 +109,8 @@ class InProcessSubServer:
         return self.trunk.trunk
 
     def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
-                train: bool) -> torch.Tensor:
-        return self.compute.run(self.trunk.forward, client, hidden, mask, train=train)
+                train: bool, blocks: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.compute.run(self.trunk.forward, client, hidden, mask, train=train, blocks=blocks)
 
     def backward(self, client: str, grad: torch.Tensor) -> torch.Tensor:
         return self.compute.run(self.trunk.backward, client, grad)

@@ -90,6 +90,11 @@ class TrunkService:
         self._sessions_lock = threading.Lock()
         self.rounds = make_rounds(aggregation, self._round_members, self.limits.turn_timeout_s,
                                   secagg_threshold, max_norm_ratio)
+        if self.limits.first_block_max or self.limits.end_block_min:
+            if not hasattr(self.rounds, "partial_keys"):
+                raise ValueError(f"{aggregation} aggregation needs every client to hold the same blocks; "
+                                 "clients with their own partitions take aggregation: plain")
+            self.rounds.partial_keys = True  # each block's adapter averaged over the clients holding it
         self._adapter_limits = adapter_limits()  # adapters travel in float32, whatever the step codecs
         self._tensor_limits = TensorLimits(
             dtypes=frozenset(self.limits.dtypes),
@@ -159,7 +164,29 @@ class TrunkService:
             model_type=str(self.mode.part.config.model_type),
             aggregation=self.aggregation,
             layout=self.layout,
+            first_block_max=self.limits.first_block_max,
+            end_block_min=self.limits.end_block_min,
         )
+
+    def _claim_blocks(self, session: Session, first: int, end: int) -> None:
+        """The blocks a request names (0, 0: all) become the session's, within the accepted range; a
+        session keeps the blocks of its first request."""
+        start, stop = self.layers[0], self.layers[-1] + 1
+        if (first, end) in ((0, 0), (start, stop)):
+            claimed = None
+        else:
+            latest_first = max(start, self.limits.first_block_max)
+            earliest_end = self.limits.end_block_min or stop
+            if not (start <= first <= latest_first and earliest_end <= end <= stop and first < end):
+                raise WireFormatError("bad_blocks", f"blocks [{first}:{end}] are outside what this server "
+                                      f"runs for a client: a start in [{start}, {latest_first}] and an end "
+                                      f"in [{earliest_end}, {stop}] (set partition.head and .tail within "
+                                      "the server's range)")
+            claimed = (first, end)
+        if session.blocks_claimed and session.blocks != claimed:
+            raise WireFormatError("blocks_changed", "a session keeps the partition of its first request; "
+                                  "reconnect to change it")
+        session.blocks, session.blocks_claimed = claimed, True
 
     @property
     def layout(self) -> str:
@@ -294,6 +321,7 @@ class TrunkService:
         return hidden, mask
 
     def _forward(self, session: Session, request: pb.ForwardRequest) -> Sealed:
+        self._claim_blocks(session, int(request.first_block), int(request.end_block))
         hidden, mask = self._hidden_and_mask(request)
         output = self.mode.forward(session, request.step, hidden, mask, request.train,
                                    int(request.labelled_tokens))
@@ -384,11 +412,12 @@ class TrunkService:
             return session.channel.seal("generate_reply", request.step, reply.SerializeToString())
         if request.stream >= 1 << 16:
             raise WireFormatError("bad_stream", "stream numbers go up to 65535")
+        self._claim_blocks(session, int(request.first_block), int(request.end_block))
         past = int(request.lengths.past_length)
         hidden, mask = self._hidden_and_mask(request, past)
         try:
             output, cached = sub.generation.step(session.key, request.stream, hidden, mask, past,
-                                                 use_cache=request.use_cache)
+                                                 request.use_cache, session.blocks)
         except GenerationError as error:
             status = "RESOURCE_EXHAUSTED" if error.code == "cache_budget" else "FAILED_PRECONDITION"
             raise ServiceError(status, error.code, error.message) from None

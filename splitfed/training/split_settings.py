@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,6 +26,28 @@ class PartitionSettings(BaseModel):
                                            "norm and LM head (0: logits and labels go to the server)")
     layout: Layout = Field(Layout.THREE_PART, description="three-part (client head + tail) or two-part "
                                                           "(client head only; labels go to the server)")
+    head_max: int | None = Field(None, ge=0, description="server: the largest head a client may keep; each "
+                                 "client then picks its head in [head, head_max] (write `head: [1, 4]` "
+                                 "for head 1, head_max 4). Unset: every client keeps `head`")
+    tail_max: int | None = Field(None, ge=0, description="server: the largest tail a client may keep, as "
+                                 "head_max (`tail: [1, 4]`)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ranges(cls, data: Any) -> Any:
+        """``head: [lo, hi]`` is ``head: lo, head_max: hi`` (the same for tail)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for side in ("head", "tail"):
+            value = data.get(side)
+            if isinstance(value, list | tuple):
+                if len(value) != 2:
+                    raise ValueError(f"partition.{side}: a range is [smallest, largest], got {list(value)}")
+                if f"{side}_max" in data:
+                    raise ValueError(f"partition.{side}: give a range or {side}_max, not both")
+                data[side], data[f"{side}_max"] = value
+        return data
 
     @model_validator(mode="after")
     def _two_part_has_no_tail(self) -> PartitionSettings:
@@ -33,10 +55,28 @@ class PartitionSettings(BaseModel):
             if "tail" in self.model_fields_set and self.tail != 0:
                 raise ValueError("the two-part layout has no client tail: leave tail unset or 0")
             self.tail = 0
+            if self.ranged:
+                raise ValueError("partition.head_max/tail_max: the two-part layout takes one partition for "
+                                 "all clients (its server runs every block after the head)")
+        for side in ("head", "tail"):
+            smallest, largest = getattr(self, side), getattr(self, f"{side}_max")
+            if largest is not None and largest < smallest:
+                raise ValueError(f"partition.{side}_max {largest} is smaller than {side} {smallest}")
         return self
 
+    @property
+    def ranged(self) -> bool:
+        """Whether clients may pick their own partition within a range (a server setting)."""
+        return (self.head_max or self.head) > self.head or (self.tail_max or self.tail) > self.tail
+
     def partition(self) -> Partition:
+        """The server's trunk spans the widest range: the smallest head and tail."""
         return Partition(self.head, self.tail)
+
+    def accepts(self, head: int, tail: int) -> bool:
+        """Whether a client keeping ``head`` and ``tail`` blocks fits this (server) range."""
+        return (self.head <= head <= (self.head_max if self.head_max is not None else self.head)
+                and self.tail <= tail <= (self.tail_max if self.tail_max is not None else self.tail))
 
 
 class SplitTrainingSettings(BaseModel):

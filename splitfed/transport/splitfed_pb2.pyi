@@ -32,18 +32,22 @@ class Lengths(_message.Message):
     def __init__(self, lengths: _Optional[_Iterable[int]] = ..., left_padding: _Optional[_Iterable[int]] = ..., past_length: _Optional[int] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("step", "hidden", "lengths", "train", "labelled_tokens")
+    __slots__ = ("step", "hidden", "lengths", "train", "labelled_tokens", "first_block", "end_block")
     STEP_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     LABELLED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    END_BLOCK_FIELD_NUMBER: _ClassVar[int]
     step: int
     hidden: Tensor
     lengths: Lengths
     train: bool
     labelled_tokens: int
-    def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., train: _Optional[bool] = ..., labelled_tokens: _Optional[int] = ...) -> None: ...
+    first_block: int
+    end_block: int
+    def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., train: _Optional[bool] = ..., labelled_tokens: _Optional[int] = ..., first_block: _Optional[int] = ..., end_block: _Optional[int] = ...) -> None: ...
 
 class ForwardReply(_message.Message):
     __slots__ = ("step", "hidden")
@@ -158,20 +162,24 @@ class SecAggReply(_message.Message):
     def __init__(self, step: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[int] = ..., roster: _Optional[bytes] = ..., threshold: _Optional[int] = ..., shares: _Optional[_Mapping[str, bytes]] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., contributors: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("step", "stream", "hidden", "lengths", "use_cache", "release")
+    __slots__ = ("step", "stream", "hidden", "lengths", "use_cache", "release", "first_block", "end_block")
     STEP_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
     USE_CACHE_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    END_BLOCK_FIELD_NUMBER: _ClassVar[int]
     step: int
     stream: int
     hidden: Tensor
     lengths: Lengths
     use_cache: bool
     release: bool
-    def __init__(self, step: _Optional[int] = ..., stream: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., use_cache: _Optional[bool] = ..., release: _Optional[bool] = ...) -> None: ...
+    first_block: int
+    end_block: int
+    def __init__(self, step: _Optional[int] = ..., stream: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., use_cache: _Optional[bool] = ..., release: _Optional[bool] = ..., first_block: _Optional[int] = ..., end_block: _Optional[int] = ...) -> None: ...
 
 class GenerateReply(_message.Message):
     __slots__ = ("step", "hidden", "cached_tokens")
@@ -226,7 +234,7 @@ class Hello(_message.Message):
     def __init__(self, client_hello: _Optional[bytes] = ...) -> None: ...
 
 class SessionLimits(_message.Message):
-    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type", "aggregation", "layout")
+    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type", "aggregation", "layout", "first_block_max", "end_block_min")
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +245,8 @@ class SessionLimits(_message.Message):
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_BLOCK_MAX_FIELD_NUMBER: _ClassVar[int]
+    END_BLOCK_MIN_FIELD_NUMBER: _ClassVar[int]
     hidden_size: int
     max_batch: int
     max_length: int
@@ -247,7 +257,9 @@ class SessionLimits(_message.Message):
     model_type: str
     aggregation: str
     layout: str
-    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ..., aggregation: _Optional[str] = ..., layout: _Optional[str] = ...) -> None: ...
+    first_block_max: int
+    end_block_min: int
+    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ..., aggregation: _Optional[str] = ..., layout: _Optional[str] = ..., first_block_max: _Optional[int] = ..., end_block_min: _Optional[int] = ...) -> None: ...
 
 class HelloReply(_message.Message):
     __slots__ = ("server_hello", "limits")

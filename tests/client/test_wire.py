@@ -165,3 +165,8 @@ def test_a_split_client_sends_its_gradient_through_error_feedback(tiny_split):
     for _ in range(3):
         assert torch.isfinite(torch.tensor(client.train_step(batch)))
     assert (feedback.rows, feedback.applied) == (9, 6) and feedback.bytes > 0
+
+
+def test_a_client_keeps_one_partition():
+    with pytest.raises(ValueError, match="server settings"):
+        ClientSettings(**REQUIRED, partition={"head": [1, 2], "tail": 1})

@@ -61,3 +61,23 @@ def test_the_server_announces_the_codecs_it_accepts(files):
         ServerSettings(**files, wire_codecs=[])
     with pytest.raises(ValueError):
         ServerSettings(**files, wire_codecs=["int4"])
+
+
+def test_a_range_of_client_partitions_is_served_or_refused_with_the_reason(files):
+    ranged = {**files, "partition": {"head": [1, 2], "tail": 1}, "aggregation": "plain"}
+    service = build_service(ServerSettings(**ranged))
+    limits = service.session_limits()
+    assert (limits.trunk_start, limits.first_block_max, limits.end_block_min, limits.trunk_end) == (1, 2, 3, 3)
+    assert service.rounds.partial_keys  # FedAvg over the clients holding each block
+    hierarchical = build_service(ServerSettings(**ranged, mode="hierarchical", sub_servers=2))
+    assert hierarchical.session_limits().first_block_max == 2
+    auto = build_service(ServerSettings(**ranged, mode="auto"))
+    assert auto.mode.name in ("sequential", "hierarchical")  # never client-batch
+    with pytest.raises(ValueError, match="mode client-batch concatenates"):
+        ServerSettings(**ranged, mode="client-batch")
+    with pytest.raises(ValueError, match="aggregation secure masks"):
+        ServerSettings(**{**ranged, "aggregation": "secure"})
+    with pytest.raises(ValueError, match="prefix adapter"):
+        ServerSettings(**ranged, adapter={"kind": "prefix"})
+    with pytest.raises(ValueError, match="would leave the server none"):  # tiny-llama has 4 blocks
+        build_service(ServerSettings(**{**ranged, "partition": {"head": [1, 2], "tail": [1, 2]}}))

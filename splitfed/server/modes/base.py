@@ -208,7 +208,7 @@ class SubServerMode:
         assert sub is not None
         if not train:  # one of a client's scoring forwards computing at a time: a flood waits its turn
             with session.scoring:
-                return sub.forward(session.key, hidden, mask, train=False)
+                return sub.forward(session.key, hidden, mask, train=False, blocks=session.blocks)
         self.book.refuse_if_draining()
         if session.open_step is not None:
             raise WireFormatError("step_open", f"step {session.open_step} is still waiting for its backward")
@@ -217,7 +217,7 @@ class SubServerMode:
             self.book.refuse_if_draining()  # it waited for its turn while the server began to stop
             self._before_step(sub)  # holding the turn: no step of this sub-server is open
             self.book.open(session, step)
-            output = sub.forward(session.key, hidden, mask, train=True)
+            output = sub.forward(session.key, hidden, mask, train=True, blocks=session.blocks)
         except BaseException as error:
             session.open_step = None
             sub.scheduler.release(session.name, advance=not _server_fault(error))
