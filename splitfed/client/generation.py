@@ -52,7 +52,7 @@ def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int
     blocks = num_layers(model)
     expected = (settings.partition.head, blocks - settings.partition.tail)
     width = hidden_size(model.config)
-    remote = connect(settings, expected, width)
+    remote = connect(settings, expected, width, str(model.config.model_type))
     defense = None
     if settings.privacy.enabled:
         defense = SplitDefense(settings.privacy, settings.steps, batch_size=settings.batch_size,

@@ -47,8 +47,10 @@ from splitfed.transport.errors import RemoteError
 log = logging.getLogger(__name__)
 
 
-def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_size: int) -> RemoteTrunk:
-    """Open an authenticated, encrypted session with the trunk server."""
+def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_size: int,
+            model_type: str | None = None) -> RemoteTrunk:
+    """Open an authenticated, encrypted session with the trunk server (refused when its model,
+    partition range, layout or codecs do not fit this client's)."""
     identity = Identity.load(settings.identity, name=settings.name)
     server_key = PublicIdentity.from_text(settings.server_key.read_text())
     certificate = settings.server_cert.read_bytes() if settings.server_cert is not None else None
@@ -61,7 +63,7 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
                                  client_certificate=mutual)
     forward, backward = wire_codecs(settings.wire_settings())
     remote = RemoteTrunk(connection, identity, server_key, forward=forward, backward=backward)
-    remote.connect(expected_layers, hidden_size, settings.partition.layout)
+    remote.connect(expected_layers, hidden_size, settings.partition.layout, model_type)
     return remote
 
 
@@ -124,7 +126,8 @@ class ClientRun:
 
     def open_session(self) -> RemoteTrunk:
         """A session with the server, refused if it would aggregate in plain against the settings."""
-        remote = connect(self.settings, self.served_blocks, self.hidden_size)
+        remote = connect(self.settings, self.served_blocks, self.hidden_size,
+                         str(self.split.head.config.model_type))
         try:
             check_aggregation(self.settings, remote)
         except AggregationRefused:

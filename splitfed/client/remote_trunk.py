@@ -72,7 +72,7 @@ class RemoteTrunk:
         self.forward_codec = self.backward_codec = Codec(name)
 
     def connect(self, expected_layers: tuple[int, int] | None = None, hidden_size: int | None = None,
-                layout: str | None = None) -> None:
+                layout: str | None = None, model_type: str | None = None) -> None:
         """Run the signed handshake and check that the server's trunk fits between head and tail."""
         handshake = ClientHandshake(self.identity, self.server_key)
         reply = self.connection.handshake(handshake.hello().to_bytes())
@@ -80,7 +80,7 @@ class RemoteTrunk:
         self.channel = SecureChannel(keys)
         self.limits = reply.limits
         try:
-            self._check_served(expected_layers, hidden_size, layout)
+            self._check_served(expected_layers, hidden_size, layout, model_type)
         except TrunkMismatchError:
             self._close_quietly()  # the server frees the session now, not when it times out
             raise
@@ -88,8 +88,11 @@ class RemoteTrunk:
                  self.limits.trunk_end, keys.session_id.hex()[:8])
 
     def _check_served(self, expected_layers: tuple[int, int] | None, hidden_size: int | None,
-                      layout: str | None) -> None:
+                      layout: str | None, model_type: str | None = None) -> None:
         assert self.limits is not None
+        if model_type is not None and self.limits.model_type and self.limits.model_type != model_type:
+            raise TrunkMismatchError(f"the server serves a {self.limits.model_type!r} model, this client "
+                                     f"loads a {model_type!r} one: use the server's model")
         served = (self.limits.trunk_start, self.limits.trunk_end)
         served_layout = self.limits.layout or Layout.THREE_PART
         if layout is not None and served_layout != layout:

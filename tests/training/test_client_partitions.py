@@ -230,3 +230,18 @@ def test_the_server_refuses_blocks_outside_its_range_and_a_changed_partition(mod
     finally:
         server.stop(None)
         service.close()
+
+
+def test_a_client_of_another_model_family_is_refused_at_connect(model):
+    server_identity, person = Identity.generate("server"), Identity.generate("alice")
+    trunk = split_model(replicate(model), Partition(1, 1)).trunk
+    service = TrunkService(SequentialMode(LocalTrunk(trunk)),
+                           ServerHandshake(server_identity, AllowList([person.public])), aggregation="plain")
+    server, port = serve(service, "127.0.0.1:0", allow_insecure_loopback=True)
+    try:
+        connection = TrunkConnection(f"127.0.0.1:{port}", allow_insecure_loopback=True, timeout_s=30)
+        with pytest.raises(TrunkMismatchError, match="serves a 'llama' model, this client loads a 'gpt2'"):
+            RemoteTrunk(connection, person, server_identity.public).connect((1, 3), 64, model_type="gpt2")
+    finally:
+        server.stop(None)
+        service.close()
