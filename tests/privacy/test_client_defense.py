@@ -34,9 +34,9 @@ class RecordingTrunk(LocalTrunk):
         super().__init__(trunk)
         self.received: dict[str, torch.Tensor] = {}
 
-    def forward(self, client_id, hidden, attention_mask, train=True, labelled_tokens=0):
+    def forward(self, client_id, hidden, attention_mask, train=True, labelled_tokens=0, blocks=None):
         self.received["hidden"] = hidden.detach().clone()
-        output = super().forward(client_id, hidden, attention_mask, train, labelled_tokens)
+        output = super().forward(client_id, hidden, attention_mask, train, labelled_tokens, blocks)
         self.received["output"] = output.clone()
         return output
 

@@ -47,9 +47,9 @@ class _Recording(LocalTrunk):
         super().__init__(trunk)
         self.received: list[torch.Tensor] = []
 
-    def forward(self, client_id, hidden, attention_mask, train=True, labelled_tokens=0):
+    def forward(self, client_id, hidden, attention_mask, train=True, labelled_tokens=0, blocks=None):
         self.received.append(hidden.detach().clone())
-        return super().forward(client_id, hidden, attention_mask, train, labelled_tokens)
+        return super().forward(client_id, hidden, attention_mask, train, labelled_tokens, blocks)
 
 
 def test_the_transform_starts_as_the_identity_or_an_orthogonal_projection():
