@@ -160,15 +160,15 @@ BUDGET_ARGS = ("model", "head", "tail", "clients", "rounds", "local_steps", "bat
                "cut_lr", "inverter_steps", "public_tokens")
 
 
-def previous_records(path: Path, args: dict[str, Any]) -> list[dict[str, Any]]:
-    """The records of an earlier run saved at ``path``, refused when its budget differs from ``args``
-    (cells measured under another budget are not comparable)."""
+def previous_records(path: Path, args: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The zero-shot accuracies and the records of an earlier run saved at ``path``, refused when its
+    budget differs from ``args`` (cells measured under another budget are not comparable)."""
     previous = json.loads(path.read_text())
     changed = [k for k in BUDGET_ARGS if previous["args"].get(k) != args[k]]
     if changed:
         raise SystemExit(f"--merge: {path} was measured with other settings ({', '.join(changed)}); "
                          "use another --output or the same settings")
-    return list(previous["records"])
+    return dict(previous.get("zero_shot", {})), list(previous["records"])
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -259,16 +259,16 @@ def main() -> None:
     rows_spec = args.rows.split(",")
     for row in rows_spec:  # refuse a bad row before anything runs
         row_privacy(row, 1.0, 1.0, 0, args)
-    model, tokenizer = load_model(args.model)
     result: dict[str, Any] = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "platform": {"python": platform.python_version(), "torch": torch.__version__,
                      "machine": platform.machine(), "threads": torch.get_num_threads()},
         "zero_shot": {}, "records": []}
     if args.merge and output.with_suffix(".json").is_file():
-        result["records"] = previous_records(output.with_suffix(".json"), result["args"])
+        result["zero_shot"], result["records"] = previous_records(output.with_suffix(".json"), result["args"])
         log.info("merging: %d cells already measured", len(result["records"]))
     done = {(r["task"], r["row"], r["seed"]) for r in result["records"]}
+    model, tokenizer = load_model(args.model)
     attack_settings = AttackSettings(model=args.model, head=args.head, tail=args.tail,
                                      public_tokens=args.public_tokens,
                                      inverter={"steps": args.inverter_steps})
