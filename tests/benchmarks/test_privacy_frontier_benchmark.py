@@ -3,10 +3,14 @@ table, the plot, and ``--merge`` adding only the missing cells (refused under an
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_BUDGET = ["--model", "tiny-llama", "--tasks", "cb", "--seeds", "0", "--head", "1", "--tail", "1",
@@ -44,7 +48,13 @@ def test_frontier_saves_each_cell_and_merge_adds_only_the_missing_ones(tmp_path)
     assert json.loads(stem.with_suffix(".json").read_text()) == after  # nothing lost
 
 
-def test_an_unknown_row_is_refused_before_anything_runs(tmp_path):
-    bad = frontier(tmp_path / "frontier", "--rows", "none,laplace:1")
-    assert bad.returncode != 0 and "laplace:1" in bad.stderr
-    assert not (tmp_path / "frontier.json").exists()
+def test_an_unknown_row_is_refused_before_anything_runs():
+    path = ROOT / "benchmarks" / "privacy_frontier.py"
+    spec = importlib.util.spec_from_file_location("privacy_frontier", path)
+    frontier_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier_module)
+    args = argparse.Namespace(delta=1e-5, warmup_steps=2, cut_lr=0.01)
+    assert frontier_module.row_privacy("noise:0.1", 2.0, 3.0, 0, args).forward.sigma == 0.1
+    assert frontier_module.row_privacy("vib-bypass:0.1:0.3", 2.0, 3.0, 0, args).learned.initial_scale == 0.3
+    with pytest.raises(ValueError, match="laplace:1"):
+        frontier_module.row_privacy("laplace:1", 2.0, 3.0, 0, args)
