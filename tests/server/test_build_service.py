@@ -67,7 +67,8 @@ def test_a_range_of_client_partitions_is_served_or_refused_with_the_reason(files
     ranged = {**files, "partition": {"head": [1, 2], "tail": 1}, "aggregation": "plain"}
     service = build_service(ServerSettings(**ranged))
     limits = service.session_limits()
-    assert (limits.trunk_start, limits.first_block_max, limits.end_block_min, limits.trunk_end) == (1, 2, 3, 3)
+    served = (limits.trunk_start, limits.first_block_max, limits.end_block_min, limits.trunk_end)
+    assert served == (1, 2, 3, 3)
     assert service.rounds.partial_keys  # FedAvg over the clients holding each block
     hierarchical = build_service(ServerSettings(**ranged, mode="hierarchical", sub_servers=2))
     assert hierarchical.session_limits().first_block_max == 2
