@@ -13,6 +13,7 @@ from splitfed.inference.server_logits import ServerLogits
 from splitfed.layout import Layout
 from splitfed.models import hidden_size, init_adapter, load_adapter_state, load_model, num_layers, split_model
 from splitfed.models.adapters import WEIGHTS_FILE, read_adapter
+from splitfed.models.devices import place_client_parts, resolve_device
 from splitfed.models.placement import DTYPES
 from splitfed.privacy import SplitDefense, load_cut
 
@@ -49,6 +50,7 @@ def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int
         else:
             log.warning("no trained %s adapter in %s: generating with the untrained one", part.role,
                         directory)
+    place_client_parts(split, resolve_device(settings.device))
     blocks = num_layers(model)
     expected = (settings.partition.head, blocks - settings.partition.tail)
     width = hidden_size(model.config)
@@ -60,6 +62,8 @@ def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int
         if defense.cut is not None and not load_cut(defense.cut, settings.output / "cut"):
             log.warning("no trained learned defense in %s: generating through an untrained one",
                         settings.output / "cut")
+        if defense.cut is not None:
+            defense.cut.to(next(split.head.parameters()).device)
     tail = ServerLogits() if settings.partition.layout == Layout.TWO_PART else split.tail
     generator = SplitGenerator(split.head, tail, remote, stream, use_cache, defense)  # type: ignore[arg-type]
     return RemoteGenerator(generator, tokenizer, remote)

@@ -33,6 +33,7 @@ from splitfed.models import (
     split_model,
     token_embedding_matrix,
 )
+from splitfed.models.devices import place_client_parts, resolve_device
 from splitfed.models.placement import DTYPES
 from splitfed.observability import MetricsWriter, plot_metrics, progress_bar
 from splitfed.privacy import SplitDefense, format_epsilon, save_cut
@@ -157,6 +158,7 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
     split = split_model(model, settings.partition.partition())
     init_adapter(split.head, settings.adapter, settings.seed)
     init_adapter(split.tail, settings.adapter, settings.seed)
+    place_client_parts(split, resolve_device(settings.device), settings.privacy.learned is not None)
     examples = load_client_examples(settings.data, tokenizer)
     hidden_size = int(token_embedding_matrix(model).shape[1])
     defense = None
@@ -164,6 +166,8 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
         size = min(settings.batch_size, len(examples))
         defense = SplitDefense(settings.privacy, settings.steps, steps_per_epoch=len(examples) // size,
                                batch_size=size, hidden_size=hidden_size)
+        if defense.cut is not None:
+            defense.cut.to(next(split.head.parameters()).device)
     client = client_class(settings.partition.layout)(settings.name, split.head, split.tail,
                                                      None, settings.optimizer, defense,  # type: ignore[arg-type]
                                                      feedback=error_feedback(settings.wire_settings()))

@@ -53,6 +53,8 @@ class SplitGenerator:
         """Append ``input_ids`` (B, n) to the context; returns the logits of the last position (B, V)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        device = next(self.head.parameters()).device  # the client's device setting
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         ids = input_ids if self.ids is None else torch.cat([self.ids, input_ids], dim=1)
         mask = attention_mask if self.mask is None else torch.cat([self.mask, attention_mask], dim=1)
         if not self.use_cache:
@@ -76,7 +78,7 @@ class SplitGenerator:
         tail_cache = self._tail_cache if cached else None
         clean = self.head(input_ids, mask, past_key_values=head_cache)
         sent = inference_send(self.defense, clean, mask)
-        hidden = self.endpoint.generate_step(self.stream, sent, mask, past, use_cache=cached)
+        hidden = self.endpoint.generate_step(self.stream, sent, mask, past, use_cache=cached).to(clean.device)
         bypass = None if self.defense is None or self.defense.cut is None else \
             self.defense.cut.bypass_output(clean)
         if bypass is not None:

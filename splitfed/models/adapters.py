@@ -169,13 +169,15 @@ def trainable_parameters(part: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def adapter_state(part: SplitPart) -> dict[str, torch.Tensor]:
-    """The part's adapter weights under their peft keys (detached copies)."""
+    """The part's adapter weights under their peft keys (detached copies on the CPU, wherever the part
+    computes: they are saved, averaged and sent from there)."""
     state: dict[str, torch.Tensor] = {}
     for name, parameter in part.named_parameters():
         if ".lora_" in name:
-            state[PEFT_PREFIX + name.replace(f".{ADAPTER_NAME}.", ".")] = parameter.detach().clone()
+            key = PEFT_PREFIX + name.replace(f".{ADAPTER_NAME}.", ".")
+            state[key] = parameter.detach().to("cpu", copy=True)
     if part.prefix is not None:
-        state[PROMPT_KEY] = part.prefix.embedding.weight.detach().clone()
+        state[PROMPT_KEY] = part.prefix.embedding.weight.detach().to("cpu", copy=True)
     return state
 
 

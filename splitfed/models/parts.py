@@ -163,6 +163,11 @@ class SplitPart(nn.Module):
             return hidden
         if blocks is not None and self.prefix is not None and indices != self.layer_indices:
             raise ValueError("a prefix adapter runs over all of a part's blocks, not a sub-range")
+        if self.placement is not None and hidden.device != self.placement[indices[0]]:
+            first = self.placement[indices[0]]  # from the wire (CPU) onto the first block's device
+            hidden = hidden.to(first)
+            attention_mask = None if attention_mask is None else attention_mask.to(first)
+            position_ids = None if position_ids is None else position_ids.to(first)
         dtype = self.compute_dtype
         if hidden.is_floating_point() and hidden.dtype != dtype:
             hidden = hidden.to(dtype)  # from the wire (float32) into a half-precision part

@@ -10,6 +10,7 @@ from pathlib import Path
 from splitfed.checkpoint import CheckpointError
 from splitfed.layout import Layout
 from splitfed.models import hidden_size, init_adapter, load_model, num_layers, split_model
+from splitfed.models.devices import resolve_device
 from splitfed.models.placement import DTYPES, place_trunk
 from splitfed.observability import write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
@@ -41,6 +42,9 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
         placement = place_trunk(split.trunk, settings.devices)
         log.info("trunk placed over %s: %s", ", ".join(settings.devices),
                  ", ".join(f"block {block} on {device}" for block, device in sorted(placement.items())))
+    elif (device := resolve_device(settings.device)).type != "cpu":
+        place_trunk(split.trunk, [str(device)])  # hidden states arrive on the CPU and move to it
+        log.info("trunk on %s", device)
     if settings.trunk_adapter is not None:
         slice_ = slice_ or trusted_slice(settings)
         slice_.load_trunk(split.trunk, settings.trunk_adapter)

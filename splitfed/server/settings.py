@@ -176,6 +176,13 @@ class ServerSettings(SplitTrainingSettings):
         return self
 
     @model_validator(mode="after")
+    def _device_or_devices(self) -> ServerSettings:
+        if self.devices and "device" in self.model_fields_set and self.device != "auto":
+            raise ValueError("give device (the trunk on one device) or devices (spread over several), "
+                             "not both")
+        return self
+
+    @model_validator(mode="after")
     def _devices_exist(self) -> ServerSettings:
         from splitfed.models.placement import device_capacity
 

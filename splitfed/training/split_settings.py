@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitfed.layout import Layout
 from splitfed.models import DEFAULT_MODEL, AdapterSpec, LoraSpec, Partition
+from splitfed.models.devices import DEVICE_DESCRIPTION, check_device
 from splitfed.training.optim import OptimizerSettings
 
 
@@ -94,3 +95,9 @@ class SplitTrainingSettings(BaseModel):
         "float32", description="dtype of this side's frozen base weights and of its computation (half: half "
                                "the memory); adapters and optimizer state stay float32, and hidden states "
                                "are converted at the cut to the wire codec's dtype")
+    device: str = Field("auto", description=DEVICE_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _device_exists(self) -> SplitTrainingSettings:
+        check_device(self.device, self.dtype)  # before anything loads
+        return self
