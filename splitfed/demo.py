@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from rich.console import Console
 
 from splitfed.demo_privacy import DemoDefense, demo_privacy, exposure
@@ -17,6 +17,8 @@ from splitfed.evaluation import EvalResult, EvalSettings, run_eval
 from splitfed.evaluation.methods import Trained, federation_settings, partition_sizes
 from splitfed.evaluation.network import trained_client
 from splitfed.models import DEFAULT_MODEL, Partition, load_model, num_layers, split_model
+from splitfed.models.devices import OnDevice
+from splitfed.models.placement import DTYPES
 from splitfed.privacy import PrivacySettings
 from splitfed.tasks import TaskData, available_tasks
 from splitfed.training.replicate import replicate
@@ -24,7 +26,7 @@ from splitfed.training.replicate import replicate
 log = logging.getLogger(__name__)
 
 
-class DemoSettings(BaseModel):
+class DemoSettings(OnDevice):
     """What the demo runs; every field is also a ``splitfed demo`` option."""
 
     model_config = ConfigDict(extra="forbid")
@@ -73,7 +75,8 @@ def eval_preset(settings: DemoSettings, privacy: PrivacySettings | None) -> Eval
         clients=settings.clients, steps=steps, rounds=settings.rounds, batch_size=settings.batch_size,
         lr=settings.lr, lora_rank=settings.lora_rank, head=settings.head, tail=settings.tail,
         privacy=privacy, train_examples=settings.train_examples, eval_examples=settings.eval_examples,
-        max_length=settings.max_length, seed=settings.seed, output=settings.output)
+        max_length=settings.max_length, seed=settings.seed, output=settings.output, dtype=settings.dtype,
+        device=settings.device)
 
 
 def run_demo(settings: DemoSettings, console: Console | None = None) -> EvalResult:
@@ -83,7 +86,7 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> EvalResu
     if settings.task not in available_tasks():
         raise ValueError(f"unknown task {settings.task!r}; choose one of {', '.join(available_tasks())}")
     with console.status(f"loading {settings.model} ..."):
-        model, tokenizer = load_model(settings.model)
+        model, tokenizer = load_model(settings.model, dtype=DTYPES[settings.dtype])
     console.print(f"loaded [bold]{settings.model}[/] ({model.config.model_type}, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
     privacy = None

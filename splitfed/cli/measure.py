@@ -134,6 +134,10 @@ def eval_(
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Generation tasks: new tokens per "
                                                                    "answer.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of data order, shards and adapter init.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Frozen base weights in float32 (default), bfloat16 or "
+                                                   "float16; adapters stay float32.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (default: CUDA when present, else CPU), cpu, "
+                                                    "cuda or cuda:N.")] = None,
     output: Annotated[Path | None, typer.Option(help="Where results.json, results.md and losses.png "
                                                      "go (default runs/eval).")] = None,
 ) -> None:
@@ -147,7 +151,8 @@ def eval_(
     overrides = {"model": model, "tasks": task or None, "methods": method or None, "clients": clients,
                  "steps": steps, "rounds": rounds, "batch_size": batch_size, "lr": lr,
                  "train_examples": train_examples, "eval_examples": eval_examples,
-                 "max_new_tokens": max_new_tokens, "seed": seed, "output": output}
+                 "max_new_tokens": max_new_tokens, "seed": seed, "dtype": dtype, "device": device,
+                 "output": output}
     _run_and_report(config, _merge(set_, overrides))
 
 

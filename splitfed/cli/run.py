@@ -41,6 +41,10 @@ def demo(
                                               "bottleneck + local bypass) or dcor (distance correlation "
                                               "+ bypass); then attack the run's own traffic and report "
                                               "what the server could read with and without it.")] = "none",
+    dtype: Annotated[str, typer.Option(help="Frozen base weights in float32, bfloat16 or float16 "
+                                            "(adapters stay float32).")] = "float32",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu, cuda or "
+                                             "cuda:N.")] = "auto",
     output: Annotated[Path, typer.Option(help="Where results.json, the loss plot and adapters go.")] = Path(
         "runs/demo"),
 ) -> None:
@@ -59,11 +63,20 @@ def demo(
     if defense not in DEFENSES:
         console.print(f"[red]error:[/] --defense {defense!r}: choose one of {', '.join(DEFENSES)}")
         raise typer.Exit(2)
-    settings = DemoSettings(model=model, task=task, clients=clients, steps=steps, rounds=rounds,
-                            batch_size=batch_size, lr=lr, lora_rank=lora_rank, head=head, tail=tail,
-                            train_examples=train_examples, eval_examples=eval_examples, seed=seed,
-                            in_process=in_process, defense=defense, output=output)
+    from pydantic import ValidationError
+
+    from splitfed.config import describe_validation_error
     from splitfed.federation.processes import FederationFailed
+
+    try:
+        settings = DemoSettings(model=model, task=task, clients=clients, steps=steps, rounds=rounds,
+                                batch_size=batch_size, lr=lr, lora_rank=lora_rank, head=head, tail=tail,
+                                train_examples=train_examples, eval_examples=eval_examples, seed=seed,
+                                in_process=in_process, defense=defense, dtype=dtype, device=device,
+                                output=output)
+    except ValidationError as error:
+        console.print(f"[red]error:[/] {describe_validation_error(error)}")
+        raise typer.Exit(2) from error
 
     try:
         result = run_demo(settings, console)

@@ -226,7 +226,7 @@ def train_federated_ray(model: Any, shards: list[list[dict]], collate_rows: Call
     simulation = settings.simulation
     connect_ray(simulation.ray_address, simulation.cpus)
     federation = RayFederation(settings.model, model, shards, collate_rows, fed, simulation.sub_servers,
-                               simulation.hosts, public_text=public)
+                               simulation.hosts, public_text=public, dtype=settings.dtype)
     try:
         for _ in range(fed.rounds):
             federation.train_round(lambda _client, loss: on_step(loss))

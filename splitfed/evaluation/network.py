@@ -37,7 +37,8 @@ def run_network(model_name: str, task: TaskData, settings: EvalSettings, fed: Fe
     ``settings.output / "federation"``."""
     data = DataSettings(task=task.name, limit=settings.train_examples, seed=settings.seed,
                         max_length=settings.max_length)
-    return run_network_federation(model_name, data, fed, Path(settings.output) / "federation", progress)
+    return run_network_federation(model_name, data, fed, Path(settings.output) / "federation", progress,
+                                  shared={"dtype": settings.dtype, "device": settings.device})
 
 
 def trained_client(model: Any, fed: FederationSettings, adapters: dict[str, Path]) -> SplitClient:

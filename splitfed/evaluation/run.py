@@ -33,6 +33,8 @@ from splitfed.evaluation.methods import (
 from splitfed.evaluation.network import client_split, network_skip_reason, run_network, trained_client
 from splitfed.evaluation.settings import EvalSettings
 from splitfed.models import load_model, num_layers
+from splitfed.models.devices import resolve_device
+from splitfed.models.placement import DTYPES
 from splitfed.observability import progress_bar
 from splitfed.tasks import TaskData, TaskSpec, load_task_data, resolve_task
 
@@ -84,8 +86,9 @@ def run_eval(settings: EvalSettings, console: Console | None = None, loaded: tup
             for spec in specs]
     if loaded is None:
         with console.status(f"loading {settings.model} ..."):
-            loaded = load_model(settings.model)
+            loaded = load_model(settings.model, dtype=DTYPES[settings.dtype])
     model, tokenizer = loaded
+    model.to(resolve_device(settings.device))
     console.print(f"loaded [bold]{settings.model}[/] ({num_layers(model)} blocks)")
     result = EvalResult(json.loads(settings.model_dump_json()), platform_info())
     for task in data:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from splitfed.models import DEFAULT_MODEL
+from splitfed.models.devices import OnDevice
 from splitfed.privacy import PrivacySettings
 from splitfed.tasks import TaskSpec
 
@@ -44,7 +45,7 @@ class SimulationSettings(BaseModel):
     cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default: all)")
 
 
-class EvalSettings(BaseModel):
+class EvalSettings(OnDevice):
     """Every method trains the same adapters from the same seed for the same steps and batch size."""
 
     model_config = ConfigDict(extra="forbid")

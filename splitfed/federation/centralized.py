@@ -37,7 +37,7 @@ class CentralizedTrainer:
         batch = next(self.batches)
         self.whole.train()
         logits = self.whole(batch["input_ids"], batch["attention_mask"])
-        loss = causal_lm_loss(logits, batch["labels"])
+        loss = causal_lm_loss(logits, batch["labels"].to(logits.device))
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

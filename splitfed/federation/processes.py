@@ -62,8 +62,10 @@ def run_network_federation(
     settings: FederationSettings,
     directory: Path,
     progress: Progress,
+    shared: dict | None = None,
 ) -> NetworkRun:
-    """Run the server and ``settings.clients`` client processes; wait for them; collect the results."""
+    """Run the server and ``settings.clients`` client processes; wait for them; collect the results.
+    ``shared``: more settings for every process's config (e.g. ``dtype``, ``device``)."""
     keys = directory / "keys"
     create_server_files(keys, ["localhost"], ["127.0.0.1"], overwrite=True)
     allow = directory / "allowlist"
@@ -73,7 +75,8 @@ def run_network_federation(
         create_identity_files(keys, name, overwrite=True)
         (allow / f"{name}.pub").write_bytes((keys / f"{name}.pub").read_bytes())
     common = {"model": model, "seed": settings.seed, "partition": settings.partition.model_dump(),
-              "adapter": settings.adapter.model_dump(), "optimizer": settings.optimizer.model_dump()}
+              "adapter": settings.adapter.model_dump(), "optimizer": settings.optimizer.model_dump(),
+              **(shared or {})}
     port_file = directory / "server.port"
     port_file.unlink(missing_ok=True)
     server_config = _write_yaml(directory / "server.yaml", {

@@ -8,11 +8,12 @@ turns the setting into a ``torch.device`` and says which one ``auto`` chose.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from splitfed.models.placement import PlacementError, device_capacity
+from splitfed.models.placement import PlacementError
 
 if TYPE_CHECKING:
     from splitfed.models.split import SplitModel
@@ -28,19 +29,50 @@ def available_devices() -> list[str]:
     return ["cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
 
 
-def check_device(name: str, dtype: str = "float32") -> str:
-    """``name`` if this machine has that device and it computes in ``dtype``; else a ``PlacementError``
-    (a ``ValueError``) naming what is available."""
-    if name != "auto":
-        try:
-            device_capacity(name)
-        except PlacementError as error:
-            raise PlacementError(f"{error} (available: {', '.join(available_devices())})") from None
+def check_device(name: str) -> str:
+    """``name`` if this machine has that device; else a ``PlacementError`` (a ``ValueError``) naming
+    what is available."""
+    if name == "auto":
+        return name
+    available = ", ".join(available_devices())
+    try:
+        parsed = torch.device(name)
+    except RuntimeError:
+        raise PlacementError(f"{name!r} is not a device: use auto, cpu, cuda or cuda:N (here: {available})") \
+            from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise PlacementError(f"{name!r}: only cpu and cuda devices are supported (here: {available})")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise PlacementError(f"{name!r} does not exist on this machine (here: {available})")
+    return name
+
+
+def check_dtype_on(name: str, dtype: str) -> None:
+    """Refuse a dtype the device cannot compute in (bfloat16 on a CUDA device older than Ampere)."""
     device = _pick(name)
     if device.type == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
         raise PlacementError(f"device {name!r} cannot compute in bfloat16 (it needs compute capability 8.0 "
                              "or later): use dtype float16 or float32")
-    return name
+
+
+class OnDevice(BaseModel):
+    """The ``dtype`` and ``device`` every command's settings share, checked before anything loads."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of this side's frozen base weights and of its computation (half: half "
+                               "the memory); adapters and optimizer state stay float32, and hidden states "
+                               "are converted at the cut to the wire codec's dtype")
+    device: str = Field("auto", description=DEVICE_DESCRIPTION)
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, device: str) -> str:
+        return check_device(device)
+
+    @model_validator(mode="after")
+    def _device_runs_the_dtype(self) -> OnDevice:
+        check_dtype_on(self.device, self.dtype)
+        return self
 
 
 def resolve_device(name: str) -> torch.device:

@@ -58,6 +58,8 @@ class WholeModel(nn.Module):
         """Logits of the whole model, with positions from the mask (as the split model uses)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        device = next(self.parameters()).device  # batches come from the CPU
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         positions = positions_from_mask(attention_mask, input_ids.shape[1], 0, input_ids.device)
         cache = None
         if self.prefix is not None:
@@ -91,6 +93,8 @@ def whole_logits(model: nn.Module):
 
     @torch.no_grad()
     def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        device = next(model.parameters()).device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         positions = positions_from_mask(attention_mask, input_ids.shape[1], 0, input_ids.device)
         return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
 

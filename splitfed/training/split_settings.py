@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitfed.layout import Layout
 from splitfed.models import DEFAULT_MODEL, AdapterSpec, LoraSpec, Partition
-from splitfed.models.devices import DEVICE_DESCRIPTION, check_device
+from splitfed.models.devices import OnDevice
 from splitfed.training.optim import OptimizerSettings
 
 
@@ -80,7 +80,7 @@ class PartitionSettings(BaseModel):
                 and self.tail <= tail <= (self.tail_max if self.tail_max is not None else self.tail))
 
 
-class SplitTrainingSettings(BaseModel):
+class SplitTrainingSettings(OnDevice):
     """What server and clients must agree on: the model, its partition, the adapters and the seed."""
 
     model_config = ConfigDict(extra="forbid")
@@ -91,13 +91,3 @@ class SplitTrainingSettings(BaseModel):
     adapter: AdapterSpec = Field(LoraSpec(), description="the trainable adapter of every part (kind: lora "
                                                         "or prefix); the base weights stay frozen")
     optimizer: OptimizerSettings = Field(OptimizerSettings(), description="AdamW of this side's adapters")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype of this side's frozen base weights and of its computation (half: half "
-                               "the memory); adapters and optimizer state stay float32, and hidden states "
-                               "are converted at the cut to the wire codec's dtype")
-    device: str = Field("auto", description=DEVICE_DESCRIPTION)
-
-    @model_validator(mode="after")
-    def _device_exists(self) -> SplitTrainingSettings:
-        check_device(self.device, self.dtype)  # before anything loads
-        return self

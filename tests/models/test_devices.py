@@ -33,11 +33,13 @@ def test_auto_picks_cuda_when_present_and_says_so(caplog):
 
 @pytest.mark.skipif(CUDA, reason="checks the refusal on a machine without CUDA")
 def test_a_device_this_machine_does_not_have_is_refused_before_loading(tmp_path):
-    with pytest.raises(PlacementError, match=r"CUDA is not available here.*available: cpu"):
+    with pytest.raises(PlacementError, match=r"'cuda:0' does not exist on this machine \(here: cpu\)"):
         check_device("cuda:0")
     with pytest.raises(PlacementError, match="only cpu and cuda"):
-        check_device("tpu")
-    with pytest.raises(ConfigError, match="device"):
+        check_device("mps")
+    with pytest.raises(PlacementError, match="is not a device"):
+        check_device("gpu please")
+    with pytest.raises(ConfigError, match=r"device: Value error, 'cuda' does not exist"):
         build_settings(ClientSettings, None, {**REQUIRED, "device": "cuda"})
 
 
