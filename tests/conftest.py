@@ -44,3 +44,21 @@ def make_batch(batch: int = 3, length: int = 14, left_pad: bool = True, seed: in
 def tiny(request):
     model, tokenizer = load_model(request.param)
     return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance with 2 CPUs for one test module (Ray is imported only where it is used)."""
+    import ray
+
+    from splitfed.server.ray_backend import connect_ray
+
+    connect_ray(None, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    """tiny-llama, loaded once per test module."""
+    return load_model("tiny-llama")[0]

@@ -7,15 +7,14 @@ import dataclasses
 import types
 
 import pytest
-import ray
 import torch
 
 from splitfed.client import SplitClient
-from splitfed.models import LoraSpec, Partition, adapter_state, init_adapter, load_model, split_model
+from splitfed.models import LoraSpec, Partition, adapter_state, init_adapter, split_model
 from splitfed.server import LocalTrunk
 from splitfed.server.backends import roster_slices
 from splitfed.server.modes import HierarchicalMode
-from splitfed.server.ray_backend import RayBackendError, TrunkActor, TrunkRecipe, connect_ray, ray_sub_servers
+from splitfed.server.ray_backend import RayBackendError, TrunkActor, TrunkRecipe, ray_sub_servers
 from splitfed.server.service_parts import Session
 from splitfed.training.optim import OptimizerSettings
 from splitfed.training.replicate import replicate, replicate_frozen
@@ -31,15 +30,8 @@ PARTITION = Partition(1, 1)
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    connect_ray(None, num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def base():
-    return load_model("tiny-llama")[0]
+def base(tiny_llama):
+    return tiny_llama
 
 
 def _trunk(base):

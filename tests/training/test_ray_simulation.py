@@ -9,32 +9,23 @@ import json
 import math
 
 import pytest
-import ray
 import torch
 
 from splitfed.aggregation.fedavg import weighted_average
 from splitfed.federation import InProcessFederation, PartitionSettings
 from splitfed.federation.inprocess import build_client
 from splitfed.federation.simulation import RayFederation
-from splitfed.models import adapter_state, init_adapter, load_model, split_model
+from splitfed.models import adapter_state, init_adapter, split_model
 from splitfed.privacy import ChannelSettings, PrivacySettings
 from splitfed.server import LocalTrunk
-from splitfed.server.ray_backend import connect_ray
 from splitfed.training.data import shuffled_batches
 from splitfed.training.replicate import replicate
 from tests.training.test_training import _collate, _examples, _settings
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    connect_ray(None, num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("tiny-llama")[0]
+def model(tiny_llama):
+    return tiny_llama
 
 
 def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
