@@ -11,20 +11,12 @@ def weighted_average(
     states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]
 ) -> dict[str, torch.Tensor]:
     """The weighted mean of ``states`` (same keys and shapes); weights need not sum to one."""
-    if not states or len(states) != len(weights):
-        raise ValueError(f"need one weight per state, got {len(states)} states, {len(weights)} weights")
-    total = float(sum(weights))
-    if total <= 0 or any(w < 0 for w in weights):
-        raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
+    _check_weights(states, weights)
     keys = set(states[0])
     for state in states[1:]:
         if set(state) != keys:
             raise ValueError("states to average have different keys")
-    return {
-        key: sum(state[key].double() * (w / total) for state, w in zip(states, weights, strict=True))
-        .to(states[0][key].dtype)
-        for key in states[0]
-    }
+    return {key: _mean([state[key] for state in states], weights) for key in states[0]}
 
 
 def keywise_average(
@@ -33,11 +25,23 @@ def keywise_average(
     """Each key's weighted mean over the states that hold it (its weights renormalised among them):
     FedAvg when clients hold different blocks, each its own partition. With equal key sets this is
     ``weighted_average``."""
+    _check_weights(states, weights)
+    averaged = {}
+    for key in dict.fromkeys(key for state in states for key in state):
+        held = [(state[key], weight) for state, weight in zip(states, weights, strict=True) if key in state]
+        averaged[key] = _mean([tensor for tensor, _ in held], [weight for _, weight in held])
+    return averaged
+
+
+def _check_weights(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> None:
     if not states or len(states) != len(weights):
         raise ValueError(f"need one weight per state, got {len(states)} states, {len(weights)} weights")
-    keys = dict.fromkeys(key for state in states for key in state)
-    averaged = {}
-    for key in keys:
-        held = [(state[key], weight) for state, weight in zip(states, weights, strict=True) if key in state]
-        averaged[key] = weighted_average([{key: tensor} for tensor, _ in held], [w for _, w in held])[key]
-    return averaged
+    if float(sum(weights)) <= 0 or any(w < 0 for w in weights):
+        raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
+
+
+def _mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError(f"weights must have a positive sum, got {list(weights)}")
+    return sum(t.double() * (w / total) for t, w in zip(tensors, weights, strict=True)).to(tensors[0].dtype)

@@ -71,5 +71,5 @@ def _merge(assignments: list[str] | None, flags: dict) -> dict:
 
 
 def _fail(error: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/] {error}")
+    console.print(f"[red]error:[/] {error}", soft_wrap=True)  # one line: readable, searchable, copyable
     return typer.Exit(2)

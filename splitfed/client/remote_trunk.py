@@ -7,7 +7,7 @@ import logging
 import torch
 
 from splitfed.endpoints import LossResult, StaleCacheError
-from splitfed.layout import Layout
+from splitfed.layout import Layout, TrunkRange
 from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
 from splitfed.transport import (
     Codec,
@@ -114,16 +114,14 @@ class RemoteTrunk:
         assert self.limits is not None
         if wanted == served:
             return None
-        latest_start = max(served[0], self.limits.first_block_max)
-        earliest_end = self.limits.end_block_min or served[1]
-        if served[0] <= wanted[0] <= latest_start and earliest_end <= wanted[1] <= served[1]:
+        trunk = TrunkRange.of(*served, self.limits.first_block_max, self.limits.end_block_min)
+        if trunk.accepts(wanted[0], wanted[1]):
             return (wanted[0], wanted[1])
-        if (latest_start, earliest_end) == served:
+        if not trunk.ranged:
             raise TrunkMismatchError(f"the server runs blocks [{served[0]}:{served[1]}], this client needs "
                                      f"[{wanted[0]}:{wanted[1]}]: use the same partition")
         raise TrunkMismatchError(f"this client's partition leaves blocks [{wanted[0]}:{wanted[1]}] to the "
-                                 f"server, which accepts a trunk from a block in [{served[0]}, "
-                                 f"{latest_start}] to one in [{earliest_end}, {served[1]}]: choose "
+                                 f"server, which runs for a client {trunk.describe()}: choose "
                                  "partition.head and .tail within the server's range")
 
     def _close_quietly(self) -> None:

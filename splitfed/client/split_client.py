@@ -58,19 +58,23 @@ class SplitClient:
         """Where the head and tail compute (``device`` setting); batches and the trunk's answers move here."""
         return next(self.head.parameters()).device
 
+    def on_device(self, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        """``tensors`` (None stays None) on the client's device."""
+        device = self.device
+        return tuple(None if t is None else t.to(device) for t in tensors)
+
     def _check_defense(self) -> None:
         """Refuse a defense this layout cannot run (the two-part client has no tail for a bypass)."""
 
     def train_step(self, batch: Batch) -> float:
         """One split training step on ``batch`` (input_ids, attention_mask, labels); returns the loss."""
-        device = self.device
-        input_ids, mask, labels = (batch[key].to(device) for key in ("input_ids", "attention_mask", "labels"))
+        input_ids, mask, labels = self.on_device(batch["input_ids"], batch["attention_mask"], batch["labels"])
         set_training(self.tail, True)
         hidden_in, cut_out, extra_loss = self._head_step(input_ids, mask)
         labelled = int((labels[:, 1:] != -100).sum())
         hidden_out = self.trunk.forward(self.client_id, self._send("forward", cut_out.detach()), mask,
                                         train=True, labelled_tokens=labelled)
-        hidden_out = hidden_out.detach().to(device).requires_grad_(True)
+        hidden_out = hidden_out.detach().to(input_ids.device).requires_grad_(True)
         bypass = None if self.cut is None else self.cut.bypass_output(hidden_in)
         tail_in = hidden_out if bypass is None else hidden_out + bypass
         loss = causal_lm_loss(self.tail(tail_in, mask), labels)
@@ -78,8 +82,7 @@ class SplitClient:
         grad_out = self._send("backward", hidden_out.grad)
         if self.feedback is not None:
             grad_out = self.feedback.compensate(grad_out, input_ids, mask)
-        grad_in = self.trunk.backward(self.client_id, grad_out)
-        grad_in = None if grad_in is None else grad_in.to(device)
+        (grad_in,) = self.on_device(self.trunk.backward(self.client_id, grad_out))
         if self.defense is not None:
             self.defense.record_step(mask, int(input_ids.shape[1]))
         self._backward_into_client(cut_out, grad_in, extra_loss)
@@ -125,8 +128,7 @@ class SplitClient:
         """Inference through head, trunk and tail (nothing is kept for backward)."""
         set_training(self.head, False)
         set_training(self.tail, False)
-        input_ids = input_ids.to(self.device)
-        attention_mask = None if attention_mask is None else attention_mask.to(self.device)
+        input_ids, attention_mask = self.on_device(input_ids, attention_mask)
         clean = self.head(input_ids, attention_mask)
         hidden = self.inference_send(clean, attention_mask)
         hidden = self.trunk.forward(self.client_id, hidden, attention_mask, train=False).to(self.device)

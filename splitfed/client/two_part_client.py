@@ -27,15 +27,14 @@ class TwoPartClient(SplitClient):
                              "none: set bypass: false or use the three-part layout")
 
     def train_step(self, batch: Batch) -> float:
-        device = self.device
-        input_ids, mask, labels = (batch[key].to(device) for key in ("input_ids", "attention_mask", "labels"))
+        input_ids, mask, labels = self.on_device(batch["input_ids"], batch["attention_mask"], batch["labels"])
         _, cut_out, extra_loss = self._head_step(input_ids, mask)
         endpoint: LossEndpoint = self.trunk  # type: ignore[assignment]
         result = endpoint.loss(self.client_id, self._send("forward", cut_out.detach()), mask, labels,
                                train=True)
         if self.defense is not None:
             self.defense.record_step(mask, int(input_ids.shape[1]))
-        grad = None if result.grad is None else result.grad.to(device)
+        (grad,) = self.on_device(result.grad)
         self._backward_into_client(cut_out, grad, extra_loss)
         self._optimizer_step()
         self.samples_seen += int(input_ids.shape[0])
@@ -45,7 +44,6 @@ class TwoPartClient(SplitClient):
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """In process only (over the network the server keeps the logits): the server's logits."""
         set_training(self.head, False)
-        input_ids = input_ids.to(self.device)
-        attention_mask = None if attention_mask is None else attention_mask.to(self.device)
+        input_ids, attention_mask = self.on_device(input_ids, attention_mask)
         hidden = self.inference_send(self.head(input_ids, attention_mask), attention_mask)
         return self.trunk.logits(hidden, attention_mask)  # type: ignore[attr-defined]

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from splitfed.models.placement import PlacementError
+from splitfed.models.placement import PlacementError, available_devices, existing_device
+
+__all__ = ["OnDevice", "available_devices", "check_device", "place_client_parts", "resolve_device"]
 
 if TYPE_CHECKING:
     from splitfed.models.split import SplitModel
@@ -24,26 +26,11 @@ DEVICE_DESCRIPTION = ("where this side's parts compute: auto (a CUDA device when
                       "the choice is logged), cpu, cuda or cuda:N")
 
 
-def available_devices() -> list[str]:
-    """The devices of this machine, as a ``device`` setting names them."""
-    return ["cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
-
-
 def check_device(name: str) -> str:
-    """``name`` if this machine has that device; else a ``PlacementError`` (a ``ValueError``) naming
-    what is available."""
-    if name == "auto":
-        return name
-    available = ", ".join(available_devices())
-    try:
-        parsed = torch.device(name)
-    except RuntimeError:
-        raise PlacementError(f"{name!r} is not a device: use auto, cpu, cuda or cuda:N (here: {available})") \
-            from None
-    if parsed.type not in ("cpu", "cuda"):
-        raise PlacementError(f"{name!r}: only cpu and cuda devices are supported (here: {available})")
-    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        raise PlacementError(f"{name!r} does not exist on this machine (here: {available})")
+    """``name`` if it is ``auto`` or this machine has that device; else a ``PlacementError`` (a
+    ``ValueError``) naming what is available."""
+    if name != "auto":
+        existing_device(name)
     return name
 
 
@@ -87,8 +74,7 @@ def resolve_device(name: str) -> torch.device:
 def _pick(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    return torch.device("cuda:0") if device.type == "cuda" and device.index is None else device
+    return existing_device(name)
 
 
 def place_client_parts(split: SplitModel, device: torch.device, with_trunk: bool = False) -> None:

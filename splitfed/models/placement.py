@@ -166,25 +166,33 @@ def _runs_needed(sizes: list[int], limit: int) -> int:
     return runs
 
 
+def available_devices() -> list[str]:
+    """The devices of this machine, as a ``device`` setting names them."""
+    return ["cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
+
+
+def existing_device(name: str) -> torch.device:
+    """``name`` as a ``torch.device`` (``cuda`` is ``cuda:0``) if this machine has it; else a
+    ``PlacementError`` naming the devices it has."""
+    available = ", ".join(available_devices())
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PlacementError(f"{name!r} is not a device: only cpu and cuda devices are supported, as auto, "
+                             f"cpu, cuda or cuda:N (here: {available})") from None
+    if device.type not in ("cpu", "cuda"):
+        raise PlacementError(f"{name!r}: only cpu and cuda devices are supported (here: {available})")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        reason = "" if torch.cuda.is_available() else "; CUDA is not available here"
+        raise PlacementError(f"{name!r} does not exist on this machine (here: {available}){reason}")
+    return torch.device("cuda:0") if device.type == "cuda" and device.index is None else device
+
+
 def device_capacity(device: str) -> int | None:
     """Memory of ``device`` in bytes (CUDA: its total memory; CPU: None, not checked); a device that
     does not exist is refused."""
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise PlacementError(f"device {device!r}: only cpu and cuda devices are supported") from None
-    if parsed.type == "cpu":
-        return None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PlacementError(f"device {device!r}: CUDA is not available here (devices: cpu); to plan for "
-                                 "another machine, give its memory (--memory-gib)")
-        index = parsed.index or 0
-        if index >= torch.cuda.device_count():
-            raise PlacementError(f"device {device!r} does not exist: this machine has "
-                                 f"{torch.cuda.device_count()} CUDA device(s)")
-        return int(torch.cuda.get_device_properties(index).total_memory)
-    raise PlacementError(f"device {device!r}: only cpu and cuda devices are supported")
+    parsed = existing_device(device)
+    return None if parsed.type == "cpu" else int(torch.cuda.get_device_properties(parsed).total_memory)
 
 
 def plan_trunk(config: PretrainedConfig, partition: Partition, devices: list[str], dtype: str = "bfloat16",
@@ -214,7 +222,11 @@ def plan_trunk(config: PretrainedConfig, partition: Partition, devices: list[str
     kv_per_block = kv_bytes_per_token_per_block(config, torch_dtype)
     shares = []
     for device, run in zip(devices, runs, strict=True):
-        capacity = int(memory_gib * GIB) if memory_gib is not None else device_capacity(device)
+        try:
+            capacity = int(memory_gib * GIB) if memory_gib is not None else device_capacity(device)
+        except PlacementError as error:
+            raise PlacementError(f"{error}; to plan for another machine, give its memory (--memory-gib)") \
+                from None
         run_blocks = tuple(blocks[i] for i in run)
         count = len(run_blocks)
         shares.append(DeviceShare(device, run_blocks, sum(sizes[b] for b in run_blocks),

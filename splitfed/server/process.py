@@ -89,8 +89,7 @@ def partition_range(settings: ServerSettings, blocks: int) -> tuple[int, int]:
     partition = settings.partition
     if not partition.ranged:
         return 0, 0
-    head_max = partition.head_max if partition.head_max is not None else partition.head
-    tail_max = partition.tail_max if partition.tail_max is not None else partition.tail
+    head_max, tail_max = partition.largest_head, partition.largest_tail
     if head_max + tail_max >= blocks:
         raise ValueError(f"partition: a client keeping head {head_max} and tail {tail_max} blocks would "
                          f"leave the server none of the model's {blocks}: lower head_max or tail_max")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from splitfed.aggregation import PLAIN_PHASE, ROUND_AGGREGATIONS, AggregationError, make_rounds, rounds_status
-from splitfed.layout import Layout
+from splitfed.layout import Layout, TrunkRange
 from splitfed.models import hidden_size
 from splitfed.security import (
     ClientHello,
@@ -171,18 +171,16 @@ class TrunkService:
     def _claim_blocks(self, session: Session, first: int, end: int) -> None:
         """The blocks a request names (0, 0: all) become the session's, within the accepted range; a
         session keeps the blocks of its first request."""
-        start, stop = self.layers[0], self.layers[-1] + 1
-        if (first, end) in ((0, 0), (start, stop)):
+        trunk = TrunkRange.of(self.layers[0], self.layers[-1] + 1, self.limits.first_block_max,
+                              self.limits.end_block_min)
+        if (first, end) in ((0, 0), (trunk.start, trunk.end)):
             claimed = None
-        else:
-            latest_first = max(start, self.limits.first_block_max)
-            earliest_end = self.limits.end_block_min or stop
-            if not (start <= first <= latest_first and earliest_end <= end <= stop and first < end):
-                raise WireFormatError("bad_blocks", f"blocks [{first}:{end}] are outside what this server "
-                                      f"runs for a client: a start in [{start}, {latest_first}] and an end "
-                                      f"in [{earliest_end}, {stop}] (set partition.head and .tail within "
-                                      "the server's range)")
+        elif trunk.accepts(first, end):
             claimed = (first, end)
+        else:
+            raise WireFormatError("bad_blocks", f"blocks [{first}:{end}] are outside what this server runs "
+                                  f"for a client: {trunk.describe()} (set partition.head and .tail within "
+                                  "the server's range)")
         if session.blocks_claimed and session.blocks != claimed:
             raise WireFormatError("blocks_changed", "a session keeps the partition of its first request; "
                                   "reconnect to change it")

@@ -66,9 +66,17 @@ class PartitionSettings(BaseModel):
         return self
 
     @property
+    def largest_head(self) -> int:
+        return self.head if self.head_max is None else self.head_max
+
+    @property
+    def largest_tail(self) -> int:
+        return self.tail if self.tail_max is None else self.tail_max
+
+    @property
     def ranged(self) -> bool:
         """Whether clients may pick their own partition within a range (a server setting)."""
-        return (self.head_max or self.head) > self.head or (self.tail_max or self.tail) > self.tail
+        return self.largest_head > self.head or self.largest_tail > self.tail
 
     def partition(self) -> Partition:
         """The server's trunk spans the widest range: the smallest head and tail."""
@@ -76,8 +84,7 @@ class PartitionSettings(BaseModel):
 
     def accepts(self, head: int, tail: int) -> bool:
         """Whether a client keeping ``head`` and ``tail`` blocks fits this (server) range."""
-        return (self.head <= head <= (self.head_max if self.head_max is not None else self.head)
-                and self.tail <= tail <= (self.tail_max if self.tail_max is not None else self.tail))
+        return self.head <= head <= self.largest_head and self.tail <= tail <= self.largest_tail
 
 
 class SplitTrainingSettings(OnDevice):
