@@ -110,6 +110,22 @@ def summarize(runs: list[dict[str, Any]], rows: list[str], hidden_size: int) -> 
     return summary
 
 
+RUN_SETTINGS = ("model", "task", "steps", "batch_size", "lr", "lora_rank", "head", "tail", "block_size",
+                "train_examples", "eval_examples", "max_length")
+
+
+def saved_runs(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs saved at ``path``, refused when they were trained with other settings."""
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    differ = [k for k in RUN_SETTINGS if saved["settings"].get(k) != settings[k]]
+    if differ:
+        raise SystemExit(f"--resume: {path} was run with other settings ({', '.join(differ)}); "
+                         "run without --resume to replace it")
+    return [r for r in saved["runs"] if r["row"] in settings["rows"] and r["seed"] in settings["seeds"]]
+
+
 def markdown(payload: dict[str, Any]) -> str:
     s = payload["settings"]
     lines = [f"# Wire codecs: {s['model']} on {s['task']}", "",
@@ -155,6 +171,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--final-window", type=int, default=16, help="steps the final train loss averages")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs saved with the same settings; run only missing row/seed pairs")
     args = parser.parse_args()
     for row in args.rows:  # refuse a bad row before loading anything
         try:
@@ -172,9 +190,14 @@ def main() -> None:
                                             "threads": torch.get_num_threads()},
                                "hidden_size": hidden_size, "train_examples": len(task.train),
                                "eval_examples": len(task.eval), "runs": [], "summary": []}
+    if args.resume:
+        payload["runs"] = saved_runs(stem.with_suffix(".json"), payload["settings"])
     stem.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for row in args.rows:
+            if any(r["row"] == row and r["seed"] == seed for r in payload["runs"]):
+                print(f"{row}, seed {seed}: saved, kept", flush=True)
+                continue
             print(f"{row}, seed {seed} ...", flush=True)
             result = run(row, seed, model, tokenizer, task, encoded, args)
             print(f"{row}, seed {seed}: {result['metrics']}; bytes/token {result['bytes_per_token']}",

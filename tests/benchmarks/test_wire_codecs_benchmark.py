@@ -36,14 +36,41 @@ def test_wire_codecs_benchmark_reports_each_row(tmp_path):
     fed = [run for run in payload["runs"] if run["row"] == "int8-blockwise+ef"][0]
     assert fed["ef_rows"] == 12 and fed["ef_applied"] == 4  # 12 rows of 8 examples: 4 came back
 
+    resumed = subprocess.run([*command[:command.index("--rows")], "--rows", "float32", "bfloat16",
+                              *command[command.index("--seeds"):], "--resume"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "float32, seed 0: saved, kept" in resumed.stdout
+    again = json.loads(stem.with_suffix(".json").read_text())
+    assert [(r["row"], r["seed"]) for r in again["runs"]] == [("float32", 0), ("bfloat16", 0)]
+    assert again["runs"][0]["train_seconds"] == payload["runs"][0]["train_seconds"]  # kept, not rerun
+    assert [e["row"] for e in again["summary"]] == ["float32", "bfloat16"]
 
-def test_a_bad_row_is_refused_before_anything_loads():
-    import argparse
+
+def load_benchmark():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("wire_codecs", ROOT / "benchmarks" / "wire_codecs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_resuming_refuses_runs_made_with_other_settings(tmp_path):
+    module = load_benchmark()
+    settings = {key: 1 for key in module.RUN_SETTINGS} | {"rows": ["float32"], "seeds": [0]}
+    saved = tmp_path / "saved.json"
+    runs = [{"row": "float32", "seed": 0}]
+    saved.write_text(json.dumps({"settings": settings | {"steps": 2}, "runs": runs}))
+    with pytest.raises(SystemExit, match="other settings \\(steps\\)"):
+        module.saved_runs(saved, settings)
+    assert module.saved_runs(tmp_path / "absent.json", settings) == []
+
+
+def test_a_bad_row_is_refused_before_anything_loads():
+    import argparse
+
+    module = load_benchmark()
     with pytest.raises((ValueError, argparse.ArgumentTypeError), match="int4-blockwise"):
         module.parse_row("int4-blockwise", 64)
     with pytest.raises(argparse.ArgumentTypeError, match="only '\\+ef'"):
