@@ -37,6 +37,42 @@ class TrunkEndpoint(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class MicroBatch:
+    """Micro-batch ``index`` of ``count`` in one training step. The trunk keeps every micro-batch's graph
+    until its backward, accumulates their gradients and steps its adapter once, after the last backward:
+    the step equals one step on the whole batch when the client scales each micro-batch's loss by its
+    share of the labelled tokens."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"micro-batch {self.index} of {self.count}: need 0 <= index < count")
+
+
+def micro_kwargs(micro: MicroBatch | None) -> dict[str, MicroBatch]:
+    """``micro=`` for an endpoint a wrapper passes a call on to, only when set (so that an endpoint without
+    micro-batches is called as before)."""
+    return {} if micro is None else {"micro": micro}
+
+
+@runtime_checkable
+class MicroBatchEndpoint(Protocol):
+    """A ``TrunkEndpoint`` whose ``forward`` and ``backward`` take ``micro=MicroBatch``: a step may be
+    several forwards then their backwards, so that transfer and server compute overlap the client's."""
+
+    accepts_micro_batches: bool
+
+    def forward(self, client_id: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                train: bool = True, labelled_tokens: int = 0,
+                micro: MicroBatch | None = None) -> torch.Tensor: ...
+
+    def backward(self, client_id: str, grad_output: torch.Tensor,
+                 micro: MicroBatch | None = None) -> torch.Tensor: ...
+
+
 @dataclass
 class LossResult:
     """What the server of a two-part split returns: the mean loss, the gradient for the head (training)

@@ -64,7 +64,8 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
                                  client_certificate=mutual)
     forward, backward = wire_codecs(settings.wire_settings())
     remote = RemoteTrunk(connection, identity, server_key, forward=forward, backward=backward)
-    remote.connect(expected_layers, hidden_size, settings.partition.layout, model_type)
+    remote.connect(expected_layers, hidden_size, settings.partition.layout, model_type,
+                   settings.micro_batches)
     return remote
 
 
@@ -170,7 +171,10 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
             defense.cut.to(next(split.head.parameters()).device)
     client = client_class(settings.partition.layout)(settings.name, split.head, split.tail,
                                                      None, settings.optimizer, defense,  # type: ignore[arg-type]
-                                                     feedback=error_feedback(settings.wire_settings()))
+                                                     feedback=error_feedback(settings.wire_settings()),
+                                                     micro_batches=settings.micro_batches)
+    if settings.micro_batches > 1:
+        log.info("each step goes to the trunk in %d pipelined micro-batches", settings.micro_batches)
     store = CheckpointStore(settings.checkpoint_dir or settings.output / "checkpoints")
     state = RunState()
     if settings.resume:

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from splitfed.endpoints import LossResult, StaleCacheError
+from splitfed.endpoints import LossResult, MicroBatch, StaleCacheError
 from splitfed.layout import Layout, TrunkRange
 from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
 from splitfed.transport import (
@@ -60,6 +60,7 @@ class RemoteTrunk:
         self._step = 0
         self._open_step: int | None = None
         self._shape: tuple[int, ...] = ()
+        self._open_micro: dict[int, tuple[int, tuple[int, ...]]] = {}  # micro-batch -> (step, shape)
         self.blocks: tuple[int, int] | None = None  # the trunk blocks this client's partition leaves
 
     @property
@@ -71,9 +72,15 @@ class RemoteTrunk:
     def wire_dtype(self, name: str) -> None:
         self.forward_codec = self.backward_codec = Codec(name)
 
+    @property
+    def accepts_micro_batches(self) -> bool:
+        """Whether the server's mode takes a training step in micro-batches (``MicroBatchEndpoint``)."""
+        return self.limits is not None and self.limits.micro_batches_max > 0
+
     def connect(self, expected_layers: tuple[int, int] | None = None, hidden_size: int | None = None,
-                layout: str | None = None, model_type: str | None = None) -> None:
-        """Run the signed handshake and check that the server's trunk fits between head and tail."""
+                layout: str | None = None, model_type: str | None = None, micro_batches: int = 1) -> None:
+        """Run the signed handshake and check that the server's trunk fits between head and tail (and
+        takes ``micro_batches`` per step)."""
         handshake = ClientHandshake(self.identity, self.server_key)
         reply = self.connection.handshake(handshake.hello().to_bytes())
         keys = handshake.finish(ServerHello.from_bytes(reply.server_hello))
@@ -81,6 +88,7 @@ class RemoteTrunk:
         self.limits = reply.limits
         try:
             self._check_served(expected_layers, hidden_size, layout, model_type)
+            self._check_micro_batches(micro_batches)
         except TrunkMismatchError:
             self._close_quietly()  # the server frees the session now, not when it times out
             raise
@@ -107,6 +115,14 @@ class RemoteTrunk:
                 raise TrunkMismatchError(f"the server does not accept {codec.name} on the wire ({direction} "
                                          f"codec); it accepts {', '.join(self.limits.dtypes)}: set wire."
                                          f"{direction} (or wire_dtype) to one of them")
+
+    def _check_micro_batches(self, micro_batches: int) -> None:
+        assert self.limits is not None
+        if micro_batches > 1 and micro_batches > self.limits.micro_batches_max:
+            most = self.limits.micro_batches_max
+            takes = f"at most {most} micro-batches" if most else "a step in one forward only"
+            raise TrunkMismatchError(f"micro_batches is {micro_batches}, and the server's mode takes "
+                                     f"{takes}: set micro_batches within it (1: no micro-batches)")
 
     def _blocks_within(self, served: tuple[int, int], wanted: tuple[int, ...]) -> tuple[int, int] | None:
         """The blocks to name in each request (None: all the trunk holds), or a refusal when the server
@@ -155,16 +171,20 @@ class RemoteTrunk:
         attention_mask: torch.Tensor | None,
         train: bool = True,
         labelled_tokens: int = 0,
+        micro: MicroBatch | None = None,
     ) -> torch.Tensor:
         self._step += 1
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long)
+        micro_fields = {} if micro is None else {"micro_batch": micro.index, "micro_batches": micro.count}
         request = pb.ForwardRequest(step=self._step, hidden=self.forward_codec.encode(hidden.detach()),
                                     lengths=mask_to_lengths(attention_mask), train=train,
-                                    labelled_tokens=labelled_tokens, **self._block_fields())
+                                    labelled_tokens=labelled_tokens, **self._block_fields(), **micro_fields)
         reply = self._exchange("forward", self._step, request)
         output = decode_tensor(reply.hidden, self._tensor_limits(), tuple(hidden.shape), hidden.dtype)
-        if train:
+        if train and micro is not None:
+            self._open_micro[micro.index] = (self._step, tuple(hidden.shape))
+        elif train:
             self._open_step, self._shape = self._step, tuple(hidden.shape)
         return output
 
@@ -173,13 +193,19 @@ class RemoteTrunk:
         range of partitions (none for one partition)."""
         return {} if self.blocks is None else {"first_block": self.blocks[0], "end_block": self.blocks[1]}
 
-    def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
-        if self._open_step is None:
+    def backward(self, client_id: str, grad_output: torch.Tensor,
+                 micro: MicroBatch | None = None) -> torch.Tensor:
+        if micro is not None:
+            if micro.index not in self._open_micro:
+                raise RuntimeError(f"backward of micro-batch {micro.index} without its training forward")
+            step, shape = self._open_micro.pop(micro.index)
+        elif self._open_step is None:
             raise RuntimeError("backward without a training forward")
-        step, self._open_step = self._open_step, None
+        else:
+            (step, self._open_step), shape = (self._open_step, None), self._shape
         request = pb.BackwardRequest(step=step, grad=self.backward_codec.encode(grad_output))
         reply = self._exchange("backward", step, request)
-        return decode_tensor(reply.grad, self._tensor_limits(), self._shape, grad_output.dtype)
+        return decode_tensor(reply.grad, self._tensor_limits(), shape, grad_output.dtype)
 
     def loss(self, client_id: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
              labels: torch.Tensor, train: bool = True) -> LossResult:

@@ -57,6 +57,11 @@ class ClientSettings(SplitTrainingSettings):
         True, description="refuse to send adapters to a server that aggregates them in plain (FedAvg "
                           "rounds then need `aggregation: secure` on the server)")
     batch_size: int = Field(4, ge=1, description="examples per training step")
+    micro_batches: int = Field(
+        1, ge=1, le=64, description="send each step's rows in this many micro-batches, pipelined so that the "
+                                    "head and tail compute while others travel and the server computes (the "
+                                    "step equals the whole-batch step); 1: one forward per step. For slow "
+                                    "links; needs a sequential or hierarchical server")
     wire_dtype: CodecName = Field(
         "float32", description="codec of the hidden states and gradients on the wire, both directions "
                                "(half: half the bytes; int8-blockwise: about a quarter); `wire` sets each "
@@ -96,6 +101,21 @@ class ClientSettings(SplitTrainingSettings):
         if learned is not None and learned.bypass and self.partition.layout == Layout.TWO_PART:
             raise ValueError("privacy.learned.bypass feeds the client's tail, and partition.layout "
                              "two-part has none: set bypass: false or use the three-part layout")
+        return self
+
+    @model_validator(mode="after")
+    def _micro_batches_fit(self) -> ClientSettings:
+        if self.micro_batches == 1:
+            return self
+        if self.micro_batches > self.batch_size:
+            raise ValueError(f"micro_batches ({self.micro_batches}) cannot exceed batch_size "
+                             f"({self.batch_size}): each micro-batch holds at least one row")
+        if self.partition.layout == Layout.TWO_PART:
+            raise ValueError("micro_batches > 1 needs the three-part layout (the two-part server computes "
+                             "the loss in one message): set micro_batches: 1")
+        if self.privacy.enabled:
+            raise ValueError("micro_batches > 1 cannot be combined with privacy (its clipping, noise and "
+                             "accounting are per step): set micro_batches: 1")
         return self
 
     @model_validator(mode="after")

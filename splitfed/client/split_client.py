@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from splitfed.client.micro_batches import MicroBatchPipeline
 from splitfed.client.wire import ErrorFeedback
 from splitfed.endpoints import TrunkEndpoint
 from splitfed.layout import Layout
@@ -22,6 +23,9 @@ class SplitClient:
     before they are handed to the trunk endpoint (which encrypts them); the client's own copies,
     used for its head backward and its loss, stay exact. With ``feedback``, the gradient handed to the
     endpoint (after the defense) also carries each example's last quantization error (error feedback).
+    With ``micro_batches`` > 1, a step's rows go to the trunk in that many micro-batches, pipelined so
+    that the head and tail compute while other micro-batches travel and the trunk computes; the step
+    equals the whole-batch step (``splitfed.client.micro_batches``).
     """
 
     def __init__(
@@ -33,6 +37,7 @@ class SplitClient:
         optimizer: OptimizerSettings | None = None,
         defense: SplitDefense | None = None,
         feedback: ErrorFeedback | None = None,
+        micro_batches: int = 1,
     ) -> None:
         self.client_id = client_id
         self.head = head
@@ -50,6 +55,7 @@ class SplitClient:
         if self.cut is not None:  # the learned defense trains with the client, at its own lr if set
             lr = self.cut.settings.lr or settings.lr
             self.cut_optimizer = settings.model_copy(update={"lr": lr}).build(self.cut.parameters())
+        self.pipeline = None if micro_batches == 1 else MicroBatchPipeline(self, micro_batches)
 
     layout: Layout = Layout.THREE_PART
 
@@ -67,8 +73,22 @@ class SplitClient:
         """Refuse a defense this layout cannot run (the two-part client has no tail for a bypass)."""
 
     def train_step(self, batch: Batch) -> float:
-        """One split training step on ``batch`` (input_ids, attention_mask, labels); returns the loss."""
+        """One split training step on ``batch`` (input_ids, attention_mask, labels); returns the loss.
+        A step that fails leaves no gradient behind (it may be repeated after a reconnect)."""
         input_ids, mask, labels = self.on_device(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        try:
+            if self.pipeline is not None and self.pipeline.splits(labels):
+                loss = self.pipeline.step(input_ids, mask, labels)
+            else:
+                loss = self._whole_step(input_ids, mask, labels)
+        except BaseException:
+            self._clear_gradients()
+            raise
+        self._optimizer_step()
+        self.samples_seen += int(input_ids.shape[0])
+        return loss
+
+    def _whole_step(self, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> float:
         set_training(self.tail, True)
         hidden_in, cut_out, extra_loss = self._head_step(input_ids, mask)
         labelled = int((labels[:, 1:] != -100).sum())
@@ -86,8 +106,6 @@ class SplitClient:
         if self.defense is not None:
             self.defense.record_step(mask, int(input_ids.shape[1]))
         self._backward_into_client(cut_out, grad_in, extra_loss)
-        self._optimizer_step()
-        self.samples_seen += int(input_ids.shape[0])
         return float(loss.detach())
 
     def _head_step(self, input_ids: torch.Tensor,
@@ -121,6 +139,11 @@ class SplitClient:
         for optimizer in (self.optimizer, self.cut_optimizer):
             if optimizer is not None:
                 optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+    def _clear_gradients(self) -> None:
+        for optimizer in (self.optimizer, self.cut_optimizer):
+            if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()

@@ -9,7 +9,7 @@ from collections import OrderedDict
 import torch
 
 from splitfed.client.settings import WireSettings
-from splitfed.endpoints import TrunkEndpoint
+from splitfed.endpoints import MicroBatch, TrunkEndpoint, micro_kwargs
 from splitfed.transport import WIRE_CODECS, Codec, TensorLimits, decode_tensor
 
 
@@ -106,15 +106,23 @@ class CodecTrunk:
         self.tokens[key] += tensor.shape[0] * tensor.shape[1]
         return decode_tensor(message, self.limits, tuple(tensor.shape), tensor.dtype).to(tensor.device)
 
+    @property
+    def accepts_micro_batches(self) -> bool:
+        return bool(getattr(self.inner, "accepts_micro_batches", False))
+
     def forward(self, client_id: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
-                train: bool = True, labelled_tokens: int = 0) -> torch.Tensor:
+                train: bool = True, labelled_tokens: int = 0,
+                micro: MicroBatch | None = None) -> torch.Tensor:
         received = self._cross(hidden, self.forward_codec, "forward_up")
-        output = self.inner.forward(client_id, received, attention_mask, train, labelled_tokens)
+        output = self.inner.forward(client_id, received, attention_mask, train, labelled_tokens,
+                                    **micro_kwargs(micro))
         return self._cross(output, self.forward_codec, "forward_down")
 
-    def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
+    def backward(self, client_id: str, grad_output: torch.Tensor,
+                 micro: MicroBatch | None = None) -> torch.Tensor:
         received = self._cross(grad_output, self.backward_codec, "backward_up")
-        return self._cross(self.inner.backward(client_id, received), self.backward_codec, "backward_down")
+        grad_in = self.inner.backward(client_id, received, **micro_kwargs(micro))
+        return self._cross(grad_in, self.backward_codec, "backward_down")
 
     def bytes_per_token(self) -> dict[str, float]:
         """Message bytes per token (batch x sequence position) of each direction so far."""

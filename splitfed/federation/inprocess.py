@@ -11,6 +11,7 @@ from torch import nn
 
 from splitfed.aggregation.fedavg import keywise_average
 from splitfed.client import SplitClient, client_class
+from splitfed.endpoints import MicroBatch, micro_kwargs
 from splitfed.federation.config import FederationSettings
 from splitfed.layout import Layout
 from splitfed.models import adapter_state, init_adapter, num_layers, split_model, token_embedding_matrix
@@ -66,13 +67,19 @@ class BlockRange:
     def __init__(self, trunk: Any, blocks: tuple[int, int]) -> None:
         self.inner, self.blocks = trunk, blocks
 
-    def forward(self, client_id: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
-                train: bool = True, labelled_tokens: int = 0) -> torch.Tensor:
-        return self.inner.forward(client_id, hidden, attention_mask, train, labelled_tokens,
-                                  blocks=self.blocks)
+    @property
+    def accepts_micro_batches(self) -> bool:
+        return bool(getattr(self.inner, "accepts_micro_batches", False))
 
-    def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
-        return self.inner.backward(client_id, grad_output)
+    def forward(self, client_id: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                train: bool = True, labelled_tokens: int = 0,
+                micro: MicroBatch | None = None) -> torch.Tensor:
+        return self.inner.forward(client_id, hidden, attention_mask, train, labelled_tokens,
+                                  blocks=self.blocks, **micro_kwargs(micro))
+
+    def backward(self, client_id: str, grad_output: torch.Tensor,
+                 micro: MicroBatch | None = None) -> torch.Tensor:
+        return self.inner.backward(client_id, grad_output, **micro_kwargs(micro))
 
 
 class InProcessFederation:

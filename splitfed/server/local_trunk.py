@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from splitfed.endpoints import MicroBatch
 from splitfed.models import SparseSpec, TrunkPart, load_sparse_state, set_training, sparse_parameter_count
 from splitfed.server.sparse_trunk import SparseSelection, attach_sparse
 from splitfed.training.optim import OptimizerSettings
@@ -24,11 +25,18 @@ class _Pending:
     outputs: torch.Tensor
 
 
-class LocalTrunk:
-    """Sequential trunk service: every backward is followed by one optimizer step on the trunk adapter.
+def _pending_key(client_id: str, micro: MicroBatch | None) -> str:
+    return client_id if micro is None else f"{client_id}#{micro.index}"
 
-    Implements ``splitfed.endpoints.TrunkEndpoint``.
+
+class LocalTrunk:
+    """Sequential trunk service: every backward is followed by one optimizer step on the trunk adapter;
+    a step in micro-batches steps once, after the backward of its last micro-batch.
+
+    Implements ``splitfed.endpoints.TrunkEndpoint`` and ``MicroBatchEndpoint``.
     """
+
+    accepts_micro_batches = True
 
     def __init__(self, trunk: TrunkPart, optimizer: OptimizerSettings | None = None,
                  sparse: SparseSpec | None = None) -> None:
@@ -36,6 +44,7 @@ class LocalTrunk:
         self._optimizer_settings = optimizer or OptimizerSettings()
         self.optimizer = self._optimizer_settings.build(trunk.parameters())
         self._pending: dict[str, _Pending] = {}
+        self._micro_done: dict[str, int] = {}  # backwards of a micro-batched step so far, per client
         self.steps = 0
         already = sparse_parameter_count(trunk) > 0  # e.g. a trained trunk adapter with its deltas
         self.selection = SparseSelection(trunk, sparse) if sparse is not None and not already else None
@@ -72,9 +81,11 @@ class LocalTrunk:
         train: bool = True,
         labelled_tokens: int = 0,
         blocks: tuple[int, int] | None = None,
+        micro: MicroBatch | None = None,
     ) -> torch.Tensor:
         """The trunk (or its ``blocks`` [start, end) only) on ``hidden``; in training the graph is kept
-        for ``backward``. Blocks not run get no gradient, so their adapter does not move."""
+        for ``backward`` (one per micro-batch). Blocks not run get no gradient, so their adapter does not
+        move."""
         set_training(self.trunk, train)
         if not train:
             with torch.no_grad():
@@ -83,11 +94,17 @@ class LocalTrunk:
         if self._selecting():
             self.selection.before_forward()  # type: ignore[union-attr]
         outputs = self.trunk(inputs, attention_mask, blocks=blocks)
-        self._pending[client_id] = _Pending(inputs, outputs)
+        key = _pending_key(client_id, micro)
+        if key in self._pending:
+            raise TrunkProtocolError(f"a second training forward from {key!r} before its backward")
+        self._pending[key] = _Pending(inputs, outputs)
         return outputs.detach()
 
-    def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
-        pending = self._pending.pop(client_id, None)
+    def backward(self, client_id: str, grad_output: torch.Tensor,
+                 micro: MicroBatch | None = None) -> torch.Tensor:
+        """Backpropagate ``grad_output`` through the pending forward (of ``micro``); step the adapter
+        unless micro-batches of this step still await their backward."""
+        pending = self._pending.pop(_pending_key(client_id, micro), None)
         if pending is None:
             raise TrunkProtocolError(f"backward from {client_id!r} without a pending forward")
         if grad_output.shape != pending.outputs.shape:
@@ -95,6 +112,12 @@ class LocalTrunk:
                 f"gradient shape {tuple(grad_output.shape)} != output shape {tuple(pending.outputs.shape)}"
             )
         pending.outputs.backward(grad_output.to(pending.outputs.device))  # a placed trunk ends elsewhere
+        if micro is not None:
+            done = self._micro_done.get(client_id, 0) + 1
+            if done < micro.count:
+                self._micro_done[client_id] = done  # the gradients accumulate until the last one
+                return pending.inputs.grad
+            self._micro_done.pop(client_id, None)
         self._after_backward()
         if self.optimizer is not None:
             self.optimizer.step()
@@ -104,9 +127,15 @@ class LocalTrunk:
 
     def pending(self) -> list[str]:
         """Clients whose training forward awaits its backward (the server holds their graphs)."""
-        return sorted(self._pending)
+        return sorted({key.partition("#")[0] for key in self._pending})
 
     def drop(self, client_id: str) -> None:
-        """Free a client's pending step (its autograd graph) without training on it."""
-        if self._pending.pop(client_id, None) is not None:
+        """Free a client's pending step (its autograd graphs, every micro-batch's) without training on it;
+        gradients its micro-batches had accumulated are cleared."""
+        keys = [k for k in self._pending if k == client_id or k.startswith(f"{client_id}#")]
+        for key in keys:
+            del self._pending[key]
+        if self._micro_done.pop(client_id, None) is not None:
+            self.trunk.zero_grad(set_to_none=True)
+        if keys:
             log.info("dropped the pending step of %s", client_id)

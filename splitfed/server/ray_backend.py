@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from splitfed.client.colocation import SPIN_COUNT
+from splitfed.endpoints import MicroBatch
 from splitfed.models import (
     LoraSpec,
     Partition,
@@ -112,12 +113,13 @@ class TrunkActor:
         self.sub = InProcessSubServer(LocalTrunk(part, recipe.optimizer), TurnScheduler())
 
     def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
-                train: bool, blocks: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.sub.forward(client, hidden, mask, train, blocks)
+                train: bool, blocks: tuple[int, int] | None = None,
+                micro: MicroBatch | None = None) -> torch.Tensor:
+        return self.sub.forward(client, hidden, mask, train, blocks, micro)
 
-    def backward(self, client: str, grad: torch.Tensor, snapshot: bool
+    def backward(self, client: str, grad: torch.Tensor, snapshot: bool, micro: MicroBatch | None = None
                  ) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], dict[str, Any]] | None]:
-        grad_in = self.sub.backward(client, grad)
+        grad_in = self.sub.backward(client, grad, micro)
         return grad_in, (self.sub.checkpoint("snapshot") if snapshot else None)
 
     def drop(self, client: str) -> None:
@@ -264,13 +266,14 @@ class RaySubServer:
         return self.local
 
     def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
-                train: bool, blocks: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.call("forward", client, hidden, mask, train, blocks)
+                train: bool, blocks: tuple[int, int] | None = None,
+                micro: MicroBatch | None = None) -> torch.Tensor:
+        return self.call("forward", client, hidden, mask, train, blocks, micro)
 
-    def backward(self, client: str, grad: torch.Tensor) -> torch.Tensor:
-        self._steps_done += 1
+    def backward(self, client: str, grad: torch.Tensor, micro: MicroBatch | None = None) -> torch.Tensor:
+        self._steps_done += 1  # a snapshot between micro-batches holds the adapter before the step
         snapshot = self._steps_done % self.snapshot_every == 0
-        grad_in, state = self.call("backward", client, grad, snapshot)
+        grad_in, state = self.call("backward", client, grad, snapshot, micro)
         if state is not None:
             self._snapshot = state
         self._stale_local = True

@@ -6,9 +6,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from splitfed.endpoints import MicroBatch
 from splitfed.security import SecureChannel
 from splitfed.server.sub_server import SubServer
-from splitfed.transport import WIRE_CODECS
+from splitfed.transport import WIRE_CODECS, WireFormatError
 from splitfed.transport.errors import ServiceError
 
 
@@ -40,6 +41,35 @@ class ServiceLimits:
 
 
 @dataclass
+class MicroSteps:
+    """A training step sent in micro-batches, as the server follows it: forwards in order, at most
+    ``max_batch`` rows together, and the forward step and output shape each backward must answer."""
+
+    count: int
+    forwards: int = 0
+    backwards: int = 0
+    rows: int = 0
+    open: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)  # step -> (index, shape)
+
+    def check_next(self, micro: MicroBatch, rows: int, max_batch: int) -> None:
+        """Refuse a forward that is not this step's next micro-batch or overfills the batch."""
+        if micro.count != self.count:
+            raise WireFormatError("bad_micro_batch", f"this step has {self.count} micro-batches, not "
+                                  f"{micro.count}")
+        if micro.index != self.forwards:
+            raise WireFormatError("bad_micro_batch", f"micro-batches go in order: expected micro-batch "
+                                  f"{self.forwards}, got {micro.index}")
+        if self.rows + rows > max_batch:
+            raise WireFormatError("too_large", f"the step's micro-batches hold {self.rows + rows} rows "
+                                  f"together, above max_batch {max_batch}")
+
+    def opened(self, step: int, index: int, rows: int, shape: tuple[int, ...]) -> None:
+        self.forwards += 1
+        self.rows += rows
+        self.open[step] = (index, shape)
+
+
+@dataclass
 class Session:
     """One client's authenticated session: its channel, sub-server and open step."""
 
@@ -50,6 +80,7 @@ class Session:
     open_step: int | None = None
     step_started: float = 0.0
     output_shape: tuple[int, ...] = ()
+    micro: MicroSteps | None = None  # the open step's micro-batches, when it is sent in several
     lock: threading.Lock = field(default_factory=threading.Lock)
     scoring: threading.Lock = field(default_factory=threading.Lock)  # one inference forward computing
     blocks: tuple[int, int] | None = None  # the trunk blocks this client's partition leaves to the server

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from splitfed.checkpoint import load_optimizer_state, optimizer_state
+from splitfed.endpoints import MicroBatch
 from splitfed.models import TrunkPart, adapter_state, load_adapter_state, sparse_state
 from splitfed.server.compute import ComputeThread
 from splitfed.server.generation import GenerationCaches
@@ -40,11 +41,15 @@ class SubServer(Protocol):
         ...
 
     def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
-                train: bool, blocks: tuple[int, int] | None = None) -> torch.Tensor:
-        """The trunk (or its ``blocks`` only: a client with its own partition) on ``hidden``."""
+                train: bool, blocks: tuple[int, int] | None = None,
+                micro: MicroBatch | None = None) -> torch.Tensor:
+        """The trunk (or its ``blocks`` only: a client with its own partition) on ``hidden`` (one
+        ``micro``-batch of a step, if set)."""
         ...
 
-    def backward(self, client: str, grad: torch.Tensor) -> torch.Tensor: ...
+    def backward(self, client: str, grad: torch.Tensor, micro: MicroBatch | None = None) -> torch.Tensor:
+        """Backpropagate; the adapter steps after the last backward of the step."""
+        ...
 
     def drop(self, client: str) -> None:
         """Forget ``client``'s open step (its autograd graph)."""
@@ -109,11 +114,13 @@ class InProcessSubServer:
         return self.trunk.trunk
 
     def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
-                train: bool, blocks: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.compute.run(self.trunk.forward, client, hidden, mask, train=train, blocks=blocks)
+                train: bool, blocks: tuple[int, int] | None = None,
+                micro: MicroBatch | None = None) -> torch.Tensor:
+        return self.compute.run(self.trunk.forward, client, hidden, mask, train=train, blocks=blocks,
+                                micro=micro)
 
-    def backward(self, client: str, grad: torch.Tensor) -> torch.Tensor:
-        return self.compute.run(self.trunk.backward, client, grad)
+    def backward(self, client: str, grad: torch.Tensor, micro: MicroBatch | None = None) -> torch.Tensor:
+        return self.compute.run(self.trunk.backward, client, grad, micro)
 
     def run(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Any other tensor work on this sub-server's compute thread (e.g. the two-part loss)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from splitfed.aggregation import PLAIN_PHASE, ROUND_AGGREGATIONS, AggregationError, make_rounds, rounds_status
+from splitfed.endpoints import MicroBatch
 from splitfed.layout import Layout, TrunkRange
 from splitfed.models import hidden_size
 from splitfed.security import (
@@ -166,6 +167,7 @@ class TrunkService:
             layout=self.layout,
             first_block_max=self.limits.first_block_max,
             end_block_min=self.limits.end_block_min,
+            micro_batches_max=self.mode.micro_batches_max,
         )
 
     def _claim_blocks(self, session: Session, first: int, end: int) -> None:
@@ -320,22 +322,46 @@ class TrunkService:
 
     def _forward(self, session: Session, request: pb.ForwardRequest) -> Sealed:
         self._claim_blocks(session, int(request.first_block), int(request.end_block))
+        micro = self._micro_batch(request)
         hidden, mask = self._hidden_and_mask(request)
         output = self.mode.forward(session, request.step, hidden, mask, request.train,
-                                   int(request.labelled_tokens))
-        if request.train:
+                                   int(request.labelled_tokens), micro=micro)
+        if request.train and micro is None:
             session.output_shape = tuple(output.shape)
         return self._reply(session, "forward_reply", request.step, output, request.hidden)
 
+    def _micro_batch(self, request: pb.ForwardRequest) -> MicroBatch | None:
+        """The request's micro-batch of its step, or None for a step in one forward; refused where the
+        mode takes no micro-batches or the numbers make no sense."""
+        count, index = int(request.micro_batches), int(request.micro_batch)
+        if count <= 1:
+            if index:
+                raise WireFormatError("bad_micro_batch", "micro_batch is set but micro_batches is not > 1")
+            return None
+        if not request.train:
+            raise WireFormatError("bad_micro_batch", "micro-batches are for training forwards only")
+        limit = self.mode.micro_batches_max
+        if count > limit:
+            accepted = f"at most {limit} micro-batches" if limit else "a step in one forward only"
+            raise WireFormatError("micro_batches_refused", f"this server's {self.mode.name} mode takes "
+                                  f"{accepted}, not {count}")
+        if index >= count:
+            raise WireFormatError("bad_micro_batch", f"micro-batch {index} of {count}")
+        return MicroBatch(index, count)
+
     def _backward(self, session: Session, request: pb.BackwardRequest) -> Sealed:
-        if session.open_step != request.step:
+        micro, shape = None, session.output_shape
+        if session.micro is not None and request.step in session.micro.open:
+            index, shape = session.micro.open.pop(request.step)
+            micro = MicroBatch(index, session.micro.count)
+        elif session.micro is not None or session.open_step != request.step:
             raise WireFormatError("no_open_step", f"no forward of step {request.step} awaits a backward")
         try:
-            grad = decode_tensor(request.grad, self._tensor_limits, session.output_shape)
+            grad = decode_tensor(request.grad, self._tensor_limits, shape)
         except BaseException:
             self.mode.abandon(session, "its backward was refused")
             raise
-        grad_in = self.mode.backward(session, grad)
+        grad_in = self.mode.backward(session, grad, micro=micro)
         return self._reply(session, "backward_reply", request.step, grad_in, request.grad)
 
     def _loss(self, session: Session, request: pb.LossRequest) -> Sealed:

@@ -32,7 +32,7 @@ class Lengths(_message.Message):
     def __init__(self, lengths: _Optional[_Iterable[int]] = ..., left_padding: _Optional[_Iterable[int]] = ..., past_length: _Optional[int] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("step", "hidden", "lengths", "train", "labelled_tokens", "first_block", "end_block")
+    __slots__ = ("step", "hidden", "lengths", "train", "labelled_tokens", "first_block", "end_block", "micro_batch", "micro_batches")
     STEP_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,8 @@ class ForwardRequest(_message.Message):
     LABELLED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FIRST_BLOCK_FIELD_NUMBER: _ClassVar[int]
     END_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCHES_FIELD_NUMBER: _ClassVar[int]
     step: int
     hidden: Tensor
     lengths: Lengths
@@ -47,7 +49,9 @@ class ForwardRequest(_message.Message):
     labelled_tokens: int
     first_block: int
     end_block: int
-    def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., train: _Optional[bool] = ..., labelled_tokens: _Optional[int] = ..., first_block: _Optional[int] = ..., end_block: _Optional[int] = ...) -> None: ...
+    micro_batch: int
+    micro_batches: int
+    def __init__(self, step: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Lengths, _Mapping]] = ..., train: _Optional[bool] = ..., labelled_tokens: _Optional[int] = ..., first_block: _Optional[int] = ..., end_block: _Optional[int] = ..., micro_batch: _Optional[int] = ..., micro_batches: _Optional[int] = ...) -> None: ...
 
 class ForwardReply(_message.Message):
     __slots__ = ("step", "hidden")
@@ -234,7 +238,7 @@ class Hello(_message.Message):
     def __init__(self, client_hello: _Optional[bytes] = ...) -> None: ...
 
 class SessionLimits(_message.Message):
-    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type", "aggregation", "layout", "first_block_max", "end_block_min")
+    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type", "aggregation", "layout", "first_block_max", "end_block_min", "micro_batches_max")
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +251,7 @@ class SessionLimits(_message.Message):
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     FIRST_BLOCK_MAX_FIELD_NUMBER: _ClassVar[int]
     END_BLOCK_MIN_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCHES_MAX_FIELD_NUMBER: _ClassVar[int]
     hidden_size: int
     max_batch: int
     max_length: int
@@ -259,7 +264,8 @@ class SessionLimits(_message.Message):
     layout: str
     first_block_max: int
     end_block_min: int
-    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ..., aggregation: _Optional[str] = ..., layout: _Optional[str] = ..., first_block_max: _Optional[int] = ..., end_block_min: _Optional[int] = ...) -> None: ...
+    micro_batches_max: int
+    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ..., aggregation: _Optional[str] = ..., layout: _Optional[str] = ..., first_block_max: _Optional[int] = ..., end_block_min: _Optional[int] = ..., micro_batches_max: _Optional[int] = ...) -> None: ...
 
 class HelloReply(_message.Message):
     __slots__ = ("server_hello", "limits")

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
+from splitfed.endpoints import MicroBatch
 from splitfed.layout import Layout
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
-from splitfed.server.service_parts import ServiceLimits, Session, shutting_down
+from splitfed.server.service_parts import MicroSteps, ServiceLimits, Session, shutting_down
 from splitfed.server.sub_server import InProcessSubServer, SubServer
 from splitfed.transport import WireFormatError
 from splitfed.transport.errors import ServiceError
@@ -69,6 +70,7 @@ class Mode(Protocol):
 
     name: ClassVar[str]
     layout: ClassVar[Layout]
+    micro_batches_max: ClassVar[int]  # 0: a training step is one forward
     scheduler: TurnScheduler  # every client's turn and the roster's progress
     subs: list[SubServer]
 
@@ -94,9 +96,10 @@ class Mode(Protocol):
         ...
 
     def forward(self, session: Session, step: int, hidden: torch.Tensor, mask: torch.Tensor,
-                train: bool, labelled_tokens: int) -> torch.Tensor: ...
+                train: bool, labelled_tokens: int, micro: MicroBatch | None = None) -> torch.Tensor: ...
 
-    def backward(self, session: Session, grad: torch.Tensor) -> torch.Tensor: ...
+    def backward(self, session: Session, grad: torch.Tensor,
+                 micro: MicroBatch | None = None) -> torch.Tensor: ...
 
     def loss(self, session: Session, step: int, hidden: torch.Tensor, mask: torch.Tensor,
              labels: torch.Tensor, train: bool) -> Any: ...
@@ -135,6 +138,7 @@ class SubServerMode:
 
     name: ClassVar[str] = "sequential"
     layout: ClassVar[Layout] = Layout.THREE_PART
+    micro_batches_max: ClassVar[int] = 64
 
     def __init__(self, subs: list[SubServer], scheduler: TurnScheduler,
                  roster: list[str] | None = None) -> None:
@@ -200,15 +204,18 @@ class SubServerMode:
             session.sub.scheduler.release(session.name)
             log.warning("step %d of %s abandoned: %s", session.open_step, session.name, reason)
             session.open_step = None
+        session.micro = None
 
     # -- steps -------------------------------------------------------------------------------------
     def forward(self, session: Session, step: int, hidden: torch.Tensor, mask: torch.Tensor,
-                train: bool, labelled_tokens: int) -> torch.Tensor:
+                train: bool, labelled_tokens: int, micro: MicroBatch | None = None) -> torch.Tensor:
         sub = session.sub
         assert sub is not None
         if not train:  # one of a client's scoring forwards computing at a time: a flood waits its turn
             with session.scoring:
                 return sub.forward(session.key, hidden, mask, train=False, blocks=session.blocks)
+        if micro is not None and micro.index > 0:
+            return self._next_micro_batch(session, step, hidden, mask, micro)
         self.book.refuse_if_draining()
         if session.open_step is not None:
             raise WireFormatError("step_open", f"step {session.open_step} is still waiting for its backward")
@@ -217,22 +224,48 @@ class SubServerMode:
             self.book.refuse_if_draining()  # it waited for its turn while the server began to stop
             self._before_step(sub)  # holding the turn: no step of this sub-server is open
             self.book.open(session, step)
-            output = sub.forward(session.key, hidden, mask, train=True, blocks=session.blocks)
+            session.micro = None if micro is None else MicroSteps(micro.count)
+            output = sub.forward(session.key, hidden, mask, train=True, blocks=session.blocks, micro=micro)
         except BaseException as error:
-            session.open_step = None
+            session.open_step, session.micro = None, None
             sub.scheduler.release(session.name, advance=not _server_fault(error))
             raise
+        if session.micro is not None:
+            session.micro.opened(step, 0, int(hidden.shape[0]), tuple(output.shape))
         return output
 
-    def backward(self, session: Session, grad: torch.Tensor) -> torch.Tensor:
+    def _next_micro_batch(self, session: Session, step: int, hidden: torch.Tensor, mask: torch.Tensor,
+                          micro: MicroBatch) -> torch.Tensor:
+        """Micro-batch 1, 2, ... of the open step: the turn is already this client's."""
+        sub = session.sub
+        assert sub is not None
+        if session.open_step is None or session.micro is None:
+            raise WireFormatError("no_open_step", f"micro-batch {micro.index} of a step that has not begun: "
+                                  "send micro-batch 0 first")
+        try:
+            session.micro.check_next(micro, int(hidden.shape[0]), self.limits.max_batch)
+            output = sub.forward(session.key, hidden, mask, train=True, blocks=session.blocks, micro=micro)
+        except BaseException:
+            self.abandon(session, f"its micro-batch {micro.index} was refused")
+            raise
+        session.micro.opened(step, micro.index, int(hidden.shape[0]), tuple(output.shape))
+        return output
+
+    def backward(self, session: Session, grad: torch.Tensor, micro: MicroBatch | None = None) -> torch.Tensor:
         sub = session.sub
         assert sub is not None
         try:
-            grad_in = sub.backward(session.key, grad)
+            grad_in = sub.backward(session.key, grad, micro=micro)
         except BaseException:
             self.abandon(session, "its backward was refused")
             raise
-        self._count(session, int(grad.shape[0]))
+        rows = int(grad.shape[0])
+        if session.micro is not None:
+            session.micro.backwards += 1
+            if session.micro.backwards < session.micro.count:
+                return grad_in  # the step (and the turn) stays open for the other micro-batches
+            rows, session.micro = session.micro.rows, None
+        self._count(session, rows)
         self._after_step()  # still holding the turn: no other step is open
         sub.scheduler.release(session.name)
         return grad_in

@@ -20,6 +20,7 @@ from splitfed.transport import WireFormatError
 from splitfed.transport.errors import ServiceError
 
 if TYPE_CHECKING:
+    from splitfed.endpoints import MicroBatch
     from splitfed.models import SplitModel
     from splitfed.server.settings import ServerSettings
 
@@ -30,6 +31,7 @@ class ClientBatchMode(SubServerMode):
     """Training goes through ``batcher``; ``trunk`` (the same trunk part) serves generation."""
 
     name = "client-batch"
+    micro_batches_max = 0  # a step is one forward, batched with other clients'
 
     def __init__(self, trunk: LocalTrunk, batcher: Batcher, roster: list[str] | None = None) -> None:
         scheduler = TurnScheduler(roster)
@@ -45,7 +47,7 @@ class ClientBatchMode(SubServerMode):
         return cls(LocalTrunk(split.trunk, settings.optimizer, settings.sparse), batcher, settings.roster)
 
     def forward(self, session: Session, step: int, hidden: torch.Tensor, mask: torch.Tensor,
-                train: bool, labelled_tokens: int) -> torch.Tensor:
+                train: bool, labelled_tokens: int, micro: MicroBatch | None = None) -> torch.Tensor:
         if not train:
             return self.batcher.evaluate(hidden, mask)
         if labelled_tokens < 1:
@@ -63,7 +65,7 @@ class ClientBatchMode(SubServerMode):
             session.open_step = None
             raise
 
-    def backward(self, session: Session, grad: torch.Tensor) -> torch.Tensor:
+    def backward(self, session: Session, grad: torch.Tensor, micro: MicroBatch | None = None) -> torch.Tensor:
         try:
             grad_in = self.batcher.backward(session.key, grad)
         except DroppedFromStep as error:

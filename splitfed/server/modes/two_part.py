@@ -28,6 +28,7 @@ class TwoPartMode(SubServerMode):
 
     name = str(Layout.TWO_PART)
     layout = Layout.TWO_PART
+    micro_batches_max = 0
 
     def __init__(self, trunk: TwoPartTrunk, roster: list[str] | None = None) -> None:
         scheduler = TurnScheduler(roster)
