@@ -9,14 +9,19 @@ proxy in the client's namespace that holds every chunk for half the RTT in each 
 * cross-region: 1 Gbit/s both ways, 40 ms RTT;
 * clinic: 100 Mbit/s both ways, 20 ms RTT (an uplink; the downlink is taken as equal).
 
-For each profile and wire codec: training examples/s (`splitfed train`, steps after the first),
+For each profile and training variant: training examples/s (`splitfed train`, steps after the first),
 generation tokens/s (one client, greedy, KV caches), the bytes per step, and the link's floor:
-loopback time + bytes / bandwidth + one RTT per exchange (two per training step, one per token).
+loopback time + bytes / bandwidth + one RTT per exchange (two per training step, one per token). A
+variant is a wire codec, optionally with ``@M``: each step in M pipelined micro-batches
+(``micro_batches: M``), e.g. ``int8-blockwise@2``. ``--sweep-mbit`` adds symmetric links of those rates
+at ``--sweep-rtt-ms`` and plots throughput against bandwidth with each variant's floor.
 Where namespaces cannot be made (not root, no `ip`), it says so and runs the proxy on loopback alone
 (delay, no rate limit). The proxy delays bytes, not TCP's acknowledgements, so window growth over a
 long RTT is not modelled.
 
     sudo .venv/bin/python benchmarks/wan.py --model smollm2 --codecs float32 int8-blockwise
+    sudo .venv/bin/python benchmarks/wan.py --model smollm2 --profiles --no-generation \
+        --codecs float32 bfloat16 int8-blockwise int8-blockwise@2 --sweep-mbit 10 30 100 1000
 """
 
 from __future__ import annotations
@@ -218,20 +223,21 @@ class Stage:
             target = f"{SERVER_IP}:{port}" if self.wan else f"127.0.0.1:{port}"
             self.processes.append(subprocess.Popen(
                 [*self.prefix, sys.executable, __file__, "proxy", "--listen-port", str(PROXY_PORT),
-                 "--target", target, "--delay-ms", str(PROFILES[profile][2])], stdout=subprocess.DEVNULL,
-                stderr=(work / "proxy.log").open("w")))
+                 "--target", target, "--delay-ms", str(self.args.links[profile][2])],
+                stdout=subprocess.DEVNULL, stderr=(work / "proxy.log").open("w")))
             time.sleep(1.0)
             self.address = f"127.0.0.1:{PROXY_PORT}"
 
-    def train(self, codec: str, name: str) -> dict:
+    def train(self, variant: str, name: str) -> dict:
         args, keys = self.args, self.work / "keys"
+        codec, micro_batches = parse_variant(variant)
         output = self.work / f"{name}-out"
         config = {"model": args.model, "name": name, "identity": str(keys / f"{name}.key"),
                   "server": self.address, "server_key": str(keys / "server.pub"),
                   "server_cert": str(keys / "tls-cert.pem"),
                   "partition": {"head": args.head, "tail": args.tail},
                   "steps": args.steps, "rounds": 1, "fedavg": False, "batch_size": args.batch_size,
-                  "wire": {"forward": codec, "backward": codec},
+                  "wire": {"forward": codec, "backward": codec}, "micro_batches": micro_batches,
                   "data": {"task": "cb", "limit": 64, "max_length": args.max_length}, "output": str(output)}
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -277,9 +283,25 @@ def _per_step(summary: dict) -> dict:
             "bytes_down_per_step": summary["bytes_received"] / steps}
 
 
-def floor_seconds(loopback: dict, measured: dict, profile: str) -> float:
+def parse_variant(variant: str) -> tuple[str, int]:
+    """``CODEC[@M]`` as (codec, micro-batches per step)."""
+    codec, _, micro = variant.partition("@")
+    if micro and (not micro.isdigit() or int(micro) < 1):
+        raise argparse.ArgumentTypeError(f"variant {variant!r}: after '@' comes a number of micro-batches")
+    return codec, int(micro or 1)
+
+
+def links(args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
+    """The links to run: the chosen profiles, then the sweep's symmetric ones, by name."""
+    chosen = {name: PROFILES[name] for name in args.profiles}
+    chosen |= {f"{rate:g} Mbit/s": (rate, rate, args.sweep_rtt_ms) for rate in args.sweep_mbit}
+    return chosen
+
+
+def floor_seconds(loopback: dict, measured: dict, profile: str,
+                  link: tuple[float, float, float] | None = None) -> float:
     """Loopback time per step + the step's bytes over the link's rates + two round trips."""
-    up, down, rtt = PROFILES[profile]
+    up, down, rtt = link or PROFILES[profile]
     return (loopback["seconds_per_step"] + measured["bytes_up_per_step"] * 8 / (up * 1e6)
             + measured["bytes_down_per_step"] * 8 / (down * 1e6) + 2 * rtt / 1000)
 
@@ -289,23 +311,26 @@ def benchmark(args: argparse.Namespace) -> dict:
     if why_not:
         print(f"namespaces unavailable ({why_not}): the proxy alone adds the delay, no rate limit")
     work = Path(tempfile.mkdtemp(prefix="splitfed-wan-"))
-    names = [f"t-{codec}" for codec in args.codecs]
+    names = [f"t{index}" for index in range(len(args.codecs))]
     _keys(work, [*names, "gen"])
+    args.links = links(args)
     results: dict = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
                      "max_length": args.max_length, "codecs": args.codecs, "profiles": {},
-                     "namespaces": why_not is None, "why_no_namespaces": why_not,
+                     "links": args.links, "namespaces": why_not is None, "why_no_namespaces": why_not,
                      "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}}
-    results["local_generation_tokens_per_s"] = local_generation(args)
-    for profile in [None, *args.profiles]:
+    if args.generation:
+        results["local_generation_tokens_per_s"] = local_generation(args)
+    for profile in [None, *args.links]:
         label = profile or "loopback"
         if profile is not None and why_not is None:
-            make_link(*PROFILES[profile][:2])
+            make_link(*args.links[profile][:2])
         stage = Stage(args, work, profile, why_not is None)
         try:
             row: dict = {"training": {}}
-            for codec, name in zip(args.codecs, names, strict=True):
-                row["training"][codec] = _per_step(stage.train(codec, name))
-            row["generation_tokens_per_s"] = stage.generate()
+            for variant, name in zip(args.codecs, names, strict=True):
+                row["training"][variant] = _per_step(stage.train(variant, name))
+            if args.generation:
+                row["generation_tokens_per_s"] = stage.generate()
         finally:
             stage.close()
             if profile is not None:
@@ -313,14 +338,16 @@ def benchmark(args: argparse.Namespace) -> dict:
         results["profiles"][label] = row
         print(label, json.dumps(row), flush=True)
     loop = results["profiles"]["loopback"]
-    for profile in args.profiles:
+    for profile, link in args.links.items():
         row = results["profiles"][profile]
-        rtt = PROFILES[profile][2] / 1000
+        rtt = link[2] / 1000
         for codec, measured in row["training"].items():
             base = loop["training"][codec]
             measured["over_loopback"] = measured["tokens_per_s"] / base["tokens_per_s"]
-            measured["floor_seconds_per_step"] = floor_seconds(base, measured, profile)
+            measured["floor_seconds_per_step"] = floor_seconds(base, measured, profile, link)
             measured["over_floor"] = measured["floor_seconds_per_step"] / measured["seconds_per_step"]
+        if not args.generation:
+            continue
         bound = min(results["local_generation_tokens_per_s"], 1 / rtt)
         row["generation_over_bound"] = row["generation_tokens_per_s"] / bound
         row["generation_bound_tokens_per_s"] = bound
@@ -343,13 +370,24 @@ def main() -> None:
         command.add_argument("--new-tokens", type=int, default=32)
     gen.add_argument("--server", required=True)
     gen.add_argument("--keys", required=True)
-    parser.add_argument("--profiles", nargs="+", choices=list(PROFILES), default=list(PROFILES))
-    parser.add_argument("--codecs", nargs="+", default=["float32", "int8-blockwise"])
+    parser.add_argument("--profiles", nargs="*", choices=list(PROFILES), default=list(PROFILES))
+    parser.add_argument("--codecs", nargs="+", default=["float32", "int8-blockwise"],
+                        help="training variants: CODEC or CODEC@M (M pipelined micro-batches per step)")
+    parser.add_argument("--sweep-mbit", nargs="*", type=float, default=[],
+                        help="also symmetric links of these rates (Mbit/s), plotted against bandwidth")
+    parser.add_argument("--sweep-rtt-ms", type=float, default=20.0, help="the sweep's round-trip time")
+    parser.add_argument("--no-generation", dest="generation", action="store_false",
+                        help="training only (the sweep's plot needs no generation)")
     parser.add_argument("--steps", type=int, default=8, help="training steps per client")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    for variant in getattr(args, "codecs", []):
+        try:
+            parse_variant(variant)
+        except argparse.ArgumentTypeError as error:
+            parser.error(str(error))
     if args.command == "proxy":
         asyncio.run(_proxy(args.listen_port, args.target, args.delay_ms))
         return
@@ -360,7 +398,10 @@ def main() -> None:
     output = args.output or Path(f"benchmarks/results/wan_{args.model}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
-    _plot(results, output.with_suffix(".png"))
+    if any(p in PROFILES for p in results["profiles"]):
+        _plot(results, output.with_suffix(".png"))
+    if args.sweep_mbit:
+        plot_sweep(results, output.with_name(output.stem + "_sweep.png"))
     print(f"saved {output}")
 
 
@@ -371,7 +412,7 @@ def _plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4))
-    profiles = [p for p in results["profiles"] if p != "loopback"]
+    profiles = [p for p in results["profiles"] if p in PROFILES]
     for offset, codec in enumerate(results["codecs"]):
         ratios = [results["profiles"][p]["training"][codec]["over_loopback"] for p in profiles]
         floors = [results["profiles"]["loopback"]["training"][codec]["seconds_per_step"]
@@ -385,6 +426,36 @@ def _plot(results: dict, path: Path) -> None:
     axis.axhline(1.0, color="grey", linewidth=0.5)
     axis.legend(fontsize=8)
     axis.set_title(f"{results['model']}: split training over emulated links")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def plot_sweep(results: dict, path: Path) -> None:
+    """Training tokens/s against the link's bandwidth, one colour per variant: measured (solid), the
+    link's floor (dashed) and loopback (dotted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = [(link[0], name) for name, link in results["links"].items() if name not in PROFILES]
+    sweep.sort()
+    rates = [rate for rate, _ in sweep]
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for index, variant in enumerate(results["codecs"]):
+        colour = f"C{index}"
+        rows = [results["profiles"][name]["training"][variant] for _, name in sweep]
+        tokens_per_step = [r["tokens_per_s"] * r["seconds_per_step"] for r in rows]
+        axis.plot(rates, [r["tokens_per_s"] for r in rows], "o-", color=colour, label=variant)
+        floors = [t / r["floor_seconds_per_step"] for t, r in zip(tokens_per_step, rows, strict=True)]
+        axis.plot(rates, floors, "--", color=colour, linewidth=1)
+        axis.axhline(results["profiles"]["loopback"]["training"][variant]["tokens_per_s"], color=colour,
+                     linestyle=":", linewidth=1)
+    axis.set_xscale("log")
+    axis.set_xlabel(f"link bandwidth, Mbit/s each way (RTT {results['links'][sweep[0][1]][2]:g} ms)")
+    axis.set_ylabel("training tokens/s")
+    axis.set_title(f"{results['model']}: training over a link (dashed: floor, dotted: loopback)")
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 

@@ -55,3 +55,33 @@ def test_the_floor_is_loopback_plus_bytes_over_the_rates_plus_two_round_trips():
     up, down, rtt = wan.PROFILES["clinic"]  # 100 Mbit/s both ways, 20 ms
     assert (up, down, rtt) == (100.0, 100.0, 20.0)
     assert wan.floor_seconds(loopback, measured, "clinic") == pytest.approx(1.0 + 1.0 + 2.0 + 0.04)
+
+
+def test_variants_links_and_the_sweep_plot(tmp_path):
+    import argparse
+
+    assert wan.parse_variant("int8-blockwise@2") == ("int8-blockwise", 2)
+    assert wan.parse_variant("float32") == ("float32", 1)
+    for bad in ("float32@0", "float32@two"):
+        with pytest.raises(argparse.ArgumentTypeError, match="micro-batches"):
+            wan.parse_variant(bad)
+    args = argparse.Namespace(profiles=["clinic"], sweep_mbit=[10.0, 300.0], sweep_rtt_ms=40.0)
+    chosen = wan.links(args)
+    assert chosen == {"clinic": (100.0, 100.0, 20.0), "10 Mbit/s": (10.0, 10.0, 40.0),
+                      "300 Mbit/s": (300.0, 300.0, 40.0)}
+    loopback = {"seconds_per_step": 1.0}
+    measured = {"bytes_up_per_step": 1.25e6, "bytes_down_per_step": 1.25e6}  # 1 s each way at 10 Mbit/s
+    assert wan.floor_seconds(loopback, measured, "10 Mbit/s", chosen["10 Mbit/s"]) == pytest.approx(3.08)
+
+    def row(tokens_per_s: float, floor: float | None = None) -> dict:
+        return {"tokens_per_s": tokens_per_s, "seconds_per_step": 512 / tokens_per_s,
+                "floor_seconds_per_step": floor}
+
+    speeds = {"loopback": (200.0, 210.0, None), "clinic": (150.0, 170.0, 3.0),
+              "10 Mbit/s": (90.0, 110.0, 5.0), "300 Mbit/s": (190.0, 200.0, 2.7)}
+    results = {"model": "tiny", "codecs": ["float32", "float32@2"], "links": chosen,
+               "profiles": {name: {"training": {"float32": row(one, floor), "float32@2": row(two, floor)}}
+                            for name, (one, two, floor) in speeds.items()}}
+    path = tmp_path / "sweep.png"
+    wan.plot_sweep(results, path)
+    assert path.stat().st_size > 10_000

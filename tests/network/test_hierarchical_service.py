@@ -1,5 +1,6 @@
 """Hierarchical mode over the network: two sub-servers over one frozen base serve four clients in
-parallel and average their trunk adapters every 2 steps, exactly like the plain reference."""
+parallel and average their trunk adapters every 2 steps, exactly like the plain reference (client b
+sends its 3 rows a step in 2 pipelined micro-batches, which changes nothing but the timing)."""
 
 from __future__ import annotations
 
@@ -68,8 +69,9 @@ def test_hierarchical_service_equals_the_plain_reference():
             split, batches = clients[name]
             connection = TrunkConnection(f"127.0.0.1:{port}", allow_insecure_loopback=True, timeout_s=60)
             remote = RemoteTrunk(connection, people[name], server_identity.public)
-            remote.connect((1, 3), 64)
-            client = SplitClient(name, split.head, split.tail, remote, OPTIMIZER)
+            micro_batches = 2 if name == "b" else 1
+            remote.connect((1, 3), 64, micro_batches=micro_batches)
+            client = SplitClient(name, split.head, split.tail, remote, OPTIMIZER, micro_batches=micro_batches)
             for batch in batches:
                 client.train_step(batch)
             remote.close()
