@@ -10,8 +10,9 @@ gradients, of the client's adapters and the trunk's alike, are those of the whol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,7 +46,8 @@ class MicroBatchPipeline:
         """Whether this batch is split: more than one row and some labelled token."""
         return labels.shape[0] > 1 and labelled(labels) > 0
 
-    def _send(self, function, *args, **kwargs) -> Future:  # noqa: ANN001 - any endpoint method
+    def _send(self, function: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> Future:
+        """``function(*args, **kwargs)`` on the sender thread, after everything sent before it."""
         if self._sender is None:
             self._sender = ThreadPoolExecutor(1, thread_name_prefix="splitfed-micro")
         return self._sender.submit(function, *args, **kwargs)
@@ -101,8 +103,3 @@ class MicroBatchPipeline:
         finally:
             wait([*forwards, *backwards])  # nothing of this step is still running when it returns
         return loss
-
-    def close(self) -> None:
-        if self._sender is not None:
-            self._sender.shutdown(wait=True)
-            self._sender = None

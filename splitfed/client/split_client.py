@@ -55,9 +55,12 @@ class SplitClient:
         if self.cut is not None:  # the learned defense trains with the client, at its own lr if set
             lr = self.cut.settings.lr or settings.lr
             self.cut_optimizer = settings.model_copy(update={"lr": lr}).build(self.cut.parameters())
+        if micro_batches != 1 and not self.takes_micro_batches:
+            raise ValueError(f"a {self.layout} client sends a step in one message: set micro_batches: 1")
         self.pipeline = None if micro_batches == 1 else MicroBatchPipeline(self, micro_batches)
 
     layout: Layout = Layout.THREE_PART
+    takes_micro_batches = True
 
     @property
     def device(self) -> torch.device:

@@ -17,6 +17,7 @@ class TwoPartClient(SplitClient):
     the loss and the head's gradient back. ``tail`` holds no blocks (the server has the LM head)."""
 
     layout = Layout.TWO_PART
+    takes_micro_batches = False
 
     def _check_defense(self) -> None:
         if self.feedback is not None:

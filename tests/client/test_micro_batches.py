@@ -97,6 +97,10 @@ def test_a_defense_or_a_trunk_without_micro_batches_is_refused(base):
         def backward(self, client_id, grad_output):
             return grad_output
 
+    from splitfed.client.two_part_client import TwoPartClient
+
+    with pytest.raises(ValueError, match="two-part client sends a step in one message"):
+        TwoPartClient("c", split.head, split.tail, trunk, OPTIMIZER, micro_batches=2)
     client = SplitClient("c", split.head, split.tail, OneForward(), OPTIMIZER, micro_batches=2)
     with pytest.raises(ValueError, match="OneForward takes a step in one forward only"):
         client.train_step(make_batch(batch=2))
