@@ -14,7 +14,10 @@ generation tokens/s (one client, greedy, KV caches), the bytes per step, and the
 loopback time + bytes / bandwidth + one RTT per exchange (two per training step, one per token). A
 variant is a wire codec, optionally with ``@M``: each step in M pipelined micro-batches
 (``micro_batches: M``), e.g. ``int8-blockwise@2``. ``--sweep-mbit`` adds symmetric links of those rates
-at ``--sweep-rtt-ms`` and plots throughput against bandwidth with each variant's floor.
+at ``--sweep-rtt-ms`` and plots throughput against bandwidth with each variant's floor. ``--pin`` runs
+the server on CPU 1 and the clients on CPU 0, one thread each, as two machines would be: otherwise
+they share every core, and whatever the client computes while the server does (micro-batches) takes
+cores from it.
 Where namespaces cannot be made (not root, no `ip`), it says so and runs the proxy on loopback alone
 (delay, no rate limit). The proxy delays bytes, not TCP's acknowledgements, so window growth over a
 long RTT is not modelled.
@@ -50,6 +53,14 @@ PROXY_PORT = 17000
 
 
 # ------------------------------------------------------------------------------------------ the link
+
+def pinned(args: argparse.Namespace, cpu: int) -> dict:
+    """``subprocess`` keywords that run a process on CPU ``cpu`` alone, one thread (``--pin``), or not."""
+    env = {**os.environ, "GOMP_SPINCOUNT": "10000"}
+    if not args.pin:
+        return {"env": env}
+    return {"env": {**env, "OMP_NUM_THREADS": "1"}, "preexec_fn": lambda: os.sched_setaffinity(0, {cpu})}
+
 
 def _run(*command: str) -> None:
     subprocess.run(command, check=True, capture_output=True, text=True)
@@ -211,7 +222,7 @@ class Stage:
              str(keys / "allow"), "--tls-cert", str(keys / "tls-cert.pem"), "--tls-key",
              str(keys / "tls-key.pem"), "--listen", listen, "--port-file", str(port_file), "--output",
              str(work / "server-out"), "--set", "aggregation=plain"],
-            stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT))
+            stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT, **pinned(args, 1)))
         deadline = time.monotonic() + 240
         while not port_file.is_file() or not port_file.read_text().strip():
             if self.processes[0].poll() is not None or time.monotonic() > deadline:
@@ -242,8 +253,7 @@ class Stage:
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         subprocess.run([*self.prefix, sys.executable, "-m", "splitfed.cli", "train", "--config", str(path)],
-                       check=True, capture_output=True, env={**os.environ, "GOMP_SPINCOUNT": "10000"},
-                       timeout=1800)
+                       check=True, capture_output=True, timeout=1800, **pinned(args, 0))
         return json.loads((output / "summary.json").read_text())
 
     def generate(self) -> float:
@@ -252,8 +262,7 @@ class Stage:
             [*self.prefix, sys.executable, __file__, "generate", "--server", self.address, "--keys",
              str(self.work / "keys"), "--model", args.model, "--head", str(args.head), "--tail",
              str(args.tail), "--context", str(args.context), "--new-tokens", str(args.new_tokens)],
-            check=True, capture_output=True, text=True, timeout=1800,
-            env={**os.environ, "GOMP_SPINCOUNT": "10000"})
+            check=True, capture_output=True, text=True, timeout=1800, **pinned(args, 0))
         return float(json.loads(result.stdout.strip().splitlines()[-1])["tokens_per_s"])
 
     def close(self) -> None:
@@ -314,7 +323,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     names = [f"t{index}" for index in range(len(args.codecs))]
     _keys(work, [*names, "gen"])
     args.links = links(args)
-    results: dict = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
+    results: dict = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size, "pin": args.pin,
                      "max_length": args.max_length, "codecs": args.codecs, "profiles": {},
                      "links": args.links, "namespaces": why_not is None, "why_no_namespaces": why_not,
                      "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}}
@@ -376,6 +385,8 @@ def main() -> None:
     parser.add_argument("--sweep-mbit", nargs="*", type=float, default=[],
                         help="also symmetric links of these rates (Mbit/s), plotted against bandwidth")
     parser.add_argument("--sweep-rtt-ms", type=float, default=20.0, help="the sweep's round-trip time")
+    parser.add_argument("--pin", action="store_true", help="server on CPU 1, clients on CPU 0, one thread "
+                                                           "each (two machines; needs 2 CPUs)")
     parser.add_argument("--no-generation", dest="generation", action="store_false",
                         help="training only (the sweep's plot needs no generation)")
     parser.add_argument("--steps", type=int, default=8, help="training steps per client")

@@ -172,7 +172,8 @@ def main() -> None:
     parser.add_argument("--final-window", type=int, default=16, help="steps the final train loss averages")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--resume", action="store_true",
-                        help="keep the runs saved with the same settings; run only missing row/seed pairs")
+                        help="keep the runs saved with the same settings (and, unchecked, the same code: "
+                             "rerun what an adapter or model change touched); run only missing pairs")
     args = parser.parse_args()
     for row in args.rows:  # refuse a bad row before loading anything
         try:

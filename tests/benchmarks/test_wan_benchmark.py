@@ -85,3 +85,19 @@ def test_variants_links_and_the_sweep_plot(tmp_path):
     path = tmp_path / "sweep.png"
     wan.plot_sweep(results, path)
     assert path.stat().st_size > 10_000
+
+
+def test_pinning_puts_a_process_on_one_cpu_with_one_thread():
+    import argparse
+    import os
+    import subprocess
+    import sys
+
+    probe = [sys.executable, "-c",
+             "import os; print(*sorted(os.sched_getaffinity(0)), os.environ.get('OMP_NUM_THREADS'))"]
+    shared = subprocess.run(probe, capture_output=True, text=True, check=True,
+                            **wan.pinned(argparse.Namespace(pin=False), 0))
+    assert shared.stdout.split()[:-1] == [str(cpu) for cpu in sorted(os.sched_getaffinity(0))]
+    pinned = subprocess.run(probe, capture_output=True, text=True, check=True,
+                            **wan.pinned(argparse.Namespace(pin=True), 0))
+    assert pinned.stdout.split() == ["0", "1"]
