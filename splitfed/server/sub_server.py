@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from splitfed.checkpoint import load_optimizer_state, optimizer_state
-from splitfed.endpoints import MicroBatch
+from splitfed.endpoints import MicroBatch, micro_kwargs
 from splitfed.models import TrunkPart, adapter_state, load_adapter_state, sparse_state
 from splitfed.server.compute import ComputeThread
 from splitfed.server.generation import GenerationCaches
@@ -117,10 +117,10 @@ class InProcessSubServer:
                 train: bool, blocks: tuple[int, int] | None = None,
                 micro: MicroBatch | None = None) -> torch.Tensor:
         return self.compute.run(self.trunk.forward, client, hidden, mask, train=train, blocks=blocks,
-                                micro=micro)
+                                **micro_kwargs(micro))
 
     def backward(self, client: str, grad: torch.Tensor, micro: MicroBatch | None = None) -> torch.Tensor:
-        return self.compute.run(self.trunk.backward, client, grad, micro)
+        return self.compute.run(self.trunk.backward, client, grad, **micro_kwargs(micro))
 
     def run(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Any other tensor work on this sub-server's compute thread (e.g. the two-part loss)."""
