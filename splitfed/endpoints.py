@@ -37,6 +37,9 @@ class TrunkEndpoint(Protocol):
         ...
 
 
+MICRO_BATCHES_MAX = 64  # the most micro-batches one training step may be sent in
+
+
 @dataclass(frozen=True)
 class MicroBatch:
     """Micro-batch ``index`` of ``count`` in one training step. The trunk keeps every micro-batch's graph

@@ -18,15 +18,10 @@ import torch
 
 from splitfed.endpoints import MicroBatch, MicroBatchEndpoint
 from splitfed.models import set_training
-from splitfed.training.loss import causal_lm_loss
+from splitfed.training.loss import causal_lm_loss, labelled_tokens
 
 if TYPE_CHECKING:
     from splitfed.client.split_client import SplitClient
-
-
-def labelled(labels: torch.Tensor) -> int:
-    """Tokens the causal loss of ``labels`` averages over (the first position predicts nothing)."""
-    return int((labels[:, 1:] != -100).sum())
 
 
 class MicroBatchPipeline:
@@ -44,7 +39,7 @@ class MicroBatchPipeline:
 
     def splits(self, labels: torch.Tensor) -> bool:
         """Whether this batch is split: more than one row and some labelled token."""
-        return labels.shape[0] > 1 and labelled(labels) > 0
+        return labels.shape[0] > 1 and labelled_tokens(labels) > 0
 
     def _send(self, function: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> Future:
         """``function(*args, **kwargs)`` on the sender thread, after everything sent before it."""
@@ -61,7 +56,7 @@ class MicroBatchPipeline:
                              "one forward only; set micro_batches: 1")
         rows = [r for r in torch.arange(input_ids.shape[0]).tensor_split(self.count) if len(r)]
         parts = [(input_ids[r], mask[r], labels[r]) for r in rows]
-        count, total = len(parts), labelled(labels)
+        count, total = len(parts), labelled_tokens(labels)
         set_training(client.head, True)
         set_training(client.tail, True)
         heads: list[torch.Tensor] = []
@@ -72,7 +67,7 @@ class MicroBatchPipeline:
             ids, part_mask, part_labels = parts[k]
             heads.append(client.head(ids, part_mask))
             forwards.append(self._send(trunk.forward, client.client_id, heads[k].detach(), part_mask,
-                                       True, labelled(part_labels), micro=MicroBatch(k, count)))
+                                       True, labelled_tokens(part_labels), micro=MicroBatch(k, count)))
 
         def finish_head(k: int) -> None:
             (grad_in,) = client.on_device(backwards[k].result())
@@ -85,7 +80,7 @@ class MicroBatchPipeline:
                 if k + 1 < count:
                     send_forward(k + 1)
                 output = forwards[k].result().detach().to(ids.device).requires_grad_(True)
-                share = labelled(part_labels) / total
+                share = labelled_tokens(part_labels) / total
                 if share > 0:
                     part_loss = causal_lm_loss(client.tail(output, part_mask), part_labels)
                     (part_loss * share).backward()

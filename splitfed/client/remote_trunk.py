@@ -199,10 +199,11 @@ class RemoteTrunk:
             if micro.index not in self._open_micro:
                 raise RuntimeError(f"backward of micro-batch {micro.index} without its training forward")
             step, shape = self._open_micro.pop(micro.index)
-        elif self._open_step is None:
-            raise RuntimeError("backward without a training forward")
         else:
-            (step, self._open_step), shape = (self._open_step, None), self._shape
+            if self._open_step is None:
+                raise RuntimeError("backward without a training forward")
+            step, shape = self._open_step, self._shape
+            self._open_step = None
         request = pb.BackwardRequest(step=step, grad=self.backward_codec.encode(grad_output))
         reply = self._exchange("backward", step, request)
         return decode_tensor(reply.grad, self._tensor_limits(), shape, grad_output.dtype)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from splitfed.endpoints import MICRO_BATCHES_MAX
 from splitfed.inference.sampling import SamplingSettings
 from splitfed.layout import Layout
 from splitfed.privacy import PrivacySettings
@@ -58,10 +59,11 @@ class ClientSettings(SplitTrainingSettings):
                           "rounds then need `aggregation: secure` on the server)")
     batch_size: int = Field(4, ge=1, description="examples per training step")
     micro_batches: int = Field(
-        1, ge=1, le=64, description="send each step's rows in this many micro-batches, pipelined so that the "
-                                    "head and tail compute while others travel and the server computes (the "
-                                    "step equals the whole-batch step); 1: one forward per step. For slow "
-                                    "links; needs a sequential or hierarchical server")
+        1, ge=1, le=MICRO_BATCHES_MAX,
+        description="send each step's rows in this many micro-batches, pipelined so that the head and tail "
+                    "compute while others travel and the server computes (the step equals the whole-batch "
+                    "step); 1: one forward per step. For slow links; needs a sequential or hierarchical "
+                    "server")
     wire_dtype: CodecName = Field(
         "float32", description="codec of the hidden states and gradients on the wire, both directions "
                                "(half: half the bytes; int8-blockwise: about a quarter); `wire` sets each "

@@ -11,7 +11,7 @@ from splitfed.layout import Layout
 from splitfed.models import HeadPart, TailPart, adapter_state, load_adapter_state, set_training
 from splitfed.privacy import SplitDefense, inference_send
 from splitfed.training.data import Batch
-from splitfed.training.loss import causal_lm_loss
+from splitfed.training.loss import causal_lm_loss, labelled_tokens
 from splitfed.training.optim import OptimizerSettings
 
 
@@ -94,7 +94,7 @@ class SplitClient:
     def _whole_step(self, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> float:
         set_training(self.tail, True)
         hidden_in, cut_out, extra_loss = self._head_step(input_ids, mask)
-        labelled = int((labels[:, 1:] != -100).sum())
+        labelled = labelled_tokens(labels)
         hidden_out = self.trunk.forward(self.client_id, self._send("forward", cut_out.detach()), mask,
                                         train=True, labelled_tokens=labelled)
         hidden_out = hidden_out.detach().to(input_ids.device).requires_grad_(True)

@@ -8,6 +8,11 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def labelled_tokens(labels: torch.Tensor) -> int:
+    """Tokens ``causal_lm_loss`` averages over for ``labels`` (the first position predicts nothing)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions, exactly as HF's ``ForCausalLMLoss``.
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
-from splitfed.endpoints import MicroBatch
+from splitfed.endpoints import MICRO_BATCHES_MAX, MicroBatch
 from splitfed.layout import Layout
 from splitfed.server.scheduler import TurnScheduler, TurnTimeout
 from splitfed.server.service_parts import MicroSteps, ServiceLimits, Session, shutting_down
@@ -138,7 +138,7 @@ class SubServerMode:
 
     name: ClassVar[str] = "sequential"
     layout: ClassVar[Layout] = Layout.THREE_PART
-    micro_batches_max: ClassVar[int] = 64
+    micro_batches_max: ClassVar[int] = MICRO_BATCHES_MAX
 
     def __init__(self, subs: list[SubServer], scheduler: TurnScheduler,
                  roster: list[str] | None = None) -> None:
