@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from splitfed.endpoints import MicroBatch
 from splitfed.security import SecureChannel
@@ -67,6 +68,25 @@ class MicroSteps:
         self.forwards += 1
         self.rows += rows
         self.open[step] = (index, shape)
+
+
+def requested_micro_batch(request: Any, mode: str, limit: int) -> MicroBatch | None:
+    """A ``ForwardRequest``'s micro-batch of its step, or None for a step in one forward; refused where
+    ``mode`` takes at most ``limit`` (0: none) or the numbers make no sense."""
+    count, index = int(request.micro_batches), int(request.micro_batch)
+    if count <= 1:
+        if index:
+            raise WireFormatError("bad_micro_batch", "micro_batch is set but micro_batches is not > 1")
+        return None
+    if not request.train:
+        raise WireFormatError("bad_micro_batch", "micro-batches are for training forwards only")
+    if count > limit:
+        accepted = f"at most {limit} micro-batches" if limit else "a step in one forward only"
+        raise WireFormatError("micro_batches_refused",
+                              f"this server's {mode} mode takes {accepted}, not {count}")
+    if index >= count:
+        raise WireFormatError("bad_micro_batch", f"micro-batch {index} of {count}")
+    return MicroBatch(index, count)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from splitfed.server.round_requests import (
     secagg_value,
 )
 from splitfed.server.scheduler import TurnScheduler
-from splitfed.server.service_parts import ServiceLimits, Session
+from splitfed.server.service_parts import ServiceLimits, Session, requested_micro_batch
 from splitfed.transport import (
     TensorLimits,
     WireFormatError,
@@ -322,32 +322,13 @@ class TrunkService:
 
     def _forward(self, session: Session, request: pb.ForwardRequest) -> Sealed:
         self._claim_blocks(session, int(request.first_block), int(request.end_block))
-        micro = self._micro_batch(request)
+        micro = requested_micro_batch(request, self.mode.name, self.mode.micro_batches_max)
         hidden, mask = self._hidden_and_mask(request)
         output = self.mode.forward(session, request.step, hidden, mask, request.train,
                                    int(request.labelled_tokens), micro=micro)
         if request.train and micro is None:
             session.output_shape = tuple(output.shape)
         return self._reply(session, "forward_reply", request.step, output, request.hidden)
-
-    def _micro_batch(self, request: pb.ForwardRequest) -> MicroBatch | None:
-        """The request's micro-batch of its step, or None for a step in one forward; refused where the
-        mode takes no micro-batches or the numbers make no sense."""
-        count, index = int(request.micro_batches), int(request.micro_batch)
-        if count <= 1:
-            if index:
-                raise WireFormatError("bad_micro_batch", "micro_batch is set but micro_batches is not > 1")
-            return None
-        if not request.train:
-            raise WireFormatError("bad_micro_batch", "micro-batches are for training forwards only")
-        limit = self.mode.micro_batches_max
-        if count > limit:
-            accepted = f"at most {limit} micro-batches" if limit else "a step in one forward only"
-            raise WireFormatError("micro_batches_refused", f"this server's {self.mode.name} mode takes "
-                                  f"{accepted}, not {count}")
-        if index >= count:
-            raise WireFormatError("bad_micro_batch", f"micro-batch {index} of {count}")
-        return MicroBatch(index, count)
 
     def _backward(self, session: Session, request: pb.BackwardRequest) -> Sealed:
         micro, shape = None, session.output_shape
