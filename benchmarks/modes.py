@@ -77,12 +77,15 @@ class Worker:
         for name, value in options.items():
             command += [f"--{name.replace('_', '-')}", str(value)]
         self.log = log
+        self.ready = False
         with log.open("w") as errors:  # the child keeps its own copy of the file descriptor
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                             stderr=errors, text=True, env=environment)
 
     def wait_ready(self) -> None:
-        self._read("ready")
+        if not self.ready:
+            self._read("ready")
+            self.ready = True
 
     def _read(self, prefix: str) -> str:
         assert self.process.stdout is not None
@@ -201,6 +204,7 @@ def _measure(args, keys: Path, baseline: Worker, mode: str, clients: int) -> dic
     try:
         fleet = ClientFleet(args, keys, port, clients, rows, _client_threads(args, mode, clients))
         try:
+            baseline.wait_ready()  # it loaded while the server and the clients started
             fleet.block(args.warmup)  # each side's first block warms it up and is not counted
             baseline.block(kind="centralized", steps=args.warmup)
             if floor:
@@ -297,7 +301,6 @@ def main() -> None:
         _key_files(keys, max(args.clients))
         baseline = Worker("baseline", args, keys / "baseline.log", batch_size=args.batch_size)
         try:
-            baseline.wait_ready()
             for clients in args.clients:
                 for mode in args.modes:
                     if mode in ("client-batch", "sequential-split") and clients == 1:

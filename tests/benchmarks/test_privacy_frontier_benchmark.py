@@ -4,25 +4,21 @@ table, the plot, and ``--merge`` adding only the missing cells (refused under an
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.conftest import Finished, load_benchmark, run_benchmark
+
 TINY_BUDGET = ["--model", "tiny-llama", "--tasks", "cb", "--seeds", "0", "--head", "1", "--tail", "1",
                "--rounds", "1", "--local-steps", "1", "--batch-size", "2", "--train-examples", "8",
                "--eval-examples", "4", "--max-length", "64", "--victims", "2", "--average-times", "2",
                "--warmup-steps", "2", "--inverter-steps", "3", "--public-tokens", "512"]
 
 
-def frontier(output: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(ROOT / "benchmarks" / "privacy_frontier.py"), *TINY_BUDGET,
-               "--output", str(output), *extra]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def frontier(output: Path, *extra: str) -> Finished:
+    return run_benchmark("privacy_frontier", *TINY_BUDGET, "--output", str(output), *extra)
 
 
 def test_frontier_saves_each_cell_and_merge_adds_only_the_missing_ones(tmp_path):
@@ -49,10 +45,7 @@ def test_frontier_saves_each_cell_and_merge_adds_only_the_missing_ones(tmp_path)
 
 
 def test_an_unknown_row_is_refused_before_anything_runs():
-    path = ROOT / "benchmarks" / "privacy_frontier.py"
-    spec = importlib.util.spec_from_file_location("privacy_frontier", path)
-    frontier_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(frontier_module)
+    frontier_module = load_benchmark("privacy_frontier")
     args = argparse.Namespace(delta=1e-5, warmup_steps=2, cut_lr=0.01)
     assert frontier_module.row_privacy("noise:0.1", 2.0, 3.0, 0, args).forward.sigma == 0.1
     assert frontier_module.row_privacy("vib-bypass:0.1:0.3", 2.0, 3.0, 0, args).learned.initial_scale == 0.3

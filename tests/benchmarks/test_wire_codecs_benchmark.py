@@ -4,21 +4,18 @@ JSON, the table and the plot."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.conftest import load_benchmark, run_benchmark
 
 
 def test_wire_codecs_benchmark_reports_each_row(tmp_path):
-    command = [sys.executable, str(ROOT / "benchmarks" / "wire_codecs.py"), "--model", "tiny-llama",
+    command = ["--model", "tiny-llama",
                "--rows", "float32", "int8-blockwise/bfloat16", "int8-blockwise+ef", "--seeds", "0",
                "--steps", "3", "--batch-size", "4", "--train-examples", "8", "--eval-examples", "4",
                "--head", "1", "--tail", "1", "--output", str(tmp_path)]
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    finished = run_benchmark("wire_codecs", *command)
     assert finished.returncode == 0, finished.stderr[-3000:]
     stem = tmp_path / "wire_codecs_tiny-llama_cb"
     payload = json.loads(stem.with_suffix(".json").read_text())
@@ -36,9 +33,9 @@ def test_wire_codecs_benchmark_reports_each_row(tmp_path):
     fed = [run for run in payload["runs"] if run["row"] == "int8-blockwise+ef"][0]
     assert fed["ef_rows"] == 12 and fed["ef_applied"] == 4  # 12 rows of 8 examples: 4 came back
 
-    resumed = subprocess.run([*command[:command.index("--rows")], "--rows", "float32", "bfloat16",
-                              *command[command.index("--seeds"):], "--resume"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    rows = command.index("--rows")
+    resumed = run_benchmark("wire_codecs", *command[:rows], "--rows", "float32", "bfloat16",
+                            *command[command.index("--seeds"):], "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "float32, seed 0: saved, kept" in resumed.stdout
     again = json.loads(stem.with_suffix(".json").read_text())
@@ -47,17 +44,8 @@ def test_wire_codecs_benchmark_reports_each_row(tmp_path):
     assert [e["row"] for e in again["summary"]] == ["float32", "bfloat16"]
 
 
-def load_benchmark():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("wire_codecs", ROOT / "benchmarks" / "wire_codecs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_resuming_refuses_runs_made_with_other_settings(tmp_path):
-    module = load_benchmark()
+    module = load_benchmark("wire_codecs")
     settings = {key: 1 for key in module.RUN_SETTINGS} | {"rows": ["float32"], "seeds": [0]}
     saved = tmp_path / "saved.json"
     runs = [{"row": "float32", "seed": 0}]
@@ -70,7 +58,7 @@ def test_resuming_refuses_runs_made_with_other_settings(tmp_path):
 def test_a_bad_row_is_refused_before_anything_loads():
     import argparse
 
-    module = load_benchmark()
+    module = load_benchmark("wire_codecs")
     with pytest.raises((ValueError, argparse.ArgumentTypeError), match="int4-blockwise"):
         module.parse_row("int4-blockwise", 64)
     with pytest.raises(argparse.ArgumentTypeError, match="only '\\+ef'"):
