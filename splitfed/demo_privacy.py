@@ -41,7 +41,7 @@ def demo_privacy(name: str, head: HeadPart, tokenizer: Any, seed: int) -> Privac
         clip = median_token_norm(head_outputs(head, public["input_ids"], public["attention_mask"]),
                                  public["attention_mask"])
         return PrivacySettings(forward=ChannelSettings(clip=clip, sigma=NOISE_SIGMA), seed=seed)
-    common = {"bypass": True, "warmup_steps": 40, "warmup_batch_size": 4, "warmup_lr": 1e-2, "lr": 1e-2}
+    common = {"bypass": True, "warmup_steps": 40, "warmup_batch_size": 4, "warmup_lr": 1e-3, "lr": 1e-3}
     if name == "bottleneck":
         learned = BottleneckSettings(kl_weight=1.0, initial_scale=0.5, **common)
         return PrivacySettings(learned=learned, seed=seed)

@@ -136,7 +136,25 @@ def warm_up(cut: LearnedCut, head: HeadPart, trunk: TrunkPart, tail: TailPart,
             on_step(step, losses[-1])
     log.info("learned defense (%s): warm-up of %d steps on public text, LM loss %.3f -> %.3f", cut.kind,
              settings.warmup_steps, losses[0], losses[-1])
+    if warm_up_diverged(losses):
+        log.warning("learned defense (%s): the warm-up raised the LM loss on public text (first steps %.2f, "
+                    "last steps %.2f): the cut now destroys what the trunk needs; lower "
+                    "privacy.learned.warmup_lr (%g)", cut.kind, *_ends(losses), settings.warmup_lr)
     return losses
+
+
+def _ends(losses: list[float], steps: int = 5) -> tuple[float, float]:
+    window = max(1, min(steps, len(losses) // 2))
+    return sum(losses[:window]) / window, sum(losses[-window:]) / window
+
+
+def warm_up_diverged(losses: list[float], tolerance: float = 1.25) -> bool:
+    """Whether a warm-up ended with a clearly higher LM loss than it began with (mean of the last
+    steps above ``tolerance`` x the mean of the first): a learning rate too high for the cut."""
+    if len(losses) < 2:
+        return False
+    first, last = _ends(losses)
+    return last > tolerance * first
 
 
 CUT_FILE = "cut.safetensors"
