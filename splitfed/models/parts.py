@@ -97,6 +97,13 @@ class SplitPart(nn.Module):
         self.placement: dict[int, torch.device] | None = None  # block -> device (models/placement.py)
 
     @property
+    def device(self) -> torch.device:
+        """Where the part's first block (or, without blocks, its first weight) computes."""
+        if self.placement is not None and self.layer_indices:
+            return self.placement[self.layer_indices[0]]
+        return next(self.parameters()).device
+
+    @property
     def compute_dtype(self) -> torch.dtype:
         """The dtype of the part's frozen base weights, in which its blocks compute."""
         for parameter in self.parameters():
@@ -163,8 +170,8 @@ class SplitPart(nn.Module):
             return hidden
         if blocks is not None and self.prefix is not None and indices != self.layer_indices:
             raise ValueError("a prefix adapter runs over all of a part's blocks, not a sub-range")
-        if self.placement is not None and hidden.device != self.placement[indices[0]]:
-            first = self.placement[indices[0]]  # from the wire (CPU) onto the first block's device
+        first = self.placement[indices[0]] if self.placement is not None else self.device
+        if hidden.device != first:  # from the wire (CPU) onto the first block's device
             hidden = hidden.to(first)
             attention_mask = None if attention_mask is None else attention_mask.to(first)
             position_ids = None if position_ids is None else position_ids.to(first)
@@ -223,6 +230,11 @@ class HeadPart(SplitPart):
         position_ids: torch.Tensor | None = None,
         past_key_values: DynamicCache | None = None,
     ) -> torch.Tensor:
+        device = self.device
+        if input_ids.device != device:  # token ids from the CPU onto the embedding's device
+            input_ids = input_ids.to(device)
+            attention_mask = None if attention_mask is None else attention_mask.to(device)
+            position_ids = None if position_ids is None else position_ids.to(device)
         positions = self._positions_for_embedding(
             input_ids, attention_mask, position_ids, past_key_values
         )
@@ -265,6 +277,8 @@ class TailPart(SplitPart):
         """``last_only``: the logits of the last position alone (B, 1, V), as generation needs; the
         LM head of a long prompt's other positions is skipped (norm and head act per position)."""
         hidden = self._run_blocks(hidden, attention_mask, position_ids, past_key_values)
+        if hidden.device != (device := self.device):  # a tail without blocks: straight to the LM head
+            hidden = hidden.to(device)
         if last_only:
             hidden = hidden[:, -1:]
         return self.family.finalize(self, hidden)
