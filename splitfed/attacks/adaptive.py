@@ -88,7 +88,7 @@ def fine_tune(inverter: Inverter, features: torch.Tensor, targets: torch.Tensor,
             old_x, old_y, send = replay
             pick = torch.randint(old_x.shape[0], (batch_size,), generator=generator)
             x, y = torch.cat([x, send(old_x[pick])]), torch.cat([y, old_y[pick]])
-        loss = nn.functional.cross_entropy(inverter(x), y)
+        loss = nn.functional.cross_entropy(inverter(x.to(inverter.device)), y.to(inverter.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -112,7 +112,7 @@ def search_refine(head: HeadPart, to_wire: Callable[[torch.Tensor], torch.Tensor
         real = attention_mask[:, t].bool()
         if bool(real.any()):
             tried = head(candidates[:, t].reshape(rows * k, 1), mask.repeat_interleave(k, 0),
-                         past_key_values=repeated_cache(cache, k))[:, -1]
+                         past_key_values=repeated_cache(cache, k))[:, -1].float().cpu()
             similarity = nn.functional.cosine_similarity(
                 to_wire(tried).float().reshape(rows, k, -1), received[:, t].float()[:, None], dim=-1)
             best = candidates[:, t].gather(1, similarity.argmax(-1, keepdim=True)).squeeze(1)
@@ -139,13 +139,13 @@ class AdaptiveAttacker:
     def __init__(self, defense: SplitDefense, public_hidden: torch.Tensor, public_ids: torch.Tensor,
                  public_mask: torch.Tensor, embeddings: torch.Tensor, inverter_steps: int = 200,
                  batch_size: int = 256, lr: float = 2e-3, hidden: int = 1024, negatives: int = 4096,
-                 seed: int = 0) -> None:
+                 seed: int = 0, device: torch.device | str = "cpu") -> None:
         keep = public_mask.bool()
         self.defense = defense
         self.features, self.targets = public_hidden[keep], public_ids[keep]
         self.embeddings = embeddings
         self.spec = dict(steps=inverter_steps, batch_size=batch_size, lr=lr, hidden=hidden,
-                         negatives=negatives, seed=seed)
+                         negatives=negatives, seed=seed, device=device)
         self._inverters: dict[int, Inverter] = {}
 
     def inverter(self, times: int = 1) -> Inverter:
@@ -161,7 +161,7 @@ class AdaptiveAttacker:
                         steps: int = 150, lr: float = 3e-4) -> Inverter:
         """A copy of the adaptive inverter fine-tuned on the victim's vectors at ``known`` positions,
         with simulated public traffic replayed beside them."""
-        copy = Inverter(self.features.shape[-1], self.embeddings, self.spec["hidden"])
+        copy = Inverter(self.features.shape[-1], self.embeddings, self.spec["hidden"]).to(self.spec["device"])
         copy.load_state_dict(self.inverter().state_dict())
         keep = known.bool()
         replay = (self.features, self.targets, lambda x: training_send(self.defense, x))

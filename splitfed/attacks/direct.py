@@ -17,7 +17,7 @@ def direct_forward(tail: TailPart, trunk_output: torch.Tensor, attention_mask: t
     next token is real (the last position has none).
     """
     logits = tail(trunk_output, attention_mask)
-    predicted = logits[:, :-1].argmax(-1)
+    predicted = logits[:, :-1].argmax(-1).cpu()
     target = input_ids[:, 1:]
     mask = attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()
     return predicted, target, mask

@@ -26,6 +26,7 @@ from splitfed.attacks.observe import (
 )
 from splitfed.layout import Layout
 from splitfed.models import Partition, SplitModel, split_model, token_embedding_matrix
+from splitfed.models.devices import OnDevice
 from splitfed.privacy import PrivacySettings
 from splitfed.training.replicate import replicate
 
@@ -74,8 +75,10 @@ class InverterSettings(BaseModel):
     negatives: int = Field(4096, ge=0, description="random negative tokens of the sampled softmax")
 
 
-class AttackSettings(BaseModel):
-    """What ``splitfed attack`` runs."""
+class AttackSettings(OnDevice):
+    """What ``splitfed attack`` runs. ``dtype``/``device``: the attacker's copies of the public model
+    (and the victim's parts) compute there; what they observe comes back to the CPU in float32, as it
+    would off the wire, and the inverters train on ``device`` too."""
 
     model_config = ConfigDict(extra="forbid")
     model: str = "smollm2"
@@ -124,7 +127,8 @@ class AttackHarness:
         self.model, self.tokenizer, self.partition, self.settings = model, tokenizer, partition, settings
         self.say = progress or (lambda message: log.info("%s", message))
         self.public = split_model(replicate(model), partition)
-        self.embeddings = token_embedding_matrix(model)
+        self.device = self.public.head.device
+        self.embeddings = token_embedding_matrix(model).detach().float().cpu()
         chunks = public_chunks(tokenizer, settings.public_text, settings.public_tokens, settings.chunk_length)
         self.public_ids, self.public_mask = chunks["input_ids"], chunks["attention_mask"]
         self.say(f"public text: {self.public_ids.numel()} tokens; head outputs of the public head")
@@ -170,7 +174,7 @@ class AttackHarness:
             self.say(f"training the {channel} inverter at sigma {', '.join(f'{s:g}' for s in sigmas)}")
             self._inverters[key] = train_inverter(
                 features[keep], ids[keep], self.embeddings, noise, spec.steps, spec.batch_size, spec.lr,
-                spec.hidden, spec.negatives, self.settings.seed)
+                spec.hidden, spec.negatives, self.settings.seed, device=self.device)
             self.train_seconds += time.perf_counter() - started
         return self._inverters[key]
 

@@ -33,21 +33,28 @@ class Inverter(nn.Module):
         table = self.table if candidates is None else self.table[candidates]
         return self.log_scale.exp() * direction @ table.T
 
+    @property
+    def device(self) -> torch.device:
+        return self.table.device
+
     @torch.no_grad()
     def top_k(self, x: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
-        """The ``k`` most likely token ids of every vector of ``x`` (``..., dim`` -> ``..., k``)."""
+        """The ``k`` most likely token ids of every vector of ``x`` (``..., dim`` -> ``..., k``), on the
+        CPU wherever the inverter computes."""
         self.eval()
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.cat([self(flat[i:i + chunk]).topk(k, dim=-1).indices
+        out = torch.cat([self(flat[i:i + chunk].to(self.device)).topk(k, dim=-1).indices.cpu()
                          for i in range(0, flat.shape[0], chunk)])
         return out.reshape(*x.shape[:-1], k)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        """The most likely token id of every vector of ``x`` (``..., dim``), over the whole vocabulary."""
+        """The most likely token id of every vector of ``x`` (``..., dim``), over the whole vocabulary, on
+        the CPU."""
         self.eval()
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.cat([self(flat[i:i + chunk]).argmax(-1) for i in range(0, flat.shape[0], chunk)])
+        out = torch.cat([self(flat[i:i + chunk].to(self.device)).argmax(-1).cpu()
+                         for i in range(0, flat.shape[0], chunk)])
         return out.reshape(x.shape[:-1])
 
 
@@ -63,9 +70,11 @@ def train_inverter(
     negatives: int = 4096,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> Inverter:
     """Train an inverter on ``features`` (N, dim) -> ``targets`` (N,), re-drawing the defense's
-    noise on every batch with ``noise(x, generator)`` (noise-aware training).
+    noise on every batch with ``noise(x, generator)`` (noise-aware training). The data and the noise
+    stay on the CPU (the noise's generator is there); each batch, and the inverter, are on ``device``.
 
     The softmax is sampled: over the training targets' tokens plus ``negatives`` random tokens
     (fixed per run); prediction always scores the whole vocabulary.
@@ -74,19 +83,20 @@ def train_inverter(
         raise ValueError(f"{features.shape[0]} feature vectors for {targets.shape[0]} targets")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = Inverter(features.shape[-1], embeddings, hidden)
+    model = Inverter(features.shape[-1], embeddings, hidden).to(device)
     vocab = embeddings.shape[0]
     candidates = torch.unique(torch.cat([targets, torch.randint(vocab, (negatives,), generator=generator)]))
     position = torch.full((vocab,), -1, dtype=torch.long)
     position[candidates] = torch.arange(candidates.numel())
     local = position[targets]
+    candidates = candidates.to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     for step in range(steps):
         index = torch.randint(features.shape[0], (batch_size,), generator=generator)
-        x = noise(features[index], generator)
-        loss = nn.functional.cross_entropy(model(x, candidates), local[index])
+        x = noise(features[index], generator).to(device)
+        loss = nn.functional.cross_entropy(model(x, candidates), local[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -28,6 +28,6 @@ def label_guesses(layout: str, public_tail: TailPart, trunk_output: torch.Tensor
         return received.clamp(min=0), target, keep
     logits = public_tail(trunk_output, attention_mask)
     predicted = torch.zeros_like(labels)
-    predicted[:, 1:] = logits[:, :-1].argmax(-1)
+    predicted[:, 1:] = logits[:, :-1].argmax(-1).cpu()
     keep[:, 0] = False  # nothing predicts the first position
     return predicted, target, keep

@@ -15,6 +15,8 @@ from rich.table import Table
 from splitfed.attacks.harness import DEFENSE_AWARE, AttackHarness, AttackSettings, load_victim_rows
 from splitfed.attacks.suite import TrafficAttacks, victim_traffic
 from splitfed.models import Partition, SplitModel, load_adapter, load_model, split_model
+from splitfed.models.devices import resolve_device
+from splitfed.models.placement import DTYPES
 from splitfed.privacy import SplitDefense, load_cut, warm_up
 from splitfed.training.replicate import replicate
 
@@ -24,7 +26,8 @@ def run_attack(settings: AttackSettings, console: Console | None = None) -> dict
     console = console or Console(stderr=True)
     started = time.perf_counter()
     with console.status(f"loading {settings.model} ..."):
-        model, tokenizer = load_model(settings.model)
+        model, tokenizer = load_model(settings.model, dtype=DTYPES[settings.dtype])
+    model.to(resolve_device(settings.device))
     partition = Partition(settings.head, settings.tail)
     victim = split_model(replicate(model), partition)
     if settings.victim_adapters is not None:

@@ -82,7 +82,7 @@ class TrafficAttacks:
             self.adaptive = AdaptiveAttacker(defense, harness.public_hidden, harness.public_ids,
                                              harness.public_mask, harness.embeddings, spec.steps,
                                              spec.batch_size, spec.lr, spec.hidden, spec.negatives,
-                                             harness.settings.seed)
+                                             harness.settings.seed, harness.device)
 
     def run(self, traffic: Traffic, trunk: TrunkPart, rows: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Every attack on ``traffic``; ``trunk`` is the server's (for the direct-forward attack)."""

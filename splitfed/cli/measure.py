@@ -36,6 +36,11 @@ def attack(
                                                               "head/, trunk/, tail/.")] = None,
     inverter_steps: Annotated[int | None, typer.Option(min=1, help="Training steps of each learned "
                                                                    "inverter.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="The attacker's model weights in float32 (default), "
+                                                   "bfloat16 or float16.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (default: CUDA when present, else CPU), cpu, "
+                                                    "cuda or cuda:N: where the models and inverters "
+                                                    "compute.")] = None,
     output: Annotated[Path | None, typer.Option(help="Where attack.json and attack.md go.")] = None,
 ) -> None:
     """Attack split-learning traffic as an honest-but-curious server; report what it recovers.
@@ -64,7 +69,7 @@ def attack(
     overrides = {"model": model, "head": head, "tail": tail, "task": task, "victims": victims,
                  "forward.sigma": forward_sigma, "backward.sigma": backward_sigma,
                  "attacks": attacks.split(",") if attacks else None, "victim_adapters": victim_adapters,
-                 "inverter.steps": inverter_steps, "output": output}
+                 "inverter.steps": inverter_steps, "dtype": dtype, "device": device, "output": output}
     try:
         overrides["forward.clip"] = clip(forward_clip)
         overrides["backward.clip"] = clip(backward_clip)

@@ -105,11 +105,15 @@ class SplitPart(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """The dtype of the part's frozen base weights, in which its blocks compute."""
+        """The dtype of the part's frozen base weights, in which its blocks compute (of its first
+        weight when nothing is frozen: a public copy without adapters)."""
+        first = None
         for parameter in self.parameters():
-            if not parameter.requires_grad and parameter.is_floating_point():
-                return parameter.dtype
-        return torch.float32
+            if parameter.is_floating_point():
+                if not parameter.requires_grad:
+                    return parameter.dtype
+                first = parameter if first is None else first
+        return torch.float32 if first is None else first.dtype
 
     # -- caches and masks ---------------------------------------------------------------------------
     def new_cache(self) -> DynamicCache:

@@ -73,7 +73,8 @@ class LearnedCut(nn.Module):
             return sent, None
         if head is None or input_ids is None:
             raise ValueError("the dcor defense needs the head and the input ids in training")
-        inputs, outputs = head_token_embeddings(head, input_ids)[keep], sent[keep]
+        embedded = head_token_embeddings(head, input_ids.to(head.device)).to(sent.device)
+        inputs, outputs = embedded[keep], sent[keep]
         if inputs.shape[0] > settings.max_tokens:
             pick = torch.randperm(inputs.shape[0], generator=self.generator)[:settings.max_tokens]
             inputs, outputs = inputs[pick], outputs[pick]
@@ -104,8 +105,9 @@ def warm_up(cut: LearnedCut, head: HeadPart, trunk: TrunkPart, tail: TailPart,
 
     Returns the LM losses. Every other parameter is left untouched, gradients included."""
     settings = cut.settings
-    hidden = _head_outputs(head, public_ids, public_mask)
-    cut.transform.calibrate(hidden, public_mask)
+    cut_device = cut.transform.mean.device  # may differ from the model's (an attacker's copy on the CPU)
+    hidden = _head_outputs(head, public_ids, public_mask).to(cut_device)
+    cut.transform.calibrate(hidden, public_mask.to(cut_device))
     if settings.warmup_steps == 0:
         return []
     params = [p for p in cut.parameters() if p.requires_grad]
@@ -120,13 +122,13 @@ def warm_up(cut: LearnedCut, head: HeadPart, trunk: TrunkPart, tail: TailPart,
         rows = torch.randint(public_ids.shape[0], (min(settings.warmup_batch_size, public_ids.shape[0]),),
                              generator=generator)
         mask = public_mask[rows]
-        sent, extra = cut.send(hidden[rows], mask, head, public_ids[rows], training=True)
+        sent, extra = cut.send(hidden[rows], mask.to(cut_device), head, public_ids[rows], training=True)
         tail_in = trunk(sent, mask)
         bypass = cut.bypass_output(hidden[rows])
         if bypass is not None:
-            tail_in = tail_in + bypass
+            tail_in = tail_in + bypass.to(tail_in.device)
         loss = causal_lm_loss(tail(tail_in, mask), labels[rows])
-        total = loss if extra is None else loss + extra
+        total = loss if extra is None else loss + extra.to(loss.device)
         grads = torch.autograd.grad(total, params, allow_unused=True)
         for param, grad in zip(params, grads, strict=True):
             param.grad = grad
