@@ -31,7 +31,8 @@ def demo_privacy(name: str, head: HeadPart, tokenizer: Any, seed: int) -> Privac
     """The ``privacy:`` block of a named demo defense (the settings the README's frontier measured).
 
     * ``noise``: the hidden state clipped per token to the public text's median norm, noise sigma 0.2;
-    * ``bottleneck``: the information bottleneck, KL weight 1, with the local bypass;
+    * ``bottleneck``: the information bottleneck, KL weight 300 (per code dimension), initial scale 1, with
+      the local bypass;
     * ``dcor``: distance correlation, weight 1, with the local bypass.
     """
     if name == "none":
@@ -43,7 +44,7 @@ def demo_privacy(name: str, head: HeadPart, tokenizer: Any, seed: int) -> Privac
         return PrivacySettings(forward=ChannelSettings(clip=clip, sigma=NOISE_SIGMA), seed=seed)
     common = {"bypass": True, "warmup_steps": 40, "warmup_batch_size": 4, "warmup_lr": 1e-3, "lr": 1e-3}
     if name == "bottleneck":
-        learned = BottleneckSettings(kl_weight=1.0, initial_scale=0.5, **common)
+        learned = BottleneckSettings(kl_weight=300.0, initial_scale=1.0, **common)
         return PrivacySettings(learned=learned, seed=seed)
     if name == "dcor":
         return PrivacySettings(learned=DistanceCorrelationSettings(weight=1.0, **common), seed=seed)

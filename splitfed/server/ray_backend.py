@@ -40,7 +40,7 @@ from splitfed.models import (
     load_model,
     split_model,
 )
-from splitfed.models.placement import DTYPES
+from splitfed.models.placement import DTYPES, place_trunk
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.scheduler import TurnScheduler
 from splitfed.server.sub_server import InProcessSubServer
@@ -90,12 +90,14 @@ class TrunkRecipe:
     fingerprint: float
     threads: int = 1
     dtype: str = "float32"  # of the frozen base (settings.dtype)
+    on_gpu: bool = False  # the actor holds a GPU (ray.num_gpus > 0): its trunk computes there
 
     @classmethod
     def of(cls, model: str, part: TrunkPart, partition: Partition, adapter: LoraSpec | PrefixSpec | None,
-           seed: int, optimizer: OptimizerSettings, threads: int = 1, dtype: str = "float32") -> TrunkRecipe:
+           seed: int, optimizer: OptimizerSettings, threads: int = 1, dtype: str = "float32",
+           on_gpu: bool = False) -> TrunkRecipe:
         return cls(model, partition, adapter, seed, optimizer, adapter_state(part), frozen_fingerprint(part),
-                   threads, dtype)
+                   threads, dtype, on_gpu)
 
 
 class TrunkActor:
@@ -110,12 +112,17 @@ class TrunkActor:
         if abs(frozen_fingerprint(part) - recipe.fingerprint) > 1e-6 * max(1.0, abs(recipe.fingerprint)):
             raise RayBackendError(f"this node's {recipe.model!r} differs from the server's: its frozen trunk "
                                   "weights do not match")
+        if recipe.on_gpu:
+            if not torch.cuda.is_available():
+                raise RayBackendError("this actor was given ray.num_gpus but sees no CUDA device "
+                                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+            place_trunk(part, ["cuda:0"])  # Ray shows the actor only its own GPU(s), from cuda:0
         self.sub = InProcessSubServer(LocalTrunk(part, recipe.optimizer), TurnScheduler())
 
     def forward(self, client: str, hidden: torch.Tensor, mask: torch.Tensor | None,
                 train: bool, blocks: tuple[int, int] | None = None,
                 micro: MicroBatch | None = None) -> torch.Tensor:
-        return self.sub.forward(client, hidden, mask, train, blocks, micro)
+        return self.sub.forward(client, hidden, mask, train, blocks, micro).cpu()  # as the wire carries it
 
     def backward(self, client: str, grad: torch.Tensor, snapshot: bool, micro: MicroBatch | None = None
                  ) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], dict[str, Any]] | None]:
@@ -149,7 +156,11 @@ class TrunkActor:
         caches = self.sub.generation
         assert caches is not None
         value = getattr(caches, method)
-        return value(*args) if callable(value) else value
+        result = value(*args) if callable(value) else value
+        if method == "step":  # (hidden, past length): the hidden state back as the wire carries it
+            hidden, past = result
+            return hidden.cpu(), past
+        return result
 
     def close(self) -> None:
         self.sub.close()
@@ -330,6 +341,17 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         raise RayBackendError(f"cannot reach the Ray cluster at ray.address={address!r}: {error}") from None
 
 
+def check_gpus(num_gpus: float, actors: int) -> None:
+    """Refuse ``ray.num_gpus`` the cluster cannot give ``actors`` actors (they would wait for ever)."""
+    if num_gpus <= 0:
+        return
+    ray = import_ray()
+    total = float(ray.cluster_resources().get("GPU", 0.0))
+    if num_gpus * actors > total + 1e-9:
+        raise RayBackendError(f"ray.num_gpus={num_gpus:g} for {actors} sub-server actor(s) needs "
+                              f"{num_gpus * actors:g} GPUs; the Ray cluster has {total:g}")
+
+
 def ray_sub_servers(recipe: TrunkRecipe, local: TrunkPart, rosters: list[list[str] | None],
                     num_cpus: float, num_gpus: float, snapshot_every: int,
                     colocated: bool = False) -> list[RaySubServer]:
@@ -349,9 +371,10 @@ def sub_servers_from_settings(settings: ServerSettings, split: SplitModel) -> li
 
     ray = settings.ray
     connect_ray(ray.address, ray.local_cpus)
+    check_gpus(ray.num_gpus, settings.sub_servers)
     recipe = TrunkRecipe.of(settings.model, split.trunk, settings.partition.partition(), settings.adapter,
                             settings.seed, settings.optimizer, threads=max(1, int(ray.num_cpus)),
-                            dtype=settings.dtype)
+                            dtype=settings.dtype, on_gpu=ray.num_gpus > 0)
     log.info("Ray: %d actor sub-servers, %g CPU and %g GPU each", settings.sub_servers, ray.num_cpus,
              ray.num_gpus)
     return ray_sub_servers(recipe, split.trunk, roster_slices(settings.roster, settings.sub_servers),

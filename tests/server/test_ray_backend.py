@@ -165,3 +165,29 @@ def test_bad_ray_settings_are_refused_before_anything_loads(base):
     other_base = dataclasses.replace(other_base, fingerprint=other_base.fingerprint + 1.0)
     with pytest.raises(RayBackendError, match="differs from the server's"):
         TrunkActor(other_base)  # what an actor on a node with another model does as it starts
+
+
+def test_gpus_the_cluster_lacks_are_refused_before_an_actor_waits_for_them(local_ray):
+    from splitfed.server.ray_backend import check_gpus
+
+    check_gpus(0.0, 4)  # CPU actors ask nothing
+    gpus = torch.cuda.device_count()  # the local Ray instance sees this machine's GPUs
+    with pytest.raises(RayBackendError, match=r"ray.num_gpus=0.5 for \d+ sub-server actor\(s\) needs "
+                                              r"[\d.]+ GPUs; the Ray cluster has"):
+        check_gpus(0.5, 2 * gpus + 4)
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_actors_on_a_gpu_train_like_the_in_process_threads(local_ray, base, threads_result):
+    trunk = _trunk(base)
+    recipe = TrunkRecipe.of("tiny-llama", trunk, PARTITION, SPEC, 1, OPTIMIZER, on_gpu=True)
+    subs = ray_sub_servers(recipe, trunk, roster_slices(ROSTER, 2), num_cpus=1, num_gpus=0.25,
+                           snapshot_every=1)
+    mode = HierarchicalMode(subs, average_every=2, roster=ROSTER)
+    try:
+        got = _train(mode, base)
+    finally:
+        mode.close()
+    for key, value in threads_result["trunk"].items():
+        assert (got["trunk"][key] - value).abs().max().item() <= 1e-4, key
