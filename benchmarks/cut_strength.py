@@ -105,7 +105,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                               xytext=(4, 3), textcoords="offset points")
     axis.axhline(result["clean_lm_loss"], color="black", linestyle="--", linewidth=1, label="no defense")
     axis.set(xlabel="white-box inverter token accuracy (held-out public text)",
-             ylabel="next-token loss through the cut (lower: more left for the trunk)",
+             ylabel="next-token loss through the cut",
              title=f"{result['model']}, head {result['head']}: cut strength")
     axis.legend(fontsize=8)
     figure.tight_layout()
