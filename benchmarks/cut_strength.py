@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from splitfed.attacks.inverter import train_inverter
+from splitfed.attacks.observe import head_outputs
 from splitfed.models import Partition, load_model, split_model, token_embedding_matrix
 from splitfed.privacy import BottleneckSettings, DistanceCorrelationSettings, LearnedCut, warm_up
 from splitfed.tasks.public_text import public_chunks
@@ -143,12 +144,8 @@ def main() -> None:
     cut_at = chunks["input_ids"].shape[0] * 3 // 4
     public = {"train_ids": chunks["input_ids"][:cut_at], "train_mask": chunks["attention_mask"][:cut_at],
               "test_ids": chunks["input_ids"][cut_at:], "test_mask": chunks["attention_mask"][cut_at:]}
-    with torch.no_grad():
-        for part in ("train", "test"):
-            split.head.eval()
-            public[f"{part}_hidden"] = torch.cat([
-                split.head(public[f"{part}_ids"][i:i + 16], public[f"{part}_mask"][i:i + 16]).float()
-                for i in range(0, public[f"{part}_ids"].shape[0], 16)])
+    for part in ("train", "test"):
+        public[f"{part}_hidden"] = head_outputs(split.head, public[f"{part}_ids"], public[f"{part}_mask"])
     clean = lm_loss(split, public["test_hidden"], public["test_ids"], public["test_mask"], lambda h: h)
     log.info("no defense: LM loss %.3f on %d held-out public tokens", clean, int(public["test_mask"].sum()))
     output = args.output or Path("benchmarks/results") / f"cut_strength_{args.model}"
