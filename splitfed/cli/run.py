@@ -271,6 +271,11 @@ def generate(
     repetition_penalty: Annotated[float | None, typer.Option(min=0.0, help="1 = off.")] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop at this text (repeatable).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the sampler.")] = None,
+    lookup: Annotated[int | None, typer.Option(min=0, max=64, help="Greedy only: send up to N draft tokens "
+                                               "looked up in the context with each step, checked here, so "
+                                               "one round trip can bring several tokens; the output is "
+                                               "the same. Pays over slow links. 0 = off (default).")
+                      ] = None,
     no_chat_template: Annotated[bool, typer.Option("--no-chat-template", help="Send the prompt as plain "
                                                    "text, not through the model's chat template.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the whole sequence through "
@@ -298,7 +303,8 @@ def generate(
     overrides = {"server": server, "output": output, "sampling.max_new_tokens": max_new_tokens,
                  "sampling.temperature": temperature, "sampling.top_k": top_k, "sampling.top_p": top_p,
                  "sampling.repetition_penalty": repetition_penalty, "sampling.stop": stop,
-                 "sampling.seed": seed, "chat_template": False if no_chat_template else None}
+                 "sampling.seed": seed, "sampling.lookup_tokens": lookup,
+                 "chat_template": False if no_chat_template else None}
     try:
         settings = build_settings(ClientSettings, config, _merge(set_, overrides))
         session = open_generator(settings, use_cache=not no_cache)
@@ -315,8 +321,10 @@ def generate(
             out.print()
             seconds = time.perf_counter() - started
             fed = session.generator.past_length
+            counts = session.generator.lookup
+            drafts = f", {counts.accepted}/{counts.drafted} draft tokens accepted" if counts.steps else ""
             console.log(f"{fed} tokens in context, {seconds:.1f}s, "
-                        f"{(session.remote.connection.bytes_sent - sent) / 1e3:.0f} kB sent")
+                        f"{(session.remote.connection.bytes_sent - sent) / 1e3:.0f} kB sent{drafts}")
             return
         conversation = ChatSession(session.generator, session.tokenizer, settings.sampling, system)
         while True:

@@ -4,7 +4,7 @@ logits processors of transformers, so that settings mean what they mean in ``mod
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -25,6 +25,18 @@ class SamplingSettings(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0, description="CTRL-style penalty on seen tokens (1 = off)")
     stop: list[str] = Field(default_factory=list, description="stop when the text contains one of these")
     seed: int | None = Field(None, description="seed of the sampler (None = nondeterministic)")
+    lookup_tokens: int = Field(0, ge=0, le=64, description="greedy only: draft up to this many tokens per "
+                               "step by prompt lookup, verified here, so one round trip can bring several "
+                               "tokens (the same tokens; 0 = off)")
+    lookup_ngram: int = Field(3, ge=1, le=8, description="prompt lookup: the longest n-gram of the context's "
+                              "end looked up earlier in it")
+
+    @model_validator(mode="after")
+    def _lookup_needs_greedy(self) -> SamplingSettings:
+        if self.lookup_tokens and not self.greedy:
+            raise ValueError("sampling.lookup_tokens needs greedy decoding (temperature 0): a sampled token "
+                             "cannot be verified against a draft")
+        return self
 
     @property
     def greedy(self) -> bool:

@@ -88,3 +88,34 @@ def repeated_cache(cache: DynamicCache, repeats: int) -> DynamicCache:
     copy = deepcopy(cache)
     copy.batch_repeat_interleave(repeats)
     return copy
+
+
+def rewindable(cache: DynamicCache, part: SplitPart) -> bool:
+    """Whether ``cache`` can drop its last positions: every layer keeps all its past (a sliding-window
+    layer only until its window is full)."""
+    for index in part.layer_indices:
+        layer = cache.layers[index]
+        if not getattr(layer, "is_initialized", False):
+            continue
+        window = getattr(layer, "sliding_window", None)
+        full = window is not None and layer.get_seq_length() >= window
+        if full and not getattr(layer, "record_past", False):
+            return False
+    return True
+
+
+def rewind_cache(cache: DynamicCache, part: SplitPart, tokens: int) -> None:
+    """Keep the first ``tokens`` real positions of ``cache`` (virtual prefix tokens stay), dropping the
+    rest: a speculative step's rejected draft tokens. Raises ``ValueError`` when a layer cannot."""
+    if not rewindable(cache, part):
+        raise ValueError("a full sliding-window cache cannot drop positions")
+    keep = tokens + part.prefix_length
+    for index in part.layer_indices:
+        layer = cache.layers[index]
+        if getattr(layer, "is_initialized", False):
+            held = layer.get_seq_length()
+            if keep > held:
+                raise ValueError(f"cannot rewind to {tokens} positions: the cache holds "
+                                 f"{held - part.prefix_length}")
+            if keep < held:
+                layer.crop(keep - held)

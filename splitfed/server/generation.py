@@ -4,7 +4,9 @@ Each stream (a session's numbered generation) keeps its trunk cache between step
 carries one token's hidden state per row. Caches expire after ``ttl_s`` idle, are evicted least
 recently used when a new step needs room, and a step that cannot fit gets ``CacheBudgetExceeded``
 (never an out-of-memory crash). Decode steps (one new token) of different streams that arrive while
-the trunk is busy run together as one batched trunk call when their caches allow it.
+the trunk is busy run together as one batched trunk call when their caches allow it. A step that
+claims fewer positions than the stream holds drops the rest first (the rejected draft tokens of a
+speculative decode step), where the cache can.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from splitfed.models.kv_cache import (
     bytes_per_token,
     cache_bytes,
     merge_caches,
+    rewind_cache,
+    rewindable,
 )
 from splitfed.server.compute import ComputeThread
 
@@ -193,9 +197,13 @@ class GenerationCaches:
             elif stream is None:
                 raise StaleStream(f"no cache for stream {stream_id} (expired, evicted or released): send the "
                                   "whole context again with past_length 0")
-            elif stream.busy or stream.tokens != past_length or stream.batch != batch:
+            elif stream.busy or stream.tokens < past_length or stream.batch != batch or (
+                    stream.tokens > past_length and not rewindable(stream.cache, self.trunk)):
                 raise StaleStream(f"stream {stream_id} holds {stream.tokens} positions of {stream.batch} "
                                   f"rows, the step claims {past_length} of {batch}")
+            elif stream.tokens > past_length:  # the client rejected draft tokens: forget them
+                rewind_cache(stream.cache, self.trunk, past_length)
+                stream.tokens = past_length
             need = batch * new * self.per_token
             self._make_room(need, key)
             self._streams[key] = stream

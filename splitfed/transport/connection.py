@@ -43,6 +43,7 @@ class TrunkConnection:
         self.max_message_bytes = max_message_bytes
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.exchanges = 0  # round trips: one per message sent, unary or streamed
         self.layout: str = Layout.THREE_PART  # the server's (from the handshake): it bounds reply sizes
 
     def handshake(self, client_hello: bytes) -> pb.HelloReply:
@@ -61,6 +62,7 @@ class TrunkConnection:
         if len(chunks) != 1 or not reply_fits_request(message.kind, self.layout):
             return self.exchange_chunks(chunks)
         self.bytes_sent += chunks[0].ByteSize()
+        self.exchanges += 1
         try:
             reply = self._stub.Exchange(chunks[0], timeout=self.timeout_s)
         except grpc.RpcError as error:
@@ -74,6 +76,7 @@ class TrunkConnection:
     def exchange_chunks(self, chunks: list[pb.Sealed]) -> Sealed:
         """Send prepared chunks of one message as they are (no checks: for tests and tools)."""
         self.bytes_sent += sum(c.ByteSize() for c in chunks)
+        self.exchanges += 1
         try:
             replies = list(self._stub.Step(iter(chunks), timeout=self.timeout_s))
         except grpc.RpcError as error:

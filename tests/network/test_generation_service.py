@@ -90,6 +90,30 @@ def test_greedy_over_the_network_equals_generate(lab, use_cache):
         remote.connection.close()
 
 
+def test_prompt_lookup_over_the_network_equals_generate_in_fewer_round_trips(lab):
+    prompts = ["hello there", "a longer prompt, left padded against the other"]
+    encoded = lab.tokenizer(prompts, return_tensors="pt", padding=True)
+    remote = lab.remote()
+    try:
+        generator = lab.generator(remote)
+        before = remote.connection.exchanges
+        tokens = list(generator.generate(encoded.input_ids, encoded.attention_mask,
+                                         SamplingSettings(max_new_tokens=32, lookup_tokens=6),
+                                         eos_token_id=None, pad_token_id=0))
+        exchanges = remote.connection.exchanges - before
+        produced = torch.cat([encoded.input_ids, torch.stack(tokens, dim=1)], dim=1)
+        assert torch.equal(produced, lab.expected(prompts, 32))
+        counts = generator.lookup
+        assert counts.accepted > 0 and exchanges == 1 + counts.steps < 32  # the prefill, then the steps
+        # the next turn claims the positions the client kept; the server drops its extra ones
+        generator.feed(torch.stack(tokens[-1:], dim=1))
+        stream = lab.caches._streams[(remote.channel.session_id.hex(), 0)]
+        assert stream.tokens == generator.past_length
+    finally:
+        remote.close()
+        remote.connection.close()
+
+
 def _decode_step_bytes(lab, remote: RemoteTrunk, context: int) -> int:
     generator = lab.generator(remote)
     prompt = torch.randint(10, 200, (1, context), generator=torch.Generator().manual_seed(context))

@@ -104,6 +104,10 @@ def test_generate_with_the_adapters_training_saved(deployment):
         generator = splitfed("generate", "--config", str(config), "--server", f"127.0.0.1:{port}",
                              "--prompt", "hello", "--max-new-tokens", "8", log=root / "generate.log")
         assert generator.wait(timeout=300) == 0, (root / "generate.log").read_text()[-3000:]
+        looked_up = splitfed("generate", "--config", str(config), "--server", f"127.0.0.1:{port}",
+                             "--prompt", "hello", "--max-new-tokens", "8", "--lookup", "4",
+                             log=root / "lookup.log")
+        assert looked_up.wait(timeout=300) == 0, (root / "lookup.log").read_text()[-3000:]
     finally:
         for process in (server,):
             if process.poll() is None:
@@ -125,3 +129,5 @@ def test_generate_with_the_adapters_training_saved(deployment):
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     text = tokenizer.decode(expected[0, encoded.input_ids.shape[1]:], skip_special_tokens=True)
     assert text.strip() and text.strip() in output, (text, output)
+    looked_up = (root / "lookup.log").read_text()
+    assert text.strip() in looked_up and "draft tokens accepted" in looked_up, looked_up[-2000:]
