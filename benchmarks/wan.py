@@ -151,8 +151,26 @@ async def _proxy(listen_port: int, target: str, delay_ms: float) -> None:
 
 # --------------------------------------------------------------------------------------- the clients
 
+def generation_prompts(args: argparse.Namespace, tokenizer, vocab_size: int) -> list:
+    """The prompts (1, T) each: XSum passages in the model's chat template ("summarize"), cut to about
+    ``--context`` tokens, or ``--context`` random token ids."""
+    import torch
+
+    if args.prompts == "random":
+        generator = torch.Generator().manual_seed(0)
+        return [torch.randint(3, min(1000, vocab_size), (1, args.context), generator=generator)
+                for _ in range(args.prompt_count)]
+    from splitfed.tasks import DATA_DIR, read_rows
+    from splitfed.tasks.chat import prompt_ids, xsum_examples
+
+    rows = read_rows(DATA_DIR / "xsum" / "test_first100.jsonl")[:args.prompt_count]
+    return [torch.tensor([prompt_ids(tokenizer, xsum_examples(row, max_words=args.context * 2 // 3)[0])])
+            for row in rows]
+
+
 def generate_client(args: argparse.Namespace) -> None:
-    """In the client's namespace: one client generates; prints tokens/s as JSON."""
+    """In the client's namespace: one client generates each prompt once per lookup setting (greedy,
+    stopping at EOS); prints tokens/s, round trips and drafts per setting as JSON."""
     import torch
 
     from splitfed.client.remote_trunk import RemoteTrunk
@@ -164,41 +182,62 @@ def generate_client(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     keys = Path(args.keys)
-    model, _ = load_model(args.model)
+    model, tokenizer = load_model(args.model)
     split = split_model(model, Partition(args.head, args.tail))
     connection = TrunkConnection(args.server, (keys / "tls-cert.pem").read_bytes())
     remote = RemoteTrunk(connection, Identity.load(keys / "gen.key"),
                          PublicIdentity.from_text((keys / "server.pub").read_text()))
     remote.connect((args.head, num_layers(model) - args.tail), int(model.config.hidden_size))
-    ids = torch.randint(3, min(1000, int(model.config.vocab_size)), (1, args.context))
-    results = []
-    for _ in range(2):  # the first warms up
-        generator = SplitGenerator(split.head, split.tail, remote)
-        started = time.perf_counter()
-        count = sum(1 for _ in generator.generate(ids, sampling=SamplingSettings(
-            max_new_tokens=args.new_tokens)))
-        results.append(count / (time.perf_counter() - started))
-        generator.close()
+    prompts = generation_prompts(args, tokenizer, int(model.config.vocab_size))
+    eos = None if args.prompts == "random" else tokenizer.eos_token_id
+    results = {}
+    for lookup in args.lookup:
+        sampling = SamplingSettings(max_new_tokens=args.new_tokens, lookup_tokens=lookup)
+        tokens = seconds = exchanges = 0.0
+        drafted = accepted = 0
+        for index, ids in enumerate([prompts[0], *prompts]):  # the first warms up
+            generator = SplitGenerator(split.head, split.tail, remote)
+            before, started = connection.exchanges, time.perf_counter()
+            count = sum(1 for _ in generator.generate(ids, sampling=sampling, eos_token_id=eos))
+            elapsed = time.perf_counter() - started
+            generator.close()
+            if index:
+                tokens, seconds = tokens + count, seconds + elapsed
+                exchanges += connection.exchanges - before - 1  # the prefill's
+                drafted, accepted = drafted + generator.lookup.drafted, accepted + generator.lookup.accepted
+        results[str(lookup)] = {"tokens_per_s": tokens / seconds, "tokens": tokens,
+                                "round_trips_per_token": exchanges / tokens, "drafted": drafted,
+                                "accepted": accepted}
     remote.close()
-    print(json.dumps({"tokens_per_s": results[-1]}))
+    print(json.dumps(results))
 
 
-def local_generation(args: argparse.Namespace) -> float:
+def local_generation(args: argparse.Namespace) -> dict[str, float]:
+    """The whole model's ``generate`` on the same prompts, one thread: tokens/s without and with its
+    own prompt lookup (``prompt_lookup_num_tokens``) for each ``--lookup`` setting."""
     import torch
 
     from splitfed.models import load_model
 
     torch.set_num_threads(1)
-    model, _ = load_model(args.model)
-    ids = torch.randint(3, min(1000, int(model.config.vocab_size)), (1, args.context))
-    best = 0.0
-    for _ in range(2):
-        started = time.perf_counter()
-        with torch.no_grad():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
-                           min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
-        best = max(best, args.new_tokens / (time.perf_counter() - started))
-    return best
+    model, tokenizer = load_model(args.model)
+    prompts = generation_prompts(args, tokenizer, int(model.config.vocab_size))
+    eos = None if args.prompts == "random" else tokenizer.eos_token_id
+    results = {}
+    for lookup in args.lookup:
+        options = {"prompt_lookup_num_tokens": lookup} if lookup else {}
+        tokens = seconds = 0.0
+        for index, ids in enumerate([prompts[0], *prompts]):
+            started = time.perf_counter()
+            with torch.no_grad():
+                output = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                        max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=eos,
+                                        pad_token_id=0, **options)
+            if index:
+                tokens += output.shape[1] - ids.shape[1]
+                seconds += time.perf_counter() - started
+        results[str(lookup)] = tokens / seconds
+    return results
 
 
 # ------------------------------------------------------------------------------------------- a run
@@ -256,14 +295,16 @@ class Stage:
                        check=True, capture_output=True, timeout=1800, **pinned(args, 0))
         return json.loads((output / "summary.json").read_text())
 
-    def generate(self) -> float:
+    def generate(self) -> dict:
         args = self.args
         result = subprocess.run(
             [*self.prefix, sys.executable, __file__, "generate", "--server", self.address, "--keys",
              str(self.work / "keys"), "--model", args.model, "--head", str(args.head), "--tail",
-             str(args.tail), "--context", str(args.context), "--new-tokens", str(args.new_tokens)],
+             str(args.tail), "--context", str(args.context), "--new-tokens", str(args.new_tokens),
+             "--prompts", args.prompts, "--prompt-count", str(args.prompt_count),
+             "--lookup", *map(str, args.lookup)],
             check=True, capture_output=True, text=True, timeout=1800, **pinned(args, 0))
-        return float(json.loads(result.stdout.strip().splitlines()[-1])["tokens_per_s"])
+        return json.loads(result.stdout.strip().splitlines()[-1])
 
     def close(self) -> None:
         for process in reversed(self.processes):
@@ -323,7 +364,9 @@ def benchmark(args: argparse.Namespace) -> dict:
     names = [f"t{index}" for index in range(len(args.codecs))]
     _keys(work, [*names, "gen"])
     args.links = links(args)
-    results: dict = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size, "pin": args.pin,
+    results: dict = {"model": args.model, "steps": args.steps, "prompts": args.prompts,
+                     "prompt_count": args.prompt_count, "new_tokens": args.new_tokens, "lookup": args.lookup,
+                     "batch_size": args.batch_size, "pin": args.pin,
                      "max_length": args.max_length, "codecs": args.codecs, "profiles": {},
                      "links": args.links, "namespaces": why_not is None, "why_no_namespaces": why_not,
                      "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}}
@@ -336,10 +379,10 @@ def benchmark(args: argparse.Namespace) -> dict:
         stage = Stage(args, work, profile, why_not is None)
         try:
             row: dict = {"training": {}}
-            for variant, name in zip(args.codecs, names, strict=True):
+            for variant, name in zip(args.codecs if args.training else [], names, strict=False):
                 row["training"][variant] = _per_step(stage.train(variant, name))
             if args.generation:
-                row["generation_tokens_per_s"] = stage.generate()
+                row["generation"] = stage.generate()
         finally:
             stage.close()
             if profile is not None:
@@ -357,9 +400,13 @@ def benchmark(args: argparse.Namespace) -> dict:
             measured["over_floor"] = measured["floor_seconds_per_step"] / measured["seconds_per_step"]
         if not args.generation:
             continue
-        bound = min(results["local_generation_tokens_per_s"], 1 / rtt)
-        row["generation_over_bound"] = row["generation_tokens_per_s"] / bound
-        row["generation_bound_tokens_per_s"] = bound
+        for lookup, measured in row["generation"].items():
+            local = results["local_generation_tokens_per_s"]
+            bound = min(local["0"], 1 / rtt)
+            measured["bound_tokens_per_s"] = bound  # the issue's yardstick: min(local, 1 / RTT)
+            measured["over_bound"] = measured["tokens_per_s"] / bound
+            measured["over_local_same_lookup"] = measured["tokens_per_s"] / local[lookup]
+            measured["single_stream_floor"] = 1 / (1 / local["0"] + rtt)  # one token per round trip
     return results
 
 
@@ -376,7 +423,13 @@ def main() -> None:
         command.add_argument("--head", type=int, default=2)
         command.add_argument("--tail", type=int, default=2)
         command.add_argument("--context", type=int, default=128, help="prompt tokens before generating")
-        command.add_argument("--new-tokens", type=int, default=32)
+        command.add_argument("--new-tokens", type=int, default=32, help="tokens per prompt at most")
+        command.add_argument("--prompts", choices=["xsum", "random"], default="xsum",
+                             help="generation prompts: XSum passages to summarize (stopping at EOS), or "
+                                  "random token ids (no EOS)")
+        command.add_argument("--prompt-count", type=int, default=4, help="prompts timed per setting")
+        command.add_argument("--lookup", type=int, nargs="+", default=[0, 8],
+                             help="prompt-lookup draft sizes to time (0 = one token per round trip)")
     gen.add_argument("--server", required=True)
     gen.add_argument("--keys", required=True)
     parser.add_argument("--profiles", nargs="*", choices=list(PROFILES), default=list(PROFILES))
@@ -389,6 +442,8 @@ def main() -> None:
                                                            "each (two machines; needs 2 CPUs)")
     parser.add_argument("--no-generation", dest="generation", action="store_false",
                         help="training only (the sweep's plot needs no generation)")
+    parser.add_argument("--no-training", dest="training", action="store_false",
+                        help="generation only")
     parser.add_argument("--steps", type=int, default=8, help="training steps per client")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
@@ -409,8 +464,10 @@ def main() -> None:
     output = args.output or Path(f"benchmarks/results/wan_{args.model}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
-    if any(p in PROFILES for p in results["profiles"]):
+    if args.training and any(p in PROFILES for p in results["profiles"]):
         _plot(results, output.with_suffix(".png"))
+    if args.generation and len(results["profiles"]) > 1:
+        plot_generation(results, output.with_name(output.stem + "_generation.png"))
     if args.sweep_mbit:
         plot_sweep(results, output.with_name(output.stem + "_sweep.png"))
     print(f"saved {output}")
@@ -466,6 +523,35 @@ def plot_sweep(results: dict, path: Path) -> None:
     axis.set_xlabel(f"link bandwidth, Mbit/s each way (RTT {results['links'][sweep[0][1]][2]:g} ms)")
     axis.set_ylabel("training tokens/s")
     axis.set_title(f"{results['model']}: training over a link (dashed: floor, dotted: loopback)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def plot_generation(results: dict, path: Path) -> None:
+    """Generation tokens/s against the round-trip time: one line per lookup setting, with 1 / RTT,
+    local ``generate`` and one token per round trip's floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted((results["links"][name][2], name) for name in results["profiles"] if name != "loopback")
+    rtts = [rtt for rtt, _ in names]
+    local = results["local_generation_tokens_per_s"]
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for index, lookup in enumerate(results["lookup"]):
+        label = "one token per round trip" if lookup == 0 else f"prompt lookup, up to {lookup} drafts"
+        measured = [results["profiles"][name]["generation"][str(lookup)]["tokens_per_s"] for _, name in names]
+        axis.plot(rtts, measured, "o-", color=f"C{index}", label=f"split: {label}")
+    axis.plot(rtts, [1000 / rtt for rtt in rtts], ":", color="grey", label="1 / RTT")
+    axis.axhline(local["0"], color="black", linestyle="--", linewidth=1, label="local generate")
+    axis.plot(rtts, [1 / (1 / local["0"] + rtt / 1000) for rtt in rtts], "--", color="C0", linewidth=1,
+              label="floor of one token per round trip")
+    axis.set_ylim(0, max(local.values()) * 1.6)
+    axis.set_xlabel("round-trip time, ms")
+    axis.set_ylabel("generation tokens/s (one client)")
+    axis.set_title(f"{results['model']}: split generation over a link ({results['prompts']} prompts)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

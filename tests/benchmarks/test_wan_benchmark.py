@@ -101,3 +101,31 @@ def test_pinning_puts_a_process_on_one_cpu_with_one_thread():
     pinned = subprocess.run(probe, capture_output=True, text=True, check=True,
                             **wan.pinned(argparse.Namespace(pin=True), 0))
     assert pinned.stdout.split() == ["0", "1"]
+
+
+def test_generation_prompts_and_the_generation_plot(tmp_path):
+    import argparse
+
+    from splitfed.models import load_model
+
+    _, tokenizer = load_model("tiny-llama")
+    args = argparse.Namespace(prompts="xsum", context=96, prompt_count=3)
+    prompts = wan.generation_prompts(args, tokenizer, 256)
+    assert len(prompts) == 3 and all(p.shape[0] == 1 and 40 < p.shape[1] < 1000 for p in prompts)  # bytes
+    assert len({tuple(p[0].tolist()) for p in prompts}) == 3  # three different passages
+    assert "The passage is" in tokenizer.decode(prompts[0][0])
+    random = wan.generation_prompts(argparse.Namespace(prompts="random", context=50, prompt_count=2),
+                                    tokenizer, 256)
+    assert [tuple(p.shape) for p in random] == [(1, 50), (1, 50)] and int(random[0].max()) < 256
+
+    def generation(plain: float, looked_up: float) -> dict:
+        return {"generation": {"0": {"tokens_per_s": plain}, "8": {"tokens_per_s": looked_up}}}
+
+    results = {"model": "tiny", "prompts": "xsum", "lookup": [0, 8],
+               "links": {"clinic": (100.0, 100.0, 20.0), "cross-region": (1000.0, 1000.0, 40.0)},
+               "local_generation_tokens_per_s": {"0": 12.0, "8": 20.0},
+               "profiles": {"loopback": generation(11.0, 18.0), "clinic": generation(9.0, 15.0),
+                            "cross-region": generation(7.0, 12.0)}}
+    path = tmp_path / "generation.png"
+    wan.plot_generation(results, path)
+    assert path.stat().st_size > 10_000
