@@ -356,6 +356,27 @@ def floor_seconds(loopback: dict, measured: dict, profile: str,
             + measured["bytes_down_per_step"] * 8 / (down * 1e6) + 2 * rtt / 1000)
 
 
+def median_cycles(cycles: list[dict]) -> dict:
+    """Each profile's training figures as medians over the cycles, with ``over_loopback`` the median of
+    each cycle's ratio to that cycle's loopback (and the ratios themselves); generation from cycle 1."""
+    from statistics import median
+
+    rows: dict = {}
+    for label, first in cycles[0].items():
+        rows[label] = {key: value for key, value in first.items() if key != "training"}
+        rows[label]["training"] = {}
+        for variant in first["training"]:
+            runs = [cycle[label]["training"][variant] for cycle in cycles]
+            merged = {key: median(run[key] for run in runs) for key in runs[0]}
+            if label != "loopback":
+                ratios = [cycle[label]["training"][variant]["tokens_per_s"]
+                          / cycle["loopback"]["training"][variant]["tokens_per_s"] for cycle in cycles]
+                merged["over_loopback_cycles"] = ratios
+                merged["over_loopback"] = median(ratios)
+            rows[label]["training"][variant] = merged
+    return rows
+
+
 def benchmark(args: argparse.Namespace) -> dict:
     why_not = namespaces_work()
     if why_not:
@@ -364,38 +385,46 @@ def benchmark(args: argparse.Namespace) -> dict:
     names = [f"t{index}" for index in range(len(args.codecs))]
     _keys(work, [*names, "gen"])
     args.links = links(args)
-    results: dict = {"model": args.model, "steps": args.steps, "prompts": args.prompts,
-                     "prompt_count": args.prompt_count, "new_tokens": args.new_tokens, "lookup": args.lookup,
+    results: dict = {"model": args.model, "steps": args.steps, "repeats": args.repeats,
+                     "prompts": args.prompts, "prompt_count": args.prompt_count,
+                     "new_tokens": args.new_tokens, "lookup": args.lookup,
                      "batch_size": args.batch_size, "pin": args.pin,
                      "max_length": args.max_length, "codecs": args.codecs, "profiles": {},
                      "links": args.links, "namespaces": why_not is None, "why_no_namespaces": why_not,
                      "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}}
     if args.generation:
         results["local_generation_tokens_per_s"] = local_generation(args)
-    for profile in [None, *args.links]:
-        label = profile or "loopback"
-        if profile is not None and why_not is None:
-            make_link(*args.links[profile][:2])
-        stage = Stage(args, work, profile, why_not is None)
-        try:
-            row: dict = {"training": {}}
-            for variant, name in zip(args.codecs if args.training else [], names, strict=False):
-                row["training"][variant] = _per_step(stage.train(variant, name))
-            if args.generation:
-                row["generation"] = stage.generate()
-        finally:
-            stage.close()
-            if profile is not None:
-                drop_link()
-        results["profiles"][label] = row
-        print(label, json.dumps(row), flush=True)
+    cycles = []
+    for cycle in range(args.repeats):  # loopback, then each link, again: the machine's drift hits all
+        rows: dict = {}
+        for profile in [None, *args.links]:
+            label = profile or "loopback"
+            if profile is not None and why_not is None:
+                make_link(*args.links[profile][:2])
+            stage = Stage(args, work, profile, why_not is None)
+            try:
+                row: dict = {"training": {}}
+                for variant, name in zip(args.codecs if args.training else [], names, strict=False):
+                    row["training"][variant] = _per_step(stage.train(variant, name))
+                if args.generation:
+                    row["generation"] = stage.generate()
+            finally:
+                stage.close()
+                if profile is not None:
+                    drop_link()
+            rows[label] = row
+            print(f"cycle {cycle + 1}/{args.repeats}", label, json.dumps(row), flush=True)
+        cycles.append(rows)
+    results["profiles"] = cycles[0] if len(cycles) == 1 else median_cycles(cycles)
+    if len(cycles) > 1:
+        results["cycles"] = cycles
     loop = results["profiles"]["loopback"]
     for profile, link in args.links.items():
         row = results["profiles"][profile]
         rtt = link[2] / 1000
         for codec, measured in row["training"].items():
             base = loop["training"][codec]
-            measured["over_loopback"] = measured["tokens_per_s"] / base["tokens_per_s"]
+            measured.setdefault("over_loopback", measured["tokens_per_s"] / base["tokens_per_s"])
             measured["floor_seconds_per_step"] = floor_seconds(base, measured, profile, link)
             measured["over_floor"] = measured["floor_seconds_per_step"] / measured["seconds_per_step"]
         if not args.generation:
@@ -445,6 +474,8 @@ def main() -> None:
     parser.add_argument("--no-training", dest="training", action="store_false",
                         help="generation only")
     parser.add_argument("--steps", type=int, default=8, help="training steps per client")
+    parser.add_argument("--repeats", type=int, default=1, help="run loopback and every link this many "
+                        "times, alternating; report medians and the median of each cycle's ratio")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--output", type=Path)
@@ -467,7 +498,8 @@ def main() -> None:
     if args.training and any(p in PROFILES for p in results["profiles"]):
         _plot(results, output.with_suffix(".png"))
     if args.generation and len(results["profiles"]) > 1:
-        plot_generation(results, output.with_name(output.stem + "_generation.png"))
+        name = output.stem + "_generation.png" if args.training else output.stem + ".png"
+        plot_generation(results, output.with_name(name))
     if args.sweep_mbit:
         plot_sweep(results, output.with_name(output.stem + "_sweep.png"))
     print(f"saved {output}")
@@ -536,7 +568,8 @@ def plot_generation(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted((results["links"][name][2], name) for name in results["profiles"] if name != "loopback")
+    names = sorted((0.0 if name == "loopback" else results["links"][name][2], name)
+                   for name in results["profiles"])
     rtts = [rtt for rtt, _ in names]
     local = results["local_generation_tokens_per_s"]
     figure, axis = plt.subplots(figsize=(7, 4.2))
@@ -544,12 +577,12 @@ def plot_generation(results: dict, path: Path) -> None:
         label = "one token per round trip" if lookup == 0 else f"prompt lookup, up to {lookup} drafts"
         measured = [results["profiles"][name]["generation"][str(lookup)]["tokens_per_s"] for _, name in names]
         axis.plot(rtts, measured, "o-", color=f"C{index}", label=f"split: {label}")
-    axis.plot(rtts, [1000 / rtt for rtt in rtts], ":", color="grey", label="1 / RTT")
+    axis.plot(rtts[1:], [1000 / rtt for rtt in rtts[1:]], ":", color="grey", label="1 / RTT")
     axis.axhline(local["0"], color="black", linestyle="--", linewidth=1, label="local generate")
     axis.plot(rtts, [1 / (1 / local["0"] + rtt / 1000) for rtt in rtts], "--", color="C0", linewidth=1,
               label="floor of one token per round trip")
     axis.set_ylim(0, max(local.values()) * 1.6)
-    axis.set_xlabel("round-trip time, ms")
+    axis.set_xlabel("round-trip time, ms (0: loopback)")
     axis.set_ylabel("generation tokens/s (one client)")
     axis.set_title(f"{results['model']}: split generation over a link ({results['prompts']} prompts)")
     axis.legend(fontsize=8)
