@@ -8,7 +8,10 @@ frontier cell takes half an hour):
   against the same without the cut;
 * privacy proxy: a noise-aware inverter trained on the cut's own output (its trained weights, fresh
   samples every batch) for public text, scored on held-out public text: token accuracy. It sees the
-  victim's cut, which the server never does, so it bounds every attack that learns from public text.
+  victim's cut, which the server never does, so it bounds every attack that learns from public text;
+* with ``--adapt-steps N``: the trunk and the tail then get LoRA and train N steps on the cut's sampled
+  output (the cut frozen), as federated training would let them learn to work on the defended code;
+  the LM loss is measured again, against the no-defense model adapted the same way.
 
 Rows: ``vib:KL[:SCALE]`` (bottleneck, KL weight per code dimension, initial scale, default 1),
 ``dcor:W`` (distance correlation). Saves JSON and a PNG (x: inverter accuracy, y: LM loss).
@@ -19,18 +22,20 @@ Rows: ``vib:KL[:SCALE]`` (bottleneck, KL weight per code dimension, initial scal
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import platform
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from splitfed.attacks.inverter import train_inverter
 from splitfed.attacks.observe import head_outputs
-from splitfed.models import Partition, load_model, split_model, token_embedding_matrix
+from splitfed.models import LoraSpec, Partition, add_adapter, load_model, split_model, token_embedding_matrix
 from splitfed.privacy import BottleneckSettings, DistanceCorrelationSettings, LearnedCut, warm_up
 from splitfed.tasks.public_text import public_chunks
 from splitfed.training.loss import causal_lm_loss
@@ -52,6 +57,29 @@ def row_settings(row: str, args: argparse.Namespace) -> BottleneckSettings | Dis
     except ValueError as error:
         raise ValueError(f"row {row!r}: {error}") from None
     raise ValueError(f"unknown row {row!r}: vib:KL[:SCALE] or dcor:W")
+
+
+def adapted_lm_loss(args: argparse.Namespace, split, public: dict[str, torch.Tensor], send) -> float:
+    """LM loss on held-out public text after LoRA on copies of the trunk and tail trained
+    ``--adapt-steps`` on ``send(head output)`` of the public training text."""
+    split = SimpleNamespace(trunk=copy.deepcopy(split.trunk), tail=copy.deepcopy(split.tail))
+    for part in (split.trunk, split.tail):
+        add_adapter(part, LoraSpec(r=args.adapt_rank))
+        part.train()
+    params = [p for part in (split.trunk, split.tail) for p in part.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.adapt_lr)
+    generator = torch.Generator().manual_seed(args.seed)
+    hidden, ids, mask = public["train_hidden"], public["train_ids"], public["train_mask"]
+    for _ in range(args.adapt_steps):
+        rows = torch.randint(ids.shape[0], (args.warmup_batch_size,), generator=generator)
+        logits = split.tail(split.trunk(send(hidden[rows]), mask[rows]), mask[rows])
+        loss = causal_lm_loss(logits, ids[rows].masked_fill(mask[rows] == 0, -100))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    for part in (split.trunk, split.tail):
+        part.eval()
+    return lm_loss(split, public["test_hidden"], public["test_ids"], public["test_mask"], send)
 
 
 @torch.no_grad()
@@ -82,10 +110,14 @@ def measure(row: str, split, embeddings: torch.Tensor, public: dict[str, torch.T
               "warmup_lm_loss_last": sum(losses[-5:]) / len(losses[-5:]) if losses else None,
               "lm_loss": lm_loss(split, public["test_hidden"], public["test_ids"], public["test_mask"], send),
               "inverter_token_accuracy": accuracy, "seconds": time.perf_counter() - started}
+    if args.adapt_steps:
+        record["lm_loss_adapted"] = adapted_lm_loss(args, split, public, send)
+        record["seconds"] = time.perf_counter() - started
     if cut.transform.log_scale is not None:
         record["mean_scale"] = float(cut.transform.log_scale.bias.detach().exp().mean())
-    log.info("%s: LM loss %.3f, white-box inverter token accuracy %.3f (%.0fs)", row, record["lm_loss"],
-             accuracy, record["seconds"])
+    adapted = f", {record['lm_loss_adapted']:.3f} with trunk and tail adapted" if args.adapt_steps else ""
+    log.info("%s: LM loss %.3f%s, white-box inverter token accuracy %.3f (%.0fs)", row, record["lm_loss"],
+             adapted, accuracy, record["seconds"])
     return record
 
 
@@ -126,6 +158,10 @@ def main() -> None:
     parser.add_argument("--inverter-steps", type=int, default=200)
     parser.add_argument("--public-tokens", type=int, default=24576, help="3/4 train the cut and the "
                         "inverter, 1/4 score them")
+    parser.add_argument("--adapt-steps", type=int, default=0, help="then train LoRA on the trunk and tail "
+                        "this many steps on the cut's output and measure the LM loss again (0 = off)")
+    parser.add_argument("--adapt-rank", type=int, default=8)
+    parser.add_argument("--adapt-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
@@ -148,11 +184,14 @@ def main() -> None:
         public[f"{part}_hidden"] = head_outputs(split.head, public[f"{part}_ids"], public[f"{part}_mask"])
     clean = lm_loss(split, public["test_hidden"], public["test_ids"], public["test_mask"], lambda h: h)
     log.info("no defense: LM loss %.3f on %d held-out public tokens", clean, int(public["test_mask"].sum()))
+    clean_adapted = adapted_lm_loss(args, split, public, lambda h: h) if args.adapt_steps else None
+    if clean_adapted is not None:
+        log.info("no defense, trunk and tail adapted %d steps: LM loss %.3f", args.adapt_steps, clean_adapted)
     output = args.output or Path("benchmarks/results") / f"cut_strength_{args.model}"
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     result: dict[str, Any] = {"model": args.model, "head": args.head, "tail": args.tail, "args": settings,
-                              "clean_lm_loss": clean, "rows": [],
+                              "clean_lm_loss": clean, "clean_lm_loss_adapted": clean_adapted, "rows": [],
                               "platform": {"python": platform.python_version(), "torch": torch.__version__,
                                            "threads": torch.get_num_threads()}}
     for row in rows:
@@ -160,7 +199,9 @@ def main() -> None:
         output.with_suffix(".json").write_text(json.dumps(result, indent=2))
         plot(result, output.with_suffix(".png"))
     for record in result["rows"]:
-        print(f"{record['row']:>12}  LM loss {record['lm_loss']:.3f} (no defense {clean:.3f})  "
+        adapted = "" if clean_adapted is None else \
+            f", adapted {record['lm_loss_adapted']:.3f} (no defense {clean_adapted:.3f})"
+        print(f"{record['row']:>12}  LM loss {record['lm_loss']:.3f} (no defense {clean:.3f}){adapted}  "
               f"white-box inverter {record['inverter_token_accuracy']:.3f}")
     print(f"saved {output}.json and .png")
 

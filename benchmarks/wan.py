@@ -3,7 +3,8 @@
 A real `splitfed serve` and real clients, each in a network namespace of its own, joined by a veth
 pair whose two ends are rate-limited with `tc tbf` (uplink: client -> server, downlink: server ->
 client). `netem` is not available on these machines, so the round-trip time comes from a small TCP
-proxy in the client's namespace that holds every chunk for half the RTT in each direction. Profiles:
+proxy in the client's namespace that holds every chunk for half the RTT in each direction (at real-time
+priority where it can, so that it does not wait for the endpoints' compute to get a core). Profiles:
 
 * datacenter: 10 Gbit/s both ways, 1 ms RTT;
 * cross-region: 1 Gbit/s both ways, 40 ms RTT;
@@ -60,6 +61,14 @@ def pinned(args: argparse.Namespace, cpu: int) -> dict:
     if not args.pin:
         return {"env": env}
     return {"env": {**env, "OMP_NUM_THREADS": "1"}, "preexec_fn": lambda: os.sched_setaffinity(0, {cpu})}
+
+
+def realtime() -> list[str]:
+    """The proxy's command prefix: real-time priority where allowed (root, `chrt`), so that forwarding a
+    chunk never waits for a time slice of the client's or the server's compute, as a wire would not."""
+    if os.geteuid() == 0 and shutil.which("chrt"):
+        return ["chrt", "-f", "50"]
+    return []
 
 
 def _run(*command: str) -> None:
@@ -272,8 +281,8 @@ class Stage:
         if profile is not None:
             target = f"{SERVER_IP}:{port}" if self.wan else f"127.0.0.1:{port}"
             self.processes.append(subprocess.Popen(
-                [*self.prefix, sys.executable, __file__, "proxy", "--listen-port", str(PROXY_PORT),
-                 "--target", target, "--delay-ms", str(self.args.links[profile][2])],
+                [*self.prefix, *realtime(), sys.executable, __file__, "proxy", "--listen-port",
+                 str(PROXY_PORT), "--target", target, "--delay-ms", str(self.args.links[profile][2])],
                 stdout=subprocess.DEVNULL, stderr=(work / "proxy.log").open("w")))
             time.sleep(1.0)
             self.address = f"127.0.0.1:{PROXY_PORT}"

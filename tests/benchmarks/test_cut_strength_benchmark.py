@@ -36,3 +36,14 @@ def test_a_bad_row_is_refused_before_the_model_loads(tmp_path):
                              "--output", str(tmp_path / "x"))
     assert finished.returncode == 2 and "unknown row 'mixup:1'" in finished.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_adapting_the_trunk_and_tail_is_measured_against_the_undefended_model_adapted_alike(tmp_path):
+    stem = tmp_path / "adapted"
+    finished = run_benchmark("cut_strength", *TINY, "--rows", "vib:300", "--adapt-steps", "3",
+                             "--output", str(stem))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    result = json.loads(stem.with_suffix(".json").read_text())
+    assert result["clean_lm_loss_adapted"] > 0 and result["rows"][0]["lm_loss_adapted"] > 0
+    assert result["rows"][0]["lm_loss_adapted"] != result["rows"][0]["lm_loss"]  # the adapters trained
+    assert "adapted" in finished.stdout

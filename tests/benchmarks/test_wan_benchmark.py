@@ -129,3 +129,20 @@ def test_generation_prompts_and_the_generation_plot(tmp_path):
     path = tmp_path / "generation.png"
     wan.plot_generation(results, path)
     assert path.stat().st_size > 10_000
+
+
+def test_repeated_cycles_report_the_median_of_each_cycles_ratio():
+    def cycle(loopback: float, clinic: float) -> dict:
+        def training(tokens_per_s: float) -> dict:
+            step = {"tokens_per_s": tokens_per_s, "seconds_per_step": 100 / tokens_per_s,
+                    "bytes_up_per_step": 10.0, "bytes_down_per_step": 10.0}
+            return {"training": {"int8": step}}
+        return {"loopback": training(loopback), "clinic": training(clinic)}
+
+    # the machine slows down between cycles: each cycle's own ratio is 0.9, the medians' ratio is not
+    merged = wan.median_cycles([cycle(100.0, 90.0), cycle(50.0, 45.0), cycle(200.0, 180.0)])
+    clinic = merged["clinic"]["training"]["int8"]
+    assert clinic["over_loopback"] == pytest.approx(0.9)
+    assert clinic["over_loopback_cycles"] == pytest.approx([0.9, 0.9, 0.9])
+    assert clinic["tokens_per_s"] == 90.0 and merged["loopback"]["training"]["int8"]["tokens_per_s"] == 100.0
+    assert "over_loopback" not in merged["loopback"]["training"]["int8"]
