@@ -201,7 +201,8 @@ def generate_client(args: argparse.Namespace) -> None:
     eos = None if args.prompts == "random" else tokenizer.eos_token_id
     results = {}
     for lookup in args.lookup:
-        sampling = SamplingSettings(max_new_tokens=args.new_tokens, lookup_tokens=lookup)
+        sampling = SamplingSettings(max_new_tokens=args.new_tokens, lookup_tokens=lookup,
+                                    lookup_min_ngram=args.lookup_min_ngram)
         tokens = seconds = exchanges = 0.0
         drafted = accepted = 0
         for index, ids in enumerate([prompts[0], *prompts]):  # the first warms up
@@ -311,7 +312,7 @@ class Stage:
              str(self.work / "keys"), "--model", args.model, "--head", str(args.head), "--tail",
              str(args.tail), "--context", str(args.context), "--new-tokens", str(args.new_tokens),
              "--prompts", args.prompts, "--prompt-count", str(args.prompt_count),
-             "--lookup", *map(str, args.lookup)],
+             "--lookup", *map(str, args.lookup), "--lookup-min-ngram", str(args.lookup_min_ngram)],
             check=True, capture_output=True, text=True, timeout=1800, **pinned(args, 0))
         return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -397,6 +398,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     results: dict = {"model": args.model, "steps": args.steps, "repeats": args.repeats,
                      "prompts": args.prompts, "prompt_count": args.prompt_count,
                      "new_tokens": args.new_tokens, "lookup": args.lookup,
+                     "lookup_min_ngram": args.lookup_min_ngram,
                      "batch_size": args.batch_size, "pin": args.pin,
                      "max_length": args.max_length, "codecs": args.codecs, "profiles": {},
                      "links": args.links, "namespaces": why_not is None, "why_no_namespaces": why_not,
@@ -468,6 +470,8 @@ def main() -> None:
         command.add_argument("--prompt-count", type=int, default=4, help="prompts timed per setting")
         command.add_argument("--lookup", type=int, nargs="+", default=[0, 8],
                              help="prompt-lookup draft sizes to time (0 = one token per round trip)")
+        command.add_argument("--lookup-min-ngram", type=int, default=2,
+                             help="the shortest n-gram that makes a draft (sampling.lookup_min_ngram)")
     gen.add_argument("--server", required=True)
     gen.add_argument("--keys", required=True)
     parser.add_argument("--profiles", nargs="*", choices=list(PROFILES), default=list(PROFILES))

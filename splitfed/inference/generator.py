@@ -143,7 +143,7 @@ class SplitGenerator:
             for token in decode_speculative(
                     logits, lambda tokens: self.feed(tokens, every_position=True), self.rewind, self.ids,
                     sampling.max_new_tokens, TokenChooser(sampling), eos_token_id, pad_token_id,
-                    sampling.lookup_tokens, sampling.lookup_ngram, self.lookup):
+                    sampling.lookup_tokens, sampling.lookup_ngram, self.lookup, sampling.lookup_min_ngram):
                 yielded += 1
                 yield token
         finally:  # stopped early (a stop string, the caller): the last token yielded stays unfed

@@ -18,13 +18,13 @@ import torch
 from splitfed.models.generation import TokenChoice, eos_tensor
 
 
-def lookup_draft(tokens: list[int], size: int, max_ngram: int) -> list[int]:
+def lookup_draft(tokens: list[int], size: int, max_ngram: int, min_ngram: int = 1) -> list[int]:
     """Up to ``size`` tokens that followed the latest earlier occurrence of the last n tokens of
-    ``tokens``, trying n = ``max_ngram`` down to 1; empty when no n-gram recurs."""
+    ``tokens``, trying n = ``max_ngram`` down to ``min_ngram``; empty when no such n-gram recurs."""
     if size < 1:
         return []
     length = len(tokens)
-    for n in range(min(max_ngram, length - 1), 0, -1):
+    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
         pattern = tokens[length - n:]
         for start in range(length - n - 1, -1, -1):
             if tokens[start:start + n] == pattern:
@@ -33,10 +33,10 @@ def lookup_draft(tokens: list[int], size: int, max_ngram: int) -> list[int]:
 
 
 def batch_draft(sequences: torch.Tensor, unfinished: torch.Tensor, size: int, max_ngram: int,
-                pad_token_id: int) -> torch.Tensor:
+                pad_token_id: int, min_ngram: int = 1) -> torch.Tensor:
     """A draft of the same length for every row (B, k): the shortest of the unfinished rows' drafts
     (k = 0 when one of them has none); finished rows get padding."""
-    drafts = {row: lookup_draft(sequences[row].tolist(), size, max_ngram)
+    drafts = {row: lookup_draft(sequences[row].tolist(), size, max_ngram, min_ngram)
               for row in range(len(sequences)) if bool(unfinished[row])}
     k = min((len(draft) for draft in drafts.values()), default=0)
     out = torch.full((len(sequences), k), pad_token_id, dtype=sequences.dtype, device=sequences.device)
@@ -70,6 +70,7 @@ def decode_speculative(
     draft_tokens: int = 8,
     max_ngram: int = 3,
     counts: LookupCounts | None = None,
+    min_ngram: int = 1,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,) as ``decode_tokens`` does, several per ``feed_many``.
 
@@ -96,7 +97,7 @@ def decode_speculative(
         fed = sequences.shape[1]  # the last pending token is not fed yet
         sequences = torch.cat([sequences, token[:, None]], dim=1)
         draft = batch_draft(sequences, unfinished, min(draft_tokens, max_new_tokens - produced - 1),
-                            max_ngram, pad_token_id)
+                            max_ngram, pad_token_id, min_ngram)
         step_logits = feed_many(torch.cat([token[:, None], draft], dim=1))
         accepted, chosen = _verify(sequences, draft, step_logits, unfinished, choose)
         counts.steps += 1

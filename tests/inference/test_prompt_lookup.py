@@ -24,6 +24,8 @@ def test_lookup_draft_follows_the_latest_occurrence_of_the_longest_ngram():
     assert lookup_draft([1, 2, 3, 4], 3, 3) == []           # nothing recurs
     assert lookup_draft([1, 2, 1], 0, 3) == []
     assert lookup_draft([4], 3, 3) == []
+    assert lookup_draft([1, 2, 3, 9, 5, 3], 2, 3) == [9, 5]  # a 1-gram match drafts by default...
+    assert lookup_draft([1, 2, 3, 9, 5, 3], 2, 3, min_ngram=2) == []  # ...not when 2 are required
 
 
 def test_a_batch_draft_is_as_long_as_the_shortest_unfinished_rows_draft():
@@ -134,4 +136,6 @@ def test_lookup_is_refused_with_sampling_and_bounded():
         SamplingSettings(lookup_tokens=4, temperature=0.7)
     with pytest.raises(ValidationError, match="lookup_tokens"):
         SamplingSettings(lookup_tokens=-1)
+    with pytest.raises(ValidationError, match=r"lookup_min_ngram \(4\) exceeds sampling.lookup_ngram \(3\)"):
+        SamplingSettings(lookup_tokens=4, lookup_min_ngram=4)
     assert SamplingSettings(lookup_tokens=4, repetition_penalty=1.2).lookup_tokens == 4
