@@ -109,7 +109,8 @@ class GenerationEndpoint(Protocol):
 
     ``generate_step`` runs ``hidden`` (B, new, H) through the trunk; ``attention_mask`` (B, past + new)
     covers the stream's cached positions and the new ones; ``past_length`` 0 starts the stream's cache
-    afresh; ``use_cache`` False keeps nothing (the caller then sends the whole sequence every step).
+    afresh, and one below what the stream holds drops the rest first (rejected draft tokens);
+    ``use_cache`` False keeps nothing (the caller then sends the whole sequence every step).
     """
 
     def generate_step(self, stream: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
