@@ -303,7 +303,7 @@ def main() -> None:
                 plot(lines, output.with_suffix(".png"))
     print(markdown(result["summary"], result["zero_shot"]))
     print("goal met by:", result["goal_met"])
-    print(f"saved {output}.json/.md/.png in {result['seconds']:.0f}s")
+    print(f"saved {output.with_suffix('')}.json/.md/.png in {result['seconds']:.0f}s")
 
 
 if __name__ == "__main__":
