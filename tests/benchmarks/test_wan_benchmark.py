@@ -146,3 +146,17 @@ def test_repeated_cycles_report_the_median_of_each_cycles_ratio():
     assert clinic["over_loopback_cycles"] == pytest.approx([0.9, 0.9, 0.9])
     assert clinic["tokens_per_s"] == 90.0 and merged["loopback"]["training"]["int8"]["tokens_per_s"] == 100.0
     assert "over_loopback" not in merged["loopback"]["training"]["int8"]
+
+
+def test_repeated_generation_cycles_take_each_cycles_own_yardstick():
+    def cycle(split_tokens_per_s: float) -> dict:
+        return {"loopback": {"training": {}, "generation": {"0": {"tokens_per_s": 2 * split_tokens_per_s}}},
+                "cross-region": {"training": {}, "generation": {"0": {"tokens_per_s": split_tokens_per_s}}}}
+
+    links = {"cross-region": (1000.0, 1000.0, 40.0)}  # 1 / RTT = 25 tok/s, above every local rate here
+    locals_ = [{"0": 10.0}, {"0": 20.0}, {"0": 16.0}]
+    merged = wan.median_cycles([cycle(8.0), cycle(14.0), cycle(12.0)], locals_, links)
+    generation = merged["cross-region"]["generation"]["0"]
+    assert generation["over_bound_cycles"] == pytest.approx([0.8, 0.7, 0.75])
+    assert generation["over_bound"] == pytest.approx(0.75) and generation["tokens_per_s"] == 12.0
+    assert "over_bound" not in merged["loopback"]["generation"]["0"]
