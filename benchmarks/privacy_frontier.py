@@ -32,6 +32,7 @@ import math
 import platform
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -191,20 +192,34 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return lines
 
 
-def goal_check(lines: list[dict[str, Any]]) -> dict[str, list[str]]:
+def majority_accuracy(examples: list[Any]) -> float:
+    """Accuracy of always answering the commonest label of ``examples``."""
+    counts = Counter(e.label for e in examples)
+    return max(counts.values()) / len(examples)
+
+
+def unlearned(lines: list[dict[str, Any]], majority: dict[str, float]) -> list[str]:
+    """Tasks whose undefended row does not beat the majority class by more than the goal's 3 points:
+    there the frontier cannot tell a defense that keeps the task from one that removes it."""
+    return [line["task"] for line in lines if line["row"] == "none" and line["task"] in majority
+            and line["accuracy_mean"] < majority[line["task"]] + GOAL_POINTS]
+
+
+def goal_check(lines: list[dict[str, Any]], majority: dict[str, float] | None = None) -> dict[str, list[str]]:
     """Per task, the rows meeting the goal: strongest ROUGE-L <= 0.2 and mean accuracy within 3 points
-    of the undefended row."""
+    of the undefended row; none on a task the undefended row has not learned (``unlearned``)."""
+    skip = set(unlearned(lines, majority or {}))
     met: dict[str, list[str]] = {}
     for task in dict.fromkeys(line["task"] for line in lines):
         base = next((line for line in lines if line["task"] == task and line["row"] == "none"), None)
-        met[task] = [] if base is None else [
+        met[task] = [] if base is None or task in skip else [
             line["row"] for line in lines if line["task"] == task and line["row"] != "none"
             and line["strongest"]["rouge_l"] <= GOAL_ROUGE
             and line["accuracy_mean"] >= base["accuracy_mean"] - GOAL_POINTS]
     return met
 
 
-def markdown(lines: list[dict[str, Any]], zero_shot: dict[str, float]) -> str:
+def markdown(lines: list[dict[str, Any]], zero_shot: dict[str, float], majority: dict[str, float]) -> str:
     out = ["| task | defense | seeds | accuracy (mean ± sd) | server zeroed | strongest attack (ROUGE-L / "
            "token acc, private positions) | epsilon | train s |", "|---|---|---:|---|---:|---|---:|---:|"]
     for line in lines:
@@ -216,10 +231,18 @@ def markdown(lines: list[dict[str, Any]], zero_shot: dict[str, float]) -> str:
                    f"{line['train_seconds_mean']:.0f} |")
     out.append("")
     out.append("Zero-shot accuracy: " + ", ".join(f"{t} {a:.3f}" for t, a in zero_shot.items()))
+    out.append("")
+    out.append("Majority class: " + ", ".join(f"{t} {a:.3f}" for t, a in majority.items()))
+    for task in unlearned(lines, majority):
+        base = next(line for line in lines if line["task"] == task and line["row"] == "none")
+        out.append(f"\n**{task}: not learned at this budget.** Undefended training reaches "
+                   f"{base['accuracy_mean']:.3f}, within {GOAL_POINTS * 100:.0f} points of always answering "
+                   f"the commonest label ({majority[task]:.3f}), so this frontier cannot show a "
+                   "defense keeping the task (every row would), only what the server reads.")
     return "\n".join(out) + "\n"
 
 
-def plot(lines: list[dict[str, Any]], path: Path) -> Path:
+def plot(lines: list[dict[str, Any]], majority: dict[str, float], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,6 +262,8 @@ def plot(lines: list[dict[str, Any]], path: Path) -> Path:
             ax.annotate(line["row"], (x, line["accuracy_mean"]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
             ax.plot([x], [line["zeroed_accuracy_mean"]], "x", color="grey")
+        if task in majority:
+            ax.axhline(majority[task], color="grey", linestyle="--", linewidth=0.8, label="majority class")
         ax.set(xlim=(0, 1.05), ylim=(0, 1), xlabel="strongest attack ROUGE-L on private positions",
                ylabel="accuracy (x: server output zeroed)", title=f"{task}: privacy frontier")
         ax.grid(alpha=0.3)
@@ -264,10 +289,12 @@ def main() -> None:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "platform": {"python": platform.python_version(), "torch": torch.__version__,
                      "machine": platform.machine(), "threads": torch.get_num_threads()},
-        "zero_shot": {}, "records": []}
+        "zero_shot": {}, "majority": {}, "records": []}
     if args.merge and output.with_suffix(".json").is_file():
         result["zero_shot"], result["records"] = previous_records(output.with_suffix(".json"), result["args"])
         log.info("merging: %d cells already measured", len(result["records"]))
+    for task in dict.fromkeys([*(r["task"] for r in result["records"]), *args.tasks.split(",")]):
+        result["majority"][task] = majority_accuracy(load_task(task, "val", limit=args.eval_examples))
     done = {(r["task"], r["row"], r["seed"]) for r in result["records"]}
     model, tokenizer = load_model(args.model)
     attack_settings = AttackSettings(model=args.model, head=args.head, tail=args.tail,
@@ -296,12 +323,12 @@ def main() -> None:
                          row, seed, record["accuracy"], record["zeroed_accuracy"], s["attack"],
                          s["rouge_l"], s["checkpoint"], record["seconds"])
                 lines = summarise(result["records"])
-                result.update(summary=lines, goal_met=goal_check(lines),
+                result.update(summary=lines, goal_met=goal_check(lines, result["majority"]),
                               seconds=time.perf_counter() - started)
                 output.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-                output.with_suffix(".md").write_text(markdown(lines, result["zero_shot"]))
-                plot(lines, output.with_suffix(".png"))
-    print(markdown(result["summary"], result["zero_shot"]))
+                output.with_suffix(".md").write_text(markdown(lines, result["zero_shot"], result["majority"]))
+                plot(lines, result["majority"], output.with_suffix(".png"))
+    print(markdown(result["summary"], result["zero_shot"], result["majority"]))
     print("goal met by:", result["goal_met"])
     print(f"saved {output.with_suffix('')}.json/.md/.png in {result['seconds']:.0f}s")
 

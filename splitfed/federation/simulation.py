@@ -46,6 +46,7 @@ from splitfed.server.ray_backend import (
     import_ray,
     raised_cause,
 )
+from splitfed.server.ray_tensors import register_tensor_serializer
 from splitfed.training.data import Batch, shuffled_batches
 from splitfed.training.replicate import replicate
 
@@ -87,6 +88,7 @@ class ClientHost:
     def __init__(self, recipe: HostRecipe, shards: dict[int, list[Any]],
                  collate: Callable[[list[Any]], Batch], trunks: dict[int, Any],
                  public_text: Batch | None) -> None:
+        register_tensor_serializer(import_ray())  # what it sends travels as numpy arrays
         torch.set_num_threads(max(1, recipe.threads))
         model, _ = load_model(recipe.model, dtype=DTYPES[recipe.dtype])
         settings = recipe.settings

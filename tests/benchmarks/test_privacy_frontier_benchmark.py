@@ -51,3 +51,25 @@ def test_an_unknown_row_is_refused_before_anything_runs():
     assert frontier_module.row_privacy("vib-bypass:0.1:0.3", 2.0, 3.0, 0, args).learned.initial_scale == 0.3
     with pytest.raises(ValueError, match="laplace:1"):
         frontier_module.row_privacy("laplace:1", 2.0, 3.0, 0, args)
+
+
+def test_a_task_the_undefended_row_has_not_learned_meets_no_goal_and_says_so():
+    frontier_module = load_benchmark("privacy_frontier")
+    strong = {"attack": "averaging-4", "rouge_l": 0.1, "token_accuracy": 0.1, "checkpoint": "after training"}
+
+    def line(task, row, accuracy):
+        return {"task": task, "row": row, "seeds": 1, "accuracy_mean": accuracy, "accuracy_sd": 0.0,
+                "zeroed_accuracy_mean": 0.5, "strongest": strong, "epsilon": float("inf"),
+                "train_seconds_mean": 1.0}
+
+    lines = [line("cb", "none", 0.70), line("cb", "vib:1", 0.69), line("rte", "none", 0.531),
+             line("rte", "vib:1", 0.53)]
+    majority = {"cb": 0.50, "rte": 0.527}
+    assert frontier_module.unlearned(lines, majority) == ["rte"]
+    assert frontier_module.goal_check(lines, majority) == {"cb": ["vib:1"], "rte": []}
+    assert frontier_module.goal_check(lines) == {"cb": ["vib:1"], "rte": ["vib:1"]}  # without the baseline
+    table = frontier_module.markdown(lines, {"cb": 0.5, "rte": 0.466}, majority)
+    assert "Majority class: cb 0.500, rte 0.527" in table and "**rte: not learned at this budget.**" in table
+    assert "**cb:" not in table
+    examples = [argparse.Namespace(label=label) for label in (0, 1, 1, 2)]
+    assert frontier_module.majority_accuracy(examples) == 0.5

@@ -14,7 +14,13 @@ from splitfed.models import LoraSpec, Partition, adapter_state, init_adapter, sp
 from splitfed.server import LocalTrunk
 from splitfed.server.backends import roster_slices
 from splitfed.server.modes import HierarchicalMode
-from splitfed.server.ray_backend import RayBackendError, TrunkActor, TrunkRecipe, ray_sub_servers
+from splitfed.server.ray_backend import (
+    RayBackendError,
+    TrunkActor,
+    TrunkRecipe,
+    ray_sub_servers,
+    with_shared_base,
+)
 from splitfed.server.service_parts import Session
 from splitfed.training.optim import OptimizerSettings
 from splitfed.training.replicate import replicate, replicate_frozen
@@ -176,6 +182,30 @@ def test_gpus_the_cluster_lacks_are_refused_before_an_actor_waits_for_them(local
                                               r"[\d.]+ GPUs; the Ray cluster has"):
         check_gpus(0.5, 2 * gpus + 4)
 
+
+
+def test_actors_compute_over_the_front_ends_frozen_base_and_refuse_another_shape(local_ray, base):
+    import ray
+
+    from splitfed.server.ray_tensors import frozen_arrays
+
+    trunk = _trunk(base)
+    with torch.no_grad():  # the front end's base differs from the model files the actor's node has
+        for parameter in trunk.parameters():
+            if not parameter.requires_grad:
+                parameter.mul_(0.5)
+    recipe = with_shared_base(TrunkRecipe.of("tiny-llama", trunk, PARTITION, SPEC, 1, OPTIMIZER), trunk)
+    actor = TrunkActor(recipe)  # the body of an actor, here in the driver
+    theirs = dict(actor.sub.part.named_parameters())
+    for name, parameter in trunk.named_parameters():
+        if not parameter.requires_grad:
+            assert torch.equal(theirs[name], parameter), name
+    actor.close()
+    shorter = split_model(replicate(base), Partition(2, 1)).trunk
+    init_adapter(shorter, SPEC, 1)
+    other = dataclasses.replace(recipe, frozen=ray.put(frozen_arrays(shorter)))
+    with pytest.raises(RayBackendError, match="is not the server's: the shared frozen base has other"):
+        TrunkActor(other)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
