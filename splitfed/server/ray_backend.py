@@ -1,8 +1,10 @@
 """Sub-servers as Ray actors: ``splitfed serve --mode hierarchical --backend ray``.
 
-Each actor holds its own frozen base and trunk adapter on its own Ray resources (``num_cpus``,
+Each actor holds its own trunk adapter and optimizer on its own Ray resources (``num_cpus``,
 ``num_gpus``, fractions allowed) and runs an ``InProcessSubServer`` inside; actors may live on any node of
-the Ray cluster. The gRPC front end keeps the sessions, the crypto and the turns, and calls its actors
+the Ray cluster. The frozen base is the front end's, put once into Ray's object store: the actors of a
+node map that one read-only copy (``with_shared_base``), and tensors cross as numpy arrays
+(``ray_tensors``). The gRPC front end keeps the sessions, the crypto and the turns, and calls its actors
 through ``RaySubServer``, which follows the ``SubServer`` protocol, so hierarchical mode averages
 adapters across actors exactly as across threads.
 

@@ -69,6 +69,18 @@ def test_a_trunk_over_shared_arrays_computes_as_the_original_without_copying(tin
     assert torch.equal(other(hidden, mask), source(hidden, mask))
 
 
+def test_a_bfloat16_base_is_shared_as_its_bits(tiny_llama):
+    source = _trunk(tiny_llama, 1).to(torch.bfloat16)
+    other = _trunk(tiny_llama, 1).to(torch.bfloat16)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            if not parameter.requires_grad:
+                parameter.zero_()
+    share_frozen(other, frozen_arrays(source))
+    for (name, mine), theirs in zip(other.named_parameters(), source.parameters(), strict=True):
+        assert mine.dtype == torch.bfloat16 and torch.equal(mine, theirs), name
+
+
 def test_shared_arrays_of_another_architecture_are_refused(tiny_llama):
     trunk = _trunk(tiny_llama, 1)
     arrays = frozen_arrays(trunk)
