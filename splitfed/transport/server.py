@@ -102,9 +102,16 @@ class TrunkServicer(pb_grpc.TrunkServicer):
     def Step(self, request_iterator: Iterator[pb.Sealed], context: grpc.ServicerContext):  # noqa: N802
         first = self._first_chunk(request_iterator, context)
         admitted = self._admit(first, context)
+        chunks = self._paced(first, request_iterator, context)
+
+        def whole() -> Sealed:
+            try:
+                return reassemble(chunks, admitted.max_bytes)
+            finally:  # the message is whole (or refused): its idle deadline must not run on while the
+                chunks.close()  # step waits for its turn or computes (it cancelled slow steps)
+
         try:
-            chunks = self._paced(first, request_iterator, context)
-            reply = self._serve(lambda: reassemble(chunks, admitted.max_bytes), context)
+            reply = self._serve(whole, context)
         finally:
             admitted.release()
         yield from chunk_message(reply)
