@@ -59,30 +59,43 @@ GOAL_ROUGE, GOAL_POINTS = 0.2, 0.03
 
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--tasks", default="cb,rte")
+    parser.add_argument("--model", default="smollm2",
+                        help="model name or local directory / GGUF file (default: the SmolLM2 wheel)")
+    parser.add_argument("--tasks", default="cb,rte", help="comma-separated SuperGLUE tasks")
     parser.add_argument("--rows", default="none,noise:0.05,noise:0.2,vib:0.01,vib:0.1,vib-bypass:0.1,"
-                                          "dcor:1,dcor-bypass:1")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--head", type=int, default=2)
-    parser.add_argument("--tail", type=int, default=2)
-    parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+                                          "dcor:1,dcor-bypass:1",
+                        help="comma-separated defense rows: none, noise:SIGMA, vib:KL[:SCALE], "
+                             "vib-bypass:KL[:SCALE], dcor:W, dcor-bypass:W")
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="comma-separated seeds; every row runs at one seed before the next")
+    parser.add_argument("--head", type=int, default=2, help="decoder blocks on the client before the cut")
+    parser.add_argument("--tail", type=int, default=2, help="decoder blocks on the client after the server")
+    parser.add_argument("--clients", type=int, default=3,
+                        help="federated clients (IID shards of the training rows)")
+    parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds")
     parser.add_argument("--local-steps", type=int, default=4, help="steps per client per round")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--train-examples", type=int, default=480)
+    parser.add_argument("--batch-size", type=int, default=4, help="examples per client step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
+    parser.add_argument("--train-examples", type=int, default=480,
+                        help="training rows shared out among the clients")
     parser.add_argument("--eval-examples", type=int, default=None, help="default: all validation rows")
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--victims", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=256,
+                        help="tokens per example (longer ones are truncated)")
+    parser.add_argument("--victims", type=int, default=32,
+                        help="validation rows whose traffic the attacks read")
     parser.add_argument("--average-times", type=int, default=4, help="K of the averaging attack")
-    parser.add_argument("--warmup-steps", type=int, default=30)
+    parser.add_argument("--warmup-steps", type=int, default=30,
+                        help="public-text warm-up steps of a learned defense")
     parser.add_argument("--cut-lr", type=float, default=1e-3, help="lr of a learned defense and its warm-up "
                         "(1e-2 made the warm-up diverge: public LM loss 4.4 -> 8-10)")
-    parser.add_argument("--inverter-steps", type=int, default=200)
-    parser.add_argument("--public-tokens", type=int, default=8192)
-    parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--inverter-steps", type=int, default=200,
+                        help="training steps of each attacker's inverter")
+    parser.add_argument("--public-tokens", type=int, default=8192,
+                        help="public text (WikiText-2) tokens the attacker trains on")
+    parser.add_argument("--delta", type=float, default=1e-5,
+                        help="delta of the (epsilon, delta) accounting of noise rows")
+    parser.add_argument("--output", type=Path, default=None, help="path without suffix for .json/.md/.png "
+                        "(default: benchmarks/results/privacy_frontier_MODEL)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the records already in the output JSON and run only the missing cells "
                              "(same model and budget; a run may be spread over sessions or machines)")
