@@ -33,28 +33,34 @@ from splitfed.privacy import PrivacySettings
 from splitfed.tasks import TASKS
 
 
+def _described(field: str) -> str:
+    """An option's help: the description of the evaluation setting it sets."""
+    return str(EvalSettings.model_fields[field].description)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--model", default="smollm2", help=_described("model"))
     parser.add_argument("--task", action="append", help="task (repeatable; default cb, copa, xsum)")
     parser.add_argument("--method", action="append", choices=METHODS,
                         help="method (repeatable; default all; federated-noise needs --noise-clip and "
                              "--noise-sigma)")
     parser.add_argument("--zero-shot-only", action="store_true",
                         help="score the base model on every shipped classification task")
-    parser.add_argument("--steps", type=int, default=48)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--train-examples", type=int, default=480)
-    parser.add_argument("--eval-examples", type=int, default=100)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--max-words", type=int, default=200)
-    parser.add_argument("--max-length", type=int, default=320)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--steps", type=int, default=48, help=_described("steps"))
+    parser.add_argument("--rounds", type=int, default=4, help=_described("rounds"))
+    parser.add_argument("--clients", type=int, default=3, help=_described("clients"))
+    parser.add_argument("--batch-size", type=int, default=4, help=_described("batch_size"))
+    parser.add_argument("--lr", type=float, default=1e-3, help=_described("lr"))
+    parser.add_argument("--lora-rank", type=int, default=8, help=_described("lora_rank"))
+    parser.add_argument("--train-examples", type=int, default=480, help=_described("train_examples"))
+    parser.add_argument("--eval-examples", type=int, default=100, help=_described("eval_examples"))
+    parser.add_argument("--max-new-tokens", type=int, default=48, help=_described("max_new_tokens"))
+    parser.add_argument("--max-words", type=int, default=200, help=_described("max_words"))
+    parser.add_argument("--max-length", type=int, default=320, help=_described("max_length"))
+    parser.add_argument("--seed", type=int, default=0, help=_described("seed"))
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results"),
+                        help="folder of the JSON, Markdown and plot")
     parser.add_argument("--noise-clip", type=float, default=None,
                         help="federated + noise row: per-token clip norm C of both channels")
     parser.add_argument("--noise-sigma", type=float, default=None,
