@@ -28,7 +28,8 @@ NOISE_SIGMA = 0.2
 
 
 def demo_privacy(name: str, head: HeadPart, tokenizer: Any, seed: int) -> PrivacySettings:
-    """The ``privacy:`` block of a named demo defense (the settings the README's frontier measured).
+    """The ``privacy:`` block of a named demo defense (the frontier's ``noise:0.2``, ``vib-bypass:300:1``
+    and, with the bypass added, ``dcor:1`` rows).
 
     * ``noise``: the hidden state clipped per token to the public text's median norm, noise sigma 0.2;
     * ``bottleneck``: the information bottleneck, KL weight 300 (per code dimension), initial scale 1, with
