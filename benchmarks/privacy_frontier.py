@@ -16,8 +16,9 @@ For every task, defense row and seed, in one run:
 Rows: ``none``, ``noise:SIGMA`` (per-token clip at the public median norm on both channels),
 ``vib:KL[:SCALE]`` and ``vib-bypass:KL[:SCALE]`` (information bottleneck, KL weight and the code's
 initial noise scale, default 0.1; with the local bypass),
-``dcor:W`` and ``dcor-bypass:W`` (distance correlation weight). Saves JSON after every cell, a
-Markdown table and a PNG (x: strongest attack ROUGE-L, y: accuracy).
+``dcor:W`` and ``dcor-bypass:W`` (distance correlation weight), and a learned row with noise on
+top, ``vib:300:1+noise:0.05`` (the cut's output clipped at the public head output's median norm).
+Saves JSON after every cell, a Markdown table and a PNG (x: strongest attack ROUGE-L, y: accuracy).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/privacy_frontier.py --tasks cb --seeds 0 \\
         --rows none,noise:0.05,vib:0.1,vib-bypass:0.1,dcor:1
@@ -65,7 +66,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--rows", default="none,noise:0.05,noise:0.2,vib:0.01,vib:0.1,vib-bypass:0.1,"
                                           "dcor:1,dcor-bypass:1",
                         help="comma-separated defense rows: none, noise:SIGMA, vib:KL[:SCALE], "
-                             "vib-bypass:KL[:SCALE], dcor:W, dcor-bypass:W")
+                             "vib-bypass:KL[:SCALE], dcor:W, dcor-bypass:W, or a learned one with noise "
+                             "on top: vib:300:1+noise:0.05")
     parser.add_argument("--seeds", default="0,1,2",
                         help="comma-separated seeds; every row runs at one seed before the next")
     parser.add_argument("--head", type=int, default=2, help="decoder blocks on the client before the cut")
@@ -99,30 +101,48 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--merge", action="store_true",
                         help="keep the records already in the output JSON and run only the missing cells "
                              "(same model and budget; a run may be spread over sessions or machines)")
+    parser.add_argument("--include", type=Path, action="append", default=[], metavar="JSON",
+                        help="also keep the cells of this frontier JSON (same model and budget; e.g. a run "
+                             "in parallel on another core); may be repeated")
     return parser.parse_args()
 
 
-def row_privacy(row: str, forward_clip: float, backward_clip: float, seed: int, args) -> PrivacySettings:
-    """The client's ``privacy:`` block for a row name such as ``vib-bypass:0.1``."""
-    kind, _, value = row.partition(":")
-    if kind == "none":
-        return PrivacySettings()
+ROW_FORMS = "none, noise:S, vib:KL[:SCALE], vib-bypass:KL[:SCALE], dcor:W, dcor-bypass:W, or LEARNED+noise:S"
+
+
+def _learned_part(kind: str, value: str, args) -> BottleneckSettings | DistanceCorrelationSettings:
     strength = float(value.partition(":")[0])
-    if kind == "noise":
-        return PrivacySettings(forward=ChannelSettings(clip=forward_clip, sigma=strength),
-                               backward=ChannelSettings(clip=backward_clip, sigma=strength),
-                               delta=args.delta, seed=seed)
     common = {"warmup_steps": args.warmup_steps, "bypass": kind.endswith("-bypass"), "warmup_batch_size": 4,
               "warmup_lr": args.cut_lr, "lr": args.cut_lr}
     if kind.startswith("vib"):
         scale = float(rest) if (rest := value.partition(":")[2]) else 0.1
-        learned = BottleneckSettings(kl_weight=strength, initial_scale=scale, **common)
-    elif kind.startswith("dcor"):
-        learned = DistanceCorrelationSettings(weight=strength, **common)
-    else:
-        raise ValueError(f"unknown row {row!r}: none, noise:S, vib:KL[:SCALE], vib-bypass:KL[:SCALE], "
-                         "dcor:W, dcor-bypass:W")
-    return PrivacySettings(learned=learned, seed=seed)
+        return BottleneckSettings(kl_weight=strength, initial_scale=scale, **common)
+    return DistanceCorrelationSettings(weight=strength, **common)
+
+
+def row_privacy(row: str, forward_clip: float, backward_clip: float, seed: int, args) -> PrivacySettings:
+    """The client's ``privacy:`` block for a row name such as ``vib-bypass:0.1``, or a learned defense
+    composed with noise such as ``vib:300:1+noise:0.05`` (the cut's output is then clipped at
+    ``forward_clip``, the public head output's median norm, and noised)."""
+    parts = row.split("+")
+    kinds = [part.partition(":")[0] for part in parts]
+    known = {"none", "noise", "vib", "vib-bypass", "dcor", "dcor-bypass"}
+    if any(kind not in known for kind in kinds) or (len(parts) > 1 and (
+            "none" in kinds or kinds.count("noise") != 1 or len(parts) != 2)):
+        raise ValueError(f"unknown row {row!r}: {ROW_FORMS}")
+    if kinds == ["none"]:
+        return PrivacySettings()
+    noise: dict[str, Any] = {}
+    learned = None
+    for kind, part in zip(kinds, parts, strict=True):
+        value = part.partition(":")[2]
+        if kind == "noise":
+            sigma = float(value)
+            noise = {"forward": ChannelSettings(clip=forward_clip, sigma=sigma),
+                     "backward": ChannelSettings(clip=backward_clip, sigma=sigma), "delta": args.delta}
+        else:
+            learned = _learned_part(kind, value, args)
+    return PrivacySettings(learned=learned, seed=seed, **noise)
 
 
 def _worst(*checkpoints: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +201,7 @@ def previous_records(path: Path, args: dict[str, Any]) -> tuple[dict[str, float]
     previous = json.loads(path.read_text())
     changed = [k for k in BUDGET_ARGS if previous["args"].get(k) != args[k]]
     if changed:
-        raise SystemExit(f"--merge: {path} was measured with other settings ({', '.join(changed)}); "
+        raise SystemExit(f"{path} was measured with other settings ({', '.join(changed)}); "
                          "use another --output or the same settings")
     return dict(previous.get("zero_shot", {})), list(previous["records"])
 
@@ -287,6 +307,16 @@ def plot(lines: list[dict[str, Any]], majority: dict[str, float], path: Path) ->
     return path
 
 
+def save(result: dict[str, Any], output: Path, started: float) -> None:
+    """The summary, the goal check, the JSON, the Markdown table and the plot of ``result``."""
+    lines = summarise(result["records"])
+    result.update(summary=lines, goal_met=goal_check(lines, result["majority"]),
+                  seconds=time.perf_counter() - started)
+    output.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+    output.with_suffix(".md").write_text(markdown(lines, result["zero_shot"], result["majority"]))
+    plot(lines, result["majority"], output.with_suffix(".png"))
+
+
 def main() -> None:
     args = _args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
@@ -306,6 +336,12 @@ def main() -> None:
     if args.merge and output.with_suffix(".json").is_file():
         result["zero_shot"], result["records"] = previous_records(output.with_suffix(".json"), result["args"])
         log.info("merging: %d cells already measured", len(result["records"]))
+    for path in args.include:
+        zero_shot, records = previous_records(path, result["args"])
+        have = {(r["task"], r["row"], r["seed"]) for r in result["records"]}
+        result["records"] += [r for r in records if (r["task"], r["row"], r["seed"]) not in have]
+        result["zero_shot"] = {**zero_shot, **result["zero_shot"]}
+        log.info("included %s: %d cells", path, len(records))
     for task in dict.fromkeys([*(r["task"] for r in result["records"]), *args.tasks.split(",")]):
         result["majority"][task] = majority_accuracy(load_task(task, "val", limit=args.eval_examples))
     done = {(r["task"], r["row"], r["seed"]) for r in result["records"]}
@@ -319,10 +355,11 @@ def main() -> None:
         evaluation = load_task(task, "val", limit=args.eval_examples)
         encoded = [encode_example(tokenizer, e, args.max_length) for e in train]
         rows = victim_rows(tokenizer, task, "val", args.victims, args.max_length)
-        zero = evaluate_cloze(whole_logits(model), tokenizer, evaluation, batch_size=8,
-                              max_length=args.max_length)
-        result["zero_shot"][task] = zero["accuracy"]
-        log.info("%s: zero-shot accuracy %.3f on %d rows", task, zero["accuracy"], len(evaluation))
+        if task not in result["zero_shot"]:
+            zero = evaluate_cloze(whole_logits(model), tokenizer, evaluation, batch_size=8,
+                                  max_length=args.max_length)
+            result["zero_shot"][task] = zero["accuracy"]
+        log.info("%s: zero-shot accuracy %.3f on %d rows", task, result["zero_shot"][task], len(evaluation))
         for seed in seeds:  # every row at one seed before the next seed: partial runs stay comparable
             shards = iid_shards(encoded, args.clients, seed)
             for row in rows_spec:
@@ -335,12 +372,9 @@ def main() -> None:
                 log.info("%s %s seed %d: acc %.3f (zeroed %.3f), strongest %s R-L %.3f (%s), %.0fs", task,
                          row, seed, record["accuracy"], record["zeroed_accuracy"], s["attack"],
                          s["rouge_l"], s["checkpoint"], record["seconds"])
-                lines = summarise(result["records"])
-                result.update(summary=lines, goal_met=goal_check(lines, result["majority"]),
-                              seconds=time.perf_counter() - started)
-                output.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-                output.with_suffix(".md").write_text(markdown(lines, result["zero_shot"], result["majority"]))
-                plot(lines, result["majority"], output.with_suffix(".png"))
+                save(result, output, started)
+    if result["records"]:
+        save(result, output, started)  # also when every cell was merged or included
     print(markdown(result["summary"], result["zero_shot"], result["majority"]))
     print("goal met by:", result["goal_met"])
     print(f"saved {output.with_suffix('')}.json/.md/.png in {result['seconds']:.0f}s")

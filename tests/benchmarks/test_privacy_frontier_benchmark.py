@@ -43,6 +43,21 @@ def test_frontier_saves_each_cell_and_merge_adds_only_the_missing_ones(tmp_path)
     assert other_budget.returncode != 0 and "rounds" in other_budget.stderr
     assert json.loads(stem.with_suffix(".json").read_text()) == after  # nothing lost
 
+    # a run on another core, included: its cells are kept and only the composite row is measured
+    combined = tmp_path / "combined"
+    both = frontier(combined, "--rows", "none,vib:0.1+noise:0.1", "--include", str(stem.with_suffix(".json")))
+    assert both.returncode == 0, both.stderr[-3000:]
+    joined = json.loads(combined.with_suffix(".json").read_text())
+    assert joined["records"][:2] == after["records"] and joined["zero_shot"] == after["zero_shot"]
+    composite = joined["records"][2]
+    assert composite["row"] == "vib:0.1+noise:0.1"
+    assert composite["privacy"]["learned"]["kl_weight"] == 0.1
+    assert composite["privacy"]["forward"]["sigma"] == 0.1 and 0 < composite["epsilon"] < float("inf")
+    assert "| cb | vib:0.1+noise:0.1 | 1 |" in combined.with_suffix(".md").read_text()
+    refused = frontier(tmp_path / "other", "--rows", "none", "--rounds", "2", "--include",
+                       str(stem.with_suffix(".json")))
+    assert refused.returncode != 0 and "rounds" in refused.stderr
+
 
 def test_an_unknown_row_is_refused_before_anything_runs():
     frontier_module = load_benchmark("privacy_frontier")
@@ -51,6 +66,13 @@ def test_an_unknown_row_is_refused_before_anything_runs():
     assert frontier_module.row_privacy("vib-bypass:0.1:0.3", 2.0, 3.0, 0, args).learned.initial_scale == 0.3
     with pytest.raises(ValueError, match="laplace:1"):
         frontier_module.row_privacy("laplace:1", 2.0, 3.0, 0, args)
+    composite = frontier_module.row_privacy("vib:300:1+noise:0.05", 2.0, 3.0, 7, args)
+    assert (composite.learned.kl_weight, composite.learned.initial_scale) == (300.0, 1.0)
+    assert (composite.forward.clip, composite.forward.sigma, composite.backward.clip) == (2.0, 0.05, 3.0)
+    assert composite.seed == 7
+    for bad in ("noise:0.1+noise:0.2", "none+noise:0.1", "vib:1+dcor:1", "vib:1+noise:0.1+dcor:1"):
+        with pytest.raises(ValueError, match="LEARNED\\+noise"):
+            frontier_module.row_privacy(bad, 2.0, 3.0, 0, args)
 
 
 def test_a_task_the_undefended_row_has_not_learned_meets_no_goal_and_says_so():
