@@ -56,6 +56,7 @@ from splitfed.training.optim import OptimizerSettings
 
 log = logging.getLogger("privacy_frontier")
 GOAL_ROUGE, GOAL_POINTS = 0.2, 0.03
+PLOT_MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X", "<", ">")
 
 
 def _args() -> argparse.Namespace:
@@ -282,25 +283,27 @@ def plot(lines: list[dict[str, Any]], majority: dict[str, float], path: Path) ->
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(line["task"] for line in lines))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(9.0 * len(tasks), 4.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         rows = [line for line in lines if line["task"] == task]
         base = next((line for line in rows if line["row"] == "none"), None)
         if base is not None:
             ax.axhspan(base["accuracy_mean"] - GOAL_POINTS, 1.0, xmin=0, xmax=GOAL_ROUGE / 1.05,
                        color="tab:green", alpha=0.12, label="goal")
-        for line in rows:
+        for index, line in enumerate(rows):
             x = line["strongest"]["rouge_l"]
-            ax.errorbar(x, line["accuracy_mean"], yerr=line["accuracy_sd"], fmt="o", capsize=3)
-            ax.annotate(line["row"], (x, line["accuracy_mean"]), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
-            ax.plot([x], [line["zeroed_accuracy_mean"]], "x", color="grey")
+            ax.errorbar(x, line["accuracy_mean"], yerr=line["accuracy_sd"], capsize=3,
+                        fmt=PLOT_MARKERS[index % len(PLOT_MARKERS)],
+                        label=f"{line['row']} ({line['seeds']} seed{'s' if line['seeds'] != 1 else ''})")
+            ax.plot([x], [line["zeroed_accuracy_mean"]], "x", color="grey",
+                    label="server output zeroed" if index == 0 else None)
         if task in majority:
             ax.axhline(majority[task], color="grey", linestyle="--", linewidth=0.8, label="majority class")
         ax.set(xlim=(0, 1.05), ylim=(0, 1), xlabel="strongest attack ROUGE-L on private positions",
                ylabel="accuracy (x: server output zeroed)", title=f"{task}: privacy frontier")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        # Points cluster near ROUGE-L 1, so rows are named in a legend beside the axes, not on the points.
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
