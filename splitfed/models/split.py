@@ -37,13 +37,17 @@ class Partition:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise PartitionError(f"Partition.{name} must be a non-negative int, got {value!r}")
 
-    def check(self, num_layers: int) -> None:
-        """Raise unless the trunk keeps at least one block; warn loudly about exposing partitions."""
+    def fits(self, num_layers: int) -> None:
+        """Raise unless the trunk keeps at least one block of a model with ``num_layers`` blocks."""
         if self.head + self.tail >= num_layers:
             raise PartitionError(
                 f"Partition(head={self.head}, tail={self.tail}) leaves no block for the server: "
                 f"the model has {num_layers} blocks, so head + tail must be < {num_layers}."
             )
+
+    def check(self, num_layers: int) -> None:
+        """Raise unless the trunk keeps at least one block; warn loudly about exposing partitions."""
+        self.fits(num_layers)
         if self.head == 0:
             _warn(
                 "Partition head=0: the server receives raw token embeddings and can invert them "
@@ -75,9 +79,9 @@ class SplitModel(nn.Module):
 
     def __init__(
         self,
-        head: HeadPart,
-        trunk: TrunkPart,
-        tail: TailPart,
+        head: HeadPart | None,
+        trunk: TrunkPart | None,
+        tail: TailPart | None,
         partition: Partition,
         family: FamilyAdapter,
     ) -> None:
@@ -87,11 +91,13 @@ class SplitModel(nn.Module):
         self.tail = tail
         self.partition = partition
         self.family = family
-        self.config = head.config
+        self.config = next(part for part in (head, trunk, tail) if part is not None).config
 
     @property
     def parts(self) -> dict[str, nn.Module]:
-        return {"head": self.head, "trunk": self.trunk, "tail": self.tail}
+        """The parts this process holds (a client holds no trunk, a server no head)."""
+        held = {"head": self.head, "trunk": self.trunk, "tail": self.tail}
+        return {role: part for role, part in held.items() if part is not None}
 
     def new_caches(self) -> tuple[DynamicCache, DynamicCache, DynamicCache]:
         """One empty KV cache per part."""
@@ -116,14 +122,18 @@ def num_layers(model: nn.Module) -> int:
     return family_for(model).num_layers(model.config)
 
 
-def split_model(model: nn.Module, partition: Partition) -> SplitModel:
-    """Split ``model`` into head, trunk and tail that share its modules (no copy is made)."""
+ALL_ROLES = ("head", "trunk", "tail")
+
+
+def split_model(model: nn.Module, partition: Partition, roles: tuple[str, ...] = ALL_ROLES) -> SplitModel:
+    """Split ``model`` into head, trunk and tail that share its modules (no copy is made); only the
+    ``roles`` asked for are built (the others are None: a part-loaded model holds only its own)."""
     family = family_for(model)
     head_range, trunk_range, tail_range = partition.ranges(family.num_layers(model.config))
     split = SplitModel(
-        HeadPart(model, family, head_range),
-        TrunkPart(model, family, trunk_range),
-        TailPart(model, family, tail_range),
+        HeadPart(model, family, head_range) if "head" in roles else None,
+        TrunkPart(model, family, trunk_range) if "trunk" in roles else None,
+        TailPart(model, family, tail_range) if "tail" in roles else None,
         partition,
         family,
     )
