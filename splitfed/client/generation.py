@@ -11,9 +11,10 @@ from splitfed.client.settings import ClientSettings
 from splitfed.inference import SplitGenerator
 from splitfed.inference.server_logits import ServerLogits
 from splitfed.layout import Layout
-from splitfed.models import hidden_size, init_adapter, load_adapter_state, load_model, num_layers, split_model
+from splitfed.models import hidden_size, init_adapter, load_adapter_state
 from splitfed.models.adapters import WEIGHTS_FILE, read_adapter
 from splitfed.models.devices import place_client_parts, resolve_device
+from splitfed.models.party import load_client_parts
 from splitfed.models.placement import DTYPES
 from splitfed.privacy import SplitDefense, load_cut
 
@@ -39,8 +40,9 @@ class RemoteGenerator:
 def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int = 0) -> RemoteGenerator:
     """Load the model's head and tail with the trained adapters in ``settings.output`` (the fresh
     adapters, with a warning, where there are none) and open a session with the trunk server."""
-    model, tokenizer = load_model(settings.model, dtype=DTYPES[settings.dtype])
-    split = split_model(model, settings.partition.partition())
+    loaded = load_client_parts(settings.model, settings.partition.partition(), settings.partition.layout,
+                               DTYPES[settings.dtype])
+    split, tokenizer = loaded.split, loaded.tokenizer
     for part in (split.head, split.tail):
         init_adapter(part, settings.adapter, settings.seed)
         directory = settings.output / part.role
@@ -51,10 +53,9 @@ def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int
             log.warning("no trained %s adapter in %s: generating with the untrained one", part.role,
                         directory)
     place_client_parts(split, resolve_device(settings.device))
-    blocks = num_layers(model)
-    expected = (settings.partition.head, blocks - settings.partition.tail)
-    width = hidden_size(model.config)
-    remote = connect(settings, expected, width, str(model.config.model_type))
+    expected = (settings.partition.head, loaded.num_layers - settings.partition.tail)
+    width = hidden_size(split.head.config)
+    remote = connect(settings, expected, width, str(split.head.config.model_type))
     defense = None
     if settings.privacy.enabled:
         defense = SplitDefense(settings.privacy, settings.steps, batch_size=settings.batch_size,

@@ -24,16 +24,10 @@ from splitfed.client.split_client import SplitClient, client_class
 from splitfed.client.step_hooks import LogMetrics, RoundsAndCheckpoints, ShowProgress
 from splitfed.client.training_loop import LoopOutcome, train_steps
 from splitfed.client.wire import error_feedback, wire_codecs
-from splitfed.models import (
-    SplitModel,
-    init_adapter,
-    load_model,
-    num_layers,
-    save_adapter,
-    split_model,
-    token_embedding_matrix,
-)
+from splitfed.models import SplitModel, init_adapter, save_adapter
+from splitfed.models import hidden_size as hidden_size_of
 from splitfed.models.devices import place_client_parts, resolve_device
+from splitfed.models.party import load_client_parts, load_parts
 from splitfed.models.placement import DTYPES
 from splitfed.observability import MetricsWriter, plot_metrics, progress_bar
 from splitfed.privacy import SplitDefense, format_epsilon, save_cut
@@ -155,13 +149,15 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
     """The model split, the data shard, the defense, the client, the resumed state and the batches."""
     if settings.steps % settings.rounds:
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
-    model, tokenizer = load_model(settings.model, dtype=DTYPES[settings.dtype])
-    split = split_model(model, settings.partition.partition())
+    loaded = load_client_parts(settings.model, settings.partition.partition(), settings.partition.layout,
+                               DTYPES[settings.dtype])
+    split, tokenizer = loaded.split, loaded.tokenizer
     init_adapter(split.head, settings.adapter, settings.seed)
     init_adapter(split.tail, settings.adapter, settings.seed)
-    place_client_parts(split, resolve_device(settings.device), settings.privacy.learned is not None)
+    device = resolve_device(settings.device)
+    place_client_parts(split, device)
     examples = load_client_examples(settings.data, tokenizer)
-    hidden_size = int(token_embedding_matrix(model).shape[1])
+    hidden_size = hidden_size_of(split.head.config)
     defense = None
     if settings.privacy.enabled:
         size = min(settings.batch_size, len(examples))
@@ -185,12 +181,26 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
         else:
             log.info("no checkpoint in %s: starting from the beginning", store.directory)
     if defense is not None and defense.cut is not None and state.steps_done == 0:
-        warm_up_on_public_text(defense.cut, split, tokenizer, settings.seed)
+        _warm_up_through_public_trunk(settings, split, defense, tokenizer, device)
     pad = int(tokenizer.pad_token_id)
     batches = shuffled_batches(examples, settings.batch_size, settings.seed + settings.data.shard,
                                lambda rows: collate(rows, pad_token_id=pad), skip=state.steps_done)
-    served = (settings.partition.head, num_layers(model) - settings.partition.tail)
+    served = (settings.partition.head, loaded.num_layers - settings.partition.tail)
     return ClientRun(settings, split, client, defense, examples, state, store, batches, served, hidden_size)
+
+
+def _warm_up_through_public_trunk(settings: ClientSettings, split: SplitModel, defense: SplitDefense,
+                                  tokenizer: Any, device: Any) -> None:
+    """A learned defense warms up on public text through the public model: the trunk's public weights
+    are loaded for the warm-up alone and released after it (the only time a client holds them)."""
+    partition = settings.partition.partition()
+    log.info("loading the public trunk for the learned defense's warm-up (released after it)")
+    trunk = load_parts(settings.model, partition, ("trunk",), DTYPES[settings.dtype]).split.trunk
+    if device.type != "cpu":
+        trunk.to(device)
+    public = SplitModel(split.head, trunk, split.tail, partition, split.family)
+    warm_up_on_public_text(defense.cut, public, tokenizer, settings.seed)
+    del public, trunk
 
 
 def run_client(settings: ClientSettings, console: Console | None = None) -> dict[str, Any]:

@@ -78,3 +78,22 @@ def load_parts(name_or_path: str | os.PathLike[str], partition: Partition, roles
         model, report = load_part_model(source.directory, needs, dtype)
     split = split_model(model, partition, roles)
     return LoadedParts(split, model, source.tokenizer(), source, num_layers, report)
+
+
+def load_client_parts(name_or_path: str | os.PathLike[str], partition: Partition, layout: str,
+                      dtype: torch.dtype = torch.float32) -> LoadedParts:
+    """A client's head and tail. In the two-part layout the server runs the LM head: the client loads
+    only its head, and its tail is an empty part (no blocks, nothing loaded, nothing trained)."""
+    if str(layout) != "two-part":
+        return load_parts(name_or_path, partition, CLIENT_ROLES, dtype)
+    loaded = load_parts(name_or_path, partition, ("head",), dtype)
+    loaded.split.tail = split_model(loaded.model, partition, ("tail",)).tail
+    return loaded
+
+
+def load_server_parts(name_or_path: str | os.PathLike[str], partition: Partition, layout: str,
+                      dtype: torch.dtype = torch.float32) -> LoadedParts:
+    """The server's trunk (widest over the clients' partitions); in the two-part layout also the final
+    norm and LM head."""
+    roles = TWO_PART_SERVER_ROLES if str(layout) == "two-part" else SERVER_ROLES
+    return load_parts(name_or_path, partition, roles, dtype)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from splitfed.checkpoint import CheckpointError
 from splitfed.layout import Layout
-from splitfed.models import hidden_size, init_adapter, load_model, num_layers, split_model
+from splitfed.models import hidden_size, init_adapter
 from splitfed.models.devices import resolve_device
+from splitfed.models.party import load_server_parts
 from splitfed.models.placement import DTYPES, place_trunk
 from splitfed.observability import write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
@@ -34,9 +35,10 @@ def trusted_slice(settings: ServerSettings) -> TrustedSlice:
 
 def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) -> TrunkService:
     """The trunk (frozen base, trainable adapter) behind authenticated, encrypted sessions."""
-    model, _ = load_model(settings.model, dtype=DTYPES[settings.dtype])
-    split = split_model(model, settings.partition.partition())
-    first_block_max, end_block_min = partition_range(settings, num_layers(model))
+    loaded = load_server_parts(settings.model, settings.partition.partition(), settings.partition.layout,
+                               DTYPES[settings.dtype])
+    split = loaded.split
+    first_block_max, end_block_min = partition_range(settings, loaded.num_layers)
     init_adapter(split.trunk, settings.adapter, settings.seed)
     if settings.devices:
         placement = place_trunk(split.trunk, settings.devices)

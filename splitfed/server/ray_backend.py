@@ -40,9 +40,8 @@ from splitfed.models import (
     adapter_state,
     init_adapter,
     load_adapter_state,
-    load_model,
-    split_model,
 )
+from splitfed.models.party import load_parts
 from splitfed.models.placement import DTYPES, place_trunk
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.ray_tensors import frozen_arrays, register_tensor_serializer, share_frozen
@@ -111,8 +110,7 @@ class TrunkActor:
     def __init__(self, recipe: TrunkRecipe) -> None:
         register_tensor_serializer(import_ray())  # what it returns travels as numpy arrays
         torch.set_num_threads(max(1, recipe.threads))
-        model, _ = load_model(recipe.model, dtype=DTYPES[recipe.dtype])
-        part = split_model(model, recipe.partition).trunk
+        part = load_parts(recipe.model, recipe.partition, ("trunk",), DTYPES[recipe.dtype]).split.trunk
         init_adapter(part, recipe.adapter, recipe.seed)
         load_adapter_state(part, recipe.initial_adapter)
         if recipe.frozen is not None:  # the front end's weights, one copy per node; the node's own
