@@ -13,6 +13,7 @@ from splitfed.inference.server_logits import ServerLogits
 from splitfed.layout import Layout
 from splitfed.models import hidden_size, init_adapter, load_adapter_state
 from splitfed.models.adapters import WEIGHTS_FILE, read_adapter
+from splitfed.models.base_identity import base_id
 from splitfed.models.devices import place_client_parts, resolve_device
 from splitfed.models.party import load_client_parts
 from splitfed.models.placement import DTYPES
@@ -55,7 +56,7 @@ def open_generator(settings: ClientSettings, use_cache: bool = True, stream: int
     place_client_parts(split, resolve_device(settings.device))
     expected = (settings.partition.head, loaded.num_layers - settings.partition.tail)
     width = hidden_size(split.head.config)
-    remote = connect(settings, expected, width, str(split.head.config.model_type))
+    remote = connect(settings, expected, width, str(split.head.config.model_type), base_id(loaded.source))
     defense = None
     if settings.privacy.enabled:
         defense = SplitDefense(settings.privacy, settings.steps, batch_size=settings.batch_size,

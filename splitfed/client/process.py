@@ -26,6 +26,7 @@ from splitfed.client.training_loop import LoopOutcome, train_steps
 from splitfed.client.wire import error_feedback, wire_codecs
 from splitfed.models import SplitModel, init_adapter, save_adapter
 from splitfed.models import hidden_size as hidden_size_of
+from splitfed.models.base_identity import base_id
 from splitfed.models.devices import place_client_parts, resolve_device
 from splitfed.models.party import load_client_parts, load_parts
 from splitfed.models.placement import DTYPES
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_size: int,
-            model_type: str | None = None) -> RemoteTrunk:
+            model_type: str | None = None, base_id: str | None = None) -> RemoteTrunk:
     """Open an authenticated, encrypted session with the trunk server (refused when its model,
     partition range, layout or codecs do not fit this client's)."""
     identity = Identity.load(settings.identity, name=settings.name)
@@ -59,7 +60,7 @@ def connect(settings: ClientSettings, expected_layers: tuple[int, int], hidden_s
     forward, backward = wire_codecs(settings.wire_settings())
     remote = RemoteTrunk(connection, identity, server_key, forward=forward, backward=backward)
     remote.connect(expected_layers, hidden_size, settings.partition.layout, model_type,
-                   settings.micro_batches)
+                   settings.micro_batches, base_id)
     return remote
 
 
@@ -119,11 +120,12 @@ class ClientRun:
     batches: Iterator[dict[str, Any]]
     served_blocks: tuple[int, int]  # the trunk's blocks this client needs
     hidden_size: int
+    base_id: str | None = None  # digest of the base model the parts come from (checked at handshake)
 
     def open_session(self) -> RemoteTrunk:
         """A session with the server, refused if it would aggregate in plain against the settings."""
         remote = connect(self.settings, self.served_blocks, self.hidden_size,
-                         str(self.split.head.config.model_type))
+                         str(self.split.head.config.model_type), self.base_id)
         try:
             check_aggregation(self.settings, remote)
         except AggregationRefused:
@@ -186,7 +188,8 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
     batches = shuffled_batches(examples, settings.batch_size, settings.seed + settings.data.shard,
                                lambda rows: collate(rows, pad_token_id=pad), skip=state.steps_done)
     served = (settings.partition.head, loaded.num_layers - settings.partition.tail)
-    return ClientRun(settings, split, client, defense, examples, state, store, batches, served, hidden_size)
+    return ClientRun(settings, split, client, defense, examples, state, store, batches, served, hidden_size,
+                     base_id(loaded.source))
 
 
 def _warm_up_through_public_trunk(settings: ClientSettings, split: SplitModel, defense: SplitDefense,

@@ -78,11 +78,13 @@ class RemoteTrunk:
         return self.limits is not None and self.limits.micro_batches_max > 0
 
     def connect(self, expected_layers: tuple[int, int] | None = None, hidden_size: int | None = None,
-                layout: str | None = None, model_type: str | None = None, micro_batches: int = 1) -> None:
+                layout: str | None = None, model_type: str | None = None, micro_batches: int = 1,
+                base_id: str | None = None) -> None:
         """Run the signed handshake and check that the server's trunk fits between head and tail (and
-        takes ``micro_batches`` per step)."""
+        takes ``micro_batches`` per step); ``base_id`` (the digest of the base model this client's parts
+        come from) lets the server refuse parts of another model."""
         handshake = ClientHandshake(self.identity, self.server_key)
-        reply = self.connection.handshake(handshake.hello().to_bytes())
+        reply = self.connection.handshake(handshake.hello().to_bytes(), base_id)
         keys = handshake.finish(ServerHello.from_bytes(reply.server_hello))
         self.channel = SecureChannel(keys)
         self.limits = reply.limits

@@ -22,14 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from splitfed.models.weight_files import INDEX_FILE, ModelFileError
+from splitfed.models.weight_files import DEFAULT_SHARD_BYTES, ModelFileError, ShardWriter
 
 log = logging.getLogger(__name__)
 
 SOURCE_FILE = "splitfed_source.json"
-DEFAULT_SHARD_BYTES = 2**30
 
 
 def supported_quantisations() -> set[Any]:
@@ -73,47 +71,6 @@ def cached_conversion(path: Path, dtype: torch.dtype, cache: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     return convert_gguf(path, target, dtype)
-
-
-class _ShardWriter:
-    """Writes tensors to numbered safetensors shards of at most ``limit`` bytes, then the index."""
-
-    def __init__(self, directory: Path, limit: int) -> None:
-        self.directory, self.limit = directory, limit
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes = 0
-        self.shards: list[dict[str, torch.Tensor] | list[str]] = []
-        self.weight_map: dict[str, int] = {}
-        self.total_bytes = 0
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.pending and self.pending_bytes + size > self.limit:
-            self._flush()
-        self.pending[name] = tensor.contiguous()
-        self.pending_bytes += size
-        self.total_bytes += size
-
-    def _flush(self) -> None:
-        number = len(self.shards)
-        save_file(self.pending, self.directory / f"part-{number:05d}.safetensors", metadata={"format": "pt"})
-        for name in self.pending:
-            self.weight_map[name] = number
-        self.shards.append(list(self.pending))
-        self.pending, self.pending_bytes = {}, 0
-
-    def finish(self) -> None:
-        if self.pending or not self.shards:
-            self._flush()
-        count = len(self.shards)
-        names = {}
-        for number in range(count):
-            final = f"model-{number + 1:05d}-of-{count:05d}.safetensors"
-            (self.directory / f"part-{number:05d}.safetensors").rename(self.directory / final)
-            names[number] = final
-        index = {"metadata": {"total_size": self.total_bytes},
-                 "weight_map": {name: names[number] for name, number in sorted(self.weight_map.items())}}
-        (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
 
 
 def _release_pages(reader: Any, tensor: Any) -> None:
@@ -162,7 +119,7 @@ def convert_gguf(path: Path, target: Path, dtype: torch.dtype,
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     log.info("converting %s to safetensors (%s) in %s, tensor by tensor", path, dtype, target)
     try:
-        writer = _ShardWriter(staging, shard_bytes)
+        writer = ShardWriter(staging, shard_bytes)
         parsed: dict[str, Any] = {"config": parsed_config, "tensors": {}}
         for tensor in reader.tensors:
             weights = dequantize(tensor.data, tensor.tensor_type)

@@ -25,7 +25,7 @@ from transformers.core_model_loading import convert_and_load_state_dict_in_model
 from transformers.modeling_utils import LoadStateDictConfig
 
 from splitfed.models.families import FamilyAdapter, family_of_config
-from splitfed.models.weight_files import ModelFileError, WeightFiles
+from splitfed.models.weight_files import ModelFileError, TensorReads, WeightFiles
 
 log = logging.getLogger(__name__)
 
@@ -149,25 +149,6 @@ def part_bytes(module: nn.Module) -> int:
     return total
 
 
-class _CountingSlice:
-    """A lazy slice that counts what is read through it."""
-
-    def __init__(self, inner: Any, counter: list[int]) -> None:
-        self.inner, self.counter = inner, counter
-
-    def get_shape(self) -> list[int]:
-        return self.inner.get_shape()
-
-    def get_dtype(self) -> str:
-        return self.inner.get_dtype()
-
-    def __getitem__(self, index: Any) -> torch.Tensor:
-        tensor = self.inner[index]
-        self.counter[0] += 1
-        self.counter[1] += tensor.numel() * tensor.element_size()
-        return tensor
-
-
 def skeleton(config: Any, dtype: torch.dtype) -> PreTrainedModel:
     """The model's modules with their parameters on the meta device (buffers such as rotary
     frequencies are computed as usual: they are derived from the config, not read)."""
@@ -176,28 +157,27 @@ def skeleton(config: Any, dtype: torch.dtype) -> PreTrainedModel:
     return model
 
 
-def load_part_model(directory: Path, needs: PartNeeds,
-                    dtype: torch.dtype) -> tuple[PreTrainedModel, LoadReport]:
+def load_part_model(directory: Path, needs: PartNeeds, dtype: torch.dtype,
+                    expected_sha256: dict[str, str] | None = None) -> tuple[PreTrainedModel, LoadReport]:
     """The model of ``directory`` with only ``needs`` built and read from its weight files; every other
     module is :class:`NotLoaded`. Refuses, naming the file, a weight file that is missing, truncated or
-    corrupted, a tensor of the wrong shape, or a tensor the part needs and no file holds."""
+    corrupted, a tensor of the wrong shape, or a tensor the part needs and no file holds; with
+    ``expected_sha256`` (a part's manifest) also a tensor whose bytes differ from it."""
     started = time.perf_counter()
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
     family = family_of_config(config)
     files = WeightFiles.find(directory)
     model = skeleton(config, dtype)
     prune(model, family, needs)
-    counter = [0, 0]
-    with files.lazy_tensors() as slices:
-        counted = {key: _CountingSlice(value, counter) for key, value in slices.items()}
+    reads = TensorReads(expected_sha256=expected_sha256 or {})
+    with files.lazy_tensors(reads) as slices:
         load_config = LoadStateDictConfig(dtype=dtype, dtype_plan=model._get_dtype_plan(dtype),
                                           weight_mapping=get_model_conversion_mapping(model))
-        info, _ = _quietly(convert_and_load_state_dict_in_model, model, counted, load_config)
-        counted.clear()
+        info, _ = _quietly(convert_and_load_state_dict_in_model, model, slices, load_config)
     tied = tie_kept(model)
     _refuse_incomplete(model, directory, files, info, tied)
     model.eval()
-    report = LoadReport(time.perf_counter() - started, counter[0], counter[1], part_bytes(model))
+    report = LoadReport(time.perf_counter() - started, reads.tensors, reads.bytes, part_bytes(model))
     log.info("loaded %s of %s in %.1fs: %d tensors, %.0f MiB read (%.0f MB/s), %.0f MiB in memory",
              needs.describe(), directory, report.seconds, report.tensors_read, report.bytes_read / 2**20,
              report.megabytes_per_second, report.part_bytes / 2**20)

@@ -19,6 +19,7 @@ import torch
 
 from splitfed.models.families import UnsupportedModelError, family_of_config
 from splitfed.models.part_loading import LoadReport, PartNeeds, load_part_model, part_bytes, prune
+from splitfed.models.part_manifest import PartManifest
 from splitfed.models.sources import ModelSource, resolve
 from splitfed.models.split import ALL_ROLES, Partition, SplitModel, split_model
 from splitfed.models.tiny import build_tiny
@@ -40,6 +41,7 @@ class LoadedParts:
     source: ModelSource
     num_layers: int
     report: LoadReport
+    model_needs: PartNeeds  # what was built and read
 
 
 def needs_of(roles: tuple[str, ...], partition: Partition, num_layers: int) -> PartNeeds:
@@ -66,6 +68,9 @@ def load_parts(name_or_path: str | os.PathLike[str], partition: Partition, roles
     num_layers = family.num_layers(config)
     partition.fits(num_layers)
     needs = needs_of(roles, partition, num_layers)
+    manifest = PartManifest.read(source.directory) if source.directory is not None else None
+    if manifest is not None:
+        manifest.check_covers(needs, source.directory, str(dtype).removeprefix("torch."))
     if source.tiny is not None:
         started = time.perf_counter()
         model, _ = build_tiny(source.tiny, seed=seed)
@@ -75,19 +80,29 @@ def load_parts(name_or_path: str | os.PathLike[str], partition: Partition, roles
         report = LoadReport(time.perf_counter() - started, 0, 0, held)
     else:
         assert source.directory is not None
-        model, report = load_part_model(source.directory, needs, dtype)
+        expected = None if manifest is None else manifest.digests()
+        model, report = load_part_model(source.directory, needs, dtype, expected)
     split = split_model(model, partition, roles)
-    return LoadedParts(split, model, source.tokenizer(), source, num_layers, report)
+    return LoadedParts(split, model, source.tokenizer(), source, num_layers, report, needs)
+
+
+def party_roles(party: str, layout: str) -> tuple[str, ...]:
+    """The roles a "client" or "server" loads in ``layout``."""
+    two_part = str(layout) == "two-part"
+    if party == "client":
+        return ("head",) if two_part else CLIENT_ROLES
+    if party == "server":
+        return TWO_PART_SERVER_ROLES if two_part else SERVER_ROLES
+    raise ValueError(f"party must be client or server, got {party!r}")
 
 
 def load_client_parts(name_or_path: str | os.PathLike[str], partition: Partition, layout: str,
                       dtype: torch.dtype = torch.float32) -> LoadedParts:
     """A client's head and tail. In the two-part layout the server runs the LM head: the client loads
     only its head, and its tail is an empty part (no blocks, nothing loaded, nothing trained)."""
-    if str(layout) != "two-part":
-        return load_parts(name_or_path, partition, CLIENT_ROLES, dtype)
-    loaded = load_parts(name_or_path, partition, ("head",), dtype)
-    loaded.split.tail = split_model(loaded.model, partition, ("tail",)).tail
+    loaded = load_parts(name_or_path, partition, party_roles("client", layout), dtype)
+    if loaded.split.tail is None:
+        loaded.split.tail = split_model(loaded.model, partition, ("tail",)).tail
     return loaded
 
 
@@ -95,5 +110,4 @@ def load_server_parts(name_or_path: str | os.PathLike[str], partition: Partition
                       dtype: torch.dtype = torch.float32) -> LoadedParts:
     """The server's trunk (widest over the clients' partitions); in the two-part layout also the final
     norm and LM head."""
-    roles = TWO_PART_SERVER_ROLES if str(layout) == "two-part" else SERVER_ROLES
-    return load_parts(name_or_path, partition, roles, dtype)
+    return load_parts(name_or_path, partition, party_roles("server", layout), dtype)

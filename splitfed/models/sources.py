@@ -51,6 +51,7 @@ class ModelSource:
     given: str
     directory: Path | None = None
     tiny: str | None = None
+    origin: Path | None = None  # the file or directory whose contents identify the base model
 
     def config(self) -> Any:
         if self.tiny is not None:
@@ -106,11 +107,11 @@ def resolve(name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.flo
     if name in TINY_MODELS:
         return ModelSource(name, tiny=name)
     if name == DEFAULT_MODEL:
-        return ModelSource(name, directory=smollm2_directory())
+        return ModelSource(name, directory=smollm2_directory(), origin=smollm2_gguf_path())
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
-        return ModelSource(name, directory=path)
+        return ModelSource(name, directory=path, origin=path)
     if path.is_file() and path.suffix == ".gguf":
-        return ModelSource(name, directory=cached_conversion(path, dtype, cache_dir()))
+        return ModelSource(name, directory=cached_conversion(path, dtype, cache_dir()), origin=path)
     reason = "does not exist" if not path.exists() else "is not a model directory or .gguf"
     raise ModelNotFoundError(f"{name!r} {reason}. Accepted: {accepted_models()}.")

@@ -10,19 +10,22 @@ twice (the fp16 pages and the bf16 copy).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+DEFAULT_SHARD_BYTES = 2**30
 
 
 class ModelFileError(ValueError):
@@ -70,9 +73,10 @@ class WeightFiles:
         return f"; the index {self.directory / INDEX_FILE} names shard(s) that do not exist: {names}"
 
     @contextmanager
-    def lazy_tensors(self) -> Iterator[dict[str, Any]]:
-        """Every tensor of the present files as a lazy slice (read on indexing), with file headers
-        checked first; the files are closed on exit."""
+    def lazy_tensors(self, reads: TensorReads | None = None) -> Iterator[dict[str, Any]]:
+        """Every tensor of the present files as a lazy slice (read on indexing, counted and checked in
+        ``reads``), with every file's header checked first; the files are closed on exit."""
+        reads = reads if reads is not None else TensorReads()
         handles = []
         slices: dict[str, Any] = {}
         try:
@@ -85,7 +89,7 @@ class WeightFiles:
                                          f"({error})") from None
                 handles.append(handle)
                 for key in handle.keys():  # noqa: SIM118 (a file handle, not a dict)
-                    slices[key] = handle.get_slice(key)
+                    slices[key] = _ReadSlice(handle.get_slice(key), key, path, reads)
             yield slices
         finally:
             slices.clear()
@@ -100,9 +104,90 @@ class WeightFiles:
         return str(self.directory)
 
 
-def tensor_bytes(slice_: Any) -> int:
-    """Bytes a lazy slice occupies in its file."""
-    count = 1
-    for size in slice_.get_shape():
-        count *= int(size)
-    return count * DTYPE_BYTES.get(slice_.get_dtype(), 4)
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes as a safetensors file stores them (little-endian, row-major)."""
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+    return hashlib.sha256(raw.numpy()).hexdigest()
+
+
+@dataclass
+class TensorReads:
+    """What was read through the lazy slices: a count, bytes, and the digests to check them against."""
+
+    expected_sha256: dict[str, str] = field(default_factory=dict)  # tensor name -> digest (a part's manifest)
+    tensors: int = 0
+    bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, key: str, path: Path, tensor: torch.Tensor) -> None:
+        expected = self.expected_sha256.get(key)
+        if expected is not None and tensor_sha256(tensor) != expected:
+            raise ModelFileError(f"{path}: tensor {key} does not match the SHA-256 in the part's manifest "
+                                 "(the file is corrupted or was changed after export)")
+        with self.lock:
+            self.tensors += 1
+            self.bytes += tensor.numel() * tensor.element_size()
+
+
+class _ReadSlice:
+    """A lazy slice of one tensor: reading it is counted (and checked) and a read error names the file."""
+
+    def __init__(self, inner: Any, key: str, path: Path, reads: TensorReads) -> None:
+        self.inner, self.key, self.path, self.reads = inner, key, path, reads
+
+    def get_shape(self) -> list[int]:
+        return self.inner.get_shape()
+
+    def get_dtype(self) -> str:
+        return self.inner.get_dtype()
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        try:
+            tensor = self.inner[index]
+        except (SafetensorError, OSError, RuntimeError) as error:
+            raise ModelFileError(f"{self.path}: tensor {self.key} could not be read ({error})") from None
+        self.reads.record(self.key, self.path, tensor)
+        return tensor
+
+
+class ShardWriter:
+    """Writes tensors to numbered safetensors shards of at most ``limit`` bytes, then the index."""
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        self.directory, self.limit = directory, limit
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.shards: list[list[str]] = []
+        self.weight_map: dict[str, int] = {}
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + size > self.limit:
+            self._flush()
+        self.pending[name] = tensor.contiguous()
+        self.pending_bytes += size
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        number = len(self.shards)
+        save_file(self.pending, self.directory / f"part-{number:05d}.safetensors", metadata={"format": "pt"})
+        for name in self.pending:
+            self.weight_map[name] = number
+        self.shards.append(list(self.pending))
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self) -> dict[str, str]:
+        """Name the shards ``model-0000k-of-0000n.safetensors``, write the index; ``{tensor: file}``."""
+        if self.pending or not self.shards:
+            self._flush()
+        count = len(self.shards)
+        names = {}
+        for number in range(count):
+            final = f"model-{number + 1:05d}-of-{count:05d}.safetensors"
+            (self.directory / f"part-{number:05d}.safetensors").rename(self.directory / final)
+            names[number] = final
+        index = {"metadata": {"total_size": self.total_bytes},
+                 "weight_map": {name: names[number] for name, number in sorted(self.weight_map.items())}}
+        (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
+        return dict(index["weight_map"])

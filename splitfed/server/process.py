@@ -10,6 +10,7 @@ from pathlib import Path
 from splitfed.checkpoint import CheckpointError
 from splitfed.layout import Layout
 from splitfed.models import hidden_size, init_adapter
+from splitfed.models.base_identity import base_id
 from splitfed.models.devices import resolve_device
 from splitfed.models.party import load_server_parts
 from splitfed.models.placement import DTYPES, place_trunk
@@ -82,7 +83,7 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
     mode = MODES[name].from_settings(settings, split)
     return TrunkService(mode, ServerHandshake(identity, allowlist), limits, aggregation=settings.aggregation,
                         secagg_threshold=settings.secagg_threshold,
-                        max_norm_ratio=settings.aggregation_max_norm_ratio)
+                        max_norm_ratio=settings.aggregation_max_norm_ratio, base_id=base_id(loaded.source))
 
 
 def partition_range(settings: ServerSettings, blocks: int) -> tuple[int, int]:

@@ -71,13 +71,17 @@ class TrunkService:
         aggregation: str = "secure",
         secagg_threshold: int | None = None,
         max_norm_ratio: float | None = 2.0,
+        base_id: str | None = None,
     ) -> None:
         """``mode``: how training steps meet the trunk (``splitfed.server.modes``). ``aggregation``:
         "secure" (FedAvg rounds under secure aggregation: the server learns only the average;
-        ``secagg_threshold`` clients must stay to the end, default a majority) or "plain"."""
+        ``secagg_threshold`` clients must stay to the end, default a majority) or "plain".
+        ``base_id``: the digest of the base model the trunk comes from; a client whose parts come
+        from another base is refused at the handshake."""
         if aggregation not in ROUND_AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {tuple(ROUND_AGGREGATIONS)}, got {aggregation!r}")
         self.aggregation = aggregation
+        self.base_id = base_id
         self.mode = mode
         self.handshake_server = handshake
         self.limits = limits or ServiceLimits()
@@ -168,6 +172,7 @@ class TrunkService:
             first_block_max=self.limits.first_block_max,
             end_block_min=self.limits.end_block_min,
             micro_batches_max=self.mode.micro_batches_max,
+            base_id=self.base_id or "",
         )
 
     def _claim_blocks(self, session: Session, first: int, end: int) -> None:
@@ -193,8 +198,9 @@ class TrunkService:
         """"two-part" when this server also runs the LM head and the loss, else "three-part"."""
         return self.mode.layout
 
-    def open_session(self, client_hello: bytes) -> bytes:
-        """Answer a client's signed hello; returns the server hello bytes."""
+    def open_session(self, client_hello: bytes, base_id: str = "") -> bytes:
+        """Answer a client's signed hello; returns the server hello bytes. A client whose parts come
+        from another base model than the trunk (``base_id``) is refused."""
         try:
             hello = ClientHello.from_bytes(client_hello)
             server_hello, keys = self.handshake_server.respond(hello)
@@ -204,6 +210,7 @@ class TrunkService:
             raise ServiceError("UNAUTHENTICATED", "bad_handshake", str(error)) from None
         except SecurityError as error:
             raise ServiceError("UNAUTHENTICATED", "bad_handshake", str(error)) from None
+        self._check_base(hello.client_name, base_id)
         session = Session(hello.client_name, SecureChannel(keys))
         with self._sessions_lock:
             for old_id, old in list(self._sessions.items()):
@@ -214,6 +221,17 @@ class TrunkService:
         self.mode.joined(session)
         log.info("session %s opened for %s", session.key[:8], hello.client_name)
         return server_hello.to_bytes()
+
+    def _check_base(self, client: str, base_id: str) -> None:
+        if not base_id or not self.base_id:
+            log.warning("%s: base model of %s not known, not checked against the trunk's", client,
+                        "the client's parts" if not base_id else "this trunk")
+            return
+        if base_id != self.base_id:
+            raise ServiceError("FAILED_PRECONDITION", "base_mismatch",
+                               f"this client's parts come from another base model (digest {base_id[:12]}) "
+                               f"than the server's trunk ({self.base_id[:12]}): load or export the client's "
+                               "part from the server's model")
 
     def _round_members(self) -> set[str]:
         with self._sessions_lock:

@@ -46,9 +46,10 @@ class TrunkConnection:
         self.exchanges = 0  # round trips: one per message sent, unary or streamed
         self.layout: str = Layout.THREE_PART  # the server's (from the handshake): it bounds reply sizes
 
-    def handshake(self, client_hello: bytes) -> pb.HelloReply:
+    def handshake(self, client_hello: bytes, base_id: str | None = None) -> pb.HelloReply:
         try:
-            reply = self._stub.Handshake(pb.Hello(client_hello=client_hello), timeout=self.timeout_s)
+            reply = self._stub.Handshake(pb.Hello(client_hello=client_hello, base_id=base_id or ""),
+                                         timeout=self.timeout_s)
         except grpc.RpcError as error:
             raise _remote_error(error, self.address) from None
         self.layout = reply.limits.layout or Layout.THREE_PART

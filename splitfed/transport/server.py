@@ -55,7 +55,7 @@ class Admitted(Protocol):
 class TrunkHandler(Protocol):
     """What the RPC layer needs from the trunk service."""
 
-    def open_session(self, client_hello: bytes) -> bytes: ...
+    def open_session(self, client_hello: bytes, base_id: str = "") -> bytes: ...
 
     def session_limits(self) -> pb.SessionLimits: ...
 
@@ -94,7 +94,7 @@ class TrunkServicer(pb_grpc.TrunkServicer):
                                               "too many handshakes from this address; retry later"),
                         "handshake")
         try:
-            server_hello = self.handler.open_session(bytes(request.client_hello))
+            server_hello = self.handler.open_session(bytes(request.client_hello), str(request.base_id))
         except ServiceError as error:
             self._abort(context, error, "handshake")
         return pb.HelloReply(server_hello=server_hello, limits=self.handler.session_limits())

@@ -232,13 +232,15 @@ class ErrorInfo(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("client_hello",)
+    __slots__ = ("client_hello", "base_id")
     CLIENT_HELLO_FIELD_NUMBER: _ClassVar[int]
+    BASE_ID_FIELD_NUMBER: _ClassVar[int]
     client_hello: bytes
-    def __init__(self, client_hello: _Optional[bytes] = ...) -> None: ...
+    base_id: str
+    def __init__(self, client_hello: _Optional[bytes] = ..., base_id: _Optional[str] = ...) -> None: ...
 
 class SessionLimits(_message.Message):
-    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type", "aggregation", "layout", "first_block_max", "end_block_min", "micro_batches_max")
+    __slots__ = ("hidden_size", "max_batch", "max_length", "max_message_bytes", "dtypes", "trunk_start", "trunk_end", "model_type", "aggregation", "layout", "first_block_max", "end_block_min", "micro_batches_max", "base_id")
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +254,7 @@ class SessionLimits(_message.Message):
     FIRST_BLOCK_MAX_FIELD_NUMBER: _ClassVar[int]
     END_BLOCK_MIN_FIELD_NUMBER: _ClassVar[int]
     MICRO_BATCHES_MAX_FIELD_NUMBER: _ClassVar[int]
+    BASE_ID_FIELD_NUMBER: _ClassVar[int]
     hidden_size: int
     max_batch: int
     max_length: int
@@ -265,7 +268,8 @@ class SessionLimits(_message.Message):
     first_block_max: int
     end_block_min: int
     micro_batches_max: int
-    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ..., aggregation: _Optional[str] = ..., layout: _Optional[str] = ..., first_block_max: _Optional[int] = ..., end_block_min: _Optional[int] = ..., micro_batches_max: _Optional[int] = ...) -> None: ...
+    base_id: str
+    def __init__(self, hidden_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_length: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., dtypes: _Optional[_Iterable[str]] = ..., trunk_start: _Optional[int] = ..., trunk_end: _Optional[int] = ..., model_type: _Optional[str] = ..., aggregation: _Optional[str] = ..., layout: _Optional[str] = ..., first_block_max: _Optional[int] = ..., end_block_min: _Optional[int] = ..., micro_batches_max: _Optional[int] = ..., base_id: _Optional[str] = ...) -> None: ...
 
 class HelloReply(_message.Message):
     __slots__ = ("server_hello", "limits")
