@@ -121,6 +121,7 @@ class ClientRun:
     served_blocks: tuple[int, int]  # the trunk's blocks this client needs
     hidden_size: int
     base_id: str | None = None  # digest of the base model the parts come from (checked at handshake)
+    load_report: dict[str, float] | None = None  # how the parts were loaded (summary.json)
 
     def open_session(self) -> RemoteTrunk:
         """A session with the server, refused if it would aggregate in plain against the settings."""
@@ -189,7 +190,7 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
                                lambda rows: collate(rows, pad_token_id=pad), skip=state.steps_done)
     served = (settings.partition.head, loaded.num_layers - settings.partition.tail)
     return ClientRun(settings, split, client, defense, examples, state, store, batches, served, hidden_size,
-                     base_id(loaded.source))
+                     base_id(loaded.source), loaded.report.to_json())
 
 
 def _warm_up_through_public_trunk(settings: ClientSettings, split: SplitModel, defense: SplitDefense,
@@ -277,6 +278,7 @@ def finish_client(run: ClientRun, link: ServerLink, outcome: LoopOutcome, second
         "privacy": None if defense is None else defense.report(),
         "privacy_state": None if defense is None else defense.state_dict(),
         "stopped": outcome.stopped,
+        "load": run.load_report,
     }
     (settings.output / "summary.json").write_text(json.dumps(summary, indent=2))
     if not outcome.interrupted:

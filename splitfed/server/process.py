@@ -81,9 +81,11 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
                 settings = settings.model_copy(update={"mode": "sequential"})
         name = settings.mode
     mode = MODES[name].from_settings(settings, split)
-    return TrunkService(mode, ServerHandshake(identity, allowlist), limits, aggregation=settings.aggregation,
-                        secagg_threshold=settings.secagg_threshold,
-                        max_norm_ratio=settings.aggregation_max_norm_ratio, base_id=base_id(loaded.source))
+    service = TrunkService(mode, ServerHandshake(identity, allowlist), limits,
+                           aggregation=settings.aggregation, secagg_threshold=settings.secagg_threshold,
+                           max_norm_ratio=settings.aggregation_max_norm_ratio, base_id=base_id(loaded.source))
+    service.load_report = loaded.report.to_json()
+    return service
 
 
 def partition_range(settings: ServerSettings, blocks: int) -> tuple[int, int]:

@@ -82,6 +82,7 @@ class TrunkService:
             raise ValueError(f"aggregation must be one of {tuple(ROUND_AGGREGATIONS)}, got {aggregation!r}")
         self.aggregation = aggregation
         self.base_id = base_id
+        self.load_report: dict[str, float] | None = None  # how the trunk was loaded (status, benchmarks)
         self.mode = mode
         self.handshake_server = handshake
         self.limits = limits or ServiceLimits()
@@ -401,7 +402,8 @@ class TrunkService:
         """Connected clients, mode and progress, for ``splitfed status``."""
         return {**self.mode.status(), "aggregation": self.aggregation, "layout": self.layout,
                 "sessions": self.sessions(), "steps": self.steps, "progress": dict(self.progress),
-                **rounds_status(self.rounds), "draining": self.draining}
+                **rounds_status(self.rounds), "draining": self.draining,
+                **({"load": self.load_report} if self.load_report else {})}
 
     def close(self) -> None:
         """Stop the sub-servers' compute threads (after the last request)."""
