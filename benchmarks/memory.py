@@ -2,8 +2,9 @@
 
 For every model shape and input format asked for, a real federation over TLS on 127.0.0.1 (one
 `splitfed serve`, two `splitfed train`, ``--steps`` steps each, one FedAvg round at the end), once with
-plain and once with secure aggregation. Each process's peak RSS is read from the kernel when it exits
-(``wait4``'s ``ru_maxrss``, what ``/usr/bin/time -f %M`` prints). Per party it reports: peak RSS, its
+plain and once with secure aggregation. Each process reports its own peak RSS as it exits (the
+kernel's ``VmHWM``: what ``/usr/bin/time -f %M`` prints for a process started from a shell; a child's
+``ru_maxrss`` would inherit this benchmark's own peak through fork). Per party it reports: peak RSS, its
 part's bytes (from its load report), the runtime baseline (a process that only imports torch,
 transformers, peft and splitfed's client and server), load seconds and MB/s, seconds per step, and
 ``plan``'s estimate with its error; and whether the peak is within the bounds
@@ -35,10 +36,8 @@ from typing import Any
 import torch
 import yaml
 
-from splitfed.models import Partition
-from splitfed.models.party_plan import plan_party
 from splitfed.models.placement import DTYPES
-from splitfed.models.sources import resolve, smollm2_directory, smollm2_gguf_path
+from splitfed.models.sources import smollm2_directory, smollm2_gguf_path
 from splitfed.security import create_identity_files, create_server_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,8 +45,8 @@ from random_checkpoints import write_gguf, write_hf_checkpoint  # noqa: E402
 
 GIB, MIB = 2**30, 2**20
 CLIENTS = ("alice", "bob")
-RUNTIME_PROBE = ("import resource, splitfed.client.process, splitfed.server.process; "
-                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+RUNTIME_PROBE = ("import splitfed.client.process, splitfed.server.process; "
+                 "from splitfed.observability import peak_rss_bytes; print(peak_rss_bytes())")
 
 
 def _args() -> argparse.Namespace:
@@ -69,18 +68,13 @@ def _args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def wait_peak(process: subprocess.Popen, timeout: float) -> tuple[int, int]:
-    """Wait for ``process``; (exit code, its peak RSS in bytes) from the kernel's accounting."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, int(usage.ru_maxrss) * 1024
-        if time.monotonic() > deadline:
-            process.kill()
-            raise TimeoutError(f"{process.args} did not finish within {timeout:.0f}s")
-        time.sleep(0.2)
+def wait(process: subprocess.Popen, timeout: float) -> int:
+    """Wait for ``process``; its exit code (it is killed after ``timeout`` seconds)."""
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise TimeoutError(f"{process.args} did not finish within {timeout:.0f}s") from None
 
 
 def _python(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -89,10 +83,10 @@ def _python(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen
 
 def runtime_baseline(env: dict[str, str], workdir: Path) -> int:
     """Peak RSS of a process that only imports what every party imports."""
-    code, peak = wait_peak(_python(["-c", RUNTIME_PROBE], workdir / "runtime.log", env), 300)
-    if code != 0:
-        raise RuntimeError(f"the runtime probe failed: {(workdir / 'runtime.log').read_text()[-2000:]}")
-    return peak
+    log = workdir / "runtime.log"
+    if wait(_python(["-c", RUNTIME_PROBE], log, env), 300) != 0:
+        raise RuntimeError(f"the runtime probe failed: {log.read_text()[-2000:]}")
+    return int(log.read_text().split()[-1])
 
 
 def model_input(shape: str, kind: str, workdir: Path) -> Path:
@@ -115,12 +109,14 @@ def model_input(shape: str, kind: str, workdir: Path) -> Path:
 def convert_gguf(path: Path, dtype: str, env: dict[str, str], workdir: Path) -> dict[str, Any]:
     """Convert ``path`` into the cache in a process of its own; its peak RSS and seconds."""
     code = (f"import torch; from pathlib import Path; from splitfed.models.sources import resolve; "
-            f"resolve(Path({str(path)!r}), torch.{dtype})")
+            f"from splitfed.observability import peak_rss_bytes; "
+            f"resolve(Path({str(path)!r}), torch.{dtype}); print(peak_rss_bytes())")
+    log = workdir / "convert.log"
     started = time.perf_counter()
-    status, peak = wait_peak(_python(["-c", code], workdir / "convert.log", env), 7200)
-    if status != 0:
-        raise RuntimeError(f"converting {path} failed: {(workdir / 'convert.log').read_text()[-2000:]}")
-    return {"peak_bytes": peak, "seconds": time.perf_counter() - started, "gguf_bytes": path.stat().st_size}
+    if wait(_python(["-c", code], log, env), 7200) != 0:
+        raise RuntimeError(f"converting {path} failed: {log.read_text()[-2000:]}")
+    return {"peak_bytes": int(log.read_text().split()[-1]), "seconds": time.perf_counter() - started,
+            "gguf_bytes": path.stat().st_size}
 
 
 def _yaml(path: Path, data: dict[str, Any]) -> Path:
@@ -150,7 +146,6 @@ def federation(model: Path, aggregation: str, args: argparse.Namespace, env: dic
     server = _python(["-m", "splitfed.cli", "serve", "--config", str(server_config)],
                      directory / "server.log", env)
     clients: list[subprocess.Popen] = []
-    peaks: dict[str, int] = {}
     try:
         deadline = time.monotonic() + args.timeout
         while not (port_file.is_file() and port_file.read_text().strip()):
@@ -170,39 +165,34 @@ def federation(model: Path, aggregation: str, args: argparse.Namespace, env: dic
             clients.append(_python(["-m", "splitfed.cli", "train", "--config", str(config)],
                                    directory / f"{name}.log", env))
         for name, process in zip(CLIENTS, clients, strict=True):
-            code, peaks[name] = wait_peak(process, max(1.0, deadline - time.monotonic()))
-            if code != 0:
+            if wait(process, max(1.0, deadline - time.monotonic())) != 0:
                 raise RuntimeError(f"{name} failed: {(directory / f'{name}.log').read_text()[-3000:]}")
-        code, peaks["server"] = wait_peak(server, 600)
-        if code != 0:
+        if wait(server, 600) != 0:
             raise RuntimeError(f"the server failed: {(directory / 'server.log').read_text()[-3000:]}")
     finally:
         for process in [*clients, server]:
             if process.poll() is None:
                 process.kill()
     status = json.loads((directory / "server" / "status.json").read_text())
-    parties: dict[str, dict[str, Any]] = {"server": {"peak_bytes": peaks["server"], "load": status["load"],
-                                                     "steps": status["steps"]}}
+    parties: dict[str, dict[str, Any]] = {"server": {"peak_bytes": status["peak_rss_bytes"],
+                                                     "load": status["load"], "steps": status["steps"]}}
     for name in CLIENTS:
         summary = json.loads((directory / name / "summary.json").read_text())
-        parties[name] = {"peak_bytes": peaks[name], "load": summary["load"],
+        parties[name] = {"peak_bytes": summary["peak_rss_bytes"], "load": summary["load"],
                          "step_seconds": summary["seconds"] / max(1, summary["steps"]),
                          "final_loss": summary["losses"][-1]}
     return parties
 
 
-def plans(model: Path, args: argparse.Namespace, runtime: int, file_dtype: torch.dtype) -> dict[str, Any]:
-    config = resolve(model, DTYPES[args.dtype]).config()
-    partition = Partition(args.head, args.tail)
-    return {party: plan_party(config, party, partition, "three-part", DTYPES[args.dtype], args.batch_size,
-                              args.max_length, runtime=runtime, file_dtype=file_dtype).to_json()
-            for party in ("client", "server")}
-
-
-def file_dtype_of(shape: str, kind: str, dtype: str) -> torch.dtype:
-    if kind == "gguf":
-        return torch.float32 if shape == "smollm2" else DTYPES[dtype]  # SmolLM2's cache is float32
-    return torch.float32 if shape == "smollm2" else torch.float16
+def plans(model: Path, args: argparse.Namespace, env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """``splitfed plan``'s estimate for both parties, as a user would ask for it."""
+    out = workdir / "plan.json"
+    command = ["-m", "splitfed.cli", "plan", "--model", str(model), "--dtype", args.dtype, "--head",
+               str(args.head), "--tail", str(args.tail), "--batch", str(args.batch_size), "--length",
+               str(args.max_length), "--json", str(out)]
+    if wait(_python(command, workdir / "plan.log", env), 600) != 0:
+        raise RuntimeError(f"splitfed plan failed: {(workdir / 'plan.log').read_text()[-2000:]}")
+    return {party["party"]: party for party in json.loads(out.read_text())["parties"]}
 
 
 def check(row: dict[str, Any]) -> dict[str, Any]:
@@ -299,7 +289,7 @@ def main() -> None:
                 started = time.perf_counter()
                 parties = federation(model, aggregation, args, env,
                                      args.workdir / "runs" / f"{shape}-{kind}-{aggregation}")
-                planned = plans(model, args, runtime, file_dtype_of(shape, kind, args.dtype))
+                planned = plans(model, args, env, args.workdir)
                 row = {"shape": shape, "input": kind, "aggregation": aggregation, "runtime_bytes": runtime,
                        "parties": parties, "plan": planned, "conversion": conversion,
                        "seconds": time.perf_counter() - started}

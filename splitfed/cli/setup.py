@@ -1,5 +1,5 @@
 """The commands that set a deployment up: identities, the sealing key, the model list, the
-configuration reference and the export of a merged model."""
+configuration reference and the export of a merged model (``parts`` and ``plan`` are in ``parts.py``)."""
 
 
 from __future__ import annotations
@@ -130,47 +130,3 @@ def config_reference(
     else:
         output.write_text(text)
         console.print(f"config reference: {output}")
-
-
-@app.command()
-def plan(
-    model: Annotated[str, typer.Option(help="A model's config.json, or a model directory holding one "
-                                            "(no weights are read).")],
-    devices: Annotated[str, typer.Option(help="Comma-separated devices the trunk is spread over, in "
-                                              "order, e.g. cuda:0,cuda:1.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="dtype of the frozen trunk weights: float32, bfloat16 or "
-                                            "float16.")] = "bfloat16",
-    head: Annotated[int, typer.Option(min=0, help="Blocks the clients keep before the trunk.")] = 2,
-    tail: Annotated[int, typer.Option(min=0, help="Blocks the clients keep after the trunk.")] = 2,
-    lora_rank: Annotated[int, typer.Option(min=1, help="LoRA rank of the trunk adapter.")] = 8,
-    cache_tokens: Annotated[int, typer.Option(min=0, help="KV-cache tokens to hold for generation, over "
-                                                          "all streams.")] = 0,
-    memory_gib: Annotated[float | None, typer.Option(help="Memory of each device in GiB (default: what "
-                                                          "CUDA reports; unchecked on CPU).")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the plan as JSON here.")] = None,
-) -> None:
-    """Where the trunk's blocks go over several devices and what each device needs, from the config alone.
-
-    Blocks are cut into contiguous runs balanced by parameter bytes; each device's need is its weights
-    in --dtype, the LoRA adapter with its AdamW state (fp32) and its share of the KV cache. A placement
-    that does not fit is refused (exit code 1).
-    """
-    import json
-
-    from splitfed.models import Partition
-    from splitfed.models.families import UnsupportedModelError
-    from splitfed.models.placement import PlacementError, format_plan, plan_trunk, read_config
-
-    try:
-        config = read_config(model)
-        names = [device.strip() for device in devices.split(",") if device.strip()]
-        result = plan_trunk(config, Partition(head, tail), names, dtype, lora_rank, cache_tokens=cache_tokens,
-                            memory_gib=memory_gib)
-    except (PlacementError, UnsupportedModelError, ValueError, OSError) as error:
-        raise _fail(error) from error
-    for line in format_plan(result):
-        console.print(line, highlight=False)
-    if json_out is not None:
-        json_out.write_text(json.dumps(result.to_json(), indent=2))
-    if not result.fits:
-        raise typer.Exit(1)

@@ -30,7 +30,7 @@ from splitfed.models.base_identity import base_id
 from splitfed.models.devices import place_client_parts, resolve_device
 from splitfed.models.party import load_client_parts, load_parts
 from splitfed.models.placement import DTYPES
-from splitfed.observability import MetricsWriter, plot_metrics, progress_bar
+from splitfed.observability import MetricsWriter, peak_rss_bytes, plot_metrics, progress_bar
 from splitfed.privacy import SplitDefense, format_epsilon, save_cut
 from splitfed.privacy.public import warm_up_on_public_text
 from splitfed.security import Identity, PublicIdentity
@@ -199,7 +199,8 @@ def _warm_up_through_public_trunk(settings: ClientSettings, split: SplitModel, d
     are loaded for the warm-up alone and released after it (the only time a client holds them)."""
     partition = settings.partition.partition()
     log.info("loading the public trunk for the learned defense's warm-up (released after it)")
-    trunk = load_parts(settings.model, partition, ("trunk",), DTYPES[settings.dtype]).split.trunk
+    trunk = load_parts(settings.model, partition, ("trunk",), DTYPES[settings.dtype],
+                       tokenizer=False).split.trunk
     if device.type != "cpu":
         trunk.to(device)
     public = SplitModel(split.head, trunk, split.tail, partition, split.family)
@@ -279,6 +280,7 @@ def finish_client(run: ClientRun, link: ServerLink, outcome: LoopOutcome, second
         "privacy_state": None if defense is None else defense.state_dict(),
         "stopped": outcome.stopped,
         "load": run.load_report,
+        "peak_rss_bytes": peak_rss_bytes(),
     }
     (settings.output / "summary.json").write_text(json.dumps(summary, indent=2))
     if not outcome.interrupted:

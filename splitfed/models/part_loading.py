@@ -10,6 +10,7 @@ naming the file, and nothing half-loaded is returned.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ def skeleton(config: Any, dtype: torch.dtype) -> PreTrainedModel:
     """The model's modules with their parameters on the meta device (buffers such as rotary
     frequencies are computed as usual: they are derived from the config, not read)."""
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=dtype)
     return model
 
 

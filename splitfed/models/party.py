@@ -37,7 +37,7 @@ class LoadedParts:
 
     split: SplitModel  # the roles not loaded are None
     model: Any  # the model object the parts share: other parties' modules are ``NotLoaded``
-    tokenizer: Any
+    tokenizer: Any  # None where not asked for (the server needs none)
     source: ModelSource
     num_layers: int
     report: LoadReport
@@ -53,9 +53,10 @@ def needs_of(roles: tuple[str, ...], partition: Partition, num_layers: int) -> P
 
 
 def load_parts(name_or_path: str | os.PathLike[str], partition: Partition, roles: tuple[str, ...] = ALL_ROLES,
-               dtype: torch.dtype = torch.float32, seed: int = 0) -> LoadedParts:
+               dtype: torch.dtype = torch.float32, seed: int = 0, tokenizer: bool = True) -> LoadedParts:
     """The ``roles`` of ``name_or_path`` split by ``partition``, each module built and read only if one
-    of those roles runs it. A partition the model cannot take is refused before any weight is read."""
+    of those roles runs it (and its tokenizer, unless ``tokenizer`` is False). A partition the model
+    cannot take is refused before any weight is read."""
     unknown = set(roles) - set(ALL_ROLES)
     if unknown or not roles:
         raise ValueError(f"roles must be among {ALL_ROLES}, got {roles}")
@@ -83,7 +84,8 @@ def load_parts(name_or_path: str | os.PathLike[str], partition: Partition, roles
         expected = None if manifest is None else manifest.digests()
         model, report = load_part_model(source.directory, needs, dtype, expected)
     split = split_model(model, partition, roles)
-    return LoadedParts(split, model, source.tokenizer(), source, num_layers, report, needs)
+    return LoadedParts(split, model, source.tokenizer() if tokenizer else None, source, num_layers, report,
+                       needs)
 
 
 def party_roles(party: str, layout: str) -> tuple[str, ...]:
@@ -110,4 +112,4 @@ def load_server_parts(name_or_path: str | os.PathLike[str], partition: Partition
                       dtype: torch.dtype = torch.float32) -> LoadedParts:
     """The server's trunk (widest over the clients' partitions); in the two-part layout also the final
     norm and LM head."""
-    return load_parts(name_or_path, partition, party_roles("server", layout), dtype)
+    return load_parts(name_or_path, partition, party_roles("server", layout), dtype, tokenizer=False)

@@ -10,16 +10,22 @@ the two-part layout also the final norm and LM head), the estimate adds up:
   largest transient tensor; the server keeps one client's step at a time (sequential mode) or
   ``clients_per_step`` (client-batch);
 * **KV cache**: for ``cache_tokens`` of generation through the part's blocks;
-* **loading**: transformers' loader reads a few tensors at once in the file's dtype before casting;
+* **loading**: while the part loads, a few tensors are in flight in the file's dtype before they are
+  cast (transformers' loader reads up to four at once, in key order): the largest such moment;
+* **tokenizer** (a client) and **serving** (gRPC threads, the data, the metrics plot): given by the
+  caller (``splitfed plan`` loads the tokenizer to measure it; serving is a constant measured by
+  ``benchmarks/memory.py``);
 * **runtime**: the process with torch, transformers, peft and splitfed imported (given: the command
   measures it in its own process).
+
+Loading and training do not overlap: the peak is the runtime, the weights and the cache plus the
+larger of the loading transient and what training holds (tokenizer, adapter, activations, serving).
 
 Nothing is allocated: the model is built on the meta device.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +33,16 @@ import torch
 
 from splitfed.models.adapters import init_adapter, lora_config
 from splitfed.models.families import family_of_config
-from splitfed.models.part_loading import PartNeeds, prune, skeleton
+from splitfed.models.part_loading import PartNeeds, prune, skeleton, tie_kept
 from splitfed.models.split import Partition, split_model
 
 MIB = 2**20
 ADAPTER_STATE_BYTES = 4 * 4  # float32 weight, gradient and AdamW's two moments
 LOADING_TENSORS_IN_FLIGHT = 4  # transformers' loader materialises this many tensors at once
+# What a party holds beyond its model while it serves or trains: gRPC threads and buffers, the data,
+# the allocator's slack, the metrics plot; measured by benchmarks/memory.py (SmolLM2, 1.1B and 7B
+# shapes): it does not grow with the model.
+SERVING_BYTES = {"client": 64 * MIB, "server": 96 * MIB}
 
 
 @dataclass(frozen=True)
@@ -48,37 +58,34 @@ class PartyMemory:
     cache_bytes: int
     loading_bytes: int
     runtime_bytes: int
+    tokenizer_bytes: int = 0
+    serving_bytes: int = 0
+
+    @property
+    def training_bytes(self) -> int:
+        return self.tokenizer_bytes + self.adapter_bytes + self.activation_bytes + self.serving_bytes
 
     @property
     def peak_bytes(self) -> int:
-        """The larger of loading (weights + tensors in flight) and training (weights + adapter +
-        activations), plus the runtime and the cache."""
-        training = self.adapter_bytes + self.activation_bytes
-        return self.runtime_bytes + self.weight_bytes + self.cache_bytes + max(training, self.loading_bytes)
+        """Runtime, weights and cache, plus the larger of the loading transient and training's needs."""
+        return (self.runtime_bytes + self.weight_bytes + self.cache_bytes
+                + max(self.training_bytes, self.loading_bytes))
 
     def to_json(self) -> dict[str, Any]:
         return {"party": self.party, "roles": list(self.roles), "blocks": list(self.blocks),
                 "weight_bytes": self.weight_bytes, "adapter_bytes": self.adapter_bytes,
                 "activation_bytes": self.activation_bytes, "cache_bytes": self.cache_bytes,
                 "loading_bytes": self.loading_bytes, "runtime_bytes": self.runtime_bytes,
+                "tokenizer_bytes": self.tokenizer_bytes, "serving_bytes": self.serving_bytes,
                 "peak_bytes": self.peak_bytes}
 
     def describe(self) -> str:
         parts = [("runtime", self.runtime_bytes), ("weights", self.weight_bytes),
                  ("adapter + AdamW", self.adapter_bytes), ("activations", self.activation_bytes),
+                 ("tokenizer", self.tokenizer_bytes), ("serving", self.serving_bytes),
                  ("KV cache", self.cache_bytes), ("loading, in flight", self.loading_bytes)]
         shown = ", ".join(f"{name} {value / MIB:,.0f}" for name, value in parts)
         return f"{self.party}: peak {self.peak_bytes / MIB:,.0f} MiB ({shown} MiB)"
-
-
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux; 0 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            resident_pages = int(handle.read().split()[1])
-    except OSError:
-        return 0
-    return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _tensor_bytes(tensors: list[torch.Tensor]) -> int:
@@ -142,6 +149,34 @@ def _step_activations(split: Any, roles: tuple[str, ...], batch: int, length: in
     return saved.bytes + 2 * saved.largest  # the backward's gradients of the largest tensors in flight
 
 
+def _natural_key(name: str) -> list[Any]:
+    return [(0, int(piece)) if piece.isdigit() else (1, piece) for piece in name.split(".")]
+
+
+def loading_transient(model: torch.nn.Module, dtype: torch.dtype, file_dtype: torch.dtype) -> int:
+    """The most memory beyond the final weights while they load: tensors are read in key order, up to
+    ``LOADING_TENSORS_IN_FLIGHT`` at once, each in the file's dtype until it is cast (no copy when the
+    dtypes agree)."""
+    tensors = sorted(model.state_dict().items(), key=lambda item: _natural_key(item[0]))
+    seen: set[int] = set()
+    sizes = []
+    for _, tensor in tensors:
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        sizes.append(tensor.numel())
+    element = torch.tensor([], dtype=dtype).element_size()
+    file_element = 0 if file_dtype == dtype else torch.tensor([], dtype=file_dtype).element_size()
+    total = sum(sizes) * element
+    loaded, peak = 0, 0
+    for index in range(len(sizes)):
+        window = sizes[index:index + LOADING_TENSORS_IN_FLIGHT]
+        in_flight = sum(window) * (element + file_element)
+        peak = max(peak, loaded + in_flight)
+        loaded += sizes[index] * element
+    return max(0, peak - total)
+
+
 def _kv_bytes_per_token(config: Any, blocks: int, dtype: torch.dtype) -> int:
     heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
@@ -151,12 +186,14 @@ def _kv_bytes_per_token(config: Any, blocks: int, dtype: torch.dtype) -> int:
 def plan_party(config: Any, party: str, partition: Partition, layout: str = "three-part",
                dtype: torch.dtype = torch.bfloat16, batch: int = 4, length: int = 256, lora_rank: int = 8,
                cache_tokens: int = 0, clients_per_step: int = 1, runtime: int = 0,
-               file_dtype: torch.dtype | None = None) -> PartyMemory:
+               file_dtype: torch.dtype | None = None, tokenizer: int = 0, serving: int | None = None
+               ) -> PartyMemory:
     """``party``'s ("client" or "server") memory for one training step of ``batch`` x ``length`` tokens
     (the server: ``clients_per_step`` such steps at once), LoRA of ``lora_rank`` on every block and
     ``cache_tokens`` of KV cache; ``file_dtype`` is the dtype the weights are stored in (default:
-    ``dtype``); ``runtime``: the process's memory before any weight (``resident_bytes`` once torch,
-    transformers, peft and splitfed's client and server are imported)."""
+    ``dtype``); ``runtime``: the process's memory before any weight (its resident memory once torch,
+    transformers, peft and splitfed's client and server are imported); ``tokenizer``: the client's
+    tokenizer in memory; ``serving``: gRPC, data and plots (default: ``SERVING_BYTES``)."""
     from splitfed.models.adapters import LoraSpec
     from splitfed.models.party import needs_of, party_roles
 
@@ -168,6 +205,7 @@ def plan_party(config: Any, party: str, partition: Partition, layout: str = "thr
     model = skeleton(config, dtype)
     prune(model, family, needs)
     model = model.to("meta")
+    tie_kept(model)
     weights = _tensor_bytes([*model.parameters(), *model.buffers()])
     split = split_model(model, partition, roles)
     spec = LoraSpec(r=lora_rank)
@@ -177,9 +215,8 @@ def plan_party(config: Any, party: str, partition: Partition, layout: str = "thr
     adapter = sum(p.numel() for part in split.parts.values() for p in part.parameters() if p.requires_grad)
     steps = clients_per_step if party == "server" else 1
     activations = _step_activations(split, roles, batch * steps, length)
-    stored = file_dtype or dtype
-    largest = sorted((p.numel() for p in model.parameters()), reverse=True)[:LOADING_TENSORS_IN_FLIGHT]
-    loading = sum(largest) * torch.tensor([], dtype=stored).element_size()
+    loading = loading_transient(model, dtype, file_dtype or dtype)
     return PartyMemory(party, roles, tuple(sorted(needs.blocks)), weights, adapter * ADAPTER_STATE_BYTES,
                        activations, _kv_bytes_per_token(config, len(needs.blocks), dtype) * cache_tokens,
-                       loading, runtime)
+                       loading, runtime, tokenizer if party == "client" else 0,
+                       SERVING_BYTES[party] if serving is None else serving)

@@ -99,6 +99,44 @@ def smollm2_directory() -> Path:
     return convert_gguf(smollm2_gguf_path(), directory, torch.float32)
 
 
+def config_of(name_or_path: str | os.PathLike[str]) -> Any:
+    """A model's configuration without reading or converting any weight: a built-in name, a model or
+    part directory, a ``config.json`` file or a ``.gguf`` file (its metadata)."""
+    import json
+
+    name = str(name_or_path)
+    if name in TINY_MODELS:
+        return TINY_MODELS[name]()[0]
+    path = smollm2_gguf_path() if name == DEFAULT_MODEL else Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    if path.is_file() and path.name.endswith(".json"):
+        data = json.loads(path.read_text())
+        model_type = data.pop("model_type", None)
+        if model_type is None:
+            raise ModelNotFoundError(f"{path} has no model_type")
+        return AutoConfig.for_model(model_type, **data)
+    if path.is_dir() and (path / "config.json").is_file():
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    raise ModelNotFoundError(f"{name!r}: no configuration there. Accepted: {accepted_models()}, or a "
+                             "config.json file.")
+
+
+def tokenizer_of(name_or_path: str | os.PathLike[str]) -> Any | None:
+    """A model's tokenizer without reading or converting any weight (None for a bare config.json)."""
+    name = str(name_or_path)
+    if name in TINY_MODELS:
+        return byte_tokenizer()
+    if name == DEFAULT_MODEL and (cache_dir() / SMOLLM2_DIRECTORY / "config.json").is_file():
+        return AutoTokenizer.from_pretrained(cache_dir() / SMOLLM2_DIRECTORY, local_files_only=True)
+    path = smollm2_gguf_path() if name == DEFAULT_MODEL else Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return None
+
+
 def resolve(name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> ModelSource:
     """The source of a built-in name, a local directory or a ``.gguf`` file (converted to ``dtype`` in
     the cache on first use: a float32 conversion of a quantised file is exact, a half-precision one is

@@ -14,7 +14,7 @@ from splitfed.models.base_identity import base_id
 from splitfed.models.devices import resolve_device
 from splitfed.models.party import load_server_parts
 from splitfed.models.placement import DTYPES, place_trunk
-from splitfed.observability import write_status
+from splitfed.observability import peak_rss_bytes, write_status
 from splitfed.security import AllowList, Identity, ServerHandshake
 from splitfed.server.auto_mode import choose_mode, estimate_batch_bytes, measure_capacity
 from splitfed.server.compute import single_threaded_torch
@@ -209,6 +209,8 @@ def run_server(settings: ServerSettings, stop: threading.Event | None = None) ->
                                  step=service.steps)
         log.info("trunk adapter after %d steps saved to %s", service.steps, path)
         service.close()
+        write_status(settings.output, {**service.status(), "port": port, "model": settings.model,
+                                       "stopped": True, "peak_rss_bytes": peak_rss_bytes()})
     return service
 
 

@@ -110,7 +110,8 @@ class TrunkActor:
     def __init__(self, recipe: TrunkRecipe) -> None:
         register_tensor_serializer(import_ray())  # what it returns travels as numpy arrays
         torch.set_num_threads(max(1, recipe.threads))
-        part = load_parts(recipe.model, recipe.partition, ("trunk",), DTYPES[recipe.dtype]).split.trunk
+        part = load_parts(recipe.model, recipe.partition, ("trunk",), DTYPES[recipe.dtype],
+                          tokenizer=False).split.trunk
         init_adapter(part, recipe.adapter, recipe.seed)
         load_adapter_state(part, recipe.initial_adapter)
         if recipe.frozen is not None:  # the front end's weights, one copy per node; the node's own
