@@ -120,23 +120,24 @@ class _SavedTensors:
         return max((t.numel() * t.element_size() for t in self.kept.values()), default=0)
 
 
-def _step_activations(split: Any, roles: tuple[str, ...], batch: int, length: int) -> int:
+def step_activations(split: Any, roles: tuple[str, ...], batch: int, length: int,
+                     device: str = "meta") -> int:
     """Bytes one training step keeps for backward in ``roles``' parts, plus its largest transient
-    tensor, measured on the meta device."""
+    tensor, measured on ``device`` (the meta device: shapes only, no memory)."""
     family = split.family
     parts = [split.parts[role] for role in roles if role in split.parts]
     parameters = [p for part in parts for p in part.parameters()]
     saved = _SavedTensors(parameters)
-    positions = torch.arange(length, device="meta").unsqueeze(0).expand(batch, length)
+    positions = torch.arange(length, device=device).unsqueeze(0).expand(batch, length)
     width = family.hidden_size(split.config)
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor):
         for part in parts:
             part.train(True)
             if part.role == "head":
-                hidden = family.embed(part, torch.zeros(batch, length, dtype=torch.long, device="meta"),
+                hidden = family.embed(part, torch.zeros(batch, length, dtype=torch.long, device=device),
                                       positions)
             else:
-                hidden = torch.zeros(batch, length, width, device="meta", requires_grad=True,
+                hidden = torch.zeros(batch, length, width, device=device, requires_grad=True,
                                      dtype=part.compute_dtype)
             inputs = family.block_inputs(part, hidden, positions)
             for index in part.layer_indices:
@@ -144,7 +145,7 @@ def _step_activations(split: Any, roles: tuple[str, ...], batch: int, length: in
                                           inputs)
             if part.role == "tail":
                 logits = family.finalize(part, hidden)
-                labels = torch.zeros(batch * length, dtype=torch.long, device="meta")
+                labels = torch.zeros(batch * length, dtype=torch.long, device=device)
                 torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels)
     return saved.bytes + 2 * saved.largest  # the backward's gradients of the largest tensors in flight
 
@@ -183,6 +184,23 @@ def _kv_bytes_per_token(config: Any, blocks: int, dtype: torch.dtype) -> int:
     return 2 * heads * head_dim * torch.tensor([], dtype=dtype).element_size() * blocks
 
 
+def _meta_parts(config: Any, family: Any, needs: PartNeeds, partition: Partition, roles: tuple[str, ...],
+                dtype: torch.dtype, lora_rank: int) -> tuple[torch.nn.Module, Any]:
+    """The party's modules on the meta device, with LoRA of ``lora_rank`` on every part."""
+    from splitfed.models.adapters import LoraSpec
+
+    model = skeleton(config, dtype)
+    prune(model, family, needs)
+    model = model.to("meta")
+    tie_kept(model)
+    split = split_model(model, partition, roles)
+    spec = LoraSpec(r=lora_rank)
+    lora_config(spec, family.name)  # an unknown family's targets are refused here
+    for part in split.parts.values():
+        init_adapter(part, spec, 0)
+    return model, split
+
+
 def plan_party(config: Any, party: str, partition: Partition, layout: str = "three-part",
                dtype: torch.dtype = torch.bfloat16, batch: int = 4, length: int = 256, lora_rank: int = 8,
                cache_tokens: int = 0, clients_per_step: int = 1, runtime: int = 0,
@@ -194,7 +212,6 @@ def plan_party(config: Any, party: str, partition: Partition, layout: str = "thr
     ``dtype``); ``runtime``: the process's memory before any weight (its resident memory once torch,
     transformers, peft and splitfed's client and server are imported); ``tokenizer``: the client's
     tokenizer in memory; ``serving``: gRPC, data and plots (default: ``SERVING_BYTES``)."""
-    from splitfed.models.adapters import LoraSpec
     from splitfed.models.party import needs_of, party_roles
 
     family = family_of_config(config)
@@ -202,19 +219,17 @@ def plan_party(config: Any, party: str, partition: Partition, layout: str = "thr
     partition.fits(num_layers)
     roles = party_roles(party, layout)
     needs: PartNeeds = needs_of(roles, partition, num_layers)
-    model = skeleton(config, dtype)
-    prune(model, family, needs)
-    model = model.to("meta")
-    tie_kept(model)
-    weights = _tensor_bytes([*model.parameters(), *model.buffers()])
-    split = split_model(model, partition, roles)
-    spec = LoraSpec(r=lora_rank)
-    lora_config(spec, family.name)  # an unknown family's targets are refused here
-    for part in split.parts.values():
-        init_adapter(part, spec, 0)
+    model, split = _meta_parts(config, family, needs, partition, roles, dtype, lora_rank)
+    frozen = [p for p in model.parameters() if not p.requires_grad]  # the base, without the adapters
+    weights = _tensor_bytes([*frozen, *model.buffers()])
     adapter = sum(p.numel() for part in split.parts.values() for p in part.parameters() if p.requires_grad)
     steps = clients_per_step if party == "server" else 1
-    activations = _step_activations(split, roles, batch * steps, length)
+    try:
+        activations = step_activations(split, roles, batch * steps, length)
+    except RuntimeError:  # PyTorch's meta kernel of MoE's grouped matmul takes bfloat16 only
+        _, bf16_split = _meta_parts(config, family, needs, partition, roles, torch.bfloat16, lora_rank)
+        scale = torch.tensor([], dtype=dtype).element_size() / 2
+        activations = int(step_activations(bf16_split, roles, batch * steps, length) * scale)
     loading = loading_transient(model, dtype, file_dtype or dtype)
     return PartyMemory(party, roles, tuple(sorted(needs.blocks)), weights, adapter * ADAPTER_STATE_BYTES,
                        activations, _kv_bytes_per_token(config, len(needs.blocks), dtype) * cache_tokens,

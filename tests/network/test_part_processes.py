@@ -36,7 +36,8 @@ def test_a_client_trains_from_its_part_and_a_part_of_another_base_is_refused(dep
     try:
         port = wait_for_port(root / "port", server)
         bob = deployment.client_config("bob", 1, 2, f"fedavg: false\nmodel: {root / 'bob-part'}\n")
-        refused = splitfed("train", "--config", str(bob), "--server", f"127.0.0.1:{port}", log=root / "bob.log")
+        refused = splitfed("train", "--config", str(bob), "--server", f"127.0.0.1:{port}",
+                           log=root / "bob.log")
         assert refused.wait(timeout=300) != 0
         alice = deployment.client_config("alice", 0, 3, f"fedavg: false\nmodel: {root / 'alice-part'}\n")
         trainer = splitfed("train", "--config", str(alice), "--server", f"127.0.0.1:{port}",
