@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,8 @@ def convert_gguf(path: Path, dtype: str, env: dict[str, str], workdir: Path) -> 
             f"from splitfed.observability import peak_rss_bytes; "
             f"resolve(Path({str(path)!r}), torch.{dtype}); print(peak_rss_bytes())")
     log = workdir / "convert.log"
+    for previous in (workdir / "cache" / "gguf").glob(f"{path.stem}-*-{dtype}"):
+        shutil.rmtree(previous)  # measure the conversion itself, not a cache hit
     started = time.perf_counter()
     if wait(_python(["-c", code], log, env), 7200) != 0:
         raise RuntimeError(f"converting {path} failed: {log.read_text()[-2000:]}")

@@ -64,6 +64,10 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None,
                         help="path without suffix (default: benchmarks/results/precision_MODEL)")
     parser.add_argument("--merge", action="store_true", help="keep the cells already in the output JSON")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="the base dtypes to run (a grid may be "
+                                                                      "split over processes)")
+    parser.add_argument("--include", type=Path, action="append", default=[], metavar="JSON",
+                        help="also keep the cells of this precision JSON (same budget, e.g. run in parallel)")
     return parser.parse_args()
 
 
@@ -168,6 +172,12 @@ def main() -> None:
         previous = json.loads(output.with_suffix(".json").read_text())
         result["records"] = previous.get("records", [])
         result["throughput"] = previous.get("throughput")
+    for path in args.include:
+        have = {(r["task"], r["dtype"], r["seed"]) for r in result["records"]}
+        included = json.loads(path.read_text())
+        result["records"] += [r for r in included["records"]
+                              if (r["task"], r["dtype"], r["seed"]) not in have]
+        result["throughput"] = result.get("throughput") or included.get("throughput")
     if args.blocks:
         result["throughput"] = throughput(args)
     done = {(r["task"], r["dtype"], r["seed"]) for r in result["records"]}
@@ -177,7 +187,7 @@ def main() -> None:
         evaluation = load_task(task, "val", limit=args.eval_examples)
         encoded = [encode_example(tokenizer, e, args.max_length) for e in train]
         for seed in (int(s) for s in args.seeds.split(",")):
-            for dtype in DTYPES:
+            for dtype in args.dtypes.split(","):
                 if (task, dtype, seed) in done:
                     continue
                 record = accuracy_cell(args, task, dtype, seed, encoded, evaluation, tokenizer)

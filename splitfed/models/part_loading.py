@@ -10,7 +10,9 @@ naming the file, and nothing half-loaded is returned.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import logging
 import time
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from splitfed.models.families import FamilyAdapter, family_of_config
 from splitfed.models.weight_files import ModelFileError, TensorReads, WeightFiles
 
 log = logging.getLogger(__name__)
+
+RELEASE_EVERY_BYTES = 256 * 2**20  # hand freed read buffers back to the system as loading goes
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,8 @@ def load_part_model(directory: Path, needs: PartNeeds, dtype: torch.dtype,
     files = WeightFiles.find(directory)
     model = skeleton(config, dtype)
     prune(model, family, needs)
-    reads = TensorReads(expected_sha256=expected_sha256 or {})
+    reads = TensorReads(expected_sha256=expected_sha256 or {}, every_bytes=RELEASE_EVERY_BYTES,
+                        every=release_free_memory)
     with files.lazy_tensors(reads) as slices:
         load_config = LoadStateDictConfig(dtype=dtype, dtype_plan=model._get_dtype_plan(dtype),
                                           weight_mapping=get_model_conversion_mapping(model))
@@ -178,11 +183,24 @@ def load_part_model(directory: Path, needs: PartNeeds, dtype: torch.dtype,
     tied = tie_kept(model)
     _refuse_incomplete(model, directory, files, info, tied)
     model.eval()
+    release_free_memory()
     report = LoadReport(time.perf_counter() - started, reads.tensors, reads.bytes, part_bytes(model))
     log.info("loaded %s of %s in %.1fs: %d tensors, %.0f MiB read (%.0f MB/s), %.0f MiB in memory",
              needs.describe(), directory, report.seconds, report.tensors_read, report.bytes_read / 2**20,
              report.megabytes_per_second, report.part_bytes / 2**20)
     return model, report
+
+
+def release_free_memory() -> None:
+    """Give the allocator's free pages back to the system (glibc's ``malloc_trim``). Loading frees many
+    read buffers of a few MiB from several threads; glibc keeps them in its heaps (100-200 MiB on a
+    1B model's trunk, measured) unless asked. Elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    with contextlib.suppress(AttributeError):
+        libc.malloc_trim(0)
 
 
 def _quietly(function: Any, *args: Any) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +118,8 @@ class TensorReads:
     tensors: int = 0
     bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    every_bytes: int = 0  # call ``every`` after each such amount read (0: never)
+    every: Callable[[], None] | None = None
 
     def record(self, key: str, path: Path, tensor: torch.Tensor) -> None:
         expected = self.expected_sha256.get(key)
@@ -125,8 +127,12 @@ class TensorReads:
             raise ModelFileError(f"{path}: tensor {key} does not match the SHA-256 in the part's manifest "
                                  "(the file is corrupted or was changed after export)")
         with self.lock:
+            before = self.bytes
             self.tensors += 1
             self.bytes += tensor.numel() * tensor.element_size()
+            crossed = self.every_bytes and before // self.every_bytes != self.bytes // self.every_bytes
+        if crossed and self.every is not None:
+            self.every()
 
 
 class _ReadSlice:
