@@ -42,13 +42,27 @@ def check_dtype_on(name: str, dtype: str) -> None:
                              "or later): use dtype float16 or float32")
 
 
+def fast_half_dtype(device: torch.device) -> str:
+    """What ``dtype: auto`` picks on ``device``: bfloat16 where it computes natively (a CUDA device of
+    compute capability 8.0 or later; a CPU with AVX512-BF16 or AMX), float16 on an older CUDA device,
+    float32 on a CPU without bf16 instructions (where bf16 is emulated, slower than float32)."""
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    cpu = torch.cpu
+    native = any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
+                                                                     "_is_amx_tile_supported"))
+    return "bfloat16" if native else "float32"
+
+
 class OnDevice(BaseModel):
     """The ``dtype`` and ``device`` every command's settings share, checked before anything loads."""
 
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of this side's frozen base weights and of its computation (half: half "
                                "the memory); adapters and optimizer state stay float32, and hidden states "
-                               "are converted at the cut to the wire codec's dtype")
+                               "are converted at the cut to the wire codec's dtype. auto: bfloat16 where the "
+                               "device computes in it natively (CPU with AVX512-BF16 or AMX, CUDA 8.0+), "
+                               "float16 on older CUDA devices, else float32 (the choice is logged)")
     device: str = Field("auto", description=DEVICE_DESCRIPTION)
 
     @field_validator("device")
@@ -58,6 +72,9 @@ class OnDevice(BaseModel):
 
     @model_validator(mode="after")
     def _device_runs_the_dtype(self) -> OnDevice:
+        if self.dtype == "auto":
+            self.dtype = fast_half_dtype(_pick(self.device))
+            log.info("dtype auto -> %s on %s", self.dtype, self.device)
         check_dtype_on(self.device, self.dtype)
         return self
 

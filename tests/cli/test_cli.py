@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from splitfed.cli import app
@@ -128,3 +129,21 @@ def test_demo_with_a_defense_reports_what_the_server_could_read(tmp_path):
     bad = runner.invoke(app, ["demo", "--model", "tiny-llama", "--defense", "mixup", "--output",
                               str(tmp_path)])
     assert bad.exit_code == 2 and "mixup" in bad.output
+
+
+def test_parts_writes_a_part_a_client_loads_and_refuses_a_used_directory(tmp_path):
+    from splitfed.models import Partition
+    from splitfed.models.party import load_client_parts
+
+    out = tmp_path / "client"
+    result = runner.invoke(app, ["parts", "--model", "tiny-llama", "--party", "client", "--head", "1",
+                                 "--tail", "1", "--dtype", "bfloat16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "head + tail of tiny-llama" in " ".join(result.output.split())
+    loaded = load_client_parts(out, Partition(1, 1), "three-part", dtype=torch.bfloat16)
+    assert loaded.split.trunk is None and loaded.report.tensors_read > 0
+    again = runner.invoke(app, ["parts", "--model", "tiny-llama", "--party", "client", "--out", str(out)])
+    assert again.exit_code == 2 and "not empty" in again.output
+    bad = runner.invoke(app, ["parts", "--model", "tiny-llama", "--party", "server", "--head", "3",
+                              "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "leaves no block" in bad.output

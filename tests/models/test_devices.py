@@ -31,6 +31,20 @@ def test_auto_picks_cuda_when_present_and_says_so(caplog):
     assert check_device("cpu") == "cpu" and available_devices()[0] == "cpu"
 
 
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(True, False, "bfloat16"),
+                                                               (False, True, "bfloat16"),
+                                                               (False, False, "float32")])
+def test_dtype_auto_is_bfloat16_where_the_cpu_computes_it_natively(monkeypatch, caplog, avx512_bf16, amx,
+                                                                     expected):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    settings = ClientSettings(**REQUIRED, device="cpu", dtype="auto")
+    assert settings.dtype == expected
+    assert f"dtype auto -> {expected} on cpu" in caplog.text
+    assert ClientSettings(**REQUIRED, device="cpu", dtype="float32").dtype == "float32"  # as asked
+
+
 @pytest.mark.skipif(CUDA, reason="checks the refusal on a machine without CUDA")
 def test_a_device_this_machine_does_not_have_is_refused_before_loading(tmp_path):
     with pytest.raises(PlacementError, match=r"'cuda:0' does not exist on this machine \(here: cpu\)"):
