@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from splitfed.models.placement import DTYPES
-from splitfed.models.sources import smollm2_directory, smollm2_gguf_path
+from splitfed.models.sources import resolve, smollm2_directory, smollm2_gguf_path
 from splitfed.security import create_identity_files, create_server_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,7 +55,12 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--shapes", default="smollm2,llama-1.1b,llama2-7b")
     parser.add_argument("--inputs", default="hf,gguf", help="hf (safetensors shards), gguf, or both")
     parser.add_argument("--aggregations", default="plain,secure")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES), help="the parties' base dtype")
+    parser.add_argument("--dtypes", default="bfloat16", help="the parties' base dtypes, comma-separated")
+    parser.add_argument("--parties", default="server,client",
+                        help="with --load-only: whose part to load (a float32 7B trunk needs 22 GiB)")
+    parser.add_argument("--load-only", action="store_true",
+                        help="no federation: each party's part loaded in a process of its own (peak RSS and "
+                             "load report), e.g. to compare dtypes where a whole federation does not fit")
     parser.add_argument("--head", type=int, default=2)
     parser.add_argument("--tail", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="training steps per client")
@@ -122,12 +127,27 @@ def convert_gguf(path: Path, dtype: str, env: dict[str, str], workdir: Path) -> 
             "gguf_bytes": path.stat().st_size}
 
 
+def read_speed(model: Path, dtype: str, workdir: Path, limit: int = 2 * GIB) -> float:
+    """MB/s of plain sequential reads of the weight files a party loads from (up to ``limit`` bytes):
+    the bound a part's loading is measured against."""
+    directory = resolve(model, DTYPES[dtype]).directory if model.suffix == ".gguf" else model
+    files = sorted(directory.glob("*.safetensors"))
+    done, started = 0, time.perf_counter()
+    for file in files:
+        with file.open("rb", buffering=0) as handle:
+            while done < limit and (chunk := handle.read(16 * MIB)):
+                done += len(chunk)
+        if done >= limit:
+            break
+    return done / 1e6 / max(time.perf_counter() - started, 1e-9)
+
+
 def _yaml(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
     return path
 
 
-def federation(model: Path, aggregation: str, args: argparse.Namespace, env: dict[str, str],
+def federation(model: Path, aggregation: str, dtype: str, args: argparse.Namespace, env: dict[str, str],
                directory: Path) -> dict[str, Any]:
     """One server and two clients over TLS; every process's peak RSS, load report and step time."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -137,7 +157,7 @@ def federation(model: Path, aggregation: str, args: argparse.Namespace, env: dic
     for name in CLIENTS:
         create_identity_files(keys, name, overwrite=True)
         (allow / f"{name}.pub").write_bytes((keys / f"{name}.pub").read_bytes())
-    common = {"model": str(model), "dtype": args.dtype, "seed": 0,
+    common = {"model": str(model), "dtype": dtype, "seed": 0,
               "partition": {"head": args.head, "tail": args.tail}}
     port_file = directory / "port"
     port_file.unlink(missing_ok=True)
@@ -187,10 +207,39 @@ def federation(model: Path, aggregation: str, args: argparse.Namespace, env: dic
     return parties
 
 
-def plans(model: Path, args: argparse.Namespace, env: dict[str, str], workdir: Path) -> dict[str, Any]:
+LOAD_PROBE = """
+import json, sys, torch
+import splitfed.client.process, splitfed.server.process
+from splitfed.models import Partition
+from splitfed.models.party import load_client_parts, load_server_parts
+from splitfed.observability import peak_rss_bytes
+model, party, dtype = sys.argv[1], sys.argv[2], getattr(torch, sys.argv[3])
+head, tail = int(sys.argv[4]), int(sys.argv[5])
+load = load_client_parts if party == "client" else load_server_parts
+loaded = load(model, Partition(head, tail), "three-part", dtype)
+print(json.dumps({"peak_bytes": peak_rss_bytes(), "load": loaded.report.to_json()}))
+"""
+
+
+def load_only(model: Path, dtype: str, args: argparse.Namespace, env: dict[str, str],
+              directory: Path) -> dict[str, Any]:
+    """Each party's part loaded in a process of its own: its peak RSS and load report."""
+    directory.mkdir(parents=True, exist_ok=True)
+    parties = {}
+    for party in args.parties.split(","):
+        log = directory / f"{party}.log"
+        command = ["-c", LOAD_PROBE, str(model), party, dtype, str(args.head), str(args.tail)]
+        if wait(_python(command, log, env), args.timeout) != 0:
+            raise RuntimeError(f"loading the {party} part failed: {log.read_text()[-2000:]}")
+        parties["server" if party == "server" else "alice"] = json.loads(log.read_text().splitlines()[-1])
+    return parties
+
+
+def plans(model: Path, dtype: str, args: argparse.Namespace, env: dict[str, str],
+          workdir: Path) -> dict[str, Any]:
     """``splitfed plan``'s estimate for both parties, as a user would ask for it."""
     out = workdir / "plan.json"
-    command = ["-m", "splitfed.cli", "plan", "--model", str(model), "--dtype", args.dtype, "--head",
+    command = ["-m", "splitfed.cli", "plan", "--model", str(model), "--dtype", dtype, "--head",
                str(args.head), "--tail", str(args.tail), "--batch", str(args.batch_size), "--length",
                str(args.max_length), "--json", str(out)]
     if wait(_python(command, workdir / "plan.log", env), 600) != 0:
@@ -199,39 +248,48 @@ def plans(model: Path, args: argparse.Namespace, env: dict[str, str], workdir: P
 
 
 def check(row: dict[str, Any]) -> dict[str, Any]:
-    """Each party's bound, its peak against it, and plan's error."""
+    """Each party's bound, its peak against it, and plan's error (a load-only row: against the plan's
+    loading peak, runtime + weights + loading transient)."""
     runtime = row["runtime_bytes"]
     verdicts = {}
     for name, party in row["parties"].items():
         kind = "server" if name == "server" else "client"
         part = party["load"]["part_bytes"]
         bound = runtime + (1.1 * part + GIB if kind == "server" else 1.25 * part + 0.5 * GIB)
-        plan = row["plan"][kind]["peak_bytes"]
+        planned = row["plan"][kind]
+        plan = planned["peak_bytes"] if not row.get("load_only") else \
+            planned["runtime_bytes"] + planned["weight_bytes"] + planned["loading_bytes"]
         verdicts[name] = {"bound_bytes": int(bound), "within_bound": party["peak_bytes"] <= bound,
                           "plan_error": plan / party["peak_bytes"] - 1}
     return verdicts
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | input | aggregation | party | peak RSS (MiB) | part (MiB) | runtime (MiB) | "
+    lines = ["| model | input | dtype | run | party | peak RSS (MiB) | part (MiB) | runtime (MiB) | "
              "bound (MiB) | within | load s | load MB/s | s/step | plan (MiB) | plan error |",
-             "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         for name, party in row["parties"].items():
             verdict = row["verdicts"][name]
-            kind = "server" if name == "server" else "client"
             step = party.get("step_seconds")
+            run = "load only" if row.get("load_only") else f"federation, {row['aggregation']}"
             lines.append(
-                f"| {row['shape']} | {row['input']} | {row['aggregation']} | {name} | "
+                f"| {row['shape']} | {row['input']} | {row['dtype']} | {run} | {name} | "
                 f"{party['peak_bytes'] / MIB:,.0f} | {party['load']['part_bytes'] / MIB:,.0f} | "
                 f"{row['runtime_bytes'] / MIB:,.0f} | {verdict['bound_bytes'] / MIB:,.0f} | "
                 f"{'yes' if verdict['within_bound'] else '**no**'} | {party['load']['seconds']:.1f} | "
                 f"{party['load']['mb_per_s']:.0f} | {'-' if step is None else f'{step:.1f}'} | "
-                f"{row['plan'][kind]['peak_bytes'] / MIB:,.0f} | {100 * verdict['plan_error']:+.1f}% |")
-    conversions = [(row["shape"], row["conversion"]) for row in rows if row.get("conversion")]
-    for shape, conversion in dict(conversions).items():
-        lines.append(f"\nGGUF conversion of {shape} ({conversion['gguf_bytes'] / GIB:.1f} GiB file, once): "
-                     f"peak RSS {conversion['peak_bytes'] / MIB:,.0f} MiB, {conversion['seconds']:.0f} s")
+                f"{(1 + verdict['plan_error']) * party['peak_bytes'] / MIB:,.0f} | "
+                f"{100 * verdict['plan_error']:+.1f}% |")
+    reads = {(row["shape"], row["input"]): row["read_mb_per_s"] for row in rows if row.get("read_mb_per_s")}
+    if reads:
+        lines.append("\nPlain sequential reads of the same files (the bound of load MB/s): " + ", ".join(
+            f"{shape} {kind} {speed:,.0f} MB/s" for (shape, kind), speed in reads.items()))
+    conversions = [((row["shape"], row["dtype"]), row["conversion"]) for row in rows if row.get("conversion")]
+    for (shape, dtype), conversion in dict(conversions).items():
+        size = conversion["gguf_bytes"] / GIB
+        lines.append(f"\nGGUF conversion of {shape} to {dtype} ({size:.1f} GiB file, once): peak RSS "
+                     f"{conversion['peak_bytes'] / MIB:,.0f} MiB, {conversion['seconds']:.0f} s")
     return "\n".join(lines)
 
 
@@ -241,12 +299,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = [row for row in rows if row["aggregation"] == "secure"] or rows
+    chosen = [row for row in rows if row["aggregation"] == "secure" and not row.get("load_only")] or rows
     labels, peaks, parts, runtimes, planned = [], [], [], [], []
     for row in chosen:
         for name in ("server", "alice"):
+            if name not in row["parties"]:
+                continue
             party = row["parties"][name]
-            labels.append(f"{row['shape']}\n{row['input']}\n{'server' if name == 'server' else 'client'}")
+            labels.append(f"{row['shape']}\n{row['input']}, {row['dtype']}\n"
+                          f"{'server' if name == 'server' else 'client'}")
             peaks.append(party["peak_bytes"] / GIB)
             parts.append(party["load"]["part_bytes"] / GIB)
             runtimes.append(row["runtime_bytes"] / GIB)
@@ -277,29 +338,37 @@ def main() -> None:
         rows = json.loads(output_json.read_text())["rows"]
     runtime = runtime_baseline(env, args.workdir)
     print(f"runtime baseline: {runtime / MIB:,.0f} MiB", flush=True)
-    done = {(r["shape"], r["input"], r["aggregation"]) for r in rows}
+    aggregations = ["load"] if args.load_only else args.aggregations.split(",")
+    done = {(r["shape"], r["input"], r["dtype"], r["aggregation"]) for r in rows}
     for shape in args.shapes.split(","):
         for kind in args.inputs.split(","):
             model = model_input(shape, kind, args.workdir)
-            conversion = None
-            if kind == "gguf":
-                conversion = convert_gguf(model, args.dtype, env, args.workdir)
-                print(f"{shape}: GGUF conversion peak {conversion['peak_bytes'] / MIB:,.0f} MiB in "
-                      f"{conversion['seconds']:.0f}s", flush=True)
-            for aggregation in args.aggregations.split(","):
-                if (shape, kind, aggregation) in done:
+            for dtype in args.dtypes.split(","):
+                if all((shape, kind, dtype, a) in done for a in aggregations):
                     continue
-                started = time.perf_counter()
-                parties = federation(model, aggregation, args, env,
-                                     args.workdir / "runs" / f"{shape}-{kind}-{aggregation}")
-                planned = plans(model, args, env, args.workdir)
-                row = {"shape": shape, "input": kind, "aggregation": aggregation, "runtime_bytes": runtime,
-                       "parties": parties, "plan": planned, "conversion": conversion,
-                       "seconds": time.perf_counter() - started}
-                row["verdicts"] = check(row)
-                rows.append(row)
-                print(markdown([row]), flush=True)
-                _save(rows, args)
+                conversion = None
+                if kind == "gguf":
+                    conversion = convert_gguf(model, dtype, env, args.workdir)
+                    print(f"{shape}: GGUF conversion to {dtype}: peak {conversion['peak_bytes'] / MIB:,.0f} "
+                          f"MiB in {conversion['seconds']:.0f}s", flush=True)
+                for aggregation in aggregations:
+                    if (shape, kind, dtype, aggregation) in done:
+                        continue
+                    started = time.perf_counter()
+                    directory = args.workdir / "runs" / f"{shape}-{kind}-{dtype}-{aggregation}"
+                    if args.load_only:
+                        parties = load_only(model, dtype, args, env, directory)
+                    else:
+                        parties = federation(model, aggregation, dtype, args, env, directory)
+                    row = {"shape": shape, "input": kind, "dtype": dtype, "aggregation": aggregation,
+                           "load_only": args.load_only, "runtime_bytes": runtime, "parties": parties,
+                           "plan": plans(model, dtype, args, env, args.workdir), "conversion": conversion,
+                           "read_mb_per_s": read_speed(model, dtype, args.workdir),
+                           "seconds": time.perf_counter() - started}
+                    row["verdicts"] = check(row)
+                    rows.append(row)
+                    print(markdown([row]), flush=True)
+                    _save(rows, args)
     _save(rows, args)
     print(markdown(rows))
 
