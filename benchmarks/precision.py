@@ -68,6 +68,9 @@ def _args() -> argparse.Namespace:
                                                                       "split over processes)")
     parser.add_argument("--include", type=Path, action="append", default=[], metavar="JSON",
                         help="also keep the cells of this precision JSON (same budget, e.g. run in parallel)")
+    parser.add_argument("--fp32-from-frontier", type=Path, default=None, metavar="JSON",
+                        help="take the float32 cells from this privacy-frontier JSON's undefended row (the "
+                             "same federated run, float32 base), where its budget equals this run's")
     return parser.parse_args()
 
 
@@ -121,6 +124,28 @@ def accuracy_cell(args, task: str, dtype: str, seed: int, encoded, evaluation, t
     return {"task": task, "dtype": dtype, "seed": seed, "accuracy": metrics["accuracy"],
             "macro_f1": metrics["macro_f1"], "eval_loss": metrics["loss"], "train_losses": losses,
             "train_seconds": seconds}
+
+
+BUDGET = ("model", "head", "tail", "clients", "rounds", "local_steps", "batch_size", "lr", "train_examples",
+          "eval_examples", "max_length")
+
+
+def frontier_records(path: Path, args: argparse.Namespace,
+                     have: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The privacy frontier's undefended cells (a float32 base) as float32 cells of this run; refused
+    unless the budget is the same."""
+    frontier = json.loads(path.read_text())
+    for name in BUDGET:
+        if str(frontier["args"].get(name)) != str(getattr(args, name)):
+            raise SystemExit(f"{path}: {name} is {frontier['args'].get(name)!r}, this run's is "
+                             f"{getattr(args, name)!r}: not the same budget")
+    seen = {(r["task"], r["dtype"], r["seed"]) for r in have}
+    tasks = set(args.tasks.split(","))
+    return [{"task": r["task"], "dtype": "float32", "seed": r["seed"], "accuracy": r["accuracy"],
+             "macro_f1": r["macro_f1"], "eval_loss": r["eval_loss"], "train_losses": r["train_losses"],
+             "train_seconds": r["train_seconds"], "source": str(path)}
+            for r in frontier["records"] if r["row"] == "none" and r["task"] in tasks
+            and (r["task"], "float32", r["seed"]) not in seen]
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -178,6 +203,8 @@ def main() -> None:
         result["records"] += [r for r in included["records"]
                               if (r["task"], r["dtype"], r["seed"]) not in have]
         result["throughput"] = result.get("throughput") or included.get("throughput")
+    if args.fp32_from_frontier is not None:
+        result["records"] += frontier_records(args.fp32_from_frontier, args, result["records"])
     if args.blocks:
         result["throughput"] = throughput(args)
     done = {(r["task"], r["dtype"], r["seed"]) for r in result["records"]}
