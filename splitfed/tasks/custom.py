@@ -31,7 +31,7 @@ from pathlib import Path
 from string import Formatter
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from splitfed.tasks.chat import GENERATION_METRICS, GENERATION_TEMPLATES
 from splitfed.tasks.example import ClozeExample, GenerationExample
@@ -58,12 +58,31 @@ class TaskSpec(BaseModel):
     template: str | None = Field(None, description="prompt with {field} placeholders")
     system: str | None = Field(None, description="generation: the system message")
     label_field: str = Field("label", description="classification: the field holding the label")
-    label_words: dict[str, str] = Field(default_factory=dict, description="label value -> answer text")
+    label_words: dict[str, str] = Field(default_factory=dict, description="label value -> answer text; "
+                                        "values may be numbers or strings ({0: negative, 1: positive}), "
+                                        "matched to the data's labels as text (1, 1.0 and '1' are the same "
+                                        "label; true/false for booleans)")
     target_field: str = Field("target", description="generation: the field holding the reference "
                                                     "answer (a list counts as several references)")
     metric: Literal["accuracy", "rouge", "squad_f1"] | None = Field(
         None, description="default: accuracy for classification, rouge for generation")
     max_words: int = Field(400, ge=1, description="built-in generation tasks: cut passages to this")
+
+    @field_validator("label_words", mode="before")
+    @classmethod
+    def _label_words_as_text(cls, value: Any) -> Any:
+        """Label values as the data's labels are matched: numbers and booleans as text, one each."""
+        if not isinstance(value, Mapping):
+            return value
+        words: dict[str, str] = {}
+        for key, word in value.items():
+            label = label_text(key)
+            if label in words:
+                raise ValueError(f"label_words: {key!r} and another key are the same label {label!r}")
+            if not isinstance(word, str | int | float) or isinstance(word, bool):
+                raise ValueError(f"label_words: the answer for label {label!r} must be text, got {word!r}")
+            words[label] = str(word)
+        return words
 
     @model_validator(mode="after")
     def _complete(self) -> TaskSpec:
@@ -92,7 +111,9 @@ class TaskSpec(BaseModel):
         return self
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A value of a row as text, as template fields are filled: booleans as true/false, whole floats as
+    integers, whitespace stripped."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
@@ -100,10 +121,23 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def label_text(value: Any) -> str:
+    """A label as label_words' keys and the data's labels are compared: as text, with numbers in one
+    form (1, 1.0, "1" and "1.0" are the same label) and booleans in lower case ("True" is "true")."""
+    text = as_text(value)
+    if text.lower() in ("true", "false"):
+        return text.lower()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
 def fill(template: str, row: Mapping[str, Any]) -> str:
     """``template`` with every ``{field}`` replaced by the row's value; names a missing field."""
     try:
-        return template.format_map({key: _text(value) for key, value in row.items()})
+        return template.format_map({key: as_text(value) for key, value in row.items()})
     except KeyError as err:
         raise ValueError(f"template field {err.args[0]!r} is not in the row (fields: "
                          f"{', '.join(map(str, row))})") from err
@@ -117,10 +151,11 @@ def custom_cloze(spec: TaskSpec, row: Mapping[str, Any]) -> ClozeExample:
     """One classification row: the filled template, the label words as options."""
     if spec.label_field not in row:
         raise ValueError(f"row has no label field {spec.label_field!r}")
-    value = _text(row[spec.label_field])
-    keys = [_text(k) for k in spec.label_words]
+    value = label_text(row[spec.label_field])
+    keys = [label_text(k) for k in spec.label_words]
     if value not in keys:
-        raise ValueError(f"label {value!r} is not one of label_words ({', '.join(keys)})")
+        raise ValueError(f"label {value!r} (field {spec.label_field!r}) is not one of label_words: "
+                         f"{', '.join(repr(k) for k in keys)}")
     options = [_option(word) for word in spec.label_words.values()]
     return ClozeExample(fill(spec.template or "", row), options, keys.index(value))
 
@@ -130,5 +165,5 @@ def custom_generation(spec: TaskSpec, row: Mapping[str, Any]) -> GenerationExamp
     if spec.target_field not in row:
         raise ValueError(f"row has no target field {spec.target_field!r}")
     target = row[spec.target_field]
-    references = tuple(_text(t) for t in target) if isinstance(target, list) else (_text(target),)
+    references = tuple(as_text(t) for t in target) if isinstance(target, list) else (as_text(target),)
     return GenerationExample(fill(spec.template or "", row), references[0], spec.system, references)

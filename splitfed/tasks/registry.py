@@ -62,22 +62,44 @@ def _row_examples(spec: TaskSpec, row: dict[str, Any]) -> list[Example]:
     return list(cloze_builder(spec.builtin)(row))
 
 
+class DataError(ValueError):
+    """A data file that cannot be read as the task's rows: the message names the task, the file and,
+    where there is one, the row."""
+
+
+def _read(spec: TaskSpec, path: Path, split: str) -> list[dict[str, Any]]:
+    hf_split = spec.train_split if split == "train" else spec.eval_split
+    try:
+        rows = read_rows(path, spec.format, hf_split)
+    except UnicodeDecodeError as err:
+        raise DataError(f"task {spec.name!r}: {path}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                        "save the file as UTF-8") from None
+    except (OSError, ValueError, ImportError) as err:
+        raise DataError(f"task {spec.name!r}: {err}") from None
+    if not rows:
+        header = " (a header line and no rows)" if path.suffix.lower() in (".csv", ".tsv") and \
+            path.is_file() and path.read_text(encoding="utf-8", errors="replace").strip() else ""
+        raise DataError(f"task {spec.name!r}: {path} holds no {split} rows{header}")
+    return rows
+
+
 def load_examples(task: str | TaskSpec, split: str, limit: int | None = None) -> list[Example]:
-    """The first ``limit`` examples of ``split`` (``train`` or ``val``) of a task."""
+    """The first ``limit`` examples of ``split`` (``train`` or ``val``) of a task. Every row is
+    checked; a file with no rows, an unreadable file or a bad row is refused naming the task, the file
+    and the row."""
     spec = resolve_task(task)
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}; valid splits: train, val")
     path = spec.train_file if split == "train" else spec.eval_file
     path = path if path is not None else _shipped(spec, split)
-    hf_split = spec.train_split if split == "train" else spec.eval_split
     examples: list[Example] = []
-    for number, row in enumerate(read_rows(path, spec.format, hf_split), start=1):
-        if limit is not None and len(examples) >= limit:
-            break
+    for number, row in enumerate(_read(spec, path, split), start=1):
         try:
+            if not isinstance(row, dict):
+                raise TypeError(f"a row must be an object with fields, got {type(row).__name__}")
             examples.extend(_row_examples(spec, row))
         except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"{path}: row {number}: {err}") from err
+            raise DataError(f"task {spec.name!r}: {path}: row {number}: {err}") from err
     return examples[:limit] if limit is not None else examples
 
 

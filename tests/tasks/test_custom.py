@@ -73,7 +73,8 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'body' is not in the row"):
         fill("{body}", {"text": "x"})
     (tmp_path / "r.csv").write_text("text,label\nok,maybe\n")
-    with pytest.raises(ValueError, match=r"r\.csv: row 1: label 'maybe' is not one of label_words"):
+    unknown = r"task 'reviews': .*r\.csv: row 1: label 'maybe' \(field 'label'\) is not one of label_words: "
+    with pytest.raises(ValueError, match=unknown + r"'pos', 'neg'"):
         load_examples(TaskSpec(**SPEC, eval_file=tmp_path / "r.csv"), "val")
     with pytest.raises(ValueError, match="no shipped train data; give train_file"):
         load_examples("coqa", "train")
@@ -94,3 +95,44 @@ def test_example_config_loads_and_its_files_read(monkeypatch: pytest.MonkeyPatch
     assert isinstance(boolq, TaskSpec) and boolq.builtin == "boolq"
     shipped = build_settings(EvalSettings, REPO / "examples" / "eval.yaml")
     assert shipped.tasks == ["cb", "copa", "xsum"] and shipped.steps % (shipped.rounds * shipped.clients) == 0
+
+
+def test_numeric_label_words_match_labels_of_any_spelling(tmp_path: Path) -> None:
+    """{0: negative, 1: positive} from YAML: integer keys, and labels 0, 1, "1", 1.0, "1.0" alike."""
+    (tmp_path / "r.csv").write_text("text,label\na,0\nb,1\nc,1.0\n")
+    rows = [{"text": "d", "label": 1}, {"text": "e", "label": 0.0}, {"text": "f", "label": "True"}]
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spec = TaskSpec(name="sst2", template="{text}", label_words={0: "negative", 1: "positive"},
+                    eval_file=tmp_path / "r.csv")
+    assert spec.label_words == {"0": "negative", "1": "positive"}
+    assert [e.label for e in load_examples(spec, "val")] == [0, 1, 1]
+    jsonl = spec.model_copy(update={"eval_file": tmp_path / "r.jsonl"})
+    with pytest.raises(ValueError, match=r"r\.jsonl: row 3: label 'true' .* label_words: '0', '1'"):
+        load_examples(jsonl, "val")
+    from_yaml = build_settings(EvalSettings, None, {"tasks": [{"name": "sst2", "template": "{text}",
+                                                                "label_words": {0: "no", 1: "yes"},
+                                                                "eval_file": str(tmp_path / "r.csv")}]})
+    assert from_yaml.tasks[0].label_words == {"0": "no", "1": "yes"}
+    with pytest.raises(ValidationError, match="same label '1'"):
+        TaskSpec(name="x", template="{t}", label_words={1: "one", "1.0": "uno"})
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", "holds no val rows"),
+    (b"text,label\n", r"holds no val rows \(a header line and no rows\)"),
+    (b"text,label\ncaf\xe9,pos\n", r"not UTF-8 text .* save the file as UTF-8"),
+    (b"words,label\nfine,pos\n", r"row 1: template field 'text' is not in the row"),
+    (b"text,verdict\nfine,pos\n", r"row 1: row has no label field 'label'"),
+])
+def test_every_bad_data_file_names_the_task_the_file_and_the_row(tmp_path: Path, content, reason) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"task 'reviews': {path}.*{reason}"):
+        load_examples(TaskSpec(**SPEC, eval_file=path), "val")
+
+
+def test_a_json_file_of_non_objects_names_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"text": "a", "label": "pos"}, ["text", "neg"]]))
+    with pytest.raises(ValueError, match=rf"task 'reviews': {path}: row 2: a row must be an object"):
+        load_examples(TaskSpec(**SPEC, eval_file=path), "val")
