@@ -36,7 +36,7 @@ def run_network(model_name: str, task: TaskData, settings: EvalSettings, fed: Fe
     """Train ``task`` with ``fed``'s clients as real processes; their outputs go under
     ``settings.output / "federation"``."""
     data = DataSettings(task=task.name, limit=settings.train_examples, seed=settings.seed,
-                        max_length=settings.max_length)
+                        max_length=settings.max_length, select=settings.select_examples)
     return run_network_federation(model_name, data, fed, Path(settings.output) / "federation", progress,
                                   shared={"dtype": settings.dtype, "device": settings.device})
 

@@ -82,8 +82,8 @@ def run_eval(settings: EvalSettings, console: Console | None = None, loaded: tup
     started = time.perf_counter()
     specs = [task_spec(task, settings) for task in settings.tasks]
     trains = any(m != "zero-shot" for m in settings.methods)
-    data = [load_task_data(spec, settings.train_examples, settings.eval_examples, need_train=trains)
-            for spec in specs]
+    data = [load_task_data(spec, settings.train_examples, settings.eval_examples, need_train=trains,
+                           selection=settings.select_examples, seed=settings.seed) for spec in specs]
     if loaded is None:
         with console.status(f"loading {settings.model} ..."):
             loaded = load_model(settings.model, dtype=DTYPES[settings.dtype])

@@ -68,8 +68,15 @@ class EvalSettings(OnDevice):
                                             "Gaussian noise with accounting, or a learned cut), e.g. "
                                             "privacy.forward.clip and .sigma")
     train_examples: int = Field(480, ge=1, description="training examples per task (shared out among "
-                                                        "the clients)")
-    eval_examples: int = Field(100, ge=1, description="held-out examples scored per task")
+                                                        "the clients); a file with more rows gives a "
+                                                        "sample (select_examples)")
+    eval_examples: int = Field(100, ge=1, description="held-out examples scored per task; a file with more "
+                                                       "rows gives a sample (select_examples)")
+    select_examples: Literal["sample", "first"] = Field(
+        "sample", description="how train_examples and eval_examples choose rows from a file with more: "
+                              "sample: a random choice drawn from seed, stratified by label for "
+                              "classification (each label keeps its share), kept in file order; first: "
+                              "the first rows in file order (how results before this setting were made)")
     max_length: int = Field(256, ge=16, description="tokens per training/scored sequence")
     max_new_tokens: int = Field(48, ge=1, description="generation tasks: tokens generated per answer")
     max_words: int = Field(200, ge=1, description="shipped generation tasks: words of passage kept")

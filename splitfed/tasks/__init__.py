@@ -32,7 +32,15 @@ from splitfed.tasks.loading import (
 )
 from splitfed.tasks.metrics import accuracy, macro_f1
 from splitfed.tasks.passages import PASSAGE_TEMPLATES, multirc_examples, record_examples
-from splitfed.tasks.registry import SHIPPED_TASKS, TaskData, load_examples, load_task_data, resolve_task
+from splitfed.tasks.registry import (
+    SHIPPED_TASKS,
+    DataError,
+    TaskData,
+    load_examples,
+    load_task_data,
+    resolve_task,
+    select_examples,
+)
 from splitfed.tasks.scoring import (
     LogitsFn,
     answer_logprobs,
@@ -56,7 +64,8 @@ __all__ = [
     "SHIPPED_TASKS", "TASKS", "TEMPLATES", "ClozeExample", "GenerateFn", "GenerationExample", "LogitsFn",
     "TaskData", "TaskSpec", "accuracy", "answer_logprobs", "available_tasks", "boolq_example",
     "cb_example", "cloze_builder", "collate", "copa_example", "coqa_examples", "custom_cloze",
-    "custom_generation", "encode_example", "encode_generation", "encode_options", "evaluate_cloze",
+    "custom_generation", "DataError", "select_examples", "encode_example", "encode_generation",
+    "encode_options", "evaluate_cloze",
     "evaluate_generation", "exact_match", "fill", "generate_answers", "join_prompt_option",
     "load_cloze_file", "load_examples", "load_task", "load_task_data", "macro_f1", "multirc_examples",
     "normalize_answer", "option_token_ids", "predict", "read_rows", "record_examples", "render_prompt",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from splitfed.tasks.chat import GENERATION_METRICS, GENERATION_TEMPLATES
 from splitfed.tasks.custom import TaskSpec, custom_cloze, custom_generation
@@ -103,12 +104,40 @@ def load_examples(task: str | TaskSpec, split: str, limit: int | None = None) ->
     return examples[:limit] if limit is not None else examples
 
 
+Selection = Literal["sample", "first"]
+
+
+def select_examples(examples: list[Example], limit: int | None, selection: Selection = "sample",
+                    seed: int = 0) -> list[Example]:
+    """``limit`` of ``examples`` (all of them when there are no more): ``first`` takes the first in file
+    order; ``sample`` a seeded random choice, stratified by label for classification (each label keeps
+    its share of the rows, by largest remainder), returned in file order."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    if selection == "first":
+        return examples[:limit]
+    generator = random.Random(seed)
+    groups: dict[Any, list[int]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(getattr(example, "label", None), []).append(index)
+    shares = {label: limit * len(indices) / len(examples) for label, indices in groups.items()}
+    counts = {label: int(share) for label, share in shares.items()}
+    remainders = sorted(groups, key=lambda label: (shares[label] - counts[label], -len(groups[label])),
+                        reverse=True)
+    for label in remainders[:limit - sum(counts.values())]:
+        counts[label] += 1
+    chosen = [index for label, indices in groups.items()
+              for index in generator.sample(indices, counts[label])]
+    return [examples[index] for index in sorted(chosen)]
+
+
 def load_task_data(task: str | TaskSpec, train_limit: int | None, eval_limit: int | None,
-                   need_train: bool = True) -> TaskData:
-    """Training and evaluation examples of a task (training only when ``need_train``)."""
+                   need_train: bool = True, selection: Selection = "sample", seed: int = 0) -> TaskData:
+    """Training and evaluation examples of a task (training only when ``need_train``), ``train_limit``
+    and ``eval_limit`` of them chosen by ``select_examples``."""
     spec = resolve_task(task)
-    train = load_examples(spec, "train", train_limit) if need_train else []
-    evaluation = load_examples(spec, "val", eval_limit)
+    train = select_examples(load_examples(spec, "train"), train_limit, selection, seed) if need_train else []
+    evaluation = select_examples(load_examples(spec, "val"), eval_limit, selection, seed)
     if not evaluation:
         raise ValueError(f"task {spec.name!r} has no evaluation examples")
     return TaskData(spec.name, spec.kind, spec.metric or "accuracy", train, evaluation)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from splitfed.tasks import encode_example, load_cloze_file, load_task
+from splitfed.tasks import encode_example, load_cloze_file, load_task, select_examples
 from splitfed.training.data import iid_shards
 from splitfed.training.partitioning import dirichlet_partition
 
@@ -18,7 +18,12 @@ class DataSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str = Field("rte", description="shipped task (rte, cb, copa, boolq) or the template of `file`")
     file: Path | None = Field(None, description="the client's own JSONL file in the task's format")
-    limit: int | None = Field(480, ge=1, description="use at most this many examples before sharding")
+    limit: int | None = Field(480, ge=1, description="use at most this many examples before sharding (a "
+                                                      "file with more rows gives a sample: select)")
+    select: Literal["sample", "first"] = Field(
+        "sample", description="how limit chooses rows from a file with more: sample: a random choice "
+                              "drawn from seed, stratified by label (each label keeps its share), kept in "
+                              "file order; first: the first rows in file order")
     shard: int = Field(0, ge=0, description="which shard of the data this client holds")
     shards: int = Field(1, ge=1, description="into how many shards the data is split")
     scheme: Literal["iid", "dirichlet"] = Field("iid", description="iid, or dirichlet label skew")
@@ -32,9 +37,10 @@ def load_client_examples(settings: DataSettings, tokenizer: Any) -> list[dict]:
     if settings.shard >= settings.shards:
         raise ValueError(f"data.shard {settings.shard} must be < data.shards {settings.shards}")
     if settings.file is not None:
-        examples = load_cloze_file(settings.file, settings.task, limit=settings.limit)
+        examples = load_cloze_file(settings.file, settings.task)
     else:
-        examples = load_task(settings.task, "train", limit=settings.limit)
+        examples = load_task(settings.task, "train")
+    examples = select_examples(examples, settings.limit, settings.select, settings.seed)
     encoded = [encode_example(tokenizer, example, settings.max_length) for example in examples]
     if settings.scheme == "iid":
         return iid_shards(encoded, settings.shards, settings.seed)[settings.shard]

@@ -136,3 +136,21 @@ def test_a_json_file_of_non_objects_names_the_row(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"text": "a", "label": "pos"}, ["text", "neg"]]))
     with pytest.raises(ValueError, match=rf"task 'reviews': {path}: row 2: a row must be an object"):
         load_examples(TaskSpec(**SPEC, eval_file=path), "val")
+
+
+def test_a_limit_takes_a_seeded_sample_stratified_by_label_or_the_first_rows(tmp_path: Path) -> None:
+    rows = [{"text": f"r{i}", "label": "pos" if i % 4 == 0 else "neg"} for i in range(40)]  # 10 pos, 30 neg
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spec = TaskSpec(**SPEC, train_file=tmp_path / "r.jsonl", eval_file=tmp_path / "r.jsonl")
+    data = load_task_data(spec, 8, 40, selection="sample", seed=3)
+    labels = [e.label for e in data.train]
+    assert (labels.count(0), labels.count(1)) == (2, 6)  # the file's 1:3 share of the labels
+    prompts = [e.prompt for e in data.train]
+    assert prompts == sorted(prompts, key=lambda p: int(p.split()[1][1:]))  # kept in file order
+    assert prompts != [f"Review: r{i}\nSentiment:" for i in range(8)]
+    again = load_task_data(spec, 8, 40, selection="sample", seed=3)
+    other = load_task_data(spec, 8, 40, selection="sample", seed=4)
+    assert again.train == data.train and other.train != data.train
+    first = load_task_data(spec, 8, 40, selection="first")
+    assert [e.prompt for e in first.train] == [f"Review: r{i}\nSentiment:" for i in range(8)]
+    assert len(data.eval) == 40  # a limit above the rows keeps them all
