@@ -62,6 +62,14 @@ class TaskSpec(BaseModel):
                                         "values may be numbers or strings ({0: negative, 1: positive}), "
                                         "matched to the data's labels as text (1, 1.0 and '1' are the same "
                                         "label; true/false for booleans)")
+    answer_prefix: str = Field(" ", description="classification: text put between the prompt and each label "
+                                                "word, unless the word starts with whitespace itself. One "
+                                                "space by default: in running text a word follows a space, "
+                                                "and BPE and SentencePiece tokenizers give the spaced word its "
+                                                "own token (SmolLM2: ' positive' is token 2731, 'positive' "
+                                                "16185), the one the model saw after prompts like 'Sentiment:'"
+                                                "; '' joins the word to the prompt, a newline puts it on a "
+                                                "line of its own")
     target_field: str = Field("target", description="generation: the field holding the reference "
                                                     "answer (a list counts as several references)")
     metric: Literal["accuracy", "rouge", "squad_f1"] | None = Field(
@@ -143,8 +151,8 @@ def fill(template: str, row: Mapping[str, Any]) -> str:
                          f"{', '.join(map(str, row))})") from err
 
 
-def _option(word: str) -> str:
-    return word if word[:1].isspace() else " " + word
+def _option(word: str, prefix: str = " ") -> str:
+    return word if word[:1].isspace() else prefix + word
 
 
 def custom_cloze(spec: TaskSpec, row: Mapping[str, Any]) -> ClozeExample:
@@ -156,7 +164,7 @@ def custom_cloze(spec: TaskSpec, row: Mapping[str, Any]) -> ClozeExample:
     if value not in keys:
         raise ValueError(f"label {value!r} (field {spec.label_field!r}) is not one of label_words: "
                          f"{', '.join(repr(k) for k in keys)}")
-    options = [_option(word) for word in spec.label_words.values()]
+    options = [_option(word, spec.answer_prefix) for word in spec.label_words.values()]
     return ClozeExample(fill(spec.template or "", row), options, keys.index(value))
 
 
