@@ -62,14 +62,13 @@ class TaskSpec(BaseModel):
                                         "values may be numbers or strings ({0: negative, 1: positive}), "
                                         "matched to the data's labels as text (1, 1.0 and '1' are the same "
                                         "label; true/false for booleans)")
-    answer_prefix: str = Field(" ", description="classification: text put between the prompt and each label "
-                                                "word, unless the word starts with whitespace itself. One "
-                                                "space by default: in running text a word follows a space, "
-                                                "and BPE and SentencePiece tokenizers give the spaced word its "
-                                                "own token (SmolLM2: ' positive' is token 2731, 'positive' "
-                                                "16185), the one the model saw after prompts like 'Sentiment:'"
-                                                "; '' joins the word to the prompt, a newline puts it on a "
-                                                "line of its own")
+    answer_prefix: str = Field(
+        " ", description="classification: text put between the prompt and each label word, unless the word "
+                         "starts with whitespace itself. One space by default: in running text a word "
+                         "follows a space, and BPE and SentencePiece tokenizers give the spaced word its own "
+                         "token (SmolLM2: ' positive' is token 2731, 'positive' 16185), the one the model "
+                         "saw after prompts like 'Sentiment:'; '' joins the word to the prompt, a newline "
+                         "puts it on a line of its own")
     target_field: str = Field("target", description="generation: the field holding the reference "
                                                     "answer (a list counts as several references)")
     metric: Literal["accuracy", "rouge", "squad_f1"] | None = Field(
