@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from splitfed.evaluation import EvalResult, EvalSettings, markdown_report, plot_losses, run_eval, target_check
+from splitfed.evaluation import EvalResult, EvalSettings, comparisons, markdown_report, plot_losses, run_eval
 from splitfed.evaluation.methods import (
     MethodResult,
     federation_settings,
@@ -86,21 +86,24 @@ def test_report_table_json_and_plot(result: EvalResult, tmp_path: Path) -> None:
     assert markdown_report(load_result(path)) == markdown_report(result)
 
 
-def test_target_check_arithmetic() -> None:
-    result = EvalResult(settings={"clients": 3, "alpha": 0.5}, platform={},
-                        tasks={"cb": {"kind": "classification", "metric": "accuracy"},
-                               "xsum": {"kind": "generation", "metric": "rouge"}})
+def test_comparison_arithmetic_and_no_verdict() -> None:
+    result = EvalResult(settings={"clients": 3, "alpha": 0.5, "model": "m"}, platform={},
+                        tasks={"cb": {"kind": "classification", "metric": "accuracy", "eval": 8},
+                               "xsum": {"kind": "generation", "metric": "rouge", "eval": 8}})
     for method, acc, rouge_l in [("zero-shot", 0.40, 0.10), ("centralized", 0.70, 0.20),
                                  ("federated-iid", 0.685, 0.185), ("federated-noniid", 0.675, 0.21)]:
         result.results.append(MethodResult(method, "cb", {"accuracy": acc}))
-        result.results.append(MethodResult(method, "xsum", {"rougeL": rouge_l}))
-    checks = {(c["task"], c["method"]): c for c in target_check(result)}
-    assert checks["cb", "federated-iid"]["gap"] == pytest.approx(-1.5)
-    assert checks["cb", "federated-iid"]["within_tolerance"]
-    assert not checks["cb", "federated-noniid"]["within_tolerance"]  # -2.5 points
-    assert not checks["xsum", "federated-iid"]["within_tolerance"]  # -1.5 ROUGE-L points
-    assert checks["xsum", "federated-noniid"]["within_tolerance"]
-    assert checks["xsum", "federated-noniid"]["better_than_zero_shot"]
+        result.results.append(MethodResult(method, "xsum", {"rouge1": rouge_l, "rouge2": rouge_l,
+                                                            "rougeL": rouge_l}))
+    checks = {(c["task"], c["method"]): c for c in comparisons(result)}
+    assert checks["cb", "federated-iid"]["gap_to_centralized"] == pytest.approx(-1.5)
+    assert checks["cb", "federated-noniid"]["gap_to_centralized"] == pytest.approx(-2.5)
+    assert checks["xsum", "federated-iid"]["gap_to_centralized"] == pytest.approx(-1.5)  # ROUGE-L points
+    assert checks["xsum", "federated-noniid"]["gap_to_zero_shot"] == pytest.approx(11.0)
+    report = markdown_report(result)
+    assert "- cb, federated-iid: 68.5; centralized 70.0 (-1.5), zero-shot 40.0 (+28.5)" in report
+    for wording in ("target", "meets", "MISSES", "allowed"):
+        assert wording not in report
 
 
 def test_steps_must_split_evenly(tiny) -> None:
