@@ -30,26 +30,35 @@ class DemoSettings(OnDevice):
     """What the demo runs; every field is also a ``splitfed demo`` option."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = DEFAULT_MODEL
-    task: str = "cb"
-    clients: int = Field(3, ge=1)
-    steps: int = Field(36, ge=1, description="optimizer steps per trainer (federation and centralized)")
+    model: str = Field(DEFAULT_MODEL, description="the model: smollm2, a tiny test model (tiny-llama, "
+                                                  "tiny-gemma3, ...: `splitfed models` lists them), a local "
+                                                  "HF directory or a .gguf file")
+    task: str = Field("cb", description="shipped task: cb, rte, copa or boolq")
+    clients: int = Field(3, ge=1, description="clients, each with its own shard of the data")
+    steps: int = Field(36, ge=1, description="optimizer steps of each trainer (the federation in all, and "
+                                             "centralized); rounded up to rounds x clients x k")
     rounds: int = Field(3, ge=1, description="FedAvg rounds the steps are spread over")
-    batch_size: int = Field(4, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    lora_rank: int = Field(8, ge=1)
-    head: int | None = Field(None, ge=0, description="blocks kept before the trunk (default: 2, 1 if tiny)")
-    tail: int | None = Field(None, ge=0, description="blocks kept after the trunk (default: 2, 1 if tiny)")
-    train_examples: int = Field(480, ge=1, description="training examples, shared out among clients")
-    eval_examples: int = Field(120, ge=1)
-    max_length: int = Field(256, ge=16)
-    seed: int = 0
+    batch_size: int = Field(4, ge=1, description="examples per step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the LoRA adapters")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank (alpha = 2 x rank)")
+    head: int | None = Field(None, ge=0, description="blocks the client keeps before the trunk (unset: 2; "
+                                                     "1 on tiny models)")
+    tail: int | None = Field(None, ge=0, description="blocks the client keeps after the trunk (unset: 2; 1 "
+                                                     "on tiny models)")
+    train_examples: int = Field(480, ge=1, description="training examples, shared out among the clients")
+    eval_examples: int = Field(120, ge=1, description="held-out examples scored before and after")
+    max_length: int = Field(256, ge=16, description="tokens per example (longer prompts are cut from the "
+                                                    "left)")
+    seed: int = Field(0, description="seed of data order, shards and adapter initialisation")
     in_process: bool = Field(False, description="run the federation in this process instead of as a "
-                                                "server and client processes over the network")
-    defense: DemoDefense = Field("none", description="train with a privacy defense (noise, bottleneck, "
-                                                     "dcor) and measure what the server could read of the "
-                                                     "run's own traffic with and without it")
-    output: Path = Path("runs/demo")
+                                                "server and client processes over TLS")
+    defense: DemoDefense = Field("none", description="train with a privacy defense: none, noise (clip + "
+                                                     "Gaussian noise), bottleneck (learned information "
+                                                     "bottleneck + local bypass) or dcor (distance "
+                                                     "correlation + bypass); then attack the run's own "
+                                                     "traffic and report what the server could read with "
+                                                     "and without it")
+    output: Path = Field(Path("runs/demo"), description="where results.json, the loss plot and adapters go")
 
     @property
     def federated_method(self) -> str:

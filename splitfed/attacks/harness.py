@@ -44,8 +44,10 @@ class ChannelDefense(BaseModel):
     text's token norms, or none) and noise multiplier sigma (noise std = sigma x clip)."""
 
     model_config = ConfigDict(extra="forbid")
-    clip: float | Literal["median"] | None = None
-    sigma: float = Field(0.0, ge=0)
+    clip: float | Literal["median"] | None = Field(None, description="the victim's per-token clip norm: a "
+                                                   "number, or median (the public text's median token norm); "
+                                                   "unset: none")
+    sigma: float = Field(0.0, ge=0, description="the victim's noise multiplier (noise std = sigma x clip)")
 
     @field_validator("clip")
     @classmethod
@@ -68,10 +70,10 @@ class ChannelDefense(BaseModel):
 
 class InverterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(400, ge=1)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    hidden: int = Field(1024, ge=8)
+    steps: int = Field(400, ge=1, description="training steps of each learned inverter")
+    batch_size: int = Field(256, ge=1, description="tokens per inverter training step")
+    lr: float = Field(2e-3, gt=0, description="the inverters' learning rate")
+    hidden: int = Field(1024, ge=8, description="hidden width of a learned inverter")
     negatives: int = Field(4096, ge=0, description="random negative tokens of the sampled softmax")
 
 
@@ -81,23 +83,27 @@ class AttackSettings(OnDevice):
     would off the wire, and the inverters train on ``device`` too."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = "smollm2"
-    head: int = Field(2, ge=0)
-    tail: int = Field(2, ge=0)
+    model: str = Field("smollm2", description="the public base model (the victim's, without its adapters)")
+    head: int = Field(2, ge=0, description="blocks the victim keeps before the trunk")
+    tail: int = Field(2, ge=0, description="blocks the victim keeps after the trunk")
     layout: Layout = Field(Layout.THREE_PART, description="two-part: the victim "
                                                       "sends its labels to the server (tail must be 0)")
-    task: str = "cb"
+    task: str = Field("cb", description="the task whose validation rows are the private text")
     victims: int = Field(32, ge=1, description="private rows attacked (the task's validation rows)")
-    max_length: int = Field(128, ge=8)
-    public_text: Path = PUBLIC_TEXT
+    max_length: int = Field(128, ge=8, description="tokens per private row")
+    public_text: Path = Field(PUBLIC_TEXT, description="public text the attacker trains on (wikitext-2)")
     public_tokens: int = Field(16384, ge=64, description="public tokens the inverters train on")
     gradient_public_tokens: int = Field(8192, ge=64, description="public tokens for the gradient inverter")
-    chunk_length: int = Field(64, ge=8)
-    forward: ChannelDefense = ChannelDefense()
-    backward: ChannelDefense = ChannelDefense()
-    mixed_sigmas: list[float] = Field([0.0, 0.25, 0.5, 1.0, 2.0], min_length=1)
-    attacks: list[Attack] = Field(list(ATTACKS), min_length=1)
-    inverter: InverterSettings = InverterSettings()
+    chunk_length: int = Field(64, ge=8, description="tokens per public-text training chunk")
+    forward: ChannelDefense = Field(ChannelDefense(), description="the victim's defense of the hidden state")
+    backward: ChannelDefense = Field(ChannelDefense(), description="the victim's defense of the upstream "
+                                                                   "gradient")
+    mixed_sigmas: list[float] = Field([0.0, 0.25, 0.5, 1.0, 2.0], min_length=1,
+                                      description="noise levels the mixed inverter trains at")
+    attacks: list[Attack] = Field(list(ATTACKS), min_length=1, description="the attacks run: nn-cosine, "
+                                  "nn-l2, learned, learned-mixed, direct, gradient, labels, and the "
+                                  "defense-aware adaptive, known-plaintext, averaging, generation")
+    inverter: InverterSettings = Field(InverterSettings(), description="the learned inverters' training")
     victim_adapters: Path | None = Field(None, description="directory with the victim's head/, trunk/, "
                                                            "tail/ adapters (e.g. runs/demo/adapters) and, "
                                                            "with a learned defense, its cut/")
@@ -105,8 +111,8 @@ class AttackSettings(OnDevice):
                                      "the defense-aware attacks (adaptive, known-plaintext, averaging, "
                                      "generation) know and simulate; scored on private positions only")
     average_times: int = Field(4, ge=2, description="transmissions of a row the averaging attack averages")
-    seed: int = 0
-    output: Path = Path("runs/attack")
+    seed: int = Field(0, description="seed of the attacker's inverters and noise")
+    output: Path = Field(Path("runs/attack"), description="where attack.json and attack.md go")
 
     @model_validator(mode="after")
     def _two_part_has_no_tail(self) -> AttackSettings:

@@ -9,39 +9,30 @@ from typing import Annotated
 import typer
 
 from splitfed.cli.app import ConfigOption, SetOption, _fail, _merge, app, console
+from splitfed.cli.options import setting
 
 
 @app.command()
 def attack(
     config: ConfigOption = None,
     set_: SetOption = None,
-    model: Annotated[str | None, typer.Option(help="Public base model (default: smollm2).")] = None,
-    head: Annotated[int | None, typer.Option(min=0, help="Blocks the victim keeps before the trunk.")] = None,
-    tail: Annotated[int | None, typer.Option(min=0, help="Blocks the victim keeps after the trunk.")] = None,
-    task: Annotated[str | None, typer.Option(help="Task whose validation rows are the private text.")] = None,
-    victims: Annotated[int | None, typer.Option(min=1, help="Private rows attacked.")] = None,
-    forward_clip: Annotated[str | None, typer.Option(help="Victim's per-token clip norm of the "
-                                                          "hidden state: a number or 'median'.")] = None,
-    forward_sigma: Annotated[float | None, typer.Option(min=0.0, help="Victim's noise multiplier on "
-                                                                      "the hidden state.")] = None,
-    backward_clip: Annotated[str | None, typer.Option(help="Clip norm of the upstream gradient: a number "
-                                                           "or 'median'.")] = None,
-    backward_sigma: Annotated[float | None, typer.Option(min=0.0, help="Noise multiplier on the "
-                                                                       "upstream gradient.")] = None,
-    attacks: Annotated[str | None, typer.Option(help="Comma-separated: nn-cosine, nn-l2, learned, "
-                                                     "learned-mixed, direct, gradient (default: these), "
-                                                     "labels, and the defense-aware adaptive, "
-                                                     "known-plaintext, averaging, generation.")] = None,
-    victim_adapters: Annotated[Path | None, typer.Option(help="The victim's adapters: a directory with "
-                                                              "head/, trunk/, tail/.")] = None,
-    inverter_steps: Annotated[int | None, typer.Option(min=1, help="Training steps of each learned "
-                                                                   "inverter.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="The attacker's model weights in float32 (default), "
-                                                   "bfloat16 or float16.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto (default: CUDA when present, else CPU), cpu, "
-                                                    "cuda or cuda:N: where the models and inverters "
-                                                    "compute.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Where attack.json and attack.md go.")] = None,
+    model: Annotated[str | None, setting("AttackSettings", "model")] = None,
+    head: Annotated[int | None, setting("AttackSettings", "head")] = None,
+    tail: Annotated[int | None, setting("AttackSettings", "tail")] = None,
+    task: Annotated[str | None, setting("AttackSettings", "task")] = None,
+    victims: Annotated[int | None, setting("AttackSettings", "victims")] = None,
+    forward_clip: Annotated[str | None, setting("AttackSettings", "forward.clip")] = None,
+    forward_sigma: Annotated[float | None, setting("AttackSettings", "forward.sigma")] = None,
+    backward_clip: Annotated[str | None, setting("AttackSettings", "backward.clip")] = None,
+    backward_sigma: Annotated[float | None, setting("AttackSettings", "backward.sigma")] = None,
+    attacks: Annotated[str | None, setting("AttackSettings", "attacks", help=(
+        "Comma-separated attacks: nn-cosine, nn-l2, learned, learned-mixed, direct, gradient, labels, and "
+        "the defense-aware adaptive, known-plaintext, averaging, generation"))] = None,
+    victim_adapters: Annotated[Path | None, setting("AttackSettings", "victim_adapters")] = None,
+    inverter_steps: Annotated[int | None, setting("AttackSettings", "inverter.steps")] = None,
+    dtype: Annotated[str | None, setting("AttackSettings", "dtype")] = None,
+    device: Annotated[str | None, setting("AttackSettings", "device")] = None,
+    output: Annotated[Path | None, setting("AttackSettings", "output")] = None,
 ) -> None:
     """Attack split-learning traffic as an honest-but-curious server; report what it recovers.
 
@@ -119,32 +110,28 @@ def status(
 def eval_(
     config: ConfigOption = None,
     set_: SetOption = None,
-    model: Annotated[str | None, typer.Option(help="Model (default: smollm2).")] = None,
-    task: Annotated[list[str] | None, typer.Option(help="Shipped task (repeatable): rte, cb, copa, boolq, "
-                                                       "wic, wsc, multirc, xsum, coqa. Your own data: "
-                                                       "describe it under `tasks:` in --config.")] = None,
-    method: Annotated[list[str] | None, typer.Option(help="Methods to run (repeatable): zero-shot, "
-                                                         "centralized, split, federated-iid, "
-                                                         "federated-noniid, federated-noise (the default "
-                                                         "rows); federated-network (processes over TLS), "
-                                                         "federated-ray (see simulate).")] = None,
-    clients: Annotated[int | None, typer.Option(min=2, help="Clients of the federated methods.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps of every trainer; a multiple "
-                                                          "of rounds x clients.")] = None,
-    rounds: Annotated[int | None, typer.Option(min=1, help="FedAvg rounds.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the LoRA adapters.")] = None,
-    train_examples: Annotated[int | None, typer.Option(min=1, help="Training examples per task.")] = None,
-    eval_examples: Annotated[int | None, typer.Option(min=1, help="Held-out examples per task.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Generation tasks: new tokens per "
-                                                                   "answer.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of data order, shards and adapter init.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="Frozen base weights in float32 (default), bfloat16 or "
-                                                   "float16; adapters stay float32.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto (default: CUDA when present, else CPU), cpu, "
-                                                    "cuda or cuda:N.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Where results.json, results.md and losses.png "
-                                                     "go (default runs/eval).")] = None,
+    model: Annotated[str | None, setting("EvalSettings", "model")] = None,
+    task: Annotated[list[str] | None, setting("EvalSettings", "tasks", help=(
+        "Shipped task (repeatable): rte, cb, copa, boolq, wic, wsc, multirc, xsum, coqa. Your own data: "
+        "describe it under `tasks:` in --config."), default="cb")] = None,
+    method: Annotated[list[str] | None, setting("EvalSettings", "methods", help=(
+        "Methods to run (repeatable): zero-shot, centralized, split, federated-iid, federated-noniid, "
+        "federated-noise (the default rows); federated-network (processes over TLS), federated-ray "
+        "(see simulate)."), default="the default rows")] = None,
+    clients: Annotated[int | None, setting("EvalSettings", "clients")] = None,
+    steps: Annotated[int | None, setting("EvalSettings", "steps", help="Optimizer steps of every trainer; a "
+                                         "multiple of rounds x clients.")] = None,
+    rounds: Annotated[int | None, setting("EvalSettings", "rounds")] = None,
+    batch_size: Annotated[int | None, setting("EvalSettings", "batch_size")] = None,
+    lr: Annotated[float | None, setting("EvalSettings", "lr")] = None,
+    train_examples: Annotated[int | None, setting("EvalSettings", "train_examples")] = None,
+    eval_examples: Annotated[int | None, setting("EvalSettings", "eval_examples")] = None,
+    select_examples: Annotated[str | None, setting("EvalSettings", "select_examples")] = None,
+    max_new_tokens: Annotated[int | None, setting("EvalSettings", "max_new_tokens")] = None,
+    seed: Annotated[int | None, setting("EvalSettings", "seed")] = None,
+    dtype: Annotated[str | None, setting("EvalSettings", "dtype")] = None,
+    device: Annotated[str | None, setting("EvalSettings", "device")] = None,
+    output: Annotated[Path | None, setting("EvalSettings", "output")] = None,
 ) -> None:
     """Zero-shot, centralized, split (1 client) and federated (N clients, IID / non-IID / + noise)
     fine-tuning on the same tasks with the same seeds, steps and hyper-parameters.
@@ -156,8 +143,8 @@ def eval_(
     overrides = {"model": model, "tasks": task or None, "methods": method or None, "clients": clients,
                  "steps": steps, "rounds": rounds, "batch_size": batch_size, "lr": lr,
                  "train_examples": train_examples, "eval_examples": eval_examples,
-                 "max_new_tokens": max_new_tokens, "seed": seed, "dtype": dtype, "device": device,
-                 "output": output}
+                 "select_examples": select_examples, "max_new_tokens": max_new_tokens, "seed": seed,
+                 "dtype": dtype, "device": device, "output": output}
     _run_and_report(config, _merge(set_, overrides))
 
 
@@ -189,32 +176,26 @@ def simulate(
                                                      "and tail adapters).")] = 10,
     backend: Annotated[str, typer.Option(help="ray: clients and trunks as Ray actors; inprocess: the same "
                                               "rounds in this process (federated-iid).")] = "ray",
-    sub_servers: Annotated[int | None, typer.Option(min=1, help="Ray: trunk actors; client i trains "
-                                                                "against sub-server i % K, trunks averaged "
-                                                                "every round.")] = None,
-    hosts: Annotated[int | None, typer.Option(min=1, help="Ray: actors holding the clients (default: CPUs "
-                                                          "minus sub-servers).")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Ray: a running cluster (`auto`: this "
-                                                         "machine's); default: a local one.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model (default: smollm2; tiny-llama for a quick "
-                                                   "run).")] = None,
+    sub_servers: Annotated[int | None, setting("EvalSettings", "simulation.sub_servers")] = None,
+    hosts: Annotated[int | None, setting("EvalSettings", "simulation.hosts")] = None,
+    ray_address: Annotated[str | None, setting("EvalSettings", "simulation.ray_address")] = None,
+    model: Annotated[str | None, setting("EvalSettings", "model", help="The model (tiny-llama for a quick "
+                                         "run; `splitfed models` lists them)")] = None,
     task: Annotated[str, typer.Option(help="Shipped task: rte, cb, copa, boolq, wic, wsc, multirc, xsum, "
                                            "coqa.")] = "cb",
     rounds: Annotated[int, typer.Option(min=1, help="FedAvg rounds.")] = 1,
     local_steps: Annotated[int, typer.Option(min=1, help="Steps per client per round.")] = 1,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the LoRA adapters.")] = None,
-    train_examples: Annotated[int | None, typer.Option(min=1, help="Training examples shared out among "
-                                                                   "the clients.")] = None,
-    eval_examples: Annotated[int | None, typer.Option(min=1, help="Held-out examples scored.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of data order, shards and adapter init.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Where results.json, results.md and losses.png "
-                                                     "go (default runs/simulate).")] = None,
+    batch_size: Annotated[int | None, setting("EvalSettings", "batch_size")] = None,
+    lr: Annotated[float | None, setting("EvalSettings", "lr")] = None,
+    train_examples: Annotated[int | None, setting("EvalSettings", "train_examples")] = None,
+    eval_examples: Annotated[int | None, setting("EvalSettings", "eval_examples")] = None,
+    seed: Annotated[int | None, setting("EvalSettings", "seed")] = None,
+    output: Annotated[Path | None, setting("EvalSettings", "output", default="runs/simulate")] = None,
 ) -> None:
     """A federation of many clients on one machine or a Ray cluster, for research at scale: the data
     splits, rounds and FedAvg of the in-process federation, with the clients (in groups, one frozen
     base per actor) and the trunk(s) as Ray actors. Scored on the task's held-out examples like
-    `splitfed eval` (this is its federated-ray row). Needs `pip install 'splitfed[ray]'`."""
+    `splitfed eval` (this is its federated-ray row). Needs `pip install 'splitfed\\[ray]'`."""
     if backend not in ("ray", "inprocess"):
         raise _fail(ValueError(f"--backend {backend!r}: choose ray or inprocess"))
     overrides = {"model": model, "tasks": [task], "clients": clients, "rounds": rounds,

@@ -10,43 +10,29 @@ import typer
 from rich.console import Console
 
 from splitfed.cli.app import INTERRUPTED_EXIT, ConfigOption, SetOption, _fail, _merge, app, console
+from splitfed.cli.options import setting
 
 
 @app.command()
 def demo(
-    model: Annotated[str, typer.Option(help="Model: smollm2, a tiny test model (tiny-llama, tiny-gemma3, "
-                                            "...: `splitfed models` lists them), a local HF directory or "
-                                            "a .gguf file.")] = "smollm2",
-    task: Annotated[str, typer.Option(help="Shipped task: cb, rte, copa or boolq.")] = "cb",
-    clients: Annotated[int, typer.Option(min=1, help="Number of clients, each with its own shard.")] = 3,
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps of each trainer "
-                                                   "(federation in total, and centralized); "
-                                                   "rounded up to rounds x clients x k.")] = 36,
-    rounds: Annotated[int, typer.Option(min=1, help="FedAvg rounds the steps are spread over.")] = 3,
-    batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 4,
-    lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate of the LoRA adapters.")] = 1e-3,
-    lora_rank: Annotated[int, typer.Option(min=1, help="LoRA rank (alpha = 2 x rank).")] = 8,
-    head: Annotated[int | None, typer.Option(min=0, help="Blocks the client keeps before the trunk "
-                                                         "(default: 2; 1 on tiny models).")] = None,
-    tail: Annotated[int | None, typer.Option(min=0, help="Blocks the client keeps after the trunk "
-                                                         "(default: 2; 1 on tiny models).")] = None,
-    train_examples: Annotated[int, typer.Option(min=1, help="Training examples shared out among the "
-                                                            "clients.")] = 480,
-    eval_examples: Annotated[int, typer.Option(min=1, help="Held-out examples scored before/after.")] = 120,
-    seed: Annotated[int, typer.Option(help="Seed of data order, shards and adapter init.")] = 0,
-    in_process: Annotated[bool, typer.Option("--in-process", help="Run the federation in this process, "
-                                             "not as server and client processes over TLS.")] = False,
-    defense: Annotated[str, typer.Option(help="Train with a privacy defense: none, noise (clip + "
-                                              "Gaussian noise), bottleneck (learned information "
-                                              "bottleneck + local bypass) or dcor (distance correlation "
-                                              "+ bypass); then attack the run's own traffic and report "
-                                              "what the server could read with and without it.")] = "none",
-    dtype: Annotated[str, typer.Option(help="Frozen base weights in float32, bfloat16 or float16 "
-                                            "(adapters stay float32).")] = "float32",
-    device: Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu, cuda or "
-                                             "cuda:N.")] = "auto",
-    output: Annotated[Path, typer.Option(help="Where results.json, the loss plot and adapters go.")] = Path(
-        "runs/demo"),
+    model: Annotated[str | None, setting("DemoSettings", "model")] = None,
+    task: Annotated[str | None, setting("DemoSettings", "task")] = None,
+    clients: Annotated[int | None, setting("DemoSettings", "clients")] = None,
+    steps: Annotated[int | None, setting("DemoSettings", "steps")] = None,
+    rounds: Annotated[int | None, setting("DemoSettings", "rounds")] = None,
+    batch_size: Annotated[int | None, setting("DemoSettings", "batch_size")] = None,
+    lr: Annotated[float | None, setting("DemoSettings", "lr")] = None,
+    lora_rank: Annotated[int | None, setting("DemoSettings", "lora_rank")] = None,
+    head: Annotated[int | None, setting("DemoSettings", "head")] = None,
+    tail: Annotated[int | None, setting("DemoSettings", "tail")] = None,
+    train_examples: Annotated[int | None, setting("DemoSettings", "train_examples")] = None,
+    eval_examples: Annotated[int | None, setting("DemoSettings", "eval_examples")] = None,
+    seed: Annotated[int | None, setting("DemoSettings", "seed")] = None,
+    in_process: Annotated[bool | None, setting("DemoSettings", "in_process", "--in-process")] = None,
+    defense: Annotated[str | None, setting("DemoSettings", "defense")] = None,
+    dtype: Annotated[str | None, setting("DemoSettings", "dtype")] = None,
+    device: Annotated[str | None, setting("DemoSettings", "device")] = None,
+    output: Annotated[Path | None, setting("DemoSettings", "output")] = None,
 ) -> None:
     """Federated split fine-tuning vs centralized, on a real task: loss and accuracy before and after.
 
@@ -60,7 +46,7 @@ def demo(
     from splitfed.evaluation import save_result
     from splitfed.evaluation.report import detail_markdown, detail_table, plot_losses
 
-    if defense not in DEFENSES:
+    if defense is not None and defense not in DEFENSES:
         console.print(f"[red]error:[/] --defense {defense!r}: choose one of {', '.join(DEFENSES)}")
         raise typer.Exit(2)
     from pydantic import ValidationError
@@ -68,15 +54,16 @@ def demo(
     from splitfed.config import describe_validation_error
     from splitfed.federation.processes import FederationFailed
 
+    given = {"model": model, "task": task, "clients": clients, "steps": steps, "rounds": rounds,
+             "batch_size": batch_size, "lr": lr, "lora_rank": lora_rank, "head": head, "tail": tail,
+             "train_examples": train_examples, "eval_examples": eval_examples, "seed": seed,
+             "in_process": in_process, "defense": defense, "dtype": dtype, "device": device, "output": output}
     try:
-        settings = DemoSettings(model=model, task=task, clients=clients, steps=steps, rounds=rounds,
-                                batch_size=batch_size, lr=lr, lora_rank=lora_rank, head=head, tail=tail,
-                                train_examples=train_examples, eval_examples=eval_examples, seed=seed,
-                                in_process=in_process, defense=defense, dtype=dtype, device=device,
-                                output=output)
+        settings = DemoSettings(**{key: value for key, value in given.items() if value is not None})
     except ValidationError as error:
         console.print(f"[red]error:[/] {describe_validation_error(error)}")
         raise typer.Exit(2) from error
+    task, output, model = settings.task, settings.output, settings.model
 
     try:
         result = run_demo(settings, console)
@@ -100,51 +87,39 @@ def demo(
 def serve(
     config: ConfigOption = None,
     set_: SetOption = None,
-    listen: Annotated[str | None, typer.Option(help="host:port to listen on (127.0.0.1:50051).")] = None,
-    model: Annotated[str | None, typer.Option(help="Base model (default: smollm2).")] = None,
-    head: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep before the trunk.")] = None,
-    tail: Annotated[int | None, typer.Option(min=0, help="Blocks the clients keep after the trunk.")] = None,
-    layout: Annotated[str | None, typer.Option(help="three-part (clients keep head and tail; default) or "
-                                                    "two-part (clients keep the head only; this server "
-                                                    "runs the LM head and receives their labels).")] = None,
-    identity: Annotated[Path | None, typer.Option(help="The server's private key file.")] = None,
-    allowlist: Annotated[Path | None, typer.Option(help="File of client public keys or directory of "
-                                                        ".pub files.")] = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (needed beyond loopback).")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="TLS private key.")] = None,
-    insecure_loopback: Annotated[bool | None, typer.Option("--insecure-loopback", help="Allow plaintext "
-                                 "transport, on a loopback address only (payloads stay encrypted).")] = None,
-    roster: Annotated[str | None, typer.Option(help="Comma-separated client names served round-robin in "
-                                                    "this order (reproducible runs).")] = None,
-    mode: Annotated[str | None, typer.Option(help="sequential (one client step at a time), client-batch "
-                                                  "(one step per batch of client forwards) or hierarchical "
-                                                  "(--set sub_servers=K --set average_every=R), or auto "
-                                                  "(chosen from capacity; the reason is logged).")] = None,
-    backend: Annotated[str | None, typer.Option(help="Hierarchical mode: threads (sub-servers in this "
-                                                     "process over one frozen base; default) or ray (each "
-                                                     "sub-server a Ray actor with its own base and "
-                                                     "resources; --set ray.num_gpus=0.5).")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="With --backend ray: the Ray cluster to join "
-                                                         "(auto, or host:port); unset: a local Ray "
-                                                         "instance.")] = None,
-    exit_when_done: Annotated[bool | None, typer.Option("--exit-when-done", help="Stop once every roster "
-                                                        "client has closed its session.")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the trunk adapter.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the trunk adapter's initialisation.")] = None,
-    port_file: Annotated[Path | None, typer.Option(help="Write the bound port here.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Where the trunk adapter is saved on exit.")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help="Continue from the newest intact "
-                                                "checkpoint in output/checkpoints.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(min=0, help="Checkpoint every N trunk steps "
-                                                         "(always on SIGTERM/SIGINT).")] = None,
-    seal_key_file: Annotated[Path | None, typer.Option(help="Seal checkpoints and the saved trunk adapter "
-                                                            "with the key in this file (from `splitfed "
-                                                            "sealing-key`).")] = None,
-    seal_key_env: Annotated[str | None, typer.Option(help="Seal with the key (hex/base64) in this "
-                                                          "environment variable.")] = None,
-    seal_key_command: Annotated[str | None, typer.Option(help="Seal with the key printed by this command "
-                                                              "(e.g. a KMS client; split on spaces).")
-                                ] = None,
+    listen: Annotated[str | None, setting("ServerSettings", "listen")] = None,
+    model: Annotated[str | None, setting("ServerSettings", "model")] = None,
+    head: Annotated[int | None, setting("ServerSettings", "partition.head")] = None,
+    tail: Annotated[int | None, setting("ServerSettings", "partition.tail")] = None,
+    layout: Annotated[str | None, setting("ServerSettings", "partition.layout")] = None,
+    identity: Annotated[Path | None, setting("ServerSettings", "identity")] = None,
+    allowlist: Annotated[Path | None, setting("ServerSettings", "allowlist")] = None,
+    tls_cert: Annotated[Path | None, setting("ServerSettings", "tls_cert")] = None,
+    tls_key: Annotated[Path | None, setting("ServerSettings", "tls_key")] = None,
+    insecure_loopback: Annotated[bool | None, setting("ServerSettings", "insecure_loopback",
+                                                      "--insecure-loopback")] = None,
+    roster: Annotated[str | None, setting("ServerSettings", "roster", help=(
+        "Comma-separated client names served round-robin in this order (reproducible runs)"))] = None,
+    mode: Annotated[str | None, setting("ServerSettings", "mode")] = None,
+    backend: Annotated[str | None, setting("ServerSettings", "backend")] = None,
+    ray_address: Annotated[str | None, setting("ServerSettings", "ray.address")] = None,
+    exit_when_done: Annotated[bool | None, setting("ServerSettings", "exit_when_done",
+                                                   "--exit-when-done")] = None,
+    lr: Annotated[float | None, setting("ServerSettings", "optimizer.lr", help="AdamW learning rate of the "
+                                        "trunk adapter")] = None,
+    seed: Annotated[int | None, setting("ServerSettings", "seed", help="Seed of the trunk adapter's "
+                                        "initialisation")] = None,
+    port_file: Annotated[Path | None, setting("ServerSettings", "port_file")] = None,
+    output: Annotated[Path | None, setting("ServerSettings", "output")] = None,
+    resume: Annotated[bool | None, setting("ServerSettings", "resume", "--resume")] = None,
+    checkpoint_every: Annotated[int | None, setting("ServerSettings", "checkpoint_every")] = None,
+    seal_key_file: Annotated[Path | None, setting("ServerSettings", "sealing.key_file", help=(
+        "Seal checkpoints and the saved trunk adapter with the key in this file (from `splitfed "
+        "sealing-key`)"))] = None,
+    seal_key_env: Annotated[str | None, setting("ServerSettings", "sealing.key_env", help=(
+        "Seal with the key (hex or base64) in this environment variable"), default="unset")] = None,
+    seal_key_command: Annotated[str | None, setting("ServerSettings", "sealing.key_command", help=(
+        "Seal with the key printed by this command (e.g. a KMS client; split on spaces)"))] = None,
 ) -> None:
     """Run the trunk server for enrolled clients over authenticated, encrypted sessions.
 
@@ -189,35 +164,31 @@ def _sealing_overrides(key_file: Path | None, key_env: str | None, key_command: 
 def train(
     config: ConfigOption = None,
     set_: SetOption = None,
-    name: Annotated[str | None, typer.Option(help="This client's name (as enrolled on the server).")] = None,
-    identity: Annotated[Path | None, typer.Option(help="This client's private key file.")] = None,
-    server: Annotated[str | None, typer.Option(help="host:port of the trunk server.")] = None,
-    server_key: Annotated[Path | None, typer.Option(help="The server's public identity, pinned.")] = None,
-    server_cert: Annotated[Path | None, typer.Option(help="The server's TLS certificate, pinned.")] = None,
-    insecure_loopback: Annotated[bool | None, typer.Option("--insecure-loopback", help="Allow plaintext "
-                                 "transport to a loopback address (payloads stay encrypted).")] = None,
-    model: Annotated[str | None, typer.Option(help="Base model, the server's (default: smollm2).")] = None,
-    head: Annotated[int | None, typer.Option(min=0, help="Blocks kept before the trunk.")] = None,
-    tail: Annotated[int | None, typer.Option(min=0, help="Blocks kept after the trunk.")] = None,
-    layout: Annotated[str | None, typer.Option(help="three-part (head and tail here; default) or two-part "
-                                                    "(head only here; the labels go to the server).")] = None,
-    task: Annotated[str | None, typer.Option(help="Shipped task, or the template of --data-file.")] = None,
-    data_file: Annotated[Path | None, typer.Option(help="Your own JSONL training file.")] = None,
-    shard: Annotated[int | None, typer.Option(min=0, help="Which data shard this client holds.")] = None,
-    shards: Annotated[int | None, typer.Option(min=1, help="Into how many shards the data is split.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the head/tail adapters.")] = None,
-    wire_dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, float16 or int8-blockwise on the "
-                                                        "wire, both ways (each: --set wire.forward=...)."
-                                                   )] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of adapter init and data order.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Where the head and tail adapters are saved.")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help="Continue from the newest intact "
-                                                "checkpoint (output/checkpoints).")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(min=0, help="Also checkpoint every N steps "
-                                                         "(always at round ends and on SIGTERM/SIGINT).")
-                                ] = None,
+    name: Annotated[str | None, setting("ClientSettings", "name")] = None,
+    identity: Annotated[Path | None, setting("ClientSettings", "identity")] = None,
+    server: Annotated[str | None, setting("ClientSettings", "server")] = None,
+    server_key: Annotated[Path | None, setting("ClientSettings", "server_key")] = None,
+    server_cert: Annotated[Path | None, setting("ClientSettings", "server_cert")] = None,
+    insecure_loopback: Annotated[bool | None, setting("ClientSettings", "insecure_loopback",
+                                                      "--insecure-loopback")] = None,
+    model: Annotated[str | None, setting("ClientSettings", "model")] = None,
+    head: Annotated[int | None, setting("ClientSettings", "partition.head")] = None,
+    tail: Annotated[int | None, setting("ClientSettings", "partition.tail")] = None,
+    layout: Annotated[str | None, setting("ClientSettings", "partition.layout")] = None,
+    task: Annotated[str | None, setting("ClientSettings", "data.task")] = None,
+    data_file: Annotated[Path | None, setting("ClientSettings", "data.file")] = None,
+    shard: Annotated[int | None, setting("ClientSettings", "data.shard")] = None,
+    shards: Annotated[int | None, setting("ClientSettings", "data.shards")] = None,
+    steps: Annotated[int | None, setting("ClientSettings", "steps")] = None,
+    batch_size: Annotated[int | None, setting("ClientSettings", "batch_size")] = None,
+    lr: Annotated[float | None, setting("ClientSettings", "optimizer.lr", help="AdamW learning rate of the "
+                                        "head and tail adapters")] = None,
+    wire_dtype: Annotated[str | None, setting("ClientSettings", "wire_dtype")] = None,
+    seed: Annotated[int | None, setting("ClientSettings", "seed", help="Seed of the adapters' "
+                                        "initialisation and of the data order")] = None,
+    output: Annotated[Path | None, setting("ClientSettings", "output")] = None,
+    resume: Annotated[bool | None, setting("ClientSettings", "resume", "--resume")] = None,
+    checkpoint_every: Annotated[int | None, setting("ClientSettings", "checkpoint_every")] = None,
 ) -> None:
     """Run a client: head and tail train on private data here, the trunk runs on the server.
 
@@ -259,30 +230,31 @@ def train(
 def generate(
     config: ConfigOption = None,
     set_: SetOption = None,
-    prompt: Annotated[str | None, typer.Option(help="The prompt (omit with --chat).")] = None,
+    prompt: Annotated[str | None, typer.Option(help="The prompt (omit with --chat).", show_default="unset")
+                      ] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Interactive chat: the KV caches on every part are "
                                        "kept between turns. Ctrl-D or /exit ends it.")] = False,
-    system: Annotated[str | None, typer.Option(help="Chat: a system message.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens to generate at most.")] = None,
-    temperature: Annotated[float | None, typer.Option(min=0.0, help="0 = greedy (default).")] = None,
-    top_k: Annotated[int | None, typer.Option(min=0, help="Sample among the k most likely (0 = off).")
-                     ] = None,
-    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Nucleus mass (1 = off).")] = None,
-    repetition_penalty: Annotated[float | None, typer.Option(min=0.0, help="1 = off.")] = None,
-    stop: Annotated[list[str] | None, typer.Option(help="Stop at this text (repeatable).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the sampler.")] = None,
-    lookup: Annotated[int | None, typer.Option(min=0, max=64, help="Greedy only: send up to N draft tokens "
-                                               "looked up in the context with each step, checked here, so "
-                                               "one round trip can bring several tokens; the output is "
-                                               "the same. Pays over slow links. 0 = off (default).")
-                      ] = None,
+    system: Annotated[str | None, typer.Option(help="Chat: a system message.", show_default="none")] = None,
+    max_new_tokens: Annotated[int | None, setting("ClientSettings", "sampling.max_new_tokens")] = None,
+    temperature: Annotated[float | None, setting("ClientSettings", "sampling.temperature")] = None,
+    top_k: Annotated[int | None, setting("ClientSettings", "sampling.top_k")] = None,
+    top_p: Annotated[float | None, setting("ClientSettings", "sampling.top_p")] = None,
+    repetition_penalty: Annotated[float | None, setting("ClientSettings", "sampling.repetition_penalty")
+                                  ] = None,
+    stop: Annotated[list[str] | None, setting("ClientSettings", "sampling.stop", help=(
+        "Stop at this text (repeatable)"))] = None,
+    seed: Annotated[int | None, setting("ClientSettings", "sampling.seed")] = None,
+    lookup: Annotated[int | None, setting("ClientSettings", "sampling.lookup_tokens", help=(
+        "Greedy only: send up to N draft tokens looked up in the context with each step, checked here, "
+        "so one round trip can bring several tokens; the output is the same. Pays over slow links. "
+        "0 = off"))] = None,
     no_chat_template: Annotated[bool, typer.Option("--no-chat-template", help="Send the prompt as plain "
                                                    "text, not through the model's chat template.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the whole sequence through "
                                            "every part at each step (slow; for comparison).")] = False,
-    server: Annotated[str | None, typer.Option(help="host:port of the trunk server.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Where training saved the head and tail adapters.")
-                      ] = None,
+    server: Annotated[str | None, setting("ClientSettings", "server")] = None,
+    output: Annotated[Path | None, setting("ClientSettings", "output", help=(
+        "Where training saved the head and tail adapters"))] = None,
 ) -> None:
     """Generate text with the split model: the prompt, the sampling and the answer stay here.
 

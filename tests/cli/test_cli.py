@@ -147,3 +147,52 @@ def test_parts_writes_a_part_a_client_loads_and_refuses_a_used_directory(tmp_pat
     bad = runner.invoke(app, ["parts", "--model", "tiny-llama", "--party", "server", "--head", "3",
                               "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "leaves no block" in bad.output
+
+
+def _commands():
+    import typer.main
+
+    return typer.main.get_command(app).commands
+
+
+OWN_DEFAULTS = {("simulate", "--output")}  # a command whose default is its own (runs/simulate, not runs/eval)
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_every_option_shows_its_default_and_the_settings_bounds(name):
+    """One source, two views: an option made from a settings field shows the field's default and
+    enforces its bounds; every other option shows its default too (or is a flag or required)."""
+    import json
+
+    from splitfed.cli.options import FIELDS_FILE
+
+    fields = [field for model in json.loads(FIELDS_FILE.read_text()).values() for field in model.values()]
+    by_help = {field["help"]: field for field in fields if field["help"]}
+    command = _commands()[name]
+    for parameter in command.params:
+        if "--help" in parameter.opts or parameter.param_type_name == "argument":
+            continue
+        shown = parameter.show_default
+        assert parameter.required or parameter.is_flag or shown not in (None, False) or \
+            parameter.default not in (None, ()), f"{name} {parameter.opts}: no default shown"
+        field = by_help.get((parameter.help or "").split(" (> ")[0].split(" (< ")[0])
+        if field is not None:
+            bounds = (field.get("min"), field.get("max"))
+            assert (parameter.min, parameter.max) == bounds, (name, parameter.opts)
+            if field["default"] is not None and (name, parameter.opts[0]) not in OWN_DEFAULTS:
+                assert shown == field["default"], (name, parameter.opts)
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_help_shows_every_extra_it_names(name):
+    """Rich markup must not swallow `[ray]` in `pip install 'splitfed[ray]'`."""
+    import re
+
+    command = _commands()[name]
+    source = " ".join([command.help or "", *(getattr(p, "help", "") or "" for p in command.params)])
+    extras = set(re.findall(r"splitfed\\\\?\[([a-z]+)\]", source))
+    rendered = " ".join(runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"}).output.split())
+    for extra in extras:
+        assert f"splitfed[{extra}]" in rendered, (name, extra)
+    if name == "simulate":
+        assert extras == {"ray"}

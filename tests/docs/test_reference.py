@@ -3,6 +3,7 @@ example config (and every option commented out in it) accepted by the settings i
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -64,7 +65,22 @@ def test_the_cli_reference_lists_every_command_and_option():
     text = cli_reference()
     for command in ("demo", "serve", "train", "generate", "eval", "attack", "keygen", "config-reference"):
         assert f"## splitfed {command}\n" in text
-    assert "| `--config`, `-c` |" in text and "| `--in-process` | off |" in text
+    assert "| `--config`, `-c` |" in text and "| `--in-process` | `off` |" in text
+    assert "| `--clients` | `3` | >= 1 | clients of the federated methods |" in text  # eval's: EvalSettings
+
+
+def test_the_generated_files_in_the_repository_are_current():
+    """docs/reference/*.md (read on the repository host) and the settings' fields the commands show are
+    what the code generates now: scripts/gen_reference.sh rewrites them."""
+    from splitfed.cli.options import FIELDS_FILE, collect_fields
+    from splitfed.cli.reference import reference_pages
+
+    reference = Path(__file__).resolve().parents[2] / "docs" / "reference"
+    for name, text in reference_pages().items():
+        stale = f"docs/reference/{name} is stale: run scripts/gen_reference.sh"
+        assert (reference / name).read_text() == text, stale
+    assert json.loads(FIELDS_FILE.read_text()) == json.loads(json.dumps(collect_fields())), \
+        "splitfed/cli/settings_fields.json is stale: run scripts/gen_reference.sh"
 
 
 def _commented_options(text: str) -> list[str]:
