@@ -15,7 +15,7 @@ the server process's resident memory is read before, during and after their sess
 ``--concurrent-rounds`` rounds of 8 new sessions each (the first round also grows the server's pool of
 request threads, which stays). The processes spin-wait briefly between OpenMP operations
 (``--client-spin``), as splitfed's co-located clients do: a client waiting for the server would
-otherwise spin on the cores the server needs (``splitfed/client/colocation.py``).
+otherwise spin on the cores the server needs (``splitfed/colocation.py``).
 
     .venv/bin/python benchmarks/generation_speed.py --model smollm2
 """
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from splitfed.client.colocation import colocated_environment
 from splitfed.client.remote_trunk import RemoteTrunk
+from splitfed.colocation import colocated_environment
 from splitfed.inference import SamplingSettings, SplitGenerator
 from splitfed.models import LoraSpec, init_adapter, load_model, num_layers, split_model
 from splitfed.models.split import Partition
@@ -249,7 +249,7 @@ def main() -> None:
     parser.add_argument("--client-spin", choices=("short", "default"), default="short", help="OpenMP "
                         "spin-wait of this process (the client, and local generate) and of the server it "
                         "starts: short, as splitfed sets for clients sharing a machine "
-                        "(splitfed.client.colocation), or the runtime's default")
+                        "(splitfed.colocation), or the runtime's default")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     if args.concurrent_rounds < 0:

@@ -29,7 +29,7 @@ Torch threads of each client (``--client-threads auto``): every core in the sequ
 the client holding the turn computes while the others wait; cores / clients in the batched modes,
 where they compute at once. The server keeps its compute on one thread per sub-server. The client
 processes spin-wait briefly between operations, as the demo's co-located clients do
-(``--client-spin``; ``splitfed/client/colocation.py`` says why).
+(``--client-spin``; ``splitfed/colocation.py`` says why).
 
     .venv/bin/python benchmarks/modes.py --model tiny-llama
     .venv/bin/python benchmarks/modes.py --model smollm2 --blocks 5
@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from splitfed.client.colocation import colocated_environment
+from splitfed.colocation import colocated_environment
 from splitfed.models import load_model, num_layers
 from splitfed.security import create_identity_files, create_server_files
 
@@ -273,7 +273,7 @@ def main() -> None:
                         "auto: every core in sequential mode, cores / clients in the batched modes")
     parser.add_argument("--client-spin", choices=("short", "default"), default="short", help="OpenMP "
                         "spin-wait of the client processes: short, as splitfed sets for clients sharing a "
-                        "machine (splitfed.client.colocation), or the runtime's default")
+                        "machine (splitfed.colocation), or the runtime's default")
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the in-process "
                         "sequential floor (the split's cost without network or processes)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),

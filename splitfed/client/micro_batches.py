@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
@@ -20,14 +20,24 @@ from splitfed.endpoints import MicroBatch, MicroBatchEndpoint
 from splitfed.models import set_training
 from splitfed.training.loss import causal_lm_loss, labelled_tokens
 
-if TYPE_CHECKING:
-    from splitfed.client.split_client import SplitClient
+
+class PipelinedClient(Protocol):
+    """What the pipeline needs of the client whose step it runs (``SplitClient`` is one)."""
+
+    client_id: str
+    head: Any
+    tail: Any
+    trunk: Any
+    defense: Any
+    feedback: Any
+
+    def on_device(self, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]: ...
 
 
 class MicroBatchPipeline:
-    """Runs a ``SplitClient``'s training step in ``count`` pipelined micro-batches."""
+    """Runs a client's training step in ``count`` pipelined micro-batches."""
 
-    def __init__(self, client: SplitClient, count: int) -> None:
+    def __init__(self, client: PipelinedClient, count: int) -> None:
         if count < 1:
             raise ValueError(f"micro_batches must be >= 1, not {count}")
         if client.defense is not None:

@@ -15,15 +15,16 @@ from rich.console import Console
 
 from splitfed.checkpoint import CheckpointError, CheckpointStore
 from splitfed.client.checkpointing import RunState, client_checkpoint, restore_client
-from splitfed.client.colocation import spin_wait_hint
 from splitfed.client.link import ServerLink
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.secure_aggregation import secure_average
 from splitfed.client.settings import ClientSettings
-from splitfed.client.split_client import SplitClient, client_class
+from splitfed.client.split_client import SplitClient
 from splitfed.client.step_hooks import LogMetrics, RoundsAndCheckpoints, ShowProgress
 from splitfed.client.training_loop import LoopOutcome, train_steps
+from splitfed.client.two_part_client import client_class
 from splitfed.client.wire import error_feedback, wire_codecs
+from splitfed.colocation import spin_wait_hint
 from splitfed.models import SplitModel, init_adapter, save_adapter
 from splitfed.models import hidden_size as hidden_size_of
 from splitfed.models.base_identity import base_id

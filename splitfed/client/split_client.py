@@ -204,9 +204,3 @@ class _ZeroTrunk:
     def backward(self, client_id: str, grad_output: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("the zeroed server is for evaluation only")
 
-
-def client_class(layout: Layout | str) -> type[SplitClient]:
-    """The client of ``layout``: ``SplitClient`` (three-part) or ``TwoPartClient``."""
-    from splitfed.client.two_part_client import TwoPartClient
-
-    return TwoPartClient if Layout(layout) == Layout.TWO_PART else SplitClient

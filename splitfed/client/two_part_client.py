@@ -48,3 +48,8 @@ class TwoPartClient(SplitClient):
         input_ids, attention_mask = self.on_device(input_ids, attention_mask)
         hidden = self.inference_send(self.head(input_ids, attention_mask), attention_mask)
         return self.trunk.logits(hidden, attention_mask)  # type: ignore[attr-defined]
+
+
+def client_class(layout: Layout | str) -> type[SplitClient]:
+    """The client of ``layout``: ``SplitClient`` (three-part) or ``TwoPartClient``."""
+    return TwoPartClient if Layout(layout) == Layout.TWO_PART else SplitClient

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from rich.progress import Progress
 
-from splitfed.client.colocation import colocated_environment
+from splitfed.colocation import colocated_environment
 from splitfed.federation.config import FederationSettings
 from splitfed.security import create_identity_files, create_server_files
 from splitfed.training.task_data import DataSettings

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from splitfed.endpoints import StaleCacheError
-
 
 class LocalGeneration:
     """A ``GenerationEndpoint`` over a server-side ``GenerationCaches`` in this process (tests, tools)."""
@@ -16,12 +14,9 @@ class LocalGeneration:
 
     def generate_step(self, stream: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
                       past_length: int, use_cache: bool = True) -> torch.Tensor:
-        from splitfed.server.generation import StaleStream
-
-        try:
-            output, _ = self.caches.step(self.owner, stream, hidden, attention_mask, past_length, use_cache)
-        except StaleStream as error:
-            raise StaleCacheError(str(error)) from None
+        """One step; a stream the caches no longer hold raises ``StaleCacheError`` (the server's
+        ``StaleStream`` is one)."""
+        output, _ = self.caches.step(self.owner, stream, hidden, attention_mask, past_length, use_cache)
         return output
 
     def release_stream(self, stream: int) -> None:

@@ -10,9 +10,7 @@ naming the file, and nothing half-loaded is returned.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
 import logging
 import time
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import convert_and_load_state_dict_in_model
 from transformers.modeling_utils import LoadStateDictConfig
 
+from splitfed.memory import release_free_memory
 from splitfed.models.families import FamilyAdapter, family_of_config
 from splitfed.models.weight_files import ModelFileError, TensorReads, WeightFiles
 
@@ -189,18 +188,6 @@ def load_part_model(directory: Path, needs: PartNeeds, dtype: torch.dtype,
              needs.describe(), directory, report.seconds, report.tensors_read, report.bytes_read / 2**20,
              report.megabytes_per_second, report.part_bytes / 2**20)
     return model, report
-
-
-def release_free_memory() -> None:
-    """Give the allocator's free pages back to the system (glibc's ``malloc_trim``). Loading frees many
-    read buffers of a few MiB from several threads; glibc keeps them in its heaps (100-200 MiB on a
-    1B model's trunk, measured) unless asked. Elsewhere a no-op."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    with contextlib.suppress(AttributeError):
-        libc.malloc_trim(0)
 
 
 def _quietly(function: Any, *args: Any) -> Any:

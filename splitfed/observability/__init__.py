@@ -1,7 +1,7 @@
 """Observability: metrics (CSV, TensorBoard, PNG), JSON logs, progress bars and the server's status file."""
 
+from splitfed.memory import peak_rss_bytes, resident_bytes
 from splitfed.observability.logs import JsonFormatter
-from splitfed.observability.memory import peak_rss_bytes, resident_bytes
 from splitfed.observability.metrics import MetricsWriter, plot_metrics, read_metrics
 from splitfed.observability.progress import progress_bar
 from splitfed.observability.status import read_status, write_status

@@ -12,7 +12,8 @@ import torch
 
 from splitfed.server.compute import ComputeThread
 from splitfed.server.local_trunk import LocalTrunk
-from splitfed.server.scheduler import TurnScheduler
+from splitfed.server.scheduler import TurnScheduler, roster_slices
+from splitfed.server.settings import SUB_SERVER_BACKEND_NAMES
 from splitfed.server.sub_server import InProcessSubServer, SubServer
 from splitfed.training.replicate import replicate_frozen
 
@@ -21,11 +22,6 @@ if TYPE_CHECKING:
     from splitfed.server.settings import ServerSettings
 
 BackendBuilder = Callable[["ServerSettings", "SplitModel"], list[SubServer]]
-
-
-def roster_slices(roster: list[str] | None, count: int) -> list[list[str] | None]:
-    """The clients of each of ``count`` sub-servers: roster position modulo ``count``."""
-    return [[n for i, n in enumerate(roster) if i % count == k] if roster else None for k in range(count)]
 
 
 def in_process(trunks: Sequence[LocalTrunk], roster: list[str] | None) -> list[SubServer]:
@@ -56,3 +52,6 @@ SUB_SERVER_BACKENDS: dict[str, BackendBuilder] = {
     "threads": threads_backend,
     "ray": ray_backend,
 }
+if tuple(SUB_SERVER_BACKENDS) != SUB_SERVER_BACKEND_NAMES:  # a backend added here is named in the settings
+    raise RuntimeError(f"backends {tuple(SUB_SERVER_BACKENDS)} differ from the settings' "
+                       f"{SUB_SERVER_BACKEND_NAMES}")

@@ -11,8 +11,6 @@ speculative decode step), where the cache can.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import threading
 import time
@@ -21,6 +19,8 @@ from typing import Any
 
 import torch
 
+from splitfed.endpoints import StaleCacheError
+from splitfed.memory import release_free_memory
 from splitfed.models import TrunkPart, set_training
 from splitfed.models.kv_cache import (
     append_rows,
@@ -36,13 +36,6 @@ from splitfed.server.compute import ComputeThread
 log = logging.getLogger(__name__)
 
 
-def _return_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise), so that the server's resident
-    memory falls back once the last generation cache is gone."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 class GenerationError(RuntimeError):
     """A generation step the server refuses; ``code`` is stable and machine-readable."""
 
@@ -53,9 +46,10 @@ class GenerationError(RuntimeError):
         self.message = message
 
 
-class StaleStream(GenerationError):
+class StaleStream(GenerationError, StaleCacheError):
     """The stream's cache is gone (expired, evicted, released) or holds another length: resend the
-    whole context with past_length 0."""
+    whole context with past_length 0. A ``StaleCacheError``, the seam's name for it, so callers below
+    the server catch it without importing the server."""
 
     code = "stale_cache"
 
@@ -153,7 +147,7 @@ class GenerationCaches:
                 del self._streams[key]
             empty = keys and not self._streams
         if empty:
-            _return_freed_memory()
+            release_free_memory()
         return len(keys)
 
     def expire(self, now: float | None = None) -> int:
@@ -165,7 +159,7 @@ class GenerationCaches:
                 del self._streams[key]
             empty = old and not self._streams
         if empty:
-            _return_freed_memory()
+            release_free_memory()
         if old:
             log.info("expired %d idle generation cache(s)", len(old))
         return len(old)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from splitfed.client.colocation import SPIN_COUNT
+from splitfed.colocation import SPIN_COUNT
 from splitfed.endpoints import MicroBatch
 from splitfed.models import (
     LoraSpec,
@@ -45,7 +45,7 @@ from splitfed.models.party import load_parts
 from splitfed.models.placement import DTYPES, place_trunk
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.ray_tensors import frozen_arrays, register_tensor_serializer, share_frozen
-from splitfed.server.scheduler import TurnScheduler
+from splitfed.server.scheduler import TurnScheduler, roster_slices
 from splitfed.server.sub_server import InProcessSubServer
 from splitfed.training.optim import OptimizerSettings
 from splitfed.training.replicate import replicate_frozen
@@ -388,8 +388,6 @@ def _copy_part(part: TrunkPart) -> TrunkPart:
 
 def sub_servers_from_settings(settings: ServerSettings, split: SplitModel) -> list[RaySubServer]:
     """The ``ray`` entry of ``SUB_SERVER_BACKENDS``: join or start Ray, one actor per sub-server."""
-    from splitfed.server.backends import roster_slices
-
     ray = settings.ray
     connect_ray(ray.address, ray.local_cpus)
     check_gpus(ray.num_gpus, settings.sub_servers)

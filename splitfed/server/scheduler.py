@@ -147,3 +147,8 @@ class TurnScheduler:
             if candidate in active:
                 return candidate
         return None
+
+
+def roster_slices(roster: list[str] | None, count: int) -> list[list[str] | None]:
+    """The clients of each of ``count`` sub-servers: roster position modulo ``count``."""
+    return [[n for i, n in enumerate(roster) if i % count == k] if roster else None for k in range(count)]

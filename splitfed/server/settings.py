@@ -7,18 +7,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from splitfed.layout import Layout
 from splitfed.models import SparseSpec
 from splitfed.security.key_providers import SealingSettings
-from splitfed.server.backends import SUB_SERVER_BACKENDS
-from splitfed.server.modes import MODES
 from splitfed.training.split_settings import SplitTrainingSettings
 from splitfed.transport.codec import WIRE_CODECS, CodecName
 
-# every three-part mode of the registry (the two-part one follows from partition.layout), and auto
-_THREE_PART_MODES = [name for name, mode in MODES.items() if mode.layout == Layout.THREE_PART]
-ModeName = Literal[tuple([*_THREE_PART_MODES, "auto"])]
-BackendName = Literal[tuple(SUB_SERVER_BACKENDS)]
+# The names a config may give. The registries (``server.modes.MODES``, ``server.backends``) import
+# these settings and check at import that they implement exactly these names: settings stay below
+# the code that runs them. (The two-part mode follows from partition.layout.)
+THREE_PART_MODES = ("sequential", "client-batch", "hierarchical")
+SUB_SERVER_BACKEND_NAMES = ("threads", "ray")
+ModeName = Literal["sequential", "client-batch", "hierarchical", "auto"]
+BackendName = Literal["threads", "ray"]
 
 
 class FrontDoorSettings(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from splitfed.client.colocation import SPIN_COUNT, colocated_environment, spin_wait_hint
+from splitfed.colocation import SPIN_COUNT, colocated_environment, spin_wait_hint
 
 
 def test_a_colocated_client_spins_briefly_and_keeps_the_rest_of_the_environment():

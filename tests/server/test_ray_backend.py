@@ -12,7 +12,6 @@ import torch
 from splitfed.client import SplitClient
 from splitfed.models import LoraSpec, Partition, adapter_state, init_adapter, split_model
 from splitfed.server import LocalTrunk
-from splitfed.server.backends import roster_slices
 from splitfed.server.modes import HierarchicalMode
 from splitfed.server.ray_backend import (
     RayBackendError,
@@ -21,6 +20,7 @@ from splitfed.server.ray_backend import (
     ray_sub_servers,
     with_shared_base,
 )
+from splitfed.server.scheduler import roster_slices
 from splitfed.server.service_parts import Session
 from splitfed.training.optim import OptimizerSettings
 from splitfed.training.replicate import replicate, replicate_frozen

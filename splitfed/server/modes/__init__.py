@@ -9,6 +9,7 @@ from splitfed.server.modes.client_batch import ClientBatchMode
 from splitfed.server.modes.hierarchical import HierarchicalMode
 from splitfed.server.modes.sequential import SequentialMode
 from splitfed.server.modes.two_part import TwoPartMode
+from splitfed.server.settings import THREE_PART_MODES
 
 MODES: dict[str, type[SubServerMode]] = {
     SequentialMode.name: SequentialMode,
@@ -16,6 +17,10 @@ MODES: dict[str, type[SubServerMode]] = {
     HierarchicalMode.name: HierarchicalMode,
     TwoPartMode.name: TwoPartMode,
 }
+
+_THREE_PART = {name for name, mode in MODES.items() if mode.layout == Layout.THREE_PART}
+if set(THREE_PART_MODES) != _THREE_PART:  # a mode added here must be named in the settings too
+    raise RuntimeError(f"server modes {sorted(_THREE_PART)} differ from the settings' {THREE_PART_MODES}")
 
 __all__ = ["MODES", "ClientBatchMode", "HierarchicalMode", "Layout", "Mode", "SequentialMode", "StepBook",
            "SubServerMode", "TwoPartMode"]

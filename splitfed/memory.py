@@ -1,7 +1,10 @@
-"""This process's memory, as the kernel counts it: resident now and at its peak (Linux /proc)."""
+"""This process's memory, as the kernel counts it (resident now and at its peak, from Linux /proc), and
+handing freed memory back to it. No splitfed imports: every layer may use it."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 
 
@@ -31,3 +34,11 @@ def resident_bytes() -> int:
     except (OSError, ValueError):
         return 0
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system (glibc's ``malloc_trim``; elsewhere a no-op).
+    glibc keeps freed memory in its heaps: freed buffers of a few MiB from several threads (a part's
+    loading; generation caches) stay resident unless asked."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
