@@ -91,6 +91,9 @@ def run_eval(settings: EvalSettings, console: Console | None = None, loaded: tup
     model.to(resolve_device(settings.device))
     console.print(f"loaded [bold]{settings.model}[/] ({num_layers(model)} blocks)")
     result = EvalResult(json.loads(settings.model_dump_json()), platform_info())
+    plan = RunPlan.of(settings, data)
+    for line in plan.lines():
+        console.print(line, highlight=False)
     for task in data:
         result.tasks[task.name] = {"kind": task.kind, "metric": task.metric, "train": len(task.train),
                                    "eval": len(task.eval)}
@@ -99,7 +102,7 @@ def run_eval(settings: EvalSettings, console: Console | None = None, loaded: tup
         console.print(f"task [bold]{task.name}[/] ({task.kind}, {task.metric}): {len(task.train)} training "
                       f"and {len(task.eval)} evaluation examples")
         for method in settings.methods:
-            row = run_method(method, task, model, tokenizer, settings, console, after_method)
+            row = run_method(method, task, model, tokenizer, settings, console, after_method, plan)
             result.results.append(row)
             if row.skipped:
                 console.print(f"  {method}: [yellow]{row.skipped}[/]")
@@ -131,8 +134,66 @@ def headline(task: TaskData, metrics: dict[str, Any]) -> str:
     return ", ".join(f"{key} {100 * metrics[key]:.1f}" for key in keys)
 
 
+@dataclass
+class RunPlan:
+    """What an evaluation run will do, said before it starts, and its estimate once a step is timed."""
+
+    tasks: list[tuple[str, int, int]]  # name, training rows, evaluation rows
+    trainers: list[str]
+    steps: int  # optimizer steps of every trainer
+    scored: list[str]
+    console: Console | None = None
+    started: float | None = None
+    done: int = 0
+    estimated: bool = False
+
+    @classmethod
+    def of(cls, settings: EvalSettings, data: list[TaskData]) -> RunPlan:
+        skipped = {"federated-noise"} if noise_skip_reason(settings) else set()
+        trainers = [m for m in settings.methods if m != "zero-shot" and m not in skipped]
+        return cls([(t.name, len(t.train), len(t.eval)) for t in data], trainers, settings.steps,
+                   list(settings.methods))
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps * len(self.trainers) * len(self.tasks)
+
+    def lines(self) -> list[str]:
+        tasks = ", ".join(f"{name} ({train} training, {held} held-out rows)"
+                          for name, train, held in self.tasks)
+        lines = [f"plan: {len(self.tasks)} task(s) x {len(self.scored)} method(s): {tasks}"]
+        if self.trainers:
+            lines.append(f"  training: {', '.join(self.trainers)}: {self.steps} steps each, "
+                         f"{self.total_steps} steps in all; the time they take is estimated after the "
+                         "first one")
+        lines.append(f"  scoring: {', '.join(self.scored)} on every task's held-out rows")
+        return lines
+
+    def stepped(self, console: Console) -> None:
+        """Count a training step; after the first, say how long the training should take."""
+        now = time.perf_counter()
+        if self.started is None:
+            self.started = now
+        self.done += 1
+        if self.done == 2 and not self.estimated:  # the first step's own cost (warm-up) is left out
+            self.estimated = True
+            per_step = now - self.started
+            left = self.total_steps - self.done
+            console.print(f"estimate: {per_step:.1f}s per step, so about {_duration(per_step * left)} of "
+                          f"training left ({left} steps), plus scoring", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def run_method(method: str, task: TaskData, model: Any, tokenizer: Any, settings: EvalSettings,
-               console: Console, after_method: AfterMethod | None = None) -> MethodResult:
+               console: Console, after_method: AfterMethod | None = None,
+               plan: RunPlan | None = None) -> MethodResult:
     """Train ``method`` on ``task`` (unless zero-shot) and score it on the held-out examples."""
     row = MethodResult(method, task.name)
     if method == "federated-noise":
@@ -151,6 +212,8 @@ def run_method(method: str, task: TaskData, model: Any, tokenizer: Any, settings
             def on_step(loss: float) -> None:
                 row.losses.append(loss)
                 progress.update(bar, advance=1, status=f"loss {loss:.3f}")
+                if plan is not None:
+                    plan.stepped(console)
 
             began = time.perf_counter()
             if method == "federated-network":

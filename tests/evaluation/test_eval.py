@@ -172,3 +172,26 @@ def test_non_iid_generation_labels_are_length_terciles() -> None:
     assert skew_labels(TaskData("t", "generation", "rouge", train, train)) == [0, 0, 1, 1, 2, 2]
     cb = load_examples("cb", "train", 5)
     assert skew_labels(TaskData("cb", "classification", "accuracy", cb, cb)) == [e.label for e in cb]
+
+
+def test_a_run_says_its_plan_up_front_and_an_estimate_after_a_timed_step(monkeypatch) -> None:
+    from rich.console import Console
+
+    from splitfed.evaluation.run import RunPlan
+
+    settings = EvalSettings(model="tiny-llama", tasks=["cb"], clients=2, steps=4, rounds=2)
+    tasks = [TaskData("cb", "classification", "accuracy", [None] * 16, [None] * 4),
+             TaskData("rte", "classification", "accuracy", [None] * 20, [None] * 8)]
+    plan = RunPlan.of(settings, tasks)
+    text = "\n".join(plan.lines())
+    assert "2 task(s) x 6 method(s): cb (16 training, 4 held-out rows), rte (20 training, 8" in text
+    assert "centralized, split, federated-iid, federated-noniid: 4 steps each, 32 steps in all" in text
+    assert "federated-noise" not in text.split("scoring")[0]  # skipped: no defense given
+    clock = iter([10.0, 12.5, 13.0])
+    monkeypatch.setattr("splitfed.evaluation.run.time.perf_counter", lambda: next(clock))
+    console = Console(record=True, width=200)
+    plan.stepped(console)
+    plan.stepped(console)
+    plan.stepped(console)
+    said = console.export_text()
+    assert said.count("estimate:") == 1 and "2.5s per step, so about 75s of training left (30 steps)" in said
