@@ -35,8 +35,10 @@ from splitfed.evaluation.settings import EvalSettings
 from splitfed.models import load_model, num_layers
 from splitfed.models.devices import resolve_device
 from splitfed.models.placement import DTYPES
+from splitfed.models.sources import tokenizer_of
 from splitfed.observability import progress_bar
 from splitfed.tasks import TaskData, TaskSpec, load_task_data, resolve_task
+from splitfed.tasks.lengths import LongRowReport, check_lengths
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ def run_eval(settings: EvalSettings, console: Console | None = None, loaded: tup
     trains = any(m != "zero-shot" for m in settings.methods)
     data = [load_task_data(spec, settings.train_examples, settings.eval_examples, need_train=trains,
                            selection=settings.select_examples, seed=settings.seed) for spec in specs]
+    long_rows = check_task_lengths(data, settings)
     if loaded is None:
         with console.status(f"loading {settings.model} ..."):
             loaded = load_model(settings.model, dtype=DTYPES[settings.dtype])
@@ -94,6 +97,8 @@ def run_eval(settings: EvalSettings, console: Console | None = None, loaded: tup
     plan = RunPlan.of(settings, data)
     for line in plan.lines():
         console.print(line, highlight=False)
+    for report in long_rows:
+        console.print(f"  [yellow]{report.describe()}[/]")
     for task in data:
         result.tasks[task.name] = {"kind": task.kind, "metric": task.metric, "train": len(task.train),
                                    "eval": len(task.eval)}
@@ -132,6 +137,17 @@ def headline(task: TaskData, metrics: dict[str, Any]) -> str:
     keys = {"accuracy": ("accuracy", "macro_f1"), "rouge": ("rouge1", "rouge2", "rougeL"),
             "squad_f1": ("f1", "exact_match")}[task.metric]
     return ", ".join(f"{key} {100 * metrics[key]:.1f}" for key in keys)
+
+
+def check_task_lengths(data: list[TaskData], settings: EvalSettings) -> list[LongRowReport]:
+    """Every task's rows against ``max_length``, with the model's tokenizer alone (before the model
+    loads): long rows are reported, or refused with ``long_rows: refuse``."""
+    tokenizer = tokenizer_of(settings.model)
+    if tokenizer is None:
+        return []
+    reports = [check_lengths(task.name, [*task.train, *task.eval], tokenizer, settings.max_length,
+                             settings.long_rows) for task in data]
+    return [report for report in reports if report is not None]
 
 
 @dataclass

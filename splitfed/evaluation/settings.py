@@ -78,6 +78,10 @@ class EvalSettings(OnDevice):
                               "classification (each label keeps its share), kept in file order; first: "
                               "the first rows in file order (how results before this setting were made)")
     max_length: int = Field(256, ge=16, description="tokens per training/scored sequence")
+    long_rows: Literal["truncate", "refuse"] = Field(
+        "truncate", description="a row longer than max_length: truncate (its prompt loses its start; "
+                                "the run says how many rows and the first) or refuse (an error naming "
+                                "the task, the file and the row, before the model loads)")
     max_new_tokens: int = Field(48, ge=1, description="generation tasks: tokens generated per answer")
     max_words: int = Field(200, ge=1, description="shipped generation tasks: words of passage kept")
     eval_batch_size: int = Field(8, ge=1, description="rows per scoring forward")

@@ -19,6 +19,7 @@ class ClozeExample:
     options: list[str]
     label: int
     private_spans: tuple[tuple[int, int], ...] = field(default=(), compare=False)
+    source: str = field(default="", compare=False, repr=False)  # "file: row N", for error messages
 
     def __post_init__(self) -> None:
         if isinstance(self.label, bool) or not isinstance(self.label, int):
@@ -46,6 +47,7 @@ class GenerationExample:
     target: str
     system: str | None = None
     references: tuple[str, ...] = ()
+    source: str = field(default="", compare=False, repr=False)  # "file: row N", for error messages
 
     def __post_init__(self) -> None:
         if not self.user.strip():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,7 +98,8 @@ def load_examples(task: str | TaskSpec, split: str, limit: int | None = None) ->
         try:
             if not isinstance(row, dict):
                 raise TypeError(f"a row must be an object with fields, got {type(row).__name__}")
-            examples.extend(_row_examples(spec, row))
+            examples.extend(replace(example, source=f"{path}: row {number}")
+                            for example in _row_examples(spec, row))
         except (ValueError, TypeError, KeyError) as err:
             raise DataError(f"task {spec.name!r}: {path}: row {number}: {err}") from err
     return examples[:limit] if limit is not None else examples
