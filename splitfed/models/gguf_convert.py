@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from splitfed.models.weight_files import DEFAULT_SHARD_BYTES, ModelFileError, ShardWriter
 
@@ -121,7 +122,7 @@ def convert_gguf(path: Path, target: Path, dtype: torch.dtype,
     try:
         writer = ShardWriter(staging, shard_bytes)
         parsed: dict[str, Any] = {"config": parsed_config, "tensors": {}}
-        for tensor in reader.tensors:
+        for tensor in tqdm(reader.tensors, desc=f"converting {path.name}", unit="tensor", leave=False):
             weights = dequantize(tensor.data, tensor.tensor_type)
             result = processor.process(weights=weights, name=tensor.name, tensor_key_mapping=names,
                                        parsed_parameters=parsed)

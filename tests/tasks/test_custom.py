@@ -154,3 +154,22 @@ def test_a_limit_takes_a_seeded_sample_stratified_by_label_or_the_first_rows(tmp
     first = load_task_data(spec, 8, 40, selection="first")
     assert [e.prompt for e in first.train] == [f"Review: r{i}\nSentiment:" for i in range(8)]
     assert len(data.eval) == 40  # a limit above the rows keeps them all
+
+
+def test_the_own_data_example_of_the_docs_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """docs/own-data.md's run: the example config over a CSV with 0/1 answers and a TSV of articles,
+    here on the tiny model with a small budget."""
+    from splitfed.evaluation import run_eval
+
+    monkeypatch.chdir(REPO)
+    settings = build_settings(EvalSettings, REPO / "examples" / "own_data.yaml", {
+        "model": "tiny-llama", "steps": 4, "train_examples": 8, "eval_examples": 4, "max_new_tokens": 4,
+        "output": str(tmp_path)})
+    boolq, xsum = settings.tasks
+    assert boolq.label_words == {"0": "no", "1": "yes"} and xsum.kind == "generation"
+    result = run_eval(settings)
+    assert [(r.task, r.method) for r in result.results if r.skipped is None] == [
+        (task, method) for task in ("boolq-csv", "xsum-tsv") for method in ("zero-shot", "centralized",
+                                                                           "federated-iid")]
+    assert result.tasks["boolq-csv"]["eval"] == 4 and result.get("boolq-csv", "centralized").losses
+    assert "rougeL" in result.get("xsum-tsv", "federated-iid").metrics
