@@ -37,7 +37,7 @@ from splitfed.privacy.public import warm_up_on_public_text
 from splitfed.security import Identity, PublicIdentity
 from splitfed.tasks import collate
 from splitfed.training.data import shuffled_batches
-from splitfed.training.task_data import load_client_examples
+from splitfed.training.task_data import load_client_examples, read_client_examples
 from splitfed.transport.connection import TrunkConnection
 from splitfed.transport.errors import RemoteError
 
@@ -153,6 +153,7 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
     """The model split, the data shard, the defense, the client, the resumed state and the batches."""
     if settings.steps % settings.rounds:
         raise ValueError(f"steps ({settings.steps}) must be a multiple of rounds ({settings.rounds})")
+    rows = read_client_examples(settings.data)  # a bad data file is refused before the model loads
     loaded = load_client_parts(settings.model, settings.partition.partition(), settings.partition.layout,
                                DTYPES[settings.dtype])
     split, tokenizer = loaded.split, loaded.tokenizer
@@ -160,7 +161,7 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
     init_adapter(split.tail, settings.adapter, settings.seed)
     device = resolve_device(settings.device)
     place_client_parts(split, device)
-    examples = load_client_examples(settings.data, tokenizer)
+    examples = load_client_examples(settings.data, tokenizer, rows)
     hidden_size = hidden_size_of(split.head.config)
     defense = None
     if settings.privacy.enabled:

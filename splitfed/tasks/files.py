@@ -51,6 +51,30 @@ def read_rows(path: str | Path, fmt: str | None = None, split: str | None = None
     return _read_hf(path, split)
 
 
+class DataError(ValueError):
+    """A data file that cannot be read as a task's rows: the message names the task, the file and,
+    where there is one, the row."""
+
+
+def read_task_rows(task: str, path: Path, fmt: str | None = None, split: str | None = None,
+                   which: str = "") -> list[dict[str, Any]]:
+    """``read_rows``, with every failure (missing, not UTF-8, unparsable, no rows) as a ``DataError``
+    naming ``task`` and the file; ``which`` names the rows wanted in the message (train, val)."""
+    try:
+        rows = read_rows(path, fmt, split)
+    except UnicodeDecodeError as err:
+        raise DataError(f"task {task!r}: {path}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                        "save the file as UTF-8") from None
+    except (OSError, ValueError, ImportError) as err:
+        raise DataError(f"task {task!r}: {err}") from None
+    if not rows:
+        path = Path(path)
+        header = " (a header line and no rows)" if path.suffix.lower() in (".csv", ".tsv") and \
+            path.is_file() and path.read_text(encoding="utf-8", errors="replace").strip() else ""
+        raise DataError(f"task {task!r}: {path} holds no {which + ' ' if which else ''}rows{header}")
+    return rows
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     with path.open(encoding="utf-8") as f:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from splitfed.tasks.example import ClozeExample
-from splitfed.tasks.files import read_rows
+from splitfed.tasks.files import DataError, read_task_rows
 from splitfed.tasks.passages import PASSAGE_TEMPLATES
 from splitfed.tasks.templates import TEMPLATES
 
@@ -59,13 +60,15 @@ def load_cloze_file(
         raise ValueError(f"limit must be >= 0, got {limit}")
     path = Path(path)
     examples: list[ClozeExample] = []
-    for number, row in enumerate(read_rows(path, fmt, split), start=1):
+    for number, row in enumerate(read_task_rows(task, path, fmt, split), start=1):
         if limit is not None and len(examples) >= limit:
             break
         try:
-            examples.extend(build(row))
+            if not isinstance(row, dict):
+                raise TypeError(f"a row must be an object with fields, got {type(row).__name__}")
+            examples.extend(replace(example, source=f"{path}: row {number}") for example in build(row))
         except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"{path}:{number}: {err}") from err
+            raise DataError(f"task {task!r}: {path}: row {number}: {err}") from err
     return examples[:limit] if limit is not None else examples
 
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from splitfed.tasks.chat import GENERATION_METRICS, GENERATION_TEMPLATES
 from splitfed.tasks.custom import TaskSpec, custom_cloze, custom_generation
 from splitfed.tasks.example import ClozeExample, GenerationExample
-from splitfed.tasks.files import read_rows
+from splitfed.tasks.files import DataError, read_task_rows
 from splitfed.tasks.loading import CLOZE_TASKS, DATA_DIR, TASK_FILES, cloze_builder
 
 # Shipped generation data (see data/SOURCES.md). CoQA ships one story: enough to try, not to score.
@@ -63,25 +63,9 @@ def _row_examples(spec: TaskSpec, row: dict[str, Any]) -> list[Example]:
     return list(cloze_builder(spec.builtin)(row))
 
 
-class DataError(ValueError):
-    """A data file that cannot be read as the task's rows: the message names the task, the file and,
-    where there is one, the row."""
-
-
 def _read(spec: TaskSpec, path: Path, split: str) -> list[dict[str, Any]]:
     hf_split = spec.train_split if split == "train" else spec.eval_split
-    try:
-        rows = read_rows(path, spec.format, hf_split)
-    except UnicodeDecodeError as err:
-        raise DataError(f"task {spec.name!r}: {path}: not UTF-8 text ({err.reason} at byte {err.start}); "
-                        "save the file as UTF-8") from None
-    except (OSError, ValueError, ImportError) as err:
-        raise DataError(f"task {spec.name!r}: {err}") from None
-    if not rows:
-        header = " (a header line and no rows)" if path.suffix.lower() in (".csv", ".tsv") and \
-            path.is_file() and path.read_text(encoding="utf-8", errors="replace").strip() else ""
-        raise DataError(f"task {spec.name!r}: {path} holds no {split} rows{header}")
-    return rows
+    return read_task_rows(spec.name, path, spec.format, hf_split, split)
 
 
 def load_examples(task: str | TaskSpec, split: str, limit: int | None = None) -> list[Example]:

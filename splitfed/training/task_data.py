@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from splitfed.tasks import encode_example, load_cloze_file, load_task, select_examples
+from splitfed.tasks import ClozeExample, encode_example, load_cloze_file, load_task, select_examples
 from splitfed.training.data import iid_shards
 from splitfed.training.partitioning import dirichlet_partition
 
@@ -32,15 +32,22 @@ class DataSettings(BaseModel):
     max_length: int = Field(256, ge=8, description="tokens per example; longer ones are cut")
 
 
-def load_client_examples(settings: DataSettings, tokenizer: Any) -> list[dict]:
-    """The encoded training examples of this client's shard."""
+def read_client_examples(settings: DataSettings) -> list[ClozeExample]:
+    """This client's examples before its shard is taken, read and checked (no tokenizer, no model:
+    a bad file is refused before anything loads, naming the task, the file and the row)."""
     if settings.shard >= settings.shards:
         raise ValueError(f"data.shard {settings.shard} must be < data.shards {settings.shards}")
     if settings.file is not None:
         examples = load_cloze_file(settings.file, settings.task)
     else:
         examples = load_task(settings.task, "train")
-    examples = select_examples(examples, settings.limit, settings.select, settings.seed)
+    return select_examples(examples, settings.limit, settings.select, settings.seed)
+
+
+def load_client_examples(settings: DataSettings, tokenizer: Any,
+                         examples: list[ClozeExample] | None = None) -> list[dict]:
+    """The encoded training examples of this client's shard (of ``examples`` when already read)."""
+    examples = read_client_examples(settings) if examples is None else examples
     encoded = [encode_example(tokenizer, example, settings.max_length) for example in examples]
     if settings.scheme == "iid":
         return iid_shards(encoded, settings.shards, settings.seed)[settings.shard]

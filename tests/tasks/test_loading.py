@@ -116,5 +116,9 @@ def test_load_cloze_file_reports_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     ok = {"premise": "p", "hypothesis": "h", "label": 0}
     path.write_text(json.dumps(ok) + "\n" + json.dumps({**ok, "label": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: label"):
+    with pytest.raises(ValueError, match=r"task 'cb': .*bad\.jsonl: row 2: label"):
         load_cloze_file(path, "cb")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"task 'rte': .*empty\.jsonl holds no rows"):
+        load_cloze_file(empty, "rte")
