@@ -158,10 +158,10 @@ class RunPlan:
     trainers: list[str]
     steps: int  # optimizer steps of every trainer
     scored: list[str]
-    console: Console | None = None
     started: float | None = None
     done: int = 0
-    estimated: bool = False
+    task: str = ""  # the task whose steps are being timed
+    task_steps: int = 0
 
     @classmethod
     def of(cls, settings: EvalSettings, data: list[TaskData]) -> RunPlan:
@@ -185,18 +185,20 @@ class RunPlan:
         lines.append(f"  scoring: {', '.join(self.scored)} on every task's held-out rows")
         return lines
 
-    def stepped(self, console: Console) -> None:
-        """Count a training step; after the first, say how long the training should take."""
+    def stepped(self, console: Console, task: str = "") -> None:
+        """Count a training step; after each task's first step is timed, say how long the rest should
+        take (a task's rows may be longer or shorter than the last one's)."""
         now = time.perf_counter()
-        if self.started is None:
-            self.started = now
         self.done += 1
-        if self.done == 2 and not self.estimated:  # the first step's own cost (warm-up) is left out
-            self.estimated = True
+        if task != self.task:
+            self.task, self.task_steps, self.started = task, 0, now
+        self.task_steps += 1
+        if self.task_steps == 2 and self.started is not None:  # the first step's warm-up is left out
             per_step = now - self.started
             left = self.total_steps - self.done
-            console.print(f"estimate: {per_step:.1f}s per step, so about {_duration(per_step * left)} of "
-                          f"training left ({left} steps), plus scoring", highlight=False)
+            console.print(f"estimate{f' ({task})' if task else ''}: {per_step:.1f}s per step, so about "
+                          f"{_duration(per_step * left)} of training left ({left} steps), plus scoring",
+                          highlight=False)
 
 
 def _duration(seconds: float) -> str:
@@ -229,7 +231,7 @@ def run_method(method: str, task: TaskData, model: Any, tokenizer: Any, settings
                 row.losses.append(loss)
                 progress.update(bar, advance=1, status=f"loss {loss:.3f}")
                 if plan is not None:
-                    plan.stepped(console)
+                    plan.stepped(console, task.name)
 
             began = time.perf_counter()
             if method == "federated-network":

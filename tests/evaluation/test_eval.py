@@ -187,11 +187,12 @@ def test_a_run_says_its_plan_up_front_and_an_estimate_after_a_timed_step(monkeyp
     assert "2 task(s) x 6 method(s): cb (16 training, 4 held-out rows), rte (20 training, 8" in text
     assert "centralized, split, federated-iid, federated-noniid: 4 steps each, 32 steps in all" in text
     assert "federated-noise" not in text.split("scoring")[0]  # skipped: no defense given
-    clock = iter([10.0, 12.5, 13.0])
+    clock = iter([10.0, 12.5, 13.0, 20.0, 30.0])
     monkeypatch.setattr("splitfed.evaluation.run.time.perf_counter", lambda: next(clock))
     console = Console(record=True, width=200)
-    plan.stepped(console)
-    plan.stepped(console)
-    plan.stepped(console)
+    for task in ("cb", "cb", "cb", "rte", "rte"):  # a new task's steps are timed again
+        plan.stepped(console, task)
     said = console.export_text()
-    assert said.count("estimate:") == 1 and "2.5s per step, so about 75s of training left (30 steps)" in said
+    assert said.count("estimate") == 2
+    assert "estimate (cb): 2.5s per step, so about 75s of training left (30 steps)" in said
+    assert "estimate (rte): 10.0s per step, so about 4 min of training left (27 steps)" in said
