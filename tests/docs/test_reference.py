@@ -25,7 +25,8 @@ from splitfed.settings_reference import (
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SETTINGS_OF_EXAMPLE = {"server.yaml": ServerSettings, "client.yaml": ClientSettings,
-                       "eval.yaml": EvalSettings, "eval_own_data.yaml": EvalSettings}
+                       "eval.yaml": EvalSettings, "eval_own_data.yaml": EvalSettings,
+                       "own_data.yaml": EvalSettings}
 
 
 def test_every_config_field_has_a_description():

@@ -30,7 +30,7 @@ class BlockingHandler:
         self.release = threading.Event()
         self.entered = threading.Semaphore(0)
 
-    def open_session(self, client_hello: bytes) -> bytes:
+    def open_session(self, client_hello: bytes, base_id: str = "") -> bytes:
         self.entered.release()
         self.release.wait(30)
         return b"hello:" + client_hello

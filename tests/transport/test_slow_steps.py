@@ -30,7 +30,7 @@ class SlowHandler:
         self.handled = 0
         self.lock = threading.Lock()
 
-    def open_session(self, client_hello: bytes) -> bytes:
+    def open_session(self, client_hello: bytes, base_id: str = "") -> bytes:
         return client_hello
 
     def session_limits(self):

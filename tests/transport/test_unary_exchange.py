@@ -33,7 +33,7 @@ class EchoHandler:
     def __init__(self) -> None:
         self.seen: list[int] = []
 
-    def open_session(self, client_hello: bytes) -> bytes:
+    def open_session(self, client_hello: bytes, base_id: str = "") -> bytes:
         return client_hello
 
     def session_limits(self) -> pb.SessionLimits:
