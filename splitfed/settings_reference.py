@@ -93,8 +93,18 @@ def default_text(field: FieldInfo) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Path):
-        return f"`{value.as_posix()}`"
+        return f"`{portable_path(value)}`"
     return f"`{value}`"
+
+
+def portable_path(path: Path) -> str:
+    """A default path as every installation shows it: files shipped inside the package are named from
+    the package (``splitfed/tasks/data/...``), not from where this checkout happens to live."""
+    package = Path(__file__).resolve().parent
+    try:
+        return (package.name / path.resolve().relative_to(package)).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def _description(field: FieldInfo) -> str:

@@ -50,6 +50,10 @@ def _shown_default(info: Any) -> str | None:
         value = value.value
     if isinstance(value, BaseModel):
         return None
+    if isinstance(value, Path):
+        from splitfed.settings_reference import portable_path
+
+        return portable_path(value)
     if isinstance(value, list | tuple):
         return ", ".join(str(item) for item in value) or "none"
     return str(value)

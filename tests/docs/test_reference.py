@@ -124,3 +124,14 @@ def test_an_example_with_a_field_the_settings_reject_fails(tmp_path):
         build_settings(ClientSettings, bad)
     example = "# Trusted slice: prose\n# mode: client-batch\n# privacy:\n#   delta: 1.0e-5\n"
     assert _commented_options(example) == ["mode: client-batch", "privacy:\n  delta: 1.0e-5"]
+
+
+def test_shown_defaults_do_not_depend_on_where_the_checkout_lives():
+    """A default path inside the package is shown from the package, so the generated files are the
+    same on every machine (CI checks them out elsewhere)."""
+    from splitfed.cli.options import collect_fields
+
+    shown = [field["default"] for fields in collect_fields().values() for field in fields.values()
+             if isinstance(field["default"], str)]
+    assert "splitfed/tasks/data/wikitext2/test_first300k.raw" in shown
+    assert not [value for value in shown if value.startswith("/")]
