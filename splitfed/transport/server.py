@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from splitfed.security import Sealed
 from splitfed.transport import splitfed_pb2 as pb
@@ -24,6 +25,8 @@ from splitfed.transport.admission import (
 from splitfed.transport.chunking import DEFAULT_CHUNK_BYTES
 from splitfed.transport.envelope import GRPC_MESSAGE_LIMIT, chunk_message, from_wire, reassemble, to_wire
 from splitfed.transport.errors import ERROR_METADATA_KEY, MAX_ERROR_MESSAGE, ServiceError, WireFormatError
+
+SERVICE_NAME = "splitfed.v1.Trunk"
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +183,16 @@ class TrunkServicer(pb_grpc.TrunkServicer):
                                               "the reply does not fit one message; use Step"), "step")
         return reply
 
-    def _serve(self, receive: Callable[[], Sealed], context: grpc.ServicerContext) -> Sealed:
+    def _serve(self, receive: Callable[[], Sealed], context: grpc.ServicerContext,
+               what: str = "step") -> Sealed:
         """Receive one sealed request and handle it; every failure becomes a precise status."""
         try:
             return self.handler.handle(receive())
         except WireFormatError as error:
             status = "RESOURCE_EXHAUSTED" if error.code == "too_large" else "INVALID_ARGUMENT"
-            self._abort(context, ServiceError(status, error.code, error.message), "step")
+            self._abort(context, ServiceError(status, error.code, error.message), what)
         except ServiceError as error:
-            self._abort(context, error, "step")
+            self._abort(context, error, what)
         except grpc.RpcError:  # the stream was cancelled mid-message (deadline) or the peer went away
             self.refusals.warning("stream from %s cancelled mid-message (a gap over %.0fs, or gone)",
                                   peer_host(context.peer()), self.front_door.idle_s)
@@ -199,10 +203,42 @@ class TrunkServicer(pb_grpc.TrunkServicer):
         raise AssertionError("unreachable: context.abort raises")
 
     def Close(self, request: pb.Sealed, context: grpc.ServicerContext) -> pb.Sealed:  # noqa: N802
+        return to_wire(self._serve(lambda: from_wire(request), context, "close"))
+
+    def parsed(self, message_type: type, raw: bytes, context: grpc.ServicerContext, what: str) -> Any:
+        """``raw`` parsed as ``message_type`` here, in the handler, so that bytes that are no such
+        message get INVALID_ARGUMENT like any other malformed request (gRPC's own deserializer would
+        answer INTERNAL before any of our code ran)."""
+        message = message_type()
         try:
-            return to_wire(self.handler.handle(from_wire(request)))
-        except ServiceError as error:
-            self._abort(context, error, "close")
+            message.ParseFromString(raw)
+        except DecodeError:
+            self._abort(context, ServiceError("INVALID_ARGUMENT", "malformed", f"the {what} request is "
+                                              f"not a {message_type.__name__} message"), what)
+        return message
+
+    def parsed_stream(self, raw: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[pb.Sealed]:
+        for chunk in raw:
+            yield self.parsed(pb.Sealed, chunk, context, "step")
+
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The service's methods, taking raw bytes that each method parses itself (see ``parsed``)."""
+        reply = {name: getattr(pb, name).SerializeToString for name in ("HelloReply", "Sealed")}
+        return {
+            "Handshake": grpc.unary_unary_rpc_method_handler(
+                lambda raw, context: self.Handshake(self.parsed(pb.Hello, raw, context, "handshake"),
+                                                    context),
+                response_serializer=reply["HelloReply"]),
+            "Step": grpc.stream_stream_rpc_method_handler(
+                lambda raw, context: self.Step(self.parsed_stream(raw, context), context),
+                response_serializer=reply["Sealed"]),
+            "Exchange": grpc.unary_unary_rpc_method_handler(
+                lambda raw, context: self.Exchange(self.parsed(pb.Sealed, raw, context, "exchange"), context),
+                response_serializer=reply["Sealed"]),
+            "Close": grpc.unary_unary_rpc_method_handler(
+                lambda raw, context: self.Close(self.parsed(pb.Sealed, raw, context, "close"), context),
+                response_serializer=reply["Sealed"]),
+        }
 
     def _abort(self, context: grpc.ServicerContext, error: ServiceError, what: str) -> None:
         peer = context.peer() if hasattr(context, "peer") else "?"
@@ -243,7 +279,9 @@ def serve(
         maximum_concurrent_rpcs=workers,
         options=SERVER_OPTIONS,
     )
-    pb_grpc.add_TrunkServicer_to_server(TrunkServicer(handler, max_message_bytes, front_door), server)
+    handlers = TrunkServicer(handler, max_message_bytes, front_door).method_handlers()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     if tls is None:
         port = server.add_insecure_port(address)
     else:
