@@ -18,7 +18,7 @@ from splitfed.models.adapters import (
 )
 from splitfed.models.embeddings import head_token_embeddings, token_embedding_matrix
 from splitfed.models.export import export_merged
-from splitfed.models.families import UnsupportedModelError, hidden_size, supported_model_types
+from splitfed.models.families import UnsupportedModelError, hidden_size, max_positions, supported_model_types
 from splitfed.models.generation import generate_greedy, iter_greedy
 from splitfed.models.loading import DEFAULT_MODEL, ModelNotFoundError, accepted_models, load_model
 from splitfed.models.parts import (
@@ -50,6 +50,7 @@ from splitfed.models.whole import whole_logits
 __all__ = [
     "whole_logits",
     "hidden_size",
+    "max_positions",
     "DEFAULT_MODEL",
     "AdapterError",
     "AdapterSpec",

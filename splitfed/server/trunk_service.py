@@ -17,7 +17,7 @@ import torch
 from splitfed.aggregation import PLAIN_PHASE, ROUND_AGGREGATIONS, AggregationError, make_rounds, rounds_status
 from splitfed.endpoints import MicroBatch
 from splitfed.layout import Layout, TrunkRange
-from splitfed.models import hidden_size
+from splitfed.models import hidden_size, max_positions
 from splitfed.security import (
     ClientHello,
     DecryptionError,
@@ -91,6 +91,7 @@ class TrunkService:
         mode.start(self.book, self.limits)
         part = mode.part
         self.hidden_size = hidden_size(part.config)
+        self.max_positions = max_positions(part.config)  # None: the model names no limit
         self.layers = part.layer_indices
         self._sessions: dict[bytes, Session] = {}
         self._sessions_lock = threading.Lock()
@@ -162,7 +163,7 @@ class TrunkService:
         return pb.SessionLimits(
             hidden_size=self.hidden_size,
             max_batch=self.limits.max_batch,
-            max_length=self.limits.max_length,
+            max_length=min(self.limits.max_length, self.max_positions or self.limits.max_length),
             max_message_bytes=self.limits.max_message_bytes,
             dtypes=list(self.limits.dtypes),
             trunk_start=self.layers[0],
@@ -332,6 +333,9 @@ class TrunkService:
         (``past`` cached positions count towards the length)."""
         hidden = decode_tensor(request.hidden, self._tensor_limits, (None, None, self.hidden_size))
         batch, length = hidden.shape[:2]
+        if self.max_positions is not None and past + length > self.max_positions:
+            raise WireFormatError("beyond_positions", f"{past + length} positions exceed the model's "
+                                  f"{self.max_positions} (max_position_embeddings)")
         if batch > self.limits.max_batch or past + length > self.limits.max_length:
             raise WireFormatError("too_large", f"batch {batch} x length {past + length} exceeds "
                                   f"{self.limits.max_batch} x {self.limits.max_length}")

@@ -37,14 +37,14 @@ HIDDEN = 64
 class Lab:
     """A live trunk server on 127.0.0.1 with enrolled identities, plus helpers to attack it."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: ServiceLimits | None = None) -> None:
         self.model, _ = load_model("tiny-llama")
         self.server_identity = Identity.generate("server")
         self.people = {name: Identity.generate(name) for name in ("alice", "mallory")}
         allow = AllowList([identity.public for identity in self.people.values()])
         split = split_model(replicate(self.model), Partition(1, 1))
         init_adapter(split.trunk, LoraSpec(r=4), 0)
-        limits = ServiceLimits(max_batch=8, max_length=64, step_timeout_s=2.0, turn_timeout_s=20.0)
+        limits = limits or ServiceLimits(max_batch=8, max_length=64, step_timeout_s=2.0, turn_timeout_s=20.0)
         self.service = TrunkService(SequentialMode(LocalTrunk(split.trunk)),
                                     ServerHandshake(self.server_identity, allow),
                                     limits=limits)

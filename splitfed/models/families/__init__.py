@@ -77,6 +77,16 @@ def hidden_size(config: Any) -> int:
     return family_of_config(config).hidden_size(config)
 
 
+def max_positions(config: Any) -> int | None:
+    """The most positions a model (or part) ``config`` was built for; None where it names none. RoPE
+    models compute past it, but what they output there was never trained: requests longer are refused."""
+    for name in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def family_of_config(config: Any) -> FamilyAdapter:
     """The family adapter of a model ``config``; ``UnsupportedModelError`` says why there is none."""
     model_type = getattr(config, "model_type", None)
