@@ -29,6 +29,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from splitfed.finite import nonfinite_names
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1
@@ -106,6 +108,11 @@ class CheckpointStore:
         """Write ``checkpoint`` atomically; returns its folder. Raises ``CheckpointError`` on failure."""
         if checkpoint.step < 0:
             raise ValueError("a checkpoint step is a non-negative integer")
+        names = nonfinite_names(checkpoint.tensors)
+        if names:
+            kept = f"; the previous checkpoint {self._folders()[-1][1]} is kept" if self._folders() else ""
+            raise CheckpointError(f"checkpoint {checkpoint.step} not written: {len(names)} tensor(s) hold "
+                                  f"non-finite values ({', '.join(names[:5])}){kept}")
         final = self.directory / f"{PREFIX}{checkpoint.step:010d}"
         staging = self.directory / f".tmp-{PREFIX}{checkpoint.step:010d}-{os.getpid()}"
         try:

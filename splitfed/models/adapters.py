@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from splitfed.finite import check_finite
 from splitfed.models.parts import SplitPart
 from splitfed.models.prefix import PrefixAdapter
 from splitfed.models.sparse import SPARSE_FILE, load_sparse_state, sparse_state
@@ -212,8 +213,10 @@ def _state_targets(part: SplitPart) -> dict[str, nn.Parameter]:
 def save_adapter(part: SplitPart, directory: str | Path, base_model: str = "") -> Path:
     """Write the part's adapter as a peft adapter directory; returns the directory."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in adapter_state(part).items()}
+    sparse = sparse_state(part)
+    check_finite({**state, **sparse}, f"the {part.role} adapter for {directory}")  # nothing poisoned is saved
+    directory.mkdir(parents=True, exist_ok=True)
     if part.prefix is not None:
         config = PrefixTuningConfig(
             task_type="CAUSAL_LM",
@@ -233,7 +236,6 @@ def save_adapter(part: SplitPart, directory: str | Path, base_model: str = "") -
     if config is not None:
         config.save_pretrained(str(directory))
     save_file(state, str(directory / WEIGHTS_FILE))
-    sparse = sparse_state(part)
     if sparse:
         save_file({k: v.contiguous() for k, v in sparse.items()}, str(directory / SPARSE_FILE))
     meta = {

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from splitfed.models import TrunkPart
+from splitfed.training.guarded_step import guarded_step
 from splitfed.training.optim import OptimizerSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class BatchedTrunk:
         self.trunk = trunk
         self.optimizer = (optimizer or OptimizerSettings()).build(trunk.parameters())
         self.steps = 0
+        self.dropped_steps = 0  # steps whose update would have been non-finite (guarded_step)
         self._slots: dict[str, _Slot] = {}
         self._inputs: torch.Tensor | None = None
         self._outputs: torch.Tensor | None = None
@@ -117,9 +119,8 @@ class BatchedTrunk:
             log.warning("client-batch step %d: no gradient from %s, left out of the update",
                         self.steps + 1, ", ".join(dropped))
         self._outputs.backward(full)
-        if self.optimizer is not None:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None and not guarded_step(self.optimizer, "trunk adapter (client-batch)"):
+            self.dropped_steps += 1
         self.steps += 1
         result = {cid: self._inputs.grad[self._slots[cid].rows, -self._slots[cid].length :]
                   / self._slots[cid].weight for cid in grads}

@@ -10,6 +10,7 @@ import torch
 from splitfed.endpoints import MicroBatch
 from splitfed.models import SparseSpec, TrunkPart, load_sparse_state, set_training, sparse_parameter_count
 from splitfed.server.sparse_trunk import SparseSelection, attach_sparse
+from splitfed.training.guarded_step import guarded_step
 from splitfed.training.optim import OptimizerSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class LocalTrunk:
         self._pending: dict[str, _Pending] = {}
         self._micro_done: dict[str, int] = {}  # backwards of a micro-batched step so far, per client
         self.steps = 0
+        self.dropped_steps = 0  # steps whose update would have been non-finite (guarded_step)
         already = sparse_parameter_count(trunk) > 0  # e.g. a trained trunk adapter with its deltas
         self.selection = SparseSelection(trunk, sparse) if sparse is not None and not already else None
 
@@ -119,9 +121,8 @@ class LocalTrunk:
                 return pending.inputs.grad
             self._micro_done.pop(client_id, None)
         self._after_backward()
-        if self.optimizer is not None:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None and not guarded_step(self.optimizer, "trunk adapter"):
+            self.dropped_steps += 1
         self.steps += 1
         return pending.inputs.grad
 

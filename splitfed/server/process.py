@@ -83,7 +83,8 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
     mode = MODES[name].from_settings(settings, split)
     service = TrunkService(mode, ServerHandshake(identity, allowlist), limits,
                            aggregation=settings.aggregation, secagg_threshold=settings.secagg_threshold,
-                           max_norm_ratio=settings.aggregation_max_norm_ratio, base_id=base_id(loaded.source))
+                           max_norm_ratio=settings.aggregation_max_norm_ratio, base_id=base_id(loaded.source),
+                           gradient_guard=settings.gradient_guard)
     service.load_report = loaded.report.to_json()
     return service
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitfed.models import SparseSpec
 from splitfed.security.key_providers import SealingSettings
+from splitfed.server.gradient_guard import GradientGuardSettings
 from splitfed.training.split_settings import SplitTrainingSettings
 from splitfed.transport.codec import WIRE_CODECS, CodecName
 
@@ -142,6 +143,9 @@ class ServerSettings(SplitTrainingSettings):
     sparse: SparseSpec | None = Field(None, description="sparse fine-tuning of the trunk's base weights next "
                                                         "to its adapter, chosen from the clients' gradients "
                                                         "(sequential mode)")
+    gradient_guard: GradientGuardSettings = Field(GradientGuardSettings(), description="how the "
+                                                  "gradients clients send are checked and bounded before "
+                                                  "they reach the trunk (an enrolled client's poison)")
     front_door: FrontDoorSettings = Field(FrontDoorSettings(), description="bounds on peers before and "
                                                                            "after authentication")
     sealing: SealingSettings = Field(SealingSettings(), description="trusted slice: seal checkpoints and the "

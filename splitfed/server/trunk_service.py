@@ -30,6 +30,7 @@ from splitfed.security import (
     UnknownClientError,
 )
 from splitfed.server.generation import GenerationError
+from splitfed.server.gradient_guard import GradientGuard, GradientGuardSettings, GradientRefused
 from splitfed.server.local_trunk import LocalTrunk
 from splitfed.server.modes import Mode, StepBook
 from splitfed.server.round_requests import (
@@ -72,16 +73,19 @@ class TrunkService:
         secagg_threshold: int | None = None,
         max_norm_ratio: float | None = 2.0,
         base_id: str | None = None,
+        gradient_guard: GradientGuardSettings | None = None,
     ) -> None:
         """``mode``: how training steps meet the trunk (``splitfed.server.modes``). ``aggregation``:
         "secure" (FedAvg rounds under secure aggregation: the server learns only the average;
         ``secagg_threshold`` clients must stay to the end, default a majority) or "plain".
         ``base_id``: the digest of the base model the trunk comes from; a client whose parts come
-        from another base is refused at the handshake."""
+        from another base is refused at the handshake. ``gradient_guard``: how clients' gradients are
+        bounded before they reach the trunk (``splitfed.server.gradient_guard``)."""
         if aggregation not in ROUND_AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {tuple(ROUND_AGGREGATIONS)}, got {aggregation!r}")
         self.aggregation = aggregation
         self.base_id = base_id
+        self.guard = GradientGuard(gradient_guard)
         self.load_report: dict[str, float] | None = None  # how the trunk was loaded (status, benchmarks)
         self.mode = mode
         self.handshake_server = handshake
@@ -303,6 +307,9 @@ class TrunkService:
         return reply
 
     def _serve(self, session: Session, sealed: Sealed, plaintext: bytes) -> Sealed:
+        if (remaining := self.guard.suspended_for(session.name)) > 0:
+            raise ServiceError("PERMISSION_DENIED", "suspended", f"{session.name} is suspended for "
+                               f"{remaining:.0f}s more: too many of its gradients were refused or clipped")
         try:
             request = parse_payload(sealed.kind, plaintext)
             if getattr(request, "step", None) != sealed.step:
@@ -362,6 +369,10 @@ class TrunkService:
             raise WireFormatError("no_open_step", f"no forward of step {request.step} awaits a backward")
         try:
             grad = decode_tensor(request.grad, self._tensor_limits, shape)
+            grad = self.guard.check(session.name, grad)
+        except GradientRefused as error:
+            self.mode.abandon(session, f"its gradient was refused: {error.message}")
+            raise ServiceError("INVALID_ARGUMENT", error.code, error.message) from None
         except BaseException:
             self.mode.abandon(session, "its backward was refused")
             raise
@@ -406,7 +417,7 @@ class TrunkService:
         """Connected clients, mode and progress, for ``splitfed status``."""
         return {**self.mode.status(), "aggregation": self.aggregation, "layout": self.layout,
                 "sessions": self.sessions(), "steps": self.steps, "progress": dict(self.progress),
-                **rounds_status(self.rounds), "draining": self.draining,
+                **rounds_status(self.rounds), "draining": self.draining, **self.guard.status(),
                 **({"load": self.load_report} if self.load_report else {})}
 
     def close(self) -> None:

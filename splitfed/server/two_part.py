@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from splitfed.endpoints import LossResult
 from splitfed.models import SparseSpec, TailPart, TrunkPart
 from splitfed.server.local_trunk import LocalTrunk
+from splitfed.training.guarded_step import guarded_step
 from splitfed.training.loss import IGNORE_INDEX, causal_lm_loss
 from splitfed.training.optim import OptimizerSettings
 
@@ -52,9 +53,8 @@ class TwoPartTrunk(LocalTrunk):
         loss = causal_lm_loss(self._logits(inputs, attention_mask), labels)
         loss.backward()
         self._after_backward()
-        if self.optimizer is not None:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None and not guarded_step(self.optimizer, "trunk adapter (two-part)"):
+            self.dropped_steps += 1
         self.steps += 1
         return LossResult(float(loss.detach()), inputs.grad)
 
