@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from splitfed.aggregation.plain_rounds import PlainRounds
-from splitfed.aggregation.secure_rounds import SecureRounds
+from splitfed.aggregation.secure_rounds import Participants, SecureRounds
 
 
 class RoundAggregation(Protocol):
@@ -31,12 +31,14 @@ class RoundAggregation(Protocol):
 
 
 def _secure(members: Callable[[], set[str]], timeout_s: float, threshold: int | None,
-            max_norm_ratio: float | None) -> RoundAggregation:
-    return SecureRounds(members, timeout_s, threshold, max_norm_ratio)
+            max_norm_ratio: float | None, participants: Participants | None = None,
+            straggler_s: float | None = None) -> RoundAggregation:
+    return SecureRounds(members, timeout_s, threshold, max_norm_ratio, participants, straggler_s)
 
 
 def _plain(members: Callable[[], set[str]], timeout_s: float, threshold: int | None,
-           max_norm_ratio: float | None) -> RoundAggregation:
+           max_norm_ratio: float | None, participants: Participants | None = None,
+           straggler_s: float | None = None) -> RoundAggregation:
     return PlainRounds(members, timeout_s)
 
 
@@ -44,12 +46,15 @@ ROUND_AGGREGATIONS: dict[str, Callable[..., RoundAggregation]] = {"secure": _sec
 
 
 def make_rounds(name: str, members: Callable[[], set[str]], timeout_s: float = 300.0,
-                threshold: int | None = None, max_norm_ratio: float | None = 2.0) -> RoundAggregation:
+                threshold: int | None = None, max_norm_ratio: float | None = 2.0,
+                participants: Participants | None = None,
+                straggler_s: float | None = None) -> RoundAggregation:
     """The round aggregation called ``name`` ("secure" or "plain") over the clients of ``members()``.
-    ``threshold`` and ``max_norm_ratio`` apply to secure rounds."""
+    ``threshold``, ``max_norm_ratio``, ``participants`` and ``straggler_s`` apply to secure rounds (see
+    ``SecureRounds``)."""
     if name not in ROUND_AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {tuple(ROUND_AGGREGATIONS)}, got {name!r}")
-    return ROUND_AGGREGATIONS[name](members, timeout_s, threshold, max_norm_ratio)
+    return ROUND_AGGREGATIONS[name](members, timeout_s, threshold, max_norm_ratio, participants, straggler_s)
 
 
 def rounds_status(rounds: RoundAggregation) -> dict[str, int]:

@@ -6,6 +6,12 @@ client still expected in the round has sent the same phase, or until the round d
 late ones are left out (a client that drops out after sharing its keys is unmasked from the others'
 shares). A round with fewer than the threshold (a strict majority of the round's clients, or more if
 configured) left fails for everyone: the clients keep their own adapters.
+
+A round waits for the clients that take part in it: those that trained since the last round closed
+(``participants``) and those that announced it (sent its first phase). Once these have all sent a phase,
+or at least half the connected clients have, the phase waits at most ``straggler_s`` after the last
+arrival for the others: an enrolled client that stays idle, or one that announced the round and went
+quiet, costs seconds, not the round deadline. The threshold rules are the same whoever is left out.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from splitfed.security.errors import SecAggError
 
 log = logging.getLogger(__name__)
 
+Participants = Callable[[float], set[str]]  # clients that trained after a time (time.monotonic)
+
 ADVERTISE, SHARE, MASKED, REVEAL = Phase.ADVERTISE, Phase.SHARE, Phase.MASKED, Phase.REVEAL
 PHASE_NAMES = {phase.value: phase.description for phase in Phase}
 
@@ -38,6 +46,7 @@ class _Round:
     expected: set[str]
     deadline: float
     submissions: dict[str, Any] = field(default_factory=dict)
+    last_arrival: float = 0.0  # when the phase's latest message came
     results: dict[int, Any] = field(default_factory=dict)
     server: SecAggServer | None = None
     error: str | None = None
@@ -51,10 +60,18 @@ class SecureRounds:
     message_kind = "secagg"
 
     def __init__(self, members: Callable[[], set[str]], timeout_s: float = 300.0,
-                 threshold: int | None = None, max_norm_ratio: float | None = 2.0) -> None:
-        """``max_norm_ratio``: a round's average whose L2 norm exceeds this times the previous round's
+                 threshold: int | None = None, max_norm_ratio: float | None = 2.0,
+                 participants: Participants | None = None, straggler_s: float | None = None) -> None:
+        """``members()``: the connected clients (one that leaves is no longer waited for).
+        ``participants(t)``: the clients that trained after ``t`` (None: every member takes part).
+        ``straggler_s``: once the clients taking part in a round have sent a phase (or half the members
+        have), it closes this long after the last arrival at the latest (None: only ``timeout_s``).
+        ``max_norm_ratio``: a round's average whose L2 norm exceeds this times the previous round's
         is rejected (as is a non-finite one); every client then keeps its own adapters."""
         self._members = members
+        self._participants = participants
+        self._straggler_s = straggler_s
+        self._closed_at = float("-inf")  # when the last round closed (time.monotonic)
         self.max_norm_ratio = max_norm_ratio
         self.previous_norm: float | None = None
         self._timeout_s = timeout_s
@@ -90,9 +107,10 @@ class SecureRounds:
             if phase == MASKED:
                 self._collect_masked(current, client, value)
             current.submissions[client] = value
+            current.last_arrival = time.monotonic()
             self._condition.notify_all()
             while phase not in current.results and current.error is None:
-                if self._phase_complete(current) or time.monotonic() >= current.deadline:
+                if self._phase_complete(current) or time.monotonic() >= self._phase_deadline(current):
                     self._close_phase(current)
                     break
                 self._condition.wait(0.2)
@@ -128,6 +146,19 @@ class SecureRounds:
             raise AggregationError(f"client {client!r} already sent phase {phase} of round {round_index}")
         return current
 
+    def _phase_deadline(self, current: _Round) -> float:
+        """The round deadline; or ``straggler_s`` after the last arrival once the clients taking part
+        (trained since the last round, or announced it) have all sent the phase, or half the expected."""
+        arrived = set(current.submissions)
+        if self._straggler_s is None or not arrived:
+            return current.deadline
+        taking_part = current.expected  # after the first phase: those that announced the round
+        if current.phase == ADVERTISE and self._participants is not None:
+            taking_part = current.expected & self._participants(self._closed_at)
+        if taking_part <= arrived or 2 * len(arrived) >= len(current.expected):
+            return min(current.deadline, current.last_arrival + self._straggler_s)
+        return current.deadline
+
     def _phase_complete(self, current: _Round) -> bool:
         live = current.expected & (self._members() | set(current.submissions))
         return live <= set(current.submissions)
@@ -149,6 +180,7 @@ class SecureRounds:
         except SecAggError as error:
             current.error = f"round {current.index} failed at {PHASE_NAMES[current.phase]}: {error}"
             current.done = True
+            self._closed_at = time.monotonic()
             log.warning("%s", current.error)
             self._condition.notify_all()
             return
@@ -160,6 +192,7 @@ class SecureRounds:
         if current.phase == REVEAL or next_expected is None:
             current.done = True
             self.completed += 1
+            self._closed_at = time.monotonic()
         else:
             current.phase += 1
             current.expected = next_expected

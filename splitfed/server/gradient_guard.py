@@ -154,4 +154,4 @@ class GradientGuard:
             suspended = {name: round(r.suspended_until - now, 1) for name, r in self._clients.items()
                          if r.suspended_until > now}
             return {"gradient_bound": round(self._bound(), 6), "gradients_refused": self.refused,
-                    "gradients_clipped": self.clipped, "suspended": suspended}
+                    "gradients_clipped": self.clipped, "suspended_for_gradients": suspended}

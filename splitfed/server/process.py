@@ -67,7 +67,13 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
                            requests_in_flight=settings.front_door.requests_in_flight,
                            requests_per_s=settings.front_door.requests_per_s,
                            request_burst=settings.front_door.request_burst,
-                           first_block_max=first_block_max, end_block_min=end_block_min)
+                           first_block_max=first_block_max, end_block_min=end_block_min,
+                           step_deadline_floor_s=settings.fair_use.step_deadline_floor_s,
+                           step_deadline_factor=settings.fair_use.step_deadline_factor,
+                           held_steps_suspend=settings.fair_use.held_steps_suspend,
+                           held_steps_window_s=settings.fair_use.held_steps_window_s,
+                           suspension_s=settings.fair_use.suspension_s,
+                           round_straggler_s=settings.secagg_straggler_s)
     if settings.mode != "sequential" and (settings.partition.layout == Layout.TWO_PART or settings.sparse):
         raise ValueError(f"the two-part layout and sparse fine-tuning run in sequential mode only, not "
                          f"{settings.mode}")

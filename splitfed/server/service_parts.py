@@ -9,6 +9,7 @@ from typing import Any
 
 from splitfed.endpoints import MicroBatch
 from splitfed.security import SecureChannel
+from splitfed.server.fair_use import FairUseLimits
 from splitfed.server.sub_server import SubServer
 from splitfed.transport import WIRE_CODECS, WireFormatError
 from splitfed.transport.errors import ServiceError
@@ -39,6 +40,19 @@ class ServiceLimits:
     request_burst: int = 400
     first_block_max: int = 0  # a range of client partitions: the last block a client's trunk may start at
     end_block_min: int = 0  # ... and the first it may end at (0 and 0: the trunk's own, one partition)
+    step_deadline_floor_s: float = 5.0  # a backward's deadline: at least this, at most step_timeout_s
+    step_deadline_factor: float = 10.0  # ... else this times the measured forward->backward interval
+    held_steps_suspend: int = 4  # held steps (no backward by the deadline) within the window that suspend
+    held_steps_window_s: float = 600.0
+    suspension_s: float = 900.0
+    round_straggler_s: float = 5.0  # secure rounds: how long a phase waits for absent clients (secure_rounds)
+
+    @property
+    def fair_use(self) -> FairUseLimits:
+        """The step deadlines and held-step bounds (``splitfed.server.fair_use``)."""
+        return FairUseLimits(floor_s=self.step_deadline_floor_s, factor=self.step_deadline_factor,
+                             cap_s=self.step_timeout_s, suspend_after=self.held_steps_suspend,
+                             window_s=self.held_steps_window_s, suspension_s=self.suspension_s)
 
 
 @dataclass

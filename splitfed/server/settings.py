@@ -43,6 +43,26 @@ class FrontDoorSettings(BaseModel):
                                                      "rate applies")
 
 
+class FairUseSettings(BaseModel):
+    """How long a training step may hold the trunk without its backward, and what befalls a client that
+    keeps leaving steps open (see ``splitfed.server.fair_use``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    step_deadline_floor_s: float = Field(5.0, gt=0, description="a training step's backward is awaited at "
+                                         "least this long (step_timeout_s: at most)")
+    step_deadline_factor: float = Field(10.0, gt=1, description="... and otherwise this times the measured "
+                                        "forward->backward time of completed steps (the median over clients "
+                                        "of each one's median); past it the step is dropped, its turn freed")
+    held_steps_suspend: int = Field(4, ge=1, description="a client whose steps were dropped this often "
+                                    "within held_steps_window_s is suspended (PERMISSION_DENIED "
+                                    "suspended); before, each drop makes its next training step wait 4^n "
+                                    "deadlines")
+    held_steps_window_s: float = Field(600.0, gt=0, description="how long a dropped step counts against its "
+                                       "client")
+    suspension_s: float = Field(900.0, gt=0, description="how long a suspended client's training steps are "
+                                "refused")
+
+
 class RaySettings(BaseModel):
     """Where the Ray backend runs its actor sub-servers (``backend: ray``)."""
 
@@ -101,6 +121,10 @@ class ServerSettings(SplitTrainingSettings):
         2.0, gt=1, description="secure aggregation: reject a round whose average's L2 norm exceeds this "
                                "times the previous round's (or is not finite); every client keeps its "
                                "adapters. Unset: only finiteness is checked")
+    secagg_straggler_s: float = Field(5.0, gt=0, description="secure aggregation: once the clients taking "
+                                      "part in a round (trained since the last one, or announced it) have "
+                                      "sent a phase, or half the connected ones have, the others have this "
+                                      "long after the last arrival before they are left out")
     secagg_threshold: int | None = Field(None, ge=2, description="secure aggregation: clients that must stay "
                                                                  "to the end of a round (default and "
                                                                  "minimum: a strict majority)")
@@ -148,6 +172,8 @@ class ServerSettings(SplitTrainingSettings):
                                                   "they reach the trunk (an enrolled client's poison)")
     front_door: FrontDoorSettings = Field(FrontDoorSettings(), description="bounds on peers before and "
                                                                            "after authentication")
+    fair_use: FairUseSettings = Field(FairUseSettings(), description="deadlines of training steps and what "
+                                                                     "befalls a client holding them")
     sealing: SealingSettings = Field(SealingSettings(), description="trusted slice: seal checkpoints and the "
                                                                     "saved trunk adapter with a key from "
                                                                     "a key provider")

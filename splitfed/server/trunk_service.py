@@ -29,6 +29,7 @@ from splitfed.security import (
     ServerHandshake,
     UnknownClientError,
 )
+from splitfed.server.fair_use import FairUse
 from splitfed.server.generation import GenerationError
 from splitfed.server.gradient_guard import GradientGuard, GradientGuardSettings, GradientRefused
 from splitfed.server.local_trunk import LocalTrunk
@@ -91,6 +92,9 @@ class TrunkService:
         self.handshake_server = handshake
         self.limits = limits or ServiceLimits()
         self.book = StepBook()
+        self.fair = FairUse(self.limits.fair_use)
+        self._trained_at: dict[str, float] = {}  # client -> when its last training step finished
+        self.book.on_finished = self._step_finished
         self._after_step: Callable[[TrunkService], None] | None = None
         mode.start(self.book, self.limits)
         part = mode.part
@@ -100,7 +104,8 @@ class TrunkService:
         self._sessions: dict[bytes, Session] = {}
         self._sessions_lock = threading.Lock()
         self.rounds = make_rounds(aggregation, self._round_members, self.limits.turn_timeout_s,
-                                  secagg_threshold, max_norm_ratio)
+                                  secagg_threshold, max_norm_ratio, participants=self._round_participants,
+                                  straggler_s=self.limits.round_straggler_s)
         if self.limits.first_block_max or self.limits.end_block_min:
             if not hasattr(self.rounds, "partial_keys"):
                 raise ValueError(f"{aggregation} aggregation needs every client to hold the same blocks; "
@@ -243,6 +248,18 @@ class TrunkService:
         with self._sessions_lock:
             return {s.name for s in self._sessions.values()}
 
+    def _round_participants(self, since: float) -> set[str]:
+        """The clients with an open session that sent a training step after ``since`` (monotonic)."""
+        with self._sessions_lock:
+            names = {s.name for s in self._sessions.values()}
+        trained = dict(self._trained_at)
+        return {name for name in names if trained.get(name, float("-inf")) > since}
+
+    def _step_finished(self, client: str, seconds: float) -> None:
+        """A training step of ``client`` finished ``seconds`` after its forward began."""
+        self._trained_at[client] = time.monotonic()
+        self.fair.completed(client, seconds)
+
     def sessions(self) -> list[str]:
         """Names of the clients with an open session."""
         with self._sessions_lock:
@@ -257,18 +274,23 @@ class TrunkService:
         log.info("session %s of %s closed: %s", session.key[:8], session.name, reason)
 
     def reap(self, now: float | None = None) -> None:
-        """Free steps whose backward is overdue and sessions that went silent."""
+        """Free steps whose backward is overdue (the deadline follows the measured step time, see
+        ``splitfed.server.fair_use``: their clients are slowed down, then suspended) and sessions that
+        went silent."""
         now = time.monotonic() if now is None else now
         self.mode.expire(now)
+        deadline = self.fair.deadline_s()
         with self._sessions_lock:
             for session_id, session in list(self._sessions.items()):
                 if now - session.last_seen > self.limits.session_ttl_s:
                     self._end_session(session_id, f"silent for {self.limits.session_ttl_s:.0f}s")
                 elif (session.open_step is not None
-                      and now - session.step_started > self.limits.step_timeout_s
+                      and now - session.step_started > deadline
                       and session.lock.acquire(blocking=False)):  # a session being served is not idle
                     try:
-                        self.mode.abandon(session, f"no backward within {self.limits.step_timeout_s:.0f}s")
+                        if session.open_step is not None:
+                            self.mode.abandon(session, f"no backward within {deadline:.2f}s")
+                            self.fair.held(session.name, deadline)  # before its next forward can come
                     finally:
                         session.lock.release()
 
@@ -354,6 +376,9 @@ class TrunkService:
         self._claim_blocks(session, int(request.first_block), int(request.end_block))
         micro = requested_micro_batch(request, self.mode.name, self.mode.micro_batches_max)
         hidden, mask = self._hidden_and_mask(request)
+        if request.train and (micro is None or micro.index == 0):  # a new step: suspended or slowed?
+            self.fair.admit_training(session.name, self.limits.turn_timeout_s)
+            self._trained_at[session.name] = time.monotonic()  # it takes part in the coming round
         output = self.mode.forward(session, request.step, hidden, mask, request.train,
                                    int(request.labelled_tokens), micro=micro)
         if request.train and micro is None:
@@ -417,7 +442,8 @@ class TrunkService:
         """Connected clients, mode and progress, for ``splitfed status``."""
         return {**self.mode.status(), "aggregation": self.aggregation, "layout": self.layout,
                 "sessions": self.sessions(), "steps": self.steps, "progress": dict(self.progress),
-                **rounds_status(self.rounds), "draining": self.draining, **self.guard.status(),
+                **rounds_status(self.rounds), "draining": self.draining, **self.fair.status(),
+                **self.guard.status(),
                 **({"load": self.load_report} if self.load_report else {})}
 
     def close(self) -> None:

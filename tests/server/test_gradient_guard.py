@@ -91,7 +91,7 @@ def test_repeated_strikes_suspend_that_client_only():
         guard.check("mallory", _grad(1e4, seed=seed))
     assert 55 < guard.suspended_for("mallory") <= 60
     assert guard.suspended_for("alice") == 0
-    assert "mallory" in guard.status()["suspended"]
+    assert "mallory" in guard.status()["suspended_for_gradients"]
 
 
 def test_occasional_honest_outliers_do_not_suspend():

@@ -45,6 +45,7 @@ class StepBook:
         self.lock = threading.Lock()
         self.progress: dict[str, int] = {}  # completed training steps per client
         self.after_step: Callable[[], None] | None = None
+        self.on_finished: Callable[[str, float], None] | None = None  # (client, seconds the step was open)
 
     def refuse_if_draining(self) -> None:
         if self.draining:
@@ -63,6 +64,8 @@ class StepBook:
         with self.lock:
             self.progress[session.name] = self.progress.get(session.name, 0) + 1
             session.open_step = None
+            if self.on_finished is not None:
+                self.on_finished(session.name, time.monotonic() - session.step_started)
 
 
 class Mode(Protocol):
