@@ -28,12 +28,15 @@ from splitfed.models.kv_cache import (
     bytes_per_token,
     cache_bytes,
     merge_caches,
+    prefill_transient_bytes,
     rewind_cache,
     rewindable,
 )
 from splitfed.server.compute import ComputeThread
 
 log = logging.getLogger(__name__)
+
+LARGE_STEP_BYTES = 16 << 20  # a step whose working memory is this large hands it back when done
 
 
 class GenerationError(RuntimeError):
@@ -100,13 +103,18 @@ class GenerationCaches:
         self.per_token = bytes_per_token(trunk)
         self.batched_calls = 0
         self.batched_rows = 0
+        self.accounted_peak = 0  # the most bytes accounted at once: caches plus steps' working memory
 
     # -- accounting --------------------------------------------------------------------------------
     @property
     def bytes_in_use(self) -> int:
-        """Bytes of all streams' caches (and of those being extended right now)."""
+        """Bytes of all streams' caches, and what the steps computing now reserved (their caches'
+        growth and their working memory)."""
         with self._lock:
-            return sum(s.bytes for s in self._streams.values()) + self._reserved
+            return self._in_use()
+
+    def _in_use(self) -> int:
+        return sum(s.bytes for s in self._streams.values()) + self._reserved
 
     def streams(self) -> list[tuple[str, int]]:
         with self._lock:
@@ -127,7 +135,8 @@ class GenerationCaches:
         evictable = sum(self._streams[key].bytes for _, key in idle)
         if used - evictable + need > self.budget_bytes:  # nothing is evicted for a step that cannot fit
             raise CacheBudgetExceeded(
-                f"this step needs {need / 2**20:.2f} MiB of trunk cache; {(used - evictable) / 2**20:.2f} "
+                f"this step needs {need / 2**20:.2f} MiB (its trunk cache and working memory); "
+                f"{(used - evictable) / 2**20:.2f} "
                 f"MiB of the {self.budget_bytes / 2**20:.2f} MiB generation budget are held by streams in "
                 "use: retry later, or shorten the context or the batch")
         for _, key in idle:
@@ -198,11 +207,13 @@ class GenerationCaches:
             elif stream.tokens > past_length:  # the client rejected draft tokens: forget them
                 rewind_cache(stream.cache, self.trunk, past_length)
                 stream.tokens = past_length
-            need = batch * new * self.per_token
+            working = prefill_transient_bytes(self.trunk, batch, new, past_length)
+            need = batch * new * self.per_token + working  # the cache's growth and the step's working memory
             self._make_room(need, key)
             self._streams[key] = stream
             stream.busy = True
             self._reserved += need
+            self.accounted_peak = max(self.accounted_peak, self._in_use())
         try:
             if new == 1 and self.batch_decodes and blocks is None and batchable(stream.cache, self.trunk):
                 output = self._decode_together(_Decode(stream, hidden, mask))
@@ -220,6 +231,8 @@ class GenerationCaches:
             stream.bytes = cache_bytes(stream.cache, self.trunk)
             stream.last_used = time.monotonic()
             stream.busy = False
+        if working >= LARGE_STEP_BYTES:  # a long prefill's freed working memory goes back to the system,
+            release_free_memory()  # or the allocator keeps it resident beyond what the budget accounts
         return output, stream.tokens
 
     def _decode_together(self, item: _Decode) -> torch.Tensor:

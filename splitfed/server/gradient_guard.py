@@ -7,10 +7,11 @@ tokens), which for a loss averaged over tokens hardly depends on the batch's sha
 at all: AdamW's second moment keeps (1 - beta2) x g**2 of one gradient for thousands of steps, so a
 single gradient 1e4 x an honest one divides the adapter's steps by ~300 long after it was sent, and
 early in training (AdamW's bias correction) even one 5 x an honest one halves them for a while: hence
-scaled to the median, not merely to the bound. Above
-``norm_ratio`` x the median of the last ``window`` accepted statistics (before ``min_samples`` of them:
-above ``warmup_max``), a gradient is scaled down to the median (in the warm-up: to ``warmup_max``), or
-refused. A refused backward, or one
+scaled to the median, not merely to the bound.
+
+Above ``norm_ratio`` x the median of the last ``window`` accepted statistics (the very first gradient: above
+``warmup_max``, which also caps the bound until ``min_samples`` were accepted), a gradient is scaled
+down to the median (in the warm-up: to the bound), or refused. A refused backward, or one
 clipped after the warm-up, is a strike; a client with ``strikes_to_suspend`` strikes among its last
 ``strike_window`` backwards is suspended for ``suspend_s``: its requests are refused while the others
 train on.
@@ -42,9 +43,10 @@ class GradientGuardSettings(BaseModel):
                                               "(non-finite: always refused)")
     norm_ratio: float = Field(5.0, gt=1, description="the bound: this many times the median of recent "
                               "accepted gradients (norm x sqrt(positions))")
-    warmup_max: float = Field(20.0, gt=0, description="the bound until min_samples gradients were "
-                              "accepted (honest gradients measured 0.12-0.18 on SmolLM2, 4-5.4 on the tiny "
-                              "test models; a warm-up clip is no strike)")
+    warmup_max: float = Field(100.0, gt=0, description="the bound of the very first gradient, and the "
+                              "most the bound may be until min_samples were accepted (honest gradients "
+                              "measured 0.12-0.18 on SmolLM2, 4-50 on the random tiny test models; a "
+                              "warm-up clip is no strike)")
     min_samples: int = Field(4, ge=1, description="accepted gradients before the median sets the bound")
     window: int = Field(256, ge=8, description="recent accepted gradients the median is taken over")
     strikes_to_suspend: int = Field(8, ge=1, description="refused or clipped backwards, among a client's "
@@ -91,9 +93,12 @@ class GradientGuard:
             return self._bound()
 
     def _bound(self) -> float:
-        if len(self._accepted) < self.settings.min_samples:
+        if not self._accepted:
             return self.settings.warmup_max
-        return self.settings.norm_ratio * statistics.median(self._accepted)
+        relative = self.settings.norm_ratio * statistics.median(self._accepted)
+        if len(self._accepted) < self.settings.min_samples:
+            return min(self.settings.warmup_max, relative)
+        return relative
 
     def check(self, client: str, grad: torch.Tensor) -> torch.Tensor:
         """``grad`` if it is within the bound; else scaled down to the median of recent gradients

@@ -132,8 +132,10 @@ class ServerSettings(SplitTrainingSettings):
                                                          "output/trunk of a training run) instead of a "
                                                          "fresh one: what generation serves")
     generation_memory_mb: float = Field(1024.0, gt=0, description="split inference: memory for the trunk "
-                                                                  "KV caches of all generation streams; a "
-                                                                  "step beyond it is refused, never OOM")
+                                                                  "KV caches of all generation streams and "
+                                                                  "the working memory of the steps "
+                                                                  "computing; a step beyond it is refused, "
+                                                                  "never OOM")
     generation_ttl_s: float = Field(300.0, gt=0, description="split inference: free a stream's cache "
                                                              "after this long idle")
     generation_streams: int = Field(8, ge=1, description="split inference: open streams per session")

@@ -17,6 +17,7 @@ from splitfed.inference import (
     TextStream,
 )
 from splitfed.models import LoraSpec, Partition, add_adapter, load_model, split_model
+from splitfed.models.kv_cache import prefill_transient_bytes
 from splitfed.server.generation import CacheBudgetExceeded, GenerationCaches
 from tests.conftest import TINY
 
@@ -113,14 +114,17 @@ def test_budget_eviction_expiry_and_recovery():
     encoded = tokenizer(PROMPTS[:1], return_tensors="pt")
     length = encoded.input_ids.shape[1]
     per_row = caches.per_token * (length + 4)
-    caches.budget_bytes = int(per_row * 1.5)  # room for one stream
+    working = prefill_transient_bytes(split.trunk, 1, length)  # the prompt's prefill computes in this
+    caches.budget_bytes = int(per_row * 1.5) + working  # room for one stream
     first = SplitGenerator(split.head, split.tail, LocalGeneration(caches, "a"))
     reference = list(first.generate(encoded.input_ids, sampling=SamplingSettings(max_new_tokens=4)))
     assert caches.streams() == [("a", 0)]
     other = SplitGenerator(split.head, split.tail, LocalGeneration(caches, "b"))
     list(other.generate(encoded.input_ids, sampling=SamplingSettings(max_new_tokens=4)))
     assert caches.streams() == [("b", 0)]  # a's idle cache was evicted to make room
-    # a goes on: its stale cache is detected and the context resent, with the same tokens as before
+    # a goes on: its stale cache is detected and the context resent, with the same tokens as before (its
+    # prefill, a few tokens longer than the prompt's, needs a little more working memory)
+    caches.budget_bytes = int(per_row * 1.5) + prefill_transient_bytes(split.trunk, 1, length + 8)
     more = first.feed(reference[-1][:, None])
     assert first.restarts == 1 and more.shape[0] == 1
     with pytest.raises(StaleCacheError):
@@ -182,7 +186,8 @@ def test_the_client_holding_the_most_cache_loses_its_idle_streams_first():
     _, tokenizer, split, caches = _setup()
     encoded = tokenizer(PROMPTS[:1], return_tensors="pt")
     per_stream = caches.per_token * (encoded.input_ids.shape[1] + 2)
-    caches.budget_bytes = int(per_stream * 3.5)  # room for three streams
+    working = prefill_transient_bytes(split.trunk, 1, encoded.input_ids.shape[1])
+    caches.budget_bytes = int(per_stream * 3.5) + working  # room for three streams
     sampling = SamplingSettings(max_new_tokens=2)
     honest = SplitGenerator(split.head, split.tail, LocalGeneration(caches, "alice"))
     list(honest.generate(encoded.input_ids, sampling=sampling))
