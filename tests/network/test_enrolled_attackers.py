@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from splitfed.models import adapter_state, save_adapter
+from splitfed.server.gradient_guard import GradientGuardSettings
 from splitfed.transport import encode_tensor, pb
 from splitfed.transport.errors import RemoteError
 from tests.conftest import make_batch
@@ -28,7 +29,7 @@ def _poison(kind: str, shape: tuple[int, ...]) -> torch.Tensor:
 def _run(attack: str | None) -> tuple[list[float], Lab, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The honest client's losses, the lab, and the trunk adapter before the last LEARNING steps and at
     the end."""
-    lab = Lab()
+    lab = Lab(gradient_guard=GradientGuardSettings())  # as `splitfed serve` runs it
     try:
         honest = lab.honest_client()
         losses = [honest.train_step(make_batch(batch=2, length=10, seed=step))

@@ -22,6 +22,7 @@ from splitfed.security import (
     ServerHello,
 )
 from splitfed.server import LocalTrunk
+from splitfed.server.gradient_guard import GradientGuardSettings
 from splitfed.server.modes import SequentialMode
 from splitfed.server.trunk_service import ServiceLimits, TrunkService
 from splitfed.training.replicate import replicate
@@ -37,7 +38,8 @@ HIDDEN = 64
 class Lab:
     """A live trunk server on 127.0.0.1 with enrolled identities, plus helpers to attack it."""
 
-    def __init__(self, limits: ServiceLimits | None = None) -> None:
+    def __init__(self, limits: ServiceLimits | None = None,
+                 gradient_guard: GradientGuardSettings | None = None) -> None:
         self.model, _ = load_model("tiny-llama")
         self.server_identity = Identity.generate("server")
         self.people = {name: Identity.generate(name) for name in ("alice", "mallory")}
@@ -47,7 +49,7 @@ class Lab:
         limits = limits or ServiceLimits(max_batch=8, max_length=64, step_timeout_s=2.0, turn_timeout_s=20.0)
         self.service = TrunkService(SequentialMode(LocalTrunk(split.trunk)),
                                     ServerHandshake(self.server_identity, allow),
-                                    limits=limits)
+                                    limits=limits, gradient_guard=gradient_guard)
         self.server, port = serve(self.service, "127.0.0.1:0", allow_insecure_loopback=True)
         self.address = f"127.0.0.1:{port}"
 

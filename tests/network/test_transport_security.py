@@ -100,11 +100,11 @@ def test_a_client_pinning_another_server_certificate_is_refused(tmp_path):
 
 
 def test_tensors_above_the_grpc_message_limit_travel_in_chunks(tmp_path):
-    setup = _Setup(tmp_path, ServiceLimits(max_batch=4, max_length=8192))
+    setup = _Setup(tmp_path, ServiceLimits(max_batch=20, max_length=1024))
     try:
         remote = setup.remote()
         remote.connect((1, 3), 64)
-        hidden = torch.randn(4, 5000, 64)  # 5.1 MB in fp32: three 2 MiB chunks each way
+        hidden = torch.randn(20, 1000, 64)  # 5.1 MB in fp32: three 2 MiB chunks each way
         before = remote.connection.bytes_sent
         out = remote.forward("alice", hidden, None, train=False)
         assert remote.connection.bytes_sent - before > 5_000_000

@@ -21,6 +21,13 @@ def _grad(statistic: float, rows: int = 2, length: int = 8, hidden: int = 16, se
     return grad * (statistic / gradient_statistic(grad))
 
 
+def test_without_settings_only_non_finite_gradients_are_refused():
+    guard = GradientGuard()
+    assert torch.equal(guard.check("alice", grad := _grad(1e6)), grad)
+    with pytest.raises(GradientRefused):
+        guard.check("alice", torch.full((2, 3, 4), float("nan")))
+
+
 def _warmed(settings: GradientGuardSettings, honest: float = 1.0) -> GradientGuard:
     guard = GradientGuard(settings)
     for seed in range(settings.min_samples):
@@ -40,7 +47,7 @@ def test_the_statistic_does_not_depend_on_the_batch_shape_for_a_mean_loss():
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_gradients_are_refused_and_struck(value):
-    guard = GradientGuard()
+    guard = GradientGuard(GradientGuardSettings())
     grad = _grad(1.0)
     grad[0, 0, 0] = value
     with pytest.raises(GradientRefused) as refused:
