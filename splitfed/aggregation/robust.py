@@ -63,11 +63,12 @@ class RobustAggregationSettings(BaseModel):
                                           "reject a round whose average's root-mean-square value exceeds "
                                           "this times the trunk adapter's (the server's own adapter of the "
                                           "same kind). Unset: not checked")
-    max_step_ratio: float | None = Field(8.0, gt=1, description="secure aggregation: reject a round whose "
-                                         "average moved from the last published one (root mean square, "
-                                         "per round since) more than this times the median move of the "
-                                         "last accepted rounds (before there is one, the trunk adapter's "
-                                         "own move). Unset: not checked")
+    max_step_ratio: float | None = Field(4.0, gt=1, description="secure aggregation: reject a round whose "
+                                         "average moved from the last published one (root mean square) "
+                                         "more than this times the median move a round of the last "
+                                         "accepted rounds (before there is one, the trunk adapter's own "
+                                         "move a round), times sqrt(rounds since that one). Unset: not "
+                                         "checked")
     step_window: int = Field(8, ge=1, description="secure aggregation: accepted rounds the median move is "
                              "taken over")
 
@@ -259,15 +260,19 @@ class AverageGuard:
             return norm, None
         if set(average) != set(self._published):
             return norm, None  # other adapters (a client's blocks changed): nothing to compare
-        move = _rms({k: average[k].double() - self._published[k] for k in average}) / self._rounds_since
+        rounds = self._rounds_since
+        move = _rms({k: average[k].double() - self._published[k] for k in average})
         ratio = self.settings.max_step_ratio
         if ratio is not None:
             usual, source = self._usual_move(trunk)
-            if usual is not None and usual > 0 and move > ratio * usual:
-                raise SecAggError(f"the average moved {move:.4g} (root mean square per round) from the last "
-                                  f"published one, more than {ratio:g} x {source} ({usual:.4g}): rejected, "
-                                  f"{keep}")
-        return norm, move
+            # after rejected rounds the honest clients kept training: the bound grows as sqrt(rounds), so
+            # one client cannot stop averaging for good with a vector of a fixed size (status shows it)
+            if usual is not None and usual > 0 and move > ratio * usual * math.sqrt(rounds):
+                since = "" if rounds == 1 else f" {rounds} rounds ago"
+                raise SecAggError(f"the average moved {move:.4g} (root mean square) from the last one "
+                                  f"published{since}, more than {ratio:g} x {source} ({usual:.4g} a round)"
+                                  f"{'' if rounds == 1 else f' x sqrt({rounds})'}: rejected, {keep}")
+        return norm, move / rounds
 
     def _usual_move(self, trunk: State | None) -> tuple[float | None, str]:
         if self._steps:
