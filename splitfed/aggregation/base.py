@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from splitfed.aggregation.plain_rounds import PlainRounds
+from splitfed.aggregation.robust import AverageGuard, RobustAggregationSettings, ServedWeights, State
 from splitfed.aggregation.secure_rounds import Participants, SecureRounds
 
 
@@ -32,14 +33,20 @@ class RoundAggregation(Protocol):
 
 def _secure(members: Callable[[], set[str]], timeout_s: float, threshold: int | None,
             max_norm_ratio: float | None, participants: Participants | None = None,
-            straggler_s: float | None = None) -> RoundAggregation:
-    return SecureRounds(members, timeout_s, threshold, max_norm_ratio, participants, straggler_s)
+            straggler_s: float | None = None, weights: ServedWeights | None = None,
+            robust: RobustAggregationSettings | None = None,
+            reference: Callable[[], State] | None = None) -> RoundAggregation:
+    guard = AverageGuard(robust, max_norm_ratio, reference)
+    return SecureRounds(members, timeout_s, threshold, max_norm_ratio, participants, straggler_s, weights,
+                        guard)
 
 
 def _plain(members: Callable[[], set[str]], timeout_s: float, threshold: int | None,
            max_norm_ratio: float | None, participants: Participants | None = None,
-           straggler_s: float | None = None) -> RoundAggregation:
-    return PlainRounds(members, timeout_s)
+           straggler_s: float | None = None, weights: ServedWeights | None = None,
+           robust: RobustAggregationSettings | None = None,
+           reference: Callable[[], State] | None = None) -> RoundAggregation:
+    return PlainRounds(members, timeout_s, weights, robust)
 
 
 ROUND_AGGREGATIONS: dict[str, Callable[..., RoundAggregation]] = {"secure": _secure, "plain": _plain}
@@ -48,13 +55,19 @@ ROUND_AGGREGATIONS: dict[str, Callable[..., RoundAggregation]] = {"secure": _sec
 def make_rounds(name: str, members: Callable[[], set[str]], timeout_s: float = 300.0,
                 threshold: int | None = None, max_norm_ratio: float | None = 2.0,
                 participants: Participants | None = None,
-                straggler_s: float | None = None) -> RoundAggregation:
+                straggler_s: float | None = None, weights: ServedWeights | None = None,
+                robust: RobustAggregationSettings | None = None,
+                reference: Callable[[], State] | None = None) -> RoundAggregation:
     """The round aggregation called ``name`` ("secure" or "plain") over the clients of ``members()``.
-    ``threshold``, ``max_norm_ratio``, ``participants`` and ``straggler_s`` apply to secure rounds (see
-    ``SecureRounds``)."""
+    ``threshold``, ``max_norm_ratio``, ``participants``, ``straggler_s`` and ``reference`` (the trunk
+    adapter, a yardstick for the average) apply to secure rounds (see ``SecureRounds``), ``weights``
+    (what the server ran for each client, which bounds its weight) to both, ``robust`` to both (its
+    strategy and clipping to plain rounds, its checks of the average to secure ones); see
+    ``splitfed.aggregation.robust``."""
     if name not in ROUND_AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {tuple(ROUND_AGGREGATIONS)}, got {name!r}")
-    return ROUND_AGGREGATIONS[name](members, timeout_s, threshold, max_norm_ratio, participants, straggler_s)
+    return ROUND_AGGREGATIONS[name](members, timeout_s, threshold, max_norm_ratio, participants, straggler_s,
+                                    weights, robust, reference)
 
 
 def rounds_status(rounds: RoundAggregation) -> dict[str, int]:

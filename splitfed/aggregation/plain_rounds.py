@@ -2,6 +2,10 @@
 
 The server sees each client's adapters here; under secure aggregation (``secure_rounds.py``) it sees
 only their weighted sum. Both implement ``RoundAggregation``.
+
+A client's weight is its claim bounded by the training rows the server ran for it since its last round
+(``ServedWeights``), and the round's result is FedAvg or, as configured, a robust strategy (FedMedian,
+FedTrimmedAvg, clipped updates: ``splitfed.aggregation.robust``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from splitfed.aggregation.fedavg import keywise_average
+from splitfed.aggregation.robust import RobustAggregationSettings, ServedWeights, robust_average
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,14 @@ class PlainRounds:
     name = "plain"
     message_kind = "aggregate"
 
-    def __init__(self, expected: Callable[[], set[str]], timeout_s: float = 300.0) -> None:
+    def __init__(self, expected: Callable[[], set[str]], timeout_s: float = 300.0,
+                 weights: ServedWeights | None = None,
+                 robust: RobustAggregationSettings | None = None) -> None:
+        """``weights``: what the server ran for each client, which bounds its claimed weight (None: the
+        claims count as they are). ``robust``: the strategy and clipping (default: FedAvg)."""
+        self.weights = weights
+        self.robust = robust or RobustAggregationSettings()
+        self._previous: dict[str, torch.Tensor] | None = None  # the last average (clipping's reference)
         self._expected = expected
         self._timeout_s = timeout_s
         self._condition = threading.Condition()
@@ -90,8 +101,19 @@ class PlainRounds:
     def _close_round(self, round_index: int) -> None:
         names = sorted(self._submissions)
         missing = sorted(self._expected() - set(names))
-        average = keywise_average([self._submissions[n][1] for n in names],
-                                  [self._submissions[n][0] for n in names])
+        claims = {n: self._submissions[n][0] for n in names}
+        weights = self.weights.weights(claims) if self.weights is not None else claims
+        left_out = [n for n in names if weights[n] <= 0]  # trained nothing while others did
+        counted = [n for n in names if weights[n] > 0]
+        average = robust_average([self._submissions[n][1] for n in counted], [weights[n] for n in counted],
+                                 self.robust, self._previous)
+        if any(weights[n] != claims[n] for n in names):
+            log.info("round %d: weights %s (claimed %s, bounded by the training rows served)", round_index,
+                     {n: weights[n] for n in names}, claims)
+        if left_out:
+            log.warning("round %d: %s trained nothing since the last round: weight 0", round_index,
+                        ", ".join(left_out))
+        self._previous = average
         self._result = {round_index: (average, len(names))}
         self._round = round_index
         self._submissions = {}

@@ -12,6 +12,15 @@ A round waits for the clients that take part in it: those that trained since the
 or at least half the connected clients have, the phase waits at most ``straggler_s`` after the last
 arrival for the others: an enrolled client that stays idle, or one that announced the round and went
 quiet, costs seconds, not the round deadline. The threshold rules are the same whoever is left out.
+
+Weights (issue 40, item 2). Under secure aggregation each client multiplies its weight into its vector
+before masking, so the server cannot apply a weight itself: it can only bind the one the client applies.
+When the keys are shared (the reply to the second phase) the server tells each client the largest weight
+it grants it in the round (``ServedWeights``: the training rows it ran for it since its last round,
+capped); an honest client masks with min(its claim, that) and a masked input claiming more is refused
+(that client is then left out as if it had dropped, and unmasked from the others' shares). The
+server divides the sum by the weights it accepted. A client may still scale its vector instead of its
+weight: that is what ``AverageGuard`` checks, on the average, from round 1 on.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import Any
 import torch
 
 from splitfed.aggregation.plain_rounds import AggregationError
+from splitfed.aggregation.robust import AverageGuard, ServedWeights
 from splitfed.aggregation.secagg_round import Phase, RoundRoster, majority_threshold
 from splitfed.aggregation.secagg_server import SecAggServer
 from splitfed.security.errors import SecAggError
@@ -49,6 +59,7 @@ class _Round:
     last_arrival: float = 0.0  # when the phase's latest message came
     results: dict[int, Any] = field(default_factory=dict)
     server: SecAggServer | None = None
+    granted: dict[str, float] = field(default_factory=dict)  # the weight each client may claim
     error: str | None = None
     done: bool = False
 
@@ -61,19 +72,22 @@ class SecureRounds:
 
     def __init__(self, members: Callable[[], set[str]], timeout_s: float = 300.0,
                  threshold: int | None = None, max_norm_ratio: float | None = 2.0,
-                 participants: Participants | None = None, straggler_s: float | None = None) -> None:
+                 participants: Participants | None = None, straggler_s: float | None = None,
+                 weights: ServedWeights | None = None, guard: AverageGuard | None = None) -> None:
         """``members()``: the connected clients (one that leaves is no longer waited for).
         ``participants(t)``: the clients that trained after ``t`` (None: every member takes part).
         ``straggler_s``: once the clients taking part in a round have sent a phase (or half the members
         have), it closes this long after the last arrival at the latest (None: only ``timeout_s``).
         ``max_norm_ratio``: a round's average whose L2 norm exceeds this times the previous round's
-        is rejected (as is a non-finite one); every client then keeps its own adapters."""
+        is rejected (as is a non-finite one); every client then keeps its own adapters. ``weights``:
+        what the server ran for each client (None: the claims count, as before). ``guard``: the checks of
+        the average (default: ``AverageGuard`` with ``max_norm_ratio`` and no trunk yardstick)."""
+        self.weights = weights
+        self.guard = guard or AverageGuard(max_norm_ratio=max_norm_ratio)
         self._members = members
         self._participants = participants
         self._straggler_s = straggler_s
         self._closed_at = float("-inf")  # when the last round closed (time.monotonic)
-        self.max_norm_ratio = max_norm_ratio
-        self.previous_norm: float | None = None
         self._timeout_s = timeout_s
         self._threshold = threshold
         self._condition = threading.Condition()
@@ -167,6 +181,15 @@ class SecureRounds:
                         ) -> None:
         assert current.server is not None
         tensors, weight = value
+        granted = current.granted.get(client)
+        if granted is not None and not weight <= granted * (1 + 1e-9):
+            current.expected.discard(client)  # left out, unmasked from the others' shares
+            log.warning("round %d: %s claimed weight %.6g, more than the %.6g the server granted it (the "
+                        "training rows it ran for it): its masked input is refused", current.index, client,
+                        weight, granted)
+            raise AggregationError(f"weight {weight:.6g} exceeds the {granted:.6g} this server granted "
+                                   f"{client!r} in round {current.index} (the training rows it ran for it "
+                                   "since its last round, capped): left out of the round")
         try:
             current.server.collect_masked(client, tensors, weight)
         except SecAggError as error:
@@ -199,17 +222,20 @@ class SecureRounds:
             current.deadline = time.monotonic() + self._timeout_s
         self._condition.notify_all()
 
+    @property
+    def max_norm_ratio(self) -> float | None:
+        return self.guard.max_norm_ratio
+
+    @property
+    def previous_norm(self) -> float | None:
+        return self.guard.previous_norm
+
+    def status(self) -> dict[str, object]:
+        return self.guard.status()
+
     def _check_average(self, average: dict[str, torch.Tensor]) -> None:
-        """Refuse garbage the server can see without seeing anyone's update: a non-finite average, or
-        one whose norm jumped past ``max_norm_ratio`` times the previous round's."""
-        if not all(bool(torch.isfinite(t).all()) for t in average.values()):
-            raise SecAggError("the average is not finite: rejected, every client keeps its adapters")
-        norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in average.values())))
-        if (self.max_norm_ratio is not None and self.previous_norm is not None
-                and norm > self.max_norm_ratio * self.previous_norm):
-            raise SecAggError(f"the average's norm {norm:.4g} exceeds {self.max_norm_ratio:g} x the previous "
-                              f"round's {self.previous_norm:.4g}: rejected, every client keeps its adapters")
-        self.previous_norm = norm
+        """Check ``average`` as the next round's would be (``AverageGuard.check``)."""
+        self.guard.check(self.last_round + 1, average)
 
     def _run_phase(self, current: _Round) -> tuple[dict[str, Any], set[str] | None]:
         subs = current.submissions
@@ -226,12 +252,15 @@ class SecureRounds:
         assert current.server is not None
         if current.phase == SHARE:
             routed = current.server.route_shares(subs)
-            return routed, set(subs)
+            members = sorted(subs)
+            current.granted = self.weights.grant(members) if self.weights is not None else {}
+            return {client: (routed[client], current.granted.get(client, 0.0)) for client in members}, \
+                set(subs)
         if current.phase == MASKED:
             survivors, dropped = current.server.unmask_request()
             return {client: (survivors, dropped) for client in survivors}, set(survivors)
         average, contributors = current.server.finish(subs)
-        self._check_average(average)
+        self.guard.check(current.index, average)
         log.info("round %d securely averaged over %s (the server saw only the sum)", current.index,
                  ", ".join(contributors))
         return {client: (average, len(contributors)) for client in subs}, None

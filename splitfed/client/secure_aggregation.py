@@ -32,6 +32,8 @@ def secure_average(remote: RemoteTrunk, client_id: str, round_index: int, weight
                    state: dict[str, torch.Tensor], scale: float = DEFAULT_SCALE,
                    ) -> tuple[dict[str, torch.Tensor], int]:
     """Run one round; returns (weighted average over the round's surviving clients, their number).
+    ``weight`` is this client's claim: the server bounds it by what it observed (the reply to the key
+    sharing says how far), and it is masked as min(claim, that).
 
     Alone in the round, the client gets its own ``state`` back (contributors 1). A round that fails
     (fewer clients than the threshold stayed) raises ``RemoteError`` from the server's answer.
@@ -50,6 +52,10 @@ def secure_average(remote: RemoteTrunk, client_id: str, round_index: int, weight
     shares = client.share_keys(roster)
     routed = remote.secagg(pb.SecAggRequest(round=round_index, phase=SHARE, shares=shares))
     client.receive_shares(dict(routed.shares))
+    if routed.weight > 0 and weight > routed.weight:  # the server grants what it saw this client train
+        log.info("round %d: weight %.6g, bounded by the server's %.6g (the training rows it ran for this "
+                 "client since its last round)", round_index, weight, routed.weight)
+        weight = float(routed.weight)
     masked = client.mask(state, weight)
     request = pb.SecAggRequest(round=round_index, phase=MASKED, weight=weight)
     for name in sorted(masked):

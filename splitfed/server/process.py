@@ -90,7 +90,8 @@ def build_service(settings: ServerSettings, slice_: TrustedSlice | None = None) 
     service = TrunkService(mode, ServerHandshake(identity, allowlist), limits,
                            aggregation=settings.aggregation, secagg_threshold=settings.secagg_threshold,
                            max_norm_ratio=settings.aggregation_max_norm_ratio, base_id=base_id(loaded.source),
-                           gradient_guard=settings.gradient_guard)
+                           gradient_guard=settings.gradient_guard,
+                           robust_aggregation=settings.robust_aggregation)
     service.load_report = loaded.report.to_json()
     return service
 

@@ -63,7 +63,8 @@ def secagg_reply(request: pb.SecAggRequest, result: Any) -> pb.SecAggReply:
         reply.roster, reply.threshold = result
         reply.contributors = 0 if result[0] else 1
     elif phase == SHARE:
-        reply.shares.update(result)
+        shares, reply.weight = result
+        reply.shares.update(shares)
     elif phase == MASKED:
         reply.survivors.extend(result[0])
         reply.dropped.extend(result[1])

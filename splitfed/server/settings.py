@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from splitfed.aggregation.robust import RobustAggregationSettings
 from splitfed.models import SparseSpec
 from splitfed.security.key_providers import SealingSettings
 from splitfed.server.gradient_guard import GradientGuardSettings
@@ -121,6 +122,10 @@ class ServerSettings(SplitTrainingSettings):
         2.0, gt=1, description="secure aggregation: reject a round whose average's L2 norm exceeds this "
                                "times the previous round's (or is not finite); every client keeps its "
                                "adapters. Unset: only finiteness is checked")
+    robust_aggregation: RobustAggregationSettings = Field(
+        RobustAggregationSettings(), description="an enrolled client's weight in a FedAvg round (what the "
+        "server ran for it, not what it claims), robust strategies for plain rounds (FedMedian, "
+        "FedTrimmedAvg, clipping) and the checks of a secure round's average from round 1 on")
     secagg_straggler_s: float = Field(5.0, gt=0, description="secure aggregation: once the clients taking "
                                       "part in a round (trained since the last one, or announced it) have "
                                       "sent a phase, or half the connected ones have, the others have this "

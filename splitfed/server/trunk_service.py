@@ -15,9 +15,10 @@ from collections.abc import Callable
 import torch
 
 from splitfed.aggregation import PLAIN_PHASE, ROUND_AGGREGATIONS, AggregationError, make_rounds, rounds_status
+from splitfed.aggregation.robust import RobustAggregationSettings, ServedWeights
 from splitfed.endpoints import MicroBatch
 from splitfed.layout import Layout, TrunkRange
-from splitfed.models import hidden_size, max_positions
+from splitfed.models import adapter_state, hidden_size, max_positions
 from splitfed.security import (
     ClientHello,
     DecryptionError,
@@ -75,13 +76,17 @@ class TrunkService:
         max_norm_ratio: float | None = 2.0,
         base_id: str | None = None,
         gradient_guard: GradientGuardSettings | None = None,
+        robust_aggregation: RobustAggregationSettings | None = None,
     ) -> None:
         """``mode``: how training steps meet the trunk (``splitfed.server.modes``). ``aggregation``:
         "secure" (FedAvg rounds under secure aggregation: the server learns only the average;
         ``secagg_threshold`` clients must stay to the end, default a majority) or "plain".
         ``base_id``: the digest of the base model the trunk comes from; a client whose parts come
         from another base is refused at the handshake. ``gradient_guard``: how clients' gradients are
-        bounded before they reach the trunk (``splitfed.server.gradient_guard``)."""
+        bounded before they reach the trunk (``splitfed.server.gradient_guard``). ``robust_aggregation``:
+        how much a client weighs in a FedAvg round (what the server ran for it, capped) and how a
+        round's result is made and checked (``splitfed.aggregation.robust``; None: FedAvg weighted by
+        what the server ran, the average checked only for finiteness and ``max_norm_ratio``)."""
         if aggregation not in ROUND_AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {tuple(ROUND_AGGREGATIONS)}, got {aggregation!r}")
         self.aggregation = aggregation
@@ -103,9 +108,12 @@ class TrunkService:
         self.layers = part.layer_indices
         self._sessions: dict[bytes, Session] = {}
         self._sessions_lock = threading.Lock()
+        robust = robust_aggregation or RobustAggregationSettings.unchecked()
+        self.served = ServedWeights(robust.max_weight)  # training rows run per client since its last round
         self.rounds = make_rounds(aggregation, self._round_members, self.limits.turn_timeout_s,
                                   secagg_threshold, max_norm_ratio, participants=self._round_participants,
-                                  straggler_s=self.limits.round_straggler_s)
+                                  straggler_s=self.limits.round_straggler_s, weights=self.served,
+                                  robust=robust, reference=self._trunk_adapter)
         if self.limits.first_block_max or self.limits.end_block_min:
             if not hasattr(self.rounds, "partial_keys"):
                 raise ValueError(f"{aggregation} aggregation needs every client to hold the same blocks; "
@@ -248,6 +256,10 @@ class TrunkService:
         with self._sessions_lock:
             return {s.name for s in self._sessions.values()}
 
+    def _trunk_adapter(self) -> dict[str, torch.Tensor]:
+        """The trunk adapter the server trains: the yardstick of a secure round's average."""
+        return adapter_state(self.mode.part)
+
     def _round_participants(self, since: float) -> set[str]:
         """The clients with an open session that sent a training step after ``since`` (monotonic)."""
         with self._sessions_lock:
@@ -381,6 +393,8 @@ class TrunkService:
             self._trained_at[session.name] = time.monotonic()  # it takes part in the coming round
         output = self.mode.forward(session, request.step, hidden, mask, request.train,
                                    int(request.labelled_tokens), micro=micro)
+        if request.train:
+            self.served.served(session.name, int(hidden.shape[0]))  # its FedAvg weight
         if request.train and micro is None:
             session.output_shape = tuple(output.shape)
         return self._reply(session, "forward_reply", request.step, output, request.hidden)
@@ -413,6 +427,8 @@ class TrunkService:
         batch, length = hidden.shape[:2]
         labels = decode_int64(request.labels, batch * length, (batch, length))
         result = self.mode.loss(session, request.step, hidden, mask, labels, request.train)
+        if request.train:
+            self.served.served(session.name, batch)  # its FedAvg weight
         if not request.train:
             assert result.row_nll is not None and result.row_tokens is not None
             reply = pb.LossReply(step=request.step, loss=result.loss, row_nll=result.row_nll.tolist(),
@@ -443,7 +459,7 @@ class TrunkService:
         return {**self.mode.status(), "aggregation": self.aggregation, "layout": self.layout,
                 "sessions": self.sessions(), "steps": self.steps, "progress": dict(self.progress),
                 **rounds_status(self.rounds), "draining": self.draining, **self.fair.status(),
-                **self.guard.status(),
+                **self.guard.status(), **(self.rounds.status() if hasattr(self.rounds, "status") else {}),
                 **({"load": self.load_report} if self.load_report else {})}
 
     def close(self) -> None:

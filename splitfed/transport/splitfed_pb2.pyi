@@ -135,7 +135,7 @@ class SecAggRequest(_message.Message):
     def __init__(self, step: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[int] = ..., keys: _Optional[bytes] = ..., shares: _Optional[_Mapping[str, bytes]] = ..., weight: _Optional[float] = ..., tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
 class SecAggReply(_message.Message):
-    __slots__ = ("step", "round", "phase", "roster", "threshold", "shares", "survivors", "dropped", "contributors", "tensors")
+    __slots__ = ("step", "round", "phase", "roster", "threshold", "shares", "survivors", "dropped", "contributors", "tensors", "weight")
     class SharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class SecAggReply(_message.Message):
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     step: int
     round: int
     phase: int
@@ -163,7 +164,8 @@ class SecAggReply(_message.Message):
     dropped: _containers.RepeatedScalarFieldContainer[str]
     contributors: int
     tensors: _containers.RepeatedCompositeFieldContainer[NamedTensor]
-    def __init__(self, step: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[int] = ..., roster: _Optional[bytes] = ..., threshold: _Optional[int] = ..., shares: _Optional[_Mapping[str, bytes]] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., contributors: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
+    weight: float
+    def __init__(self, step: _Optional[int] = ..., round: _Optional[int] = ..., phase: _Optional[int] = ..., roster: _Optional[bytes] = ..., threshold: _Optional[int] = ..., shares: _Optional[_Mapping[str, bytes]] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., contributors: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("step", "stream", "hidden", "lengths", "use_cache", "release", "first_block", "end_block")
