@@ -17,7 +17,7 @@ from splitfed.client.settings import ClientSettings
 from splitfed.client.split_client import SplitClient
 
 FINGERPRINT_FIELDS = ("model", "seed", "partition", "adapter", "optimizer", "data", "batch_size", "steps",
-                      "rounds", "fedavg", "privacy")
+                      "rounds", "fedavg", "privacy", "self_check")
 
 
 @dataclass
@@ -27,6 +27,7 @@ class RunState:
     steps_done: int = 0
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # each round's held-out check (self_check)
 
 
 def fingerprint(settings: ClientSettings) -> dict[str, Any]:
@@ -47,7 +48,8 @@ def client_checkpoint(client: SplitClient, state: RunState, settings: ClientSett
         tensors.update(cut_tensors)
         tensors["cut_generator"] = client.cut.generator.get_state()
     meta = {"name": settings.name, "losses": state.losses, "tokens": state.tokens,
-            "samples_seen": client.samples_seen, "optimizer": optimizer_meta, "cut_optimizer": cut_meta,
+            "samples_seen": client.samples_seen, "rounds": state.rounds,
+            "optimizer": optimizer_meta, "cut_optimizer": cut_meta,
             "settings": fingerprint(settings),
             "privacy": None if client.defense is None else client.defense.state_dict()}
     return Checkpoint(state.steps_done, tensors, meta)
@@ -79,4 +81,5 @@ def restore_client(client: SplitClient, checkpoint: Checkpoint, settings: Client
     client.samples_seen = int(checkpoint.meta.get("samples_seen", 0))
     if client.defense is not None and checkpoint.meta.get("privacy") is not None:
         client.defense.load_state_dict(checkpoint.meta["privacy"])  # the epsilon spent so far
-    return RunState(checkpoint.step, list(checkpoint.meta["losses"]), int(checkpoint.meta["tokens"]))
+    return RunState(checkpoint.step, list(checkpoint.meta["losses"]), int(checkpoint.meta["tokens"]),
+                    list(checkpoint.meta.get("rounds", [])))

@@ -18,7 +18,8 @@ from splitfed.client.checkpointing import RunState, client_checkpoint, restore_c
 from splitfed.client.link import ServerLink
 from splitfed.client.remote_trunk import RemoteTrunk
 from splitfed.client.secure_aggregation import secure_average
-from splitfed.client.settings import ClientSettings
+from splitfed.client.self_check import AverageCheck, hold_out
+from splitfed.client.settings import ClientSettings, SelfCheckSettings
 from splitfed.client.split_client import SplitClient
 from splitfed.client.step_hooks import LogMetrics, RoundsAndCheckpoints, ShowProgress
 from splitfed.client.training_loop import LoopOutcome, train_steps
@@ -77,8 +78,10 @@ def check_aggregation(settings: ClientSettings, remote: RemoteTrunk) -> None:
                                  "false` (or `fedavg: false`) on this client")
 
 
-def _federated_average(client: SplitClient, remote: RemoteTrunk, round_index: int, weight: int) -> None:
-    """Replace the head and tail adapters by the round's weighted average over all clients; if the
+def _federated_average(client: SplitClient, remote: RemoteTrunk, round_index: int, weight: int,
+                       check: AverageCheck | None = None) -> None:
+    """Replace the head and tail adapters by the round's weighted average over all clients, unless the
+    held-out ``check`` rejects it (the same for plain and secure rounds; None: adopt unchecked); if the
     round fails (too many clients dropped out), keep this client's own adapters."""
     states = client.adapter_states()
     flat = {f"{part}/{key}": value for part, state in states.items() for key, value in state.items()}
@@ -92,9 +95,11 @@ def _federated_average(client: SplitClient, remote: RemoteTrunk, round_index: in
             raise
         log.warning("round %d: no average (%s); keeping this client's adapters", round_index, error.message)
         return
-    client.load_adapter_states({part: {key: average[f"{part}/{key}"] for key in state}
-                                for part, state in states.items()})
-    log.info("round %d: %s FedAvg over %d client(s)", round_index, remote.aggregation, contributors)
+    averaged = {part: {key: average[f"{part}/{key}"] for key in state} for part, state in states.items()}
+    verdict = (check or AverageCheck(SelfCheckSettings(enabled=False), None)).apply(
+        client, round_index, states, averaged, contributors)
+    if verdict.adopted:
+        log.info("round %d: %s FedAvg over %d client(s)", round_index, remote.aggregation, contributors)
 
 
 def _stop_on_signals() -> tuple[threading.Event, dict]:
@@ -115,7 +120,7 @@ class ClientRun:
     split: SplitModel
     client: SplitClient
     defense: SplitDefense | None
-    examples: list[dict]
+    examples: list[dict]  # the rows trained on (the held-out rows are not among them)
     state: RunState
     store: CheckpointStore
     batches: Iterator[dict[str, Any]]
@@ -123,6 +128,7 @@ class ClientRun:
     hidden_size: int
     base_id: str | None = None  # digest of the base model the parts come from (checked at handshake)
     load_report: dict[str, float] | None = None  # how the parts were loaded (summary.json)
+    check: AverageCheck | None = None  # the held-out check of each round's average (unchecked: None)
 
     def open_session(self) -> RemoteTrunk:
         """A session with the server, refused if it would aggregate in plain against the settings."""
@@ -161,7 +167,7 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
     init_adapter(split.tail, settings.adapter, settings.seed)
     device = resolve_device(settings.device)
     place_client_parts(split, device)
-    examples = load_client_examples(settings.data, tokenizer, rows)
+    examples, held_out = client_rows(settings, load_client_examples(settings.data, tokenizer, rows))
     hidden_size = hidden_size_of(split.head.config)
     defense = None
     if settings.privacy.enabled:
@@ -188,11 +194,24 @@ def prepare_client(settings: ClientSettings) -> ClientRun:
     if defense is not None and defense.cut is not None and state.steps_done == 0:
         _warm_up_through_public_trunk(settings, split, defense, tokenizer, device)
     pad = int(tokenizer.pad_token_id)
+    check = AverageCheck(settings.self_check, collate(held_out, pad_token_id=pad) if held_out else None,
+                         state.rounds)
+    if settings.fedavg and not held_out and settings.self_check.enabled:
+        log.warning("too few examples (%d) to hold any out: round averages are adopted unchecked",
+                    len(examples))
     batches = shuffled_batches(examples, settings.batch_size, settings.seed + settings.data.shard,
                                lambda rows: collate(rows, pad_token_id=pad), skip=state.steps_done)
     served = (settings.partition.head, loaded.num_layers - settings.partition.tail)
     return ClientRun(settings, split, client, defense, examples, state, store, batches, served, hidden_size,
-                     base_id(loaded.source), loaded.report.to_json())
+                     base_id(loaded.source), loaded.report.to_json(), check)
+
+
+def client_rows(settings: ClientSettings, examples: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the rows this client trains on, the rows it holds out to check round averages): rows are held out
+    only with FedAvg on and ``self_check.enabled``, drawn with ``seed`` and ``data.shard``."""
+    if not settings.fedavg:
+        return examples, []
+    return hold_out(examples, settings.self_check, settings.seed * 1_000_003 + settings.data.shard)
 
 
 def _warm_up_through_public_trunk(settings: ClientSettings, split: SplitModel, defense: SplitDefense,
@@ -222,6 +241,7 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
         log.info(hint)
     run = prepare_client(settings)
     client, state = run.client, run.state
+    check = run.check
     link = ServerLink(settings, run.open_session)
     client.trunk = link.remote
     metrics = MetricsWriter(settings.output)
@@ -235,7 +255,8 @@ def run_client(settings: ClientSettings, console: Console | None = None) -> dict
                                                              completed=state.steps_done, status=""),
                                  settings.output)
             rounds = RoundsAndCheckpoints(settings, shown, run.save_checkpoint, lambda r: link.call(
-                lambda remote: _federated_average(client, remote, r, len(run.examples)), run.reconnected))
+                lambda remote: _federated_average(client, remote, r, len(run.examples), check),
+                run.reconnected))
             hooks = [shown, LogMetrics(metrics, link), rounds]
             outcome = train_steps(client, link, run.batches, state, settings.steps,
                                   settings.steps // settings.rounds, hooks, stop, run.reconnected)
@@ -281,6 +302,7 @@ def finish_client(run: ClientRun, link: ServerLink, outcome: LoopOutcome, second
         "privacy": None if defense is None else defense.report(),
         "privacy_state": None if defense is None else defense.state_dict(),
         "stopped": outcome.stopped,
+        "averages": (run.check or AverageCheck(settings.self_check, None, state.rounds)).summary(),
         "load": run.load_report,
         "peak_rss_bytes": peak_rss_bytes(),
     }

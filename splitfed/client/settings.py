@@ -36,6 +36,26 @@ class WireSettings(BaseModel):
                                                               "dropped first")
 
 
+class SelfCheckSettings(BaseModel):
+    """Before adopting a FedAvg round's average, the client compares its loss on a few held-out rows of
+    its own data (never trained on) with its own adapters and with the average, and keeps its own when
+    the average is worse by more than the tolerance (``splitfed.client.self_check``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="check every round's average on held-out rows before adopting "
+                                            "it (FedAvg on; plain and secure rounds)")
+    rows: int = Field(4, ge=1, le=64, description="rows of this client's data held out of training for the "
+                                                  "check (at most a quarter of them; seeded by seed and "
+                                                  "data.shard); each round costs two eval forwards of "
+                                                  "these rows through the trunk")
+    tolerance: float = Field(0.04, ge=0, description="keep this client's adapters when the held-out loss "
+                                                    "with the average exceeds the loss with its own by more "
+                                                    "than this fraction of it (or min_tolerance, whichever "
+                                                    "is larger); honest non-IID averages measured up to 2%")
+    min_tolerance: float = Field(0.02, ge=0, description="the least loss increase (nats) tolerated, for "
+                                                         "losses near zero")
+
+
 class ClientSettings(SplitTrainingSettings):
     """A client: its identity, the server it trusts, its model parts and its private data."""
 
@@ -57,6 +77,10 @@ class ClientSettings(SplitTrainingSettings):
     require_secure_aggregation: bool = Field(
         True, description="refuse to send adapters to a server that aggregates them in plain (FedAvg "
                           "rounds then need `aggregation: secure` on the server)")
+    self_check: SelfCheckSettings = Field(SelfCheckSettings(),
+                                          description="check each round's average on held-out rows before "
+                                                      "adopting it; keep this client's adapters when it is "
+                                                      "worse")
     batch_size: int = Field(4, ge=1, description="examples per training step")
     micro_batches: int = Field(
         1, ge=1, le=MICRO_BATCHES_MAX,

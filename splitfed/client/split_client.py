@@ -161,6 +161,13 @@ class SplitClient:
         return self.tail(self.tail_input(hidden, clean), attention_mask)
 
     @torch.no_grad()
+    def evaluation_loss(self, batch: Batch) -> float:
+        """The loss on ``batch`` (input_ids, attention_mask, labels) without training: an eval forward
+        through the trunk (the held-out check of a round's average, ``splitfed.client.self_check``)."""
+        input_ids, mask, labels = self.on_device(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return float(causal_lm_loss(self.logits(input_ids, mask), labels))
+
+    @torch.no_grad()
     def inference_send(self, clean: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """What inference sends for the head's output ``clean``: through the learned cut, if any, then
         clipped and noised when ``protect_inference`` is set."""

@@ -42,6 +42,15 @@ class TwoPartClient(SplitClient):
         return result.loss
 
     @torch.no_grad()
+    def evaluation_loss(self, batch: Batch) -> float:
+        """The server computes the loss (``train=False``: no gradient, no step)."""
+        set_training(self.head, False)
+        input_ids, mask, labels = self.on_device(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        hidden = self.inference_send(self.head(input_ids, mask), mask)
+        endpoint: LossEndpoint = self.trunk  # type: ignore[assignment]
+        return float(endpoint.loss(self.client_id, hidden, mask, labels, train=False).loss)
+
+    @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """In process only (over the network the server keeps the logits): the server's logits."""
         set_training(self.head, False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from splitfed.client.process import client_rows
 from splitfed.client.settings import ClientSettings
 from splitfed.config import build_settings
 from splitfed.federation import FederationSettings, InProcessFederation
@@ -24,7 +25,8 @@ def _reference(configs) -> dict[str, dict]:
     settings = [build_settings(ClientSettings, path) for path in configs]
     first = settings[0]
     model, tokenizer = load_model(first.model)
-    shards = [load_client_examples(s.data, tokenizer) for s in settings]
+    # the rows each client holds out to check round averages are not trained on
+    shards = [client_rows(s, load_client_examples(s.data, tokenizer))[0] for s in settings]
     learned = first.privacy.learned
     federation = InProcessFederation(
         model, shards, lambda rows: collate(rows, pad_token_id=int(tokenizer.pad_token_id)),
