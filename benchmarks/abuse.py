@@ -9,7 +9,8 @@ loss. The enrolled attackers of issue 40 (poisoned backwards, held steps, sequen
 positions, a generation flood) each use a name of their own, since strikes and suspensions belong to a
 name; the flood's row sets the server's RSS growth against what its generation budget accounted.
 
-    .venv/bin/python benchmarks/abuse.py --seconds 5
+    PYTHONPATH=. .venv/bin/python benchmarks/abuse.py --seconds 5
+    PYTHONPATH=. .venv/bin/python benchmarks/abuse.py --seconds 3 --merge --probes garbage_bytes,held_steps
 """
 
 from __future__ import annotations
