@@ -162,7 +162,7 @@ class TrunkActor:
 
     def generate(self, method: str, *args: Any) -> Any:
         """A call on the actor's generation caches (``step``, ``release``, ``expire``, ``streams``,
-        ``bytes_in_use``)."""
+        ``bytes_in_use``, ``accounted_peak``)."""
         caches = self.sub.generation
         assert caches is not None
         value = getattr(caches, method)
@@ -205,6 +205,10 @@ class RayGeneration:
     @property
     def bytes_in_use(self) -> int:
         return self._sub.call("generate", "bytes_in_use")
+
+    @property
+    def accounted_peak(self) -> int:
+        return self._sub.call("generate", "accounted_peak")
 
 
 @dataclass

@@ -27,6 +27,8 @@ from splitfed.transport.envelope import to_wire
 from splitfed.transport.errors import RemoteError
 
 CHUNK = 4 * 1024 * 1024 - 1024
+POSITIONS = 1024  # tiny-llama's max_position_embeddings
+RPCS = ("Handshake", "Step", "Exchange", "Close")
 
 
 @dataclass
@@ -180,8 +182,163 @@ class Attacker:
         probe.attempt = self._run(probe, call)
         return probe
 
-    def _session(self) -> tuple[TrunkConnection, SecureChannel]:
-        connection = TrunkConnection(self.address, self.certificate, timeout_s=10)
+    # -- enrolled attackers (issue 40): one session of the enrolled key, its requests one at a time ------
+    def _enrolled(self, probe: Probe, body: Callable[[TrunkConnection, SecureChannel, threading.Event], None],
+                  timeout_s: float = 10.0) -> Callable:
+        """``attempt`` for one enrolled session running ``body``; a refusal is counted as "STATUS code",
+        and a new session is opened when it was refused (bounded in count; the time bound is ``stop``)."""
+        def attempt(stop: threading.Event) -> None:
+            for _ in range(1000):
+                if stop.is_set():
+                    return
+                try:
+                    connection, channel = self._session(timeout_s)
+                except RemoteError as error:
+                    probe.statuses[f"{error.status} {error.code}".strip()] += 1
+                    stop.wait(0.1)
+                    continue
+                try:
+                    body(connection, channel, stop)
+                except (RuntimeError, ValueError) as error:  # a reply it could not open: count, go on
+                    probe.statuses[type(error).__name__] += 1
+                finally:
+                    connection.close()
+        return attempt
+
+    @staticmethod
+    def _ask(probe: Probe, connection: TrunkConnection, channel: SecureChannel, kind: str, step: int,
+             request) -> bool:
+        """Send one request, count its outcome; True when it was served."""
+        try:
+            channel.open(connection.exchange(channel.seal(kind, step, request.SerializeToString())))
+        except RemoteError as error:
+            probe.statuses[f"{error.status} {error.code}".strip()] += 1
+            return False
+        probe.statuses["OK"] += 1
+        return True
+
+    def _poisoned(self, name: str, gradient: Callable[[tuple[int, ...]], torch.Tensor]) -> Probe:
+        """Training forwards, each followed by a backward carrying ``gradient`` (at most 2,000 steps)."""
+        probe = Probe(name, 1, lambda stop: None)
+        mask = torch.ones(2, 12, dtype=torch.long)
+
+        def body(connection: TrunkConnection, channel: SecureChannel, stop: threading.Event) -> None:
+            for step in range(1, 2000):
+                if stop.is_set():
+                    return
+                request = pb.ForwardRequest(step=step, hidden=encode_tensor(torch.randn(2, 12, 64)),
+                                            lengths=mask_to_lengths(mask), train=True)
+                if not self._ask(probe, connection, channel, "forward", step, request):
+                    stop.wait(0.5)  # suspended, slowed or busy: ask again a little later
+                    continue
+                backward = pb.BackwardRequest(step=step, grad=encode_tensor(gradient((2, 12, 64))))
+                self._ask(probe, connection, channel, "backward", step, backward)
+        probe.attempt = self._enrolled(probe, body)
+        return probe
+
+    def poison_3e38(self) -> Probe:
+        """Backwards whose every gradient element is 3e38 (float32's largest is 3.4e38)."""
+        return self._poisoned("poisoned backwards, 3e38", lambda shape: torch.full(shape, 3e38))
+
+    def poison_1e30(self) -> Probe:
+        """Backwards whose every gradient element is 1e30 (finite, squares overflow)."""
+        return self._poisoned("poisoned backwards, 1e30", lambda shape: torch.full(shape, 1e30))
+
+    def poison_norm_1e5(self) -> Probe:
+        """Finite backwards of norm 1e5, ~1e4 x an honest one (AdamW's second moment would freeze)."""
+        def gradient(shape: tuple[int, ...]) -> torch.Tensor:
+            grad = torch.randn(shape)
+            return grad * (1e5 / grad.norm())
+        return self._poisoned("poisoned backwards, norm 1e5", gradient)
+
+    def held_steps(self) -> Probe:
+        """Training forwards whose backward never comes, one after another (at most 2,000)."""
+        probe = Probe("held steps (forward, never the backward)", 1, lambda stop: None)
+        mask = torch.ones(2, 12, dtype=torch.long)
+
+        def body(connection: TrunkConnection, channel: SecureChannel, stop: threading.Event) -> None:
+            for step in range(1, 2000):
+                if stop.is_set():
+                    return
+                request = pb.ForwardRequest(step=step, hidden=encode_tensor(torch.randn(2, 12, 64)),
+                                            lengths=mask_to_lengths(mask), train=True)
+                if not self._ask(probe, connection, channel, "forward", step, request):
+                    stop.wait(0.05)  # its step is still open, it is slowed or suspended: ask again
+        probe.attempt = self._enrolled(probe, body, timeout_s=30.0)
+        return probe
+
+    def garbage_bytes(self) -> Probe:
+        """Bytes that are no protobuf message on every RPC (raw channel methods, no serializer), in turn;
+        statuses are counted as "STATUS Method"."""
+        probe = Probe("garbage bytes on every RPC", 1, lambda stop: None)
+        garbage = [b"\x0a\xff\xff\xff\x7f", b"\xff" * 64, b"\x08"]
+
+        def attempt(stop: threading.Event) -> None:
+            channel = grpc.secure_channel(self.address, grpc.ssl_channel_credentials(self.certificate))
+            try:
+                for index in range(100_000):
+                    if stop.is_set():
+                        return
+                    method = RPCS[index % len(RPCS)]
+                    payload = garbage[(index // len(RPCS)) % len(garbage)]
+                    path = f"/splitfed.v1.Trunk/{method}"
+                    try:
+                        if method == "Step":
+                            list(channel.stream_stream(path)(iter([payload]), timeout=10))
+                        else:
+                            channel.unary_unary(path)(payload, timeout=10)
+                        probe.statuses[f"OK {method}"] += 1
+                    except grpc.RpcError as error:
+                        probe.statuses[f"{error.code().name} {method}"] += 1
+            finally:
+                channel.close()
+        probe.attempt = attempt
+        return probe
+
+    def long_sequences(self) -> Probe:
+        """Hidden states of 1,025 and 2,048 positions (tiny-llama has 1,024) for training forward, eval
+        forward and a generation prefill, in turn."""
+        probe = Probe("sequences past the model's positions", 1, lambda stop: None)
+
+        def body(connection: TrunkConnection, channel: SecureChannel, stop: threading.Event) -> None:
+            for step in range(1, 2000):
+                if stop.is_set():
+                    return
+                kind = ("train", "eval", "generate")[step % 3]
+                length = (POSITIONS + 1, 2 * POSITIONS)[(step // 3) % 2]
+                hidden = encode_tensor(torch.randn(1, length, 64))
+                lengths = mask_to_lengths(torch.ones(1, length, dtype=torch.long))
+                if kind == "generate":
+                    request = pb.GenerateRequest(step=step, stream=0, hidden=hidden, lengths=lengths,
+                                                 use_cache=True)
+                else:
+                    request = pb.ForwardRequest(step=step, hidden=hidden, lengths=lengths,
+                                                train=kind == "train")
+                self._ask(probe, connection, channel, "generate" if kind == "generate" else "forward", step,
+                          request)
+        probe.attempt = self._enrolled(probe, body)
+        return probe
+
+    def generation_flood(self, streams: int = 8, rows: int = 64) -> Probe:
+        """Generation prefills of ``rows`` x 1,024 positions on ``streams`` streams, round and round
+        (each holds a trunk cache; a prefill's working memory is many times its cache)."""
+        probe = Probe(f"generation flood, {streams} streams of {rows} x {POSITIONS}", 1, lambda stop: None)
+        hidden = encode_tensor(torch.randn(rows, POSITIONS, 64))
+        lengths = mask_to_lengths(torch.ones(rows, POSITIONS, dtype=torch.long))
+
+        def body(connection: TrunkConnection, channel: SecureChannel, stop: threading.Event) -> None:
+            for step in range(1, 2000):
+                if stop.is_set():
+                    return
+                request = pb.GenerateRequest(step=step, stream=step % streams, hidden=hidden, lengths=lengths,
+                                             use_cache=True)
+                if not self._ask(probe, connection, channel, "generate", step, request):
+                    stop.wait(0.1)
+        probe.attempt = self._enrolled(probe, body, timeout_s=60.0)
+        return probe
+
+    def _session(self, timeout_s: float = 10.0) -> tuple[TrunkConnection, SecureChannel]:
+        connection = TrunkConnection(self.address, self.certificate, timeout_s=timeout_s)
         handshake = ClientHandshake(self.enrolled, self.server_key)
         reply = connection.handshake(handshake.hello().to_bytes())
         return connection, SecureChannel(handshake.finish(ServerHello.from_bytes(reply.server_hello)))
@@ -220,14 +377,17 @@ def _attack_worker(address: str, certificate: bytes, server_key: str, enrolled_k
     """Child process: run the probes it is sent, one at a time, at low priority (on a real network the
     attacker's CPU is not the server's; here they share two cores), reporting each one's statuses."""
     os.nice(19)
-    attacker = Attacker(address, certificate, PublicIdentity.from_text(server_key),
-                        Identity.load(Path(enrolled_key), name=Path(enrolled_key).stem))
+    def identity(key: str) -> Identity:
+        return Identity.load(Path(key), name=Path(key).stem)
+
+    attacker = Attacker(address, certificate, PublicIdentity.from_text(server_key), identity(enrolled_key))
     results.put("ready")
     for _ in range(100):  # bounded: one request per probe, None ends
         request = requests.get(timeout=600)
         if request is None:
             return
-        name, seconds = request
+        name, seconds, key = request  # key: the enrolled identity this probe uses (None: the first one)
+        attacker.enrolled = identity(key or enrolled_key)
         chosen: Probe = getattr(attacker, name)()
         stop = threading.Event()
         threads = [threading.Thread(target=chosen.attempt, args=(stop,), daemon=True)
@@ -261,9 +421,10 @@ class AttackProcess:
 
 
 def run_probe(attacker: AttackProcess, probe: str, seconds: float, honest: Callable[[], float],
-              server_pid: int) -> tuple[float, float, dict]:
-    """Run ``probe`` for ``seconds`` plus the honest measurement ``honest()``; returns (honest rate,
-    peak server RSS MiB, the probe's statuses)."""
+              server_pid: int, enrolled: Path | None = None) -> tuple[float, float, dict]:
+    """Run ``probe`` for ``seconds`` plus the honest measurement ``honest()`` (as the enrolled identity
+    whose key is ``enrolled``, else the attacker's first); returns (honest rate, peak server RSS MiB,
+    the probe's statuses)."""
     peak = [rss_mib(server_pid)]
     sampling = threading.Event()
 
@@ -272,7 +433,7 @@ def run_probe(attacker: AttackProcess, probe: str, seconds: float, honest: Calla
             peak[0] = max(peak[0], rss_mib(server_pid))
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    attacker.requests.put((probe, seconds + 1.0))
+    attacker.requests.put((probe, seconds + 1.0, None if enrolled is None else str(enrolled)))
     try:
         time.sleep(1.0)  # the attack is under way before the honest client is timed
         rate = honest()
@@ -283,16 +444,17 @@ def run_probe(attacker: AttackProcess, probe: str, seconds: float, honest: Calla
     return rate, peak[0], statuses
 
 
-def hostile_deployment(root: Path, server_extra: str = ""):
-    """Keys for the server, honest "alice" and enrolled "mallory" under ``root``, and a started
-    `splitfed serve` (tiny-llama, TLS on 127.0.0.1): (deployment, server process)."""
+def hostile_deployment(root: Path, server_extra: str = "", attackers: tuple[str, ...] = ()):
+    """Keys for the server, honest "alice" and enrolled "mallory" (and ``attackers``, enrolled too: a
+    suspension belongs to a name) under ``root``, and a started `splitfed serve` (tiny-llama, TLS on
+    127.0.0.1): (deployment, server process)."""
     from splitfed.security import create_identity_files, create_server_files
     from tests.network.conftest import Deployment, splitfed
 
     keys = root / "keys"
     create_server_files(keys, ["localhost"], ["127.0.0.1"])
     (root / "allow").mkdir()
-    for name in ("alice", "mallory"):
+    for name in ("alice", "mallory", *attackers):
         create_identity_files(keys, name)
         (root / "allow" / f"{name}.pub").write_bytes((keys / f"{name}.pub").read_bytes())
     deployment = Deployment(root, keys)

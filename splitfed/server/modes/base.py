@@ -355,7 +355,9 @@ class SubServerMode:
         caches = [sub.generation for sub in self.subs if sub.generation is not None]
         return {"mode": self.name, "sub_servers": len(self.subs),
                 "generation_streams": sum(len(c.streams()) for c in caches),
-                "generation_cache_mib": sum(c.bytes_in_use for c in caches) / 2**20}
+                "generation_cache_mib": sum(c.bytes_in_use for c in caches) / 2**20,
+                # the most the generation budget accounted at once (caches and steps' working memory)
+                "generation_accounted_peak_mib": sum(c.accounted_peak for c in caches) / 2**20}
 
     def expire(self, now: float) -> None:
         """Free generation streams idle past their time-to-live."""
