@@ -58,7 +58,7 @@ class OnDevice(BaseModel):
     """The ``dtype`` and ``device`` every command's settings share, checked before anything loads."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype of this side's frozen base weights and of its computation (half: half "
+        "auto", description="dtype of this side's frozen base weights and of its computation (half: half "
                                "the memory); adapters and optimizer state stay float32, and hidden states "
                                "are converted at the cut to the wire codec's dtype. auto: bfloat16 where the "
                                "device computes in it natively (CPU with AVX512-BF16 or AMX, CUDA 8.0+), "

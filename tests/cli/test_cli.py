@@ -78,7 +78,8 @@ def test_demo_with_one_client_matches_its_centralized_baseline(tmp_path):
     """With one client and one round, federated split training and the centralized baseline see the
     same data, initial adapters and seeds, so their losses agree step for step."""
     out = tmp_path / "one"
-    result = runner.invoke(app, ["demo", "--model", "tiny-gpt2", "--steps", "5", "--rounds", "1",
+    result = runner.invoke(app, ["demo", "--model", "tiny-gpt2", "--dtype", "float32", "--steps", "5",
+                                 "--rounds", "1",
                                  "--clients", "1", "--train-examples", "20", "--eval-examples", "6",
                                  "--in-process",
                                  "--output", str(out)])
@@ -92,7 +93,8 @@ def test_demo_with_one_client_matches_its_centralized_baseline(tmp_path):
 def test_networked_demo_equals_the_in_process_federation(tmp_path):
     """`splitfed demo` runs a server and client processes over TLS; with the same settings the
     federated losses equal those of the in-process federation step for step."""
-    args = ["demo", "--model", "tiny-llama", "--steps", "4", "--rounds", "2", "--clients", "2",
+    args = ["demo", "--model", "tiny-llama", "--dtype", "float32", "--steps", "4", "--rounds", "2",
+            "--clients", "2",
             "--train-examples", "16", "--eval-examples", "6"]
     network = runner.invoke(app, [*args, "--output", str(tmp_path / "net")])
     assert network.exit_code == 0, network.output

@@ -30,7 +30,8 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory) -> EvalResult:
-    settings = EvalSettings(model="tiny-llama", tasks=["cb", "xsum"], clients=2, steps=4, rounds=2,
+    settings = EvalSettings(model="tiny-llama", dtype="float32", tasks=["cb", "xsum"], clients=2, steps=4,
+                            rounds=2,
                             batch_size=2, train_examples=16, eval_examples=4, max_length=96,
                             max_new_tokens=4, max_words=12, lr=1e-2,
                             output=tmp_path_factory.mktemp("eval"))

@@ -15,6 +15,7 @@ from splitfed.security import create_identity_files, create_server_files
 
 CLIENTS = ("alice", "bob")
 COMMON = """model: tiny-llama
+dtype: float32
 seed: 3
 partition: {head: 1, tail: 1}
 adapter: {kind: lora, r: 4, alpha: 8}

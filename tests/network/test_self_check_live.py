@@ -45,13 +45,15 @@ def _serve(keys: Path, names: list[str]):
 
 def _settings(root: Path, keys: Path, name: str, shard: int, address: str, check: bool) -> ClientSettings:
     return ClientSettings(
-        model="tiny-llama", seed=3, partition={"head": 1, "tail": 1},
+        model="tiny-llama", dtype="float32", seed=3, partition={"head": 1, "tail": 1},
         adapter={"kind": "lora", "r": 4, "alpha": 8}, optimizer={"lr": 0.01}, name=name,
         identity=keys / f"{name}.key", server=address,
         server_key=keys / "server.pub", insecure_loopback=True, steps=STEPS, rounds=ROUNDS, batch_size=2,
         timeout_s=120, reconnect_timeout_s=0,
         data={"task": "rte", "limit": 48, "shard": shard, "shards": 2, "seed": 3, "max_length": 64},
-        self_check={"enabled": check}, output=root / name)
+        # a destroyed tiny random model is only ~5-8% worse than a trained one (its loss saturates near
+        # uniform's 5.56): a 1% tolerance keeps the poisoned rounds clearly apart from it
+        self_check={"enabled": check, "tolerance": 0.01}, output=root / name)
 
 
 def _federation(tmp_path: Path, names: list[str], check: bool = True) -> dict[str, dict]:
@@ -113,7 +115,7 @@ def test_an_honest_client_rejects_poisoned_rounds_and_trains_on(tmp_path, poison
     assert averages["enabled"] and averages["held_out_rows"] == 4
     assert averages["rejected"] == ROUNDS and averages["adopted"] == 0, averages
     for entry in averages["rounds"]:
-        assert entry["contributors"] == 2 and entry["loss_average"] > entry["loss_own"] * 1.04, entry
+        assert entry["contributors"] == 2 and entry["loss_average"] > entry["loss_own"] * 1.01, entry
     ours, theirs = _last_round_loss(attacked), _last_round_loss(alone)
     assert abs(ours - theirs) <= 0.02 * theirs, (ours, theirs)
     # without the check the same attack takes the honest client over

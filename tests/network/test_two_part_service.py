@@ -4,6 +4,7 @@ three-part messages and mismatched clients."""
 
 from __future__ import annotations
 
+from splitfed.client.process import client_rows
 from splitfed.client.settings import ClientSettings
 from splitfed.config import build_settings
 from splitfed.federation import FederationSettings, InProcessFederation
@@ -45,7 +46,7 @@ def test_two_part_client_process_trains_like_one_process(deployment):
     settings = build_settings(ClientSettings, config)
     model, tokenizer = load_model(settings.model)
     federation = InProcessFederation(
-        model, [load_client_examples(settings.data, tokenizer)],
+        model, [client_rows(settings, load_client_examples(settings.data, tokenizer))[0]],  # less held-out
         lambda rows: collate(rows, pad_token_id=int(tokenizer.pad_token_id)),
         FederationSettings(clients=1, rounds=1, local_steps=STEPS, batch_size=settings.batch_size,
                            seed=settings.seed, partition=settings.partition, adapter=settings.adapter,
