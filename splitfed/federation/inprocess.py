@@ -115,7 +115,6 @@ class InProcessFederation:
         else:
             self.server = LocalTrunk(server_split.trunk, settings.optimizer, settings.sparse)
         self.shard_sizes = [len(shard) for shard in shards]
-        self.rows_since_round = [0] * len(shards)  # rows each client trained since the last average
         self._batches = []
         self.clients: list[SplitClient] = []
         if settings.privacy.learned is not None and public_text is None:
@@ -140,9 +139,7 @@ class InProcessFederation:
         losses: list[float] = []
         for _ in range(self.settings.local_steps):
             for index, client in enumerate(self.clients):
-                batch = next(self._batches[index])
-                loss = client.train_step(batch)
-                self.rows_since_round[index] += int(batch["input_ids"].shape[0])
+                loss = client.train_step(next(self._batches[index]))
                 losses.append(loss)
                 if on_step is not None:
                     on_step(index, loss)
@@ -156,15 +153,10 @@ class InProcessFederation:
         return losses
 
     def aggregate(self) -> None:
-        """FedAvg of the clients' head and tail adapters, sent back to all. Each client weighs what a
-        server grants it over the network: its shard size, but at most the rows it trained since the
-        last average (``splitfed.aggregation.robust.ServedWeights``); shard sizes where none trained."""
+        """FedAvg of the clients' head and tail adapters, weighted by shard size, sent back to all."""
         states = [client.adapter_states() for client in self.clients]
-        rows, self.rows_since_round = self.rows_since_round, [0] * len(self.clients)
-        weights = ([min(size, trained) for size, trained in zip(self.shard_sizes, rows, strict=True)]
-                   if any(rows) else self.shard_sizes)
         averaged = {  # each block's adapter over the clients holding it (all of them, one partition)
-            part: keywise_average([state[part] for state in states], weights)
+            part: keywise_average([state[part] for state in states], self.shard_sizes)
             for part in ("head", "tail")
         }
         for client, state in zip(self.clients, states, strict=True):

@@ -116,15 +116,12 @@ def test_fedavg_averages_each_block_over_the_clients_that_hold_it(model):
     federation.train_round()
     after = [client.adapter_states() for client in federation.clients]
     assert _blocks(before[0]["head"]) == {0} and _blocks(before[1]["head"]) == {0, 1}
-    # each client weighs its shard size, at most the rows it trained this round (2 steps x 2 rows), as
-    # a server grants it over the network
-    weights = [min(4, 4), min(6, 4)]
-    block_0 = weighted_average([_of_block(b["head"], 0) for b in before], weights)
+    block_0 = weighted_average([_of_block(b["head"], 0) for b in before], [4, 6])
     for state in after:
         assert _diff(_of_block(state["head"], 0), block_0) <= 1e-7
     own_block = _of_block(before[1]["head"], 1)  # client 1 alone holds block 1
     assert _diff(_of_block(after[1]["head"], 1), own_block) == 0.0
-    assert _diff(after[0]["tail"], weighted_average([b["tail"] for b in before], weights)) <= 1e-7
+    assert _diff(after[0]["tail"], weighted_average([b["tail"] for b in before], [4, 6])) <= 1e-7
 
 
 def test_keywise_average_by_hand():
@@ -139,7 +136,9 @@ def test_keywise_average_by_hand():
 def test_two_clients_with_their_own_partitions_over_the_network_match_the_in_process_run(model):
     shards = [_examples(4, seed=8), _examples(6, seed=9)]
     own = [PartitionSettings(head=1, tail=1), PartitionSettings(head=2, tail=1)]
-    settings = _settings(client_partitions=own)
+    # 3 steps of 2 rows a round: each client trains at least its shard (4, 6 rows) between rounds, so the
+    # weight the server grants it (its claim, at most the rows it served) is its shard size, as in process
+    settings = _settings(client_partitions=own, local_steps=3)
     reference = InProcessFederation(model, shards, _collate, settings)
     expected = [reference.train_round() for _ in range(settings.rounds)]
 
