@@ -4,6 +4,7 @@ gRPC status of every refusal it gets."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
@@ -39,6 +41,13 @@ class Probe:
     workers: int
     attempt: Callable[[threading.Event], None]
     statuses: Counter = field(default_factory=Counter)
+
+
+def _training_forward(step: int) -> pb.ForwardRequest:
+    """A training forward of 2 x 12 positions of tiny-llama's width: the server opens a step for it."""
+    lengths = mask_to_lengths(torch.ones(2, 12, dtype=torch.long))
+    return pb.ForwardRequest(step=step, hidden=encode_tensor(torch.randn(2, 12, 64)), lengths=lengths,
+                             train=True)
 
 
 def rss_mib(pid: int) -> float:
@@ -220,14 +229,12 @@ class Attacker:
     def _poisoned(self, name: str, gradient: Callable[[tuple[int, ...]], torch.Tensor]) -> Probe:
         """Training forwards, each followed by a backward carrying ``gradient`` (at most 2,000 steps)."""
         probe = Probe(name, 1, lambda stop: None)
-        mask = torch.ones(2, 12, dtype=torch.long)
 
         def body(connection: TrunkConnection, channel: SecureChannel, stop: threading.Event) -> None:
             for step in range(1, 2000):
                 if stop.is_set():
                     return
-                request = pb.ForwardRequest(step=step, hidden=encode_tensor(torch.randn(2, 12, 64)),
-                                            lengths=mask_to_lengths(mask), train=True)
+                request = _training_forward(step)
                 if not self._ask(probe, connection, channel, "forward", step, request):
                     stop.wait(0.5)  # suspended, slowed or busy: ask again a little later
                     continue
@@ -254,14 +261,12 @@ class Attacker:
     def held_steps(self) -> Probe:
         """Training forwards whose backward never comes, one after another (at most 2,000)."""
         probe = Probe("held steps (forward, never the backward)", 1, lambda stop: None)
-        mask = torch.ones(2, 12, dtype=torch.long)
 
         def body(connection: TrunkConnection, channel: SecureChannel, stop: threading.Event) -> None:
             for step in range(1, 2000):
                 if stop.is_set():
                     return
-                request = pb.ForwardRequest(step=step, hidden=encode_tensor(torch.randn(2, 12, 64)),
-                                            lengths=mask_to_lengths(mask), train=True)
+                request = _training_forward(step)
                 if not self._ask(probe, connection, channel, "forward", step, request):
                     stop.wait(0.05)  # its step is still open, it is slowed or suspended: ask again
         probe.attempt = self._enrolled(probe, body, timeout_s=30.0)
@@ -461,3 +466,41 @@ def hostile_deployment(root: Path, server_extra: str = "", attackers: tuple[str,
     server = splitfed("serve", "--config", str(deployment.server_config(server_extra)),
                       log=root / "server.log")
     return deployment, server
+
+
+@dataclass
+class LiveServer:
+    """A started hostile deployment: the server process, how to reach it, and honest alice, warmed up."""
+
+    root: Path
+    keys: Path
+    server: Any
+    address: str
+    certificate: bytes
+    server_key: PublicIdentity
+    alice: SplitClient
+    batch: dict
+
+
+@contextlib.contextmanager
+def live_server(root: Path, server_extra: str = "", attackers: tuple[str, ...] = ()) -> Iterator[LiveServer]:
+    """``hostile_deployment`` started and reachable, with alice trained for a second (the server measures
+    its step time); the server is killed on exit."""
+    from tests.conftest import make_batch
+    from tests.network.conftest import wait_for_port
+
+    deployment, server = hostile_deployment(root, server_extra, attackers)
+    keys = deployment.keys
+    try:
+        port = wait_for_port(root / "port", server)
+        address = f"127.0.0.1:{port}"
+        certificate = (keys / "tls-cert.pem").read_bytes()
+        server_key = PublicIdentity.from_text((keys / "server.pub").read_text())
+        alice = honest_client(address, certificate, Identity.load(keys / "alice.key", name="alice"),
+                              server_key)
+        batch = make_batch(2, 12)
+        steps_per_second(alice, batch, 1.0)  # warm up
+        yield LiveServer(root, keys, server, address, certificate, server_key, alice, batch)
+    finally:
+        server.kill()
+        server.wait(timeout=30)

@@ -21,13 +21,9 @@ import time
 
 import pytest
 
-from splitfed.security import Identity, PublicIdentity
-from tests.conftest import make_batch
-from tests.network.conftest import wait_for_port
 from tests.network.hostile import (
     AttackProcess,
-    honest_client,
-    hostile_deployment,
+    live_server,
     run_probe,
     steps_per_second,
 )
@@ -44,27 +40,12 @@ RPCS = ("Handshake", "Step", "Exchange", "Close")
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    root = tmp_path_factory.mktemp("enrolled")
-    deployment, server = hostile_deployment(root, CONFIG, attackers=ATTACKERS)
-    keys = deployment.keys
-    try:
-        port = wait_for_port(root / "port", server)
-        address = f"127.0.0.1:{port}"
-        certificate = (keys / "tls-cert.pem").read_bytes()
-        server_key = PublicIdentity.from_text((keys / "server.pub").read_text())
-        alice = honest_client(address, certificate, Identity.load(keys / "alice.key", name="alice"),
-                              server_key)
-        batch = make_batch(2, 12)
-        attacker = AttackProcess(address, certificate, (keys / "server.pub").read_text(),
-                                 keys / "mallory.key")
-        steps_per_second(alice, batch, 1.0)  # warm up; the server measures its step time
-        yield {"server": server, "alice": alice, "batch": batch, "attacker": attacker, "keys": keys,
-               "root": root}
+    with live_server(tmp_path_factory.mktemp("enrolled"), CONFIG, attackers=ATTACKERS) as up:
+        attacker = AttackProcess(up.address, up.certificate, (up.keys / "server.pub").read_text(),
+                                 up.keys / "mallory.key")
+        yield {"server": up.server, "alice": up.alice, "batch": up.batch, "attacker": attacker,
+               "keys": up.keys, "root": up.root}
         attacker.close()
-    finally:
-        server.kill()
-        server.wait(timeout=30)
-
 
 def _attack(live: dict, probe: str, name: str | None = None, seconds: float = PROBE_S) -> tuple[float, dict]:
     """Run ``probe`` as ``name`` while the honest client trains; (its rate, the attacker's statuses)."""

@@ -13,13 +13,11 @@ import time
 import pytest
 import torch
 
-from splitfed.security import ClientHandshake, Identity, PublicIdentity, SecureChannel, ServerHello
+from splitfed.security import ClientHandshake, Identity, SecureChannel, ServerHello
 from splitfed.transport import encode_tensor, mask_to_lengths, pb
 from splitfed.transport.connection import TrunkConnection
 from splitfed.transport.errors import RemoteError
-from tests.conftest import make_batch
-from tests.network.conftest import wait_for_port
-from tests.network.hostile import honest_client, hostile_deployment, steps_per_second
+from tests.network.hostile import live_server, steps_per_second
 
 # step_timeout_s is what a held step cost before: 30 s here, longer than the measuring window
 CONFIG = """step_timeout_s: 30
@@ -33,25 +31,10 @@ KEPT = 0.5  # issue 40: the honest client keeps at least half its rate
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    root = tmp_path_factory.mktemp("held")
-    deployment, server = hostile_deployment(root, CONFIG)
-    keys = deployment.keys
-    try:
-        port = wait_for_port(root / "port", server)
-        address = f"127.0.0.1:{port}"
-        certificate = (keys / "tls-cert.pem").read_bytes()
-        server_key = PublicIdentity.from_text((keys / "server.pub").read_text())
-        alice = honest_client(address, certificate, Identity.load(keys / "alice.key", name="alice"),
-                              server_key)
-        batch = make_batch(2, 12)
-        steps_per_second(alice, batch, 1.0)  # warm up; the server measures its step time
-        yield {"address": address, "certificate": certificate, "server_key": server_key, "alice": alice,
-               "batch": batch, "mallory": Identity.load(keys / "mallory.key", name="mallory"),
-               "root": root}
-    finally:
-        server.kill()
-        server.wait(timeout=30)
-
+    with live_server(tmp_path_factory.mktemp("held"), CONFIG) as up:
+        yield {"address": up.address, "certificate": up.certificate, "server_key": up.server_key,
+               "alice": up.alice, "batch": up.batch,
+               "mallory": Identity.load(up.keys / "mallory.key", name="mallory"), "root": up.root}
 
 def hold_steps(live: dict, stop: threading.Event, events: list[tuple[float, str]],
                seconds: float = 45.0) -> None:

@@ -16,13 +16,9 @@ import time
 
 import pytest
 
-from splitfed.security import Identity, PublicIdentity
-from tests.conftest import make_batch
-from tests.network.conftest import wait_for_port
 from tests.network.hostile import (
     AttackProcess,
-    honest_client,
-    hostile_deployment,
+    live_server,
     rss_mib,
     run_probe,
     steps_per_second,
@@ -42,26 +38,12 @@ ACCEPTED = {"OK", "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
-    deployment, server = hostile_deployment(root, FRONT_DOOR)
-    keys = deployment.keys
-    try:
-        port = wait_for_port(root / "port", server)
-        address = f"127.0.0.1:{port}"
-        certificate = (keys / "tls-cert.pem").read_bytes()
-        server_key = PublicIdentity.from_text((keys / "server.pub").read_text())
-        alice = honest_client(address, certificate, Identity.load(keys / "alice.key", name="alice"),
-                              server_key)
-        batch = make_batch(2, 12)
-        attacker = AttackProcess(address, certificate, (keys / "server.pub").read_text(),
-                                 keys / "mallory.key")
-        steps_per_second(alice, batch, 1.0)  # warm up
-        yield {"server": server, "alice": alice, "batch": batch, "attacker": attacker,
-               "baseline_rss": rss_mib(server.pid), "log": root / "server.log"}
+    with live_server(root, FRONT_DOOR) as up:
+        attacker = AttackProcess(up.address, up.certificate, (up.keys / "server.pub").read_text(),
+                                 up.keys / "mallory.key")
+        yield {"server": up.server, "alice": up.alice, "batch": up.batch, "attacker": attacker,
+               "baseline_rss": rss_mib(up.server.pid), "log": root / "server.log"}
         attacker.close()
-    finally:
-        server.kill()
-        server.wait(timeout=30)
-
 
 PROBES = ["idle_streams", "big_unknown_session", "slow_drip", "huge_chunk_count", "handshake_flood",
           "many_sessions", "step_flood"]
